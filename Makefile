@@ -1,0 +1,47 @@
+# The two commands a new machine needs: `make run` and `make test`. Both build .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test test-quick lint format lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+## run: the whole system on this machine (embedded Redis, SQLite, web, worker, beat, Flower)
+run: export ORCH_ENV ?= development
+run: $(STAMP)
+	exec $(BIN)/orchestrator dev
+
+## test: the whole suite, starting real Redis, PostgreSQL and Celery workers
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## test-quick: unit tests only (no servers)
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy orchestrator api tasks celeryconfig.py
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## lock: re-resolve requirements.lock from pyproject.toml in a scratch environment
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -e '.[dev]'
+	( echo "# Locked by 'make lock' from pyproject.toml (runtime + dev). Install: pip install -r requirements.lock"; \
+	  .lock-venv/bin/pip freeze --exclude-editable ) > requirements.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache

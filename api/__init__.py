@@ -1,0 +1,33 @@
+"""The Flask app factory. Blueprints by audience; logic stays in `orchestrator`."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from api import errors, health, jobs
+from orchestrator.logs import configure_logging
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings, get_settings
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
+    """Build the app; tests pass their own settings or a ready runtime."""
+    settings = runtime.settings if runtime is not None else (settings or get_settings())
+    settings.require_production_secrets()
+    app = Flask("orchestrator")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["orchestrator"] = runtime or Runtime.build(settings)
+    errors.init_app(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(jobs.blueprint)
+    return app
+
+
+def create_production_app() -> Flask:
+    """What gunicorn serves: `gunicorn 'api:create_production_app()'`."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

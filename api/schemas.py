@@ -1,0 +1,151 @@
+"""Request and response bodies of the public API, in the API's camelCase."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from orchestrator.models import Job, JobEvent
+from orchestrator.service import JobDetails
+from orchestrator.states import JobStatus
+
+# Field names here are the API's, so they are camelCase on purpose.
+# ruff: noqa: N815
+
+
+class CreateJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=128)
+    input: dict[str, Any] = Field(default_factory=dict)
+    subject: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        validation_alias=AliasChoices("subject", "inspectionId"),
+        description="What the job is about, e.g. an inspection id (`inspectionId` also accepted).",
+    )
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = None
+    type: str | None = Field(None, min_length=1, max_length=128)
+    limit: int = Field(50, ge=1, le=100)
+    cursor: str | None = Field(None, min_length=1, max_length=64)
+
+
+class EventsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: int = Field(0, ge=0)
+    limit: int = Field(500, ge=1, le=1000)
+
+
+class ErrorOut(BaseModel):
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class ProgressOut(BaseModel):
+    percent: float
+    message: str | None
+
+
+class StepOut(BaseModel):
+    id: str
+    type: str
+    status: JobStatus
+
+
+class PipelineOut(BaseModel):
+    id: str
+    steps: list[StepOut]
+
+
+class JobOut(BaseModel):
+    id: str
+    tenantId: str
+    type: str
+    status: JobStatus
+    subject: str | None
+    attempt: int
+    maxAttempts: int
+    input: dict[str, Any]
+    result: Any | None
+    error: ErrorOut | None
+    progress: ProgressOut | None
+    createdBy: str | None
+    createdAt: datetime
+    updatedAt: datetime
+    startedAt: datetime | None
+    finishedAt: datetime | None
+    runAt: datetime | None
+    upstreamId: str | None
+    pipeline: PipelineOut | None = None
+
+    @classmethod
+    def of(cls, job: Job, steps: list[Job] | None = None) -> JobOut:
+        return cls(
+            id=job.id, tenantId=job.tenant_id, type=job.type, status=job.status,
+            subject=job.subject, attempt=job.attempt, maxAttempts=job.max_attempts,
+            input=job.input, result=job.result, error=_error(job), progress=_progress(job),
+            createdBy=job.created_by, createdAt=job.created_at, updatedAt=job.updated_at,
+            startedAt=job.started_at, finishedAt=job.finished_at, runAt=job.run_at,
+            upstreamId=job.parent_id,
+            pipeline=None if steps is None else PipelineOut(
+                id=job.pipeline_id,
+                steps=[StepOut(id=s.id, type=s.type, status=s.status) for s in steps],
+            ),
+        )
+
+    @classmethod
+    def of_details(cls, details: JobDetails) -> JobOut:
+        return cls.of(details.job, details.steps)
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    nextCursor: str | None
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    attempt: int
+    fromStatus: JobStatus | None
+    toStatus: JobStatus | None
+    level: str | None
+    message: str | None
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventOut:
+        return cls(
+            id=event.id, at=event.at, kind=event.kind, attempt=event.attempt,
+            fromStatus=event.from_status, toStatus=event.to_status, level=event.level,
+            message=event.message, data=event.data,
+        )
+
+
+class EventList(BaseModel):
+    jobId: str
+    events: list[EventOut]
+
+
+def _error(job: Job) -> ErrorOut | None:
+    if job.error_type is None:
+        return None
+    return ErrorOut(type=job.error_type, message=job.error_message or "",
+                    traceback=job.error_traceback)
+
+
+def _progress(job: Job) -> ProgressOut | None:
+    if job.progress is None:
+        return None
+    return ProgressOut(percent=job.progress, message=job.progress_message)

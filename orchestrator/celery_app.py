@@ -1,0 +1,92 @@
+"""The Celery application: one task per job type, each a thin shell around the runner."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from celery import Celery, Task
+from celery.exceptions import Ignore
+from celery.signals import setup_logging, worker_process_init
+
+from orchestrator.dispatch.celery import create_celery_app, task_name
+from orchestrator.logs import configure_logging
+from orchestrator.registry import JobType, Registry, load_job_modules
+from orchestrator.runtime import Runtime
+from orchestrator.runner import Failed, RetryLater, Skipped
+from orchestrator.settings import Settings, get_settings
+
+# Celery's hard limit fires this long after the soft one, which the handler sees as an error.
+HARD_LIMIT_GRACE_SECONDS = 15
+
+
+class JobFailed(Exception):
+    """A job failed for good; raising it stops the Celery chain at this step."""
+
+
+class JobTask(Task):  # type: ignore[misc]
+    """Base of every job task: finds the process's runtime and maps outcomes to Celery."""
+
+    job_type: JobType
+
+    def run_job(self, job_id: str) -> None:
+        outcome = Runtime.current().runner.run(job_id)
+        if isinstance(outcome, Skipped):
+            # Ignore acknowledges the message and stops the chain: a duplicate delivery must
+            # not send the next step a second time.
+            raise Ignore()
+        if isinstance(outcome, RetryLater):
+            self._retry_later(outcome)
+        if isinstance(outcome, Failed):
+            raise JobFailed(f"{outcome.error.type}: {outcome.error.message}")
+
+    def _retry_later(self, outcome: RetryLater) -> NoReturn:
+        # Celery's own retry: the message is re-sent with the chain's remaining steps and
+        # an ETA; the countdown comes from the job type's policy (exponential, linear or
+        # fixed, with jitter). The attempt limit is enforced by the runner, not by Celery.
+        raise self.retry(countdown=outcome.delay, max_retries=None)
+
+
+def register_job_tasks(app: Celery, registry: Registry) -> None:
+    for job_type in registry:
+        _register(app, job_type)
+
+
+def _register(app: Celery, job_type: JobType) -> None:
+    def run(self: JobTask, job_id: str) -> None:
+        self.run_job(job_id)
+
+    app.task(
+        run,
+        bind=True,
+        base=JobTask,
+        name=task_name(job_type.name),
+        job_type=job_type,
+        max_retries=None,
+        throws=(JobFailed,),
+        soft_time_limit=job_type.time_limit,
+        time_limit=job_type.time_limit + HARD_LIMIT_GRACE_SECONDS,
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )
+
+
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    """The app `celery -A tasks.worker` loads: every job type registered as a task."""
+    settings = settings or get_settings()
+    registry = load_job_modules(settings.job_modules)
+    registry.check(longest_allowed_delay=settings.visibility_timeout)
+    app = create_celery_app(settings)
+    register_job_tasks(app, registry)
+    return app
+
+
+@setup_logging.connect
+def _configure_worker_logging(**_: Any) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+
+@worker_process_init.connect
+def _forget_parent_connections(**_: Any) -> None:
+    # A forked child must not share the parent's database sockets.
+    Runtime.reset()

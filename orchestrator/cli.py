@@ -1,0 +1,95 @@
+"""The `orchestrator` command line. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from orchestrator import migrate, processes
+from orchestrator.errors import OrchestratorError
+from orchestrator.settings import ConfigurationError, get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(func: F) -> F:
+    """Turn the errors users can cause into `error: ...` and exit code 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ConfigurationError, OrchestratorError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+def main() -> None:
+    """A multi-tenant background-job orchestrator on Celery."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@one_line_errors
+def db_upgrade(revision: str) -> None:
+    """Apply migrations (the Procfile's release step)."""
+    settings = get_settings()
+    migrate.upgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@main.command()
+@one_line_errors
+def dev() -> None:
+    """Run web, worker, beat and Flower with embedded defaults (what `make run` runs)."""
+    from orchestrator.dev import run_dev
+
+    sys.exit(run_dev())
+
+
+@main.command("run")
+@click.argument("process", type=click.Choice(processes.PROCESS_NAMES))
+@click.option("--print", "print_only", is_flag=True, help="Print the command instead.")
+@one_line_errors
+def run_process(process: str, print_only: bool) -> None:
+    """Run one process type with its configured command line (the Procfile uses this)."""
+    settings = get_settings()
+    if process == "web":
+        settings.require_production_secrets()
+    argv = processes.command(process, settings)
+    if print_only:
+        click.echo(" ".join(argv))
+        return
+    os.execvpe(argv[0], argv, processes.environment(settings))
+
+
+@main.command()
+@click.argument("job_type")
+@click.option("--tenant", required=True, help="Tenant the job belongs to.")
+@click.option("--input", "input_json", default="{}", help="The job's input as JSON.")
+@click.option("--subject", default=None, help="What the job is about, e.g. an inspection id.")
+@one_line_errors
+def send(job_type: str, tenant: str, input_json: str, subject: str | None) -> None:
+    """Create a job from the shell and print it as JSON."""
+    from orchestrator.jobs import send_job
+
+    try:
+        data = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"--input is not JSON: {exc}") from None
+    details = send_job(job_type, data, tenant_id=tenant, subject=subject)
+    click.echo(json.dumps({"id": details.job.id, "status": details.job.status.value,
+                           "pipeline": [s.id for s in details.steps]}))

@@ -1,0 +1,70 @@
+"""What a handler receives besides its input: who it is running for, and ways to report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator import transitions
+from orchestrator.db import Database
+from orchestrator.transitions import Attempt
+
+logger = logging.getLogger("orchestrator.job")
+
+
+class JobLogger(logging.LoggerAdapter[logging.Logger]):
+    """Logs to the process log with the job's ids and into the job's own events."""
+
+    def __init__(self, sink: Callable[[str, str], None], extra: dict[str, Any]) -> None:
+        super().__init__(logger, extra)
+        self._sink = sink
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), "action": "handler_log", **kwargs.get("extra", {})}
+        return msg, kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        super().log(level, msg, *args, **kwargs)
+        if level >= logging.INFO or self.isEnabledFor(level):
+            self._sink(logging.getLevelName(level), str(msg) % args if args else str(msg))
+
+
+@dataclass
+class JobContext:
+    """Passed to every handler. `upstream_result` is the previous pipeline step's result."""
+
+    job_id: str
+    tenant_id: str
+    type: str
+    attempt: int
+    max_attempts: int
+    subject: str | None
+    upstream_result: Any
+    _database: Database = field(repr=False)
+    _clock: Callable[[], datetime] = field(repr=False)
+    logger: JobLogger = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        extra = {"job_id": self.job_id, "tenant_id": self.tenant_id, "job_type": self.type,
+                 "attempt": self.attempt}
+        self.logger = JobLogger(self._write_log, extra)
+
+    @property
+    def _run(self) -> Attempt:
+        return Attempt(self.job_id, self.tenant_id, self.attempt)
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Report progress as a fraction from 0 to 1, with an optional message."""
+        if not 0 <= percent <= 1:
+            raise ValueError("progress is a fraction between 0 and 1")
+        with self._database.transaction() as session:
+            transitions.report_progress(session, self._run, percent, message, self._clock())
+
+    def _write_log(self, level: str, message: str) -> None:
+        with self._database.transaction() as session:
+            transitions.log(session, self._run, level, message[:4000], self._clock())

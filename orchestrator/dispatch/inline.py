@@ -1,0 +1,31 @@
+"""Inline dispatch: run the pipeline in this process, now. For tests and scripts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from orchestrator.dispatch.base import Step
+from orchestrator.runner import Failed, RetryLater, Runner, Skipped
+
+
+class InlineDispatcher:
+    mode = "inline"
+
+    def __init__(self, runner: Runner, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.runner = runner
+        self.sleep = sleep
+
+    def dispatch(self, steps: Sequence[Step]) -> None:
+        for step in steps:
+            if not self._run_to_end(step):
+                return
+
+    def _run_to_end(self, step: Step) -> bool:
+        """Run one step through its retries; True when the next step may run."""
+        while True:
+            outcome = self.runner.run(step.job_id)
+            if isinstance(outcome, RetryLater):
+                self.sleep(outcome.delay)
+                continue
+            return not isinstance(outcome, Failed | Skipped)

@@ -1,0 +1,45 @@
+"""Exceptions that cross module boundaries: the service raises them, the API renders them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class OrchestratorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class PermanentError(OrchestratorError):
+    """Raised by a handler to fail its job at once, without further attempts."""
+
+
+class JobNotFound(OrchestratorError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class UnknownJobType(OrchestratorError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown job type {name!r}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+@dataclass
+class InvalidInput(OrchestratorError):
+    """Input that fails a job type's schema; carries one message per field."""
+
+    errors: list[FieldError] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{e.field}: {e.message}" for e in self.errors)
+
+
+class JobDefinitionError(OrchestratorError):
+    """A job type declared wrongly: raised at definition time, never at run time."""

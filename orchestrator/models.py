@@ -1,0 +1,147 @@
+"""SQLAlchemy models: jobs and their events.
+
+Rows are read by the service and written by `orchestrator.transitions`; nothing else sets
+`status`. Every index here serves a query on a hot path (see the comment beside it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from orchestrator.states import JobStatus
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as UTC and always read back timezone-aware.
+
+    SQLite has no time zones and hands back naive values; normalising here keeps every
+    comparison in the code between aware datetimes.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: datetime | None, dialect: sa.Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+def status_type(*, checked: bool) -> sa.Enum:
+    """The status column type: a checked string, readable by any SQL client."""
+    return sa.Enum(
+        JobStatus,
+        name="job_status",
+        native_enum=False,
+        create_constraint=checked,
+        length=16,
+        values_callable=lambda enum: [member.value for member in enum],
+        validate_strings=True,
+    )
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.String(128))
+    type: Mapped[str] = mapped_column(sa.String(128))
+    subject: Mapped[str | None] = mapped_column(sa.String(256))
+    input: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[JobStatus] = mapped_column(status_type(checked=True))
+    priority: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
+    queue: Mapped[str] = mapped_column(sa.String(64))
+    attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(sa.Integer)
+    run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker: Mapped[str | None] = mapped_column(sa.String(256))
+    progress: Mapped[float | None] = mapped_column(sa.Float)
+    progress_message: Mapped[str | None] = mapped_column(sa.String(1024))
+    result: Mapped[Any | None] = mapped_column(JSONType)
+    error_type: Mapped[str | None] = mapped_column(sa.String(256))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    error_traceback: Mapped[str | None] = mapped_column(sa.Text)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(256))
+    pipeline_id: Mapped[str] = mapped_column(sa.String(40))
+    parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("jobs.id"))
+    step_index: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
+    created_by: Mapped[str | None] = mapped_column(sa.String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Transactional outbox: set in the creating transaction, cleared once the broker has it.
+    dispatch_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # Listing a tenant's jobs newest first (ids sort by creation time).
+        sa.Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        # The same, filtered by status (dead letters are `status = failed`).
+        sa.Index("ix_jobs_tenant_id_status_id", "tenant_id", "status", "id"),
+        # A pipeline's steps, read with every job.
+        sa.Index("ix_jobs_pipeline_id_step_index", "pipeline_id", "step_index"),
+        # The outbox sweeper's scan stays proportional to what is overdue.
+        sa.Index("ix_jobs_dispatch_due_at", "dispatch_due_at"),
+        # The lease reaper's scan, likewise.
+        sa.Index("ix_jobs_lease_expires_at", "lease_expires_at"),
+        sa.UniqueConstraint("tenant_id", "idempotency_key"),
+    )
+
+
+class JobEvent(Base):
+    """One transition, log line or progress report of a job (the `job_logs` of old)."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(sa.String(128))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    from_status: Mapped[JobStatus | None] = mapped_column(status_type(checked=False))
+    to_status: Mapped[JobStatus | None] = mapped_column(status_type(checked=False))
+    level: Mapped[str | None] = mapped_column(sa.String(16))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    __table_args__ = (sa.Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

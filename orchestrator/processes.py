@@ -1,0 +1,82 @@
+"""The command line of each process type, built from the settings in one place.
+
+The Procfile runs `orchestrator run NAME`, and `orchestrator dev` (what `make run` starts)
+runs the same commands, so what a developer runs is what production runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from orchestrator.settings import Settings
+
+CELERY_APP = "tasks.worker"
+WSGI_APP = "api:create_production_app()"
+PROCESS_NAMES = ("web", "worker", "beat", "flower")
+
+
+def _executable(name: str) -> str:
+    """Prefer the tool installed beside this interpreter (the virtual environment's)."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def command(name: str, settings: Settings) -> list[str]:
+    builders = {"web": web, "worker": worker, "beat": beat, "flower": flower}
+    try:
+        return builders[name](settings)
+    except KeyError:
+        raise ValueError(f"unknown process {name!r}; one of {', '.join(builders)}") from None
+
+
+def web(settings: Settings) -> list[str]:
+    return [
+        _executable("gunicorn"),
+        f"--bind={settings.host}:{settings.port}",
+        f"--workers={settings.web_workers}",
+        f"--timeout={settings.web_timeout}",
+        f"--graceful-timeout={settings.web_timeout}",
+        "--access-logfile=-",
+        WSGI_APP,
+    ]
+
+
+def worker(settings: Settings) -> list[str]:
+    return [
+        _executable("celery"), "-A", CELERY_APP, "worker",
+        f"--loglevel={settings.log_level}",
+        f"--concurrency={settings.worker_concurrency}",
+        f"--queues={','.join(settings.worker_queues)}",
+        "--task-events",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def beat(settings: Settings) -> list[str]:
+    return [
+        _executable("celery"), "-A", CELERY_APP, "beat",
+        f"--loglevel={settings.log_level}",
+        f"--schedule={settings.state_dir / 'celerybeat-schedule'}",
+    ]
+
+
+def flower(settings: Settings) -> list[str]:
+    return [
+        _executable("celery"), "-A", CELERY_APP, "flower",
+        f"--address={settings.flower_address}",
+        f"--port={settings.flower_port}",
+    ]
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """Extra environment for the children: Flower's credentials stay out of `ps` output."""
+    env = dict(os.environ)
+    if settings.flower_basic_auth:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
+    elif settings.is_development:
+        env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    return env

@@ -1,0 +1,160 @@
+"""Job types: declared once in Python, looked up by name everywhere else.
+
+    @define_job("ANALYZE_INSPECTION", input=AnalyzeInput, then="GENERATE_REPORT")
+    def analyze(ctx: JobContext, data: AnalyzeInput) -> dict[str, object]: ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import FieldError, InvalidInput, JobDefinitionError, UnknownJobType
+from orchestrator.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from orchestrator.context import JobContext
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
+DEFAULT_QUEUE = "default"
+DEFAULT_TIME_LIMIT = 300.0
+BUILTIN_JOB_MODULES = ("tasks",)
+
+Handler = Callable[["JobContext", Any], Any]
+H = TypeVar("H", bound=Handler)
+
+
+class EmptyInput(BaseModel):
+    """The schema of a job type that declares none: an object with no fields."""
+
+    model_config = {"extra": "forbid"}
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    handler: Handler
+    input_model: type[BaseModel] = EmptyInput
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    then: str | None = None
+    time_limit: float = DEFAULT_TIME_LIMIT
+    queue: str = DEFAULT_QUEUE
+
+    def validate_input(self, data: object) -> BaseModel:
+        """The input as the handler will see it, or `InvalidInput` with per-field messages."""
+        try:
+            return self.input_model.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInput([_field_error(err) for err in exc.errors()]) from None
+
+
+def _field_error(err: Any) -> FieldError:
+    path = ".".join(str(part) for part in err["loc"])
+    return FieldError(field=f"input.{path}" if path else "input", message=err["msg"])
+
+
+class Registry:
+    """Every known job type; each process fills one at start-up."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, JobType] = {}
+
+    def add(self, job_type: JobType) -> None:
+        existing = self._types.get(job_type.name)
+        if existing is not None and existing.handler is not job_type.handler:
+            raise JobDefinitionError(f"job type {job_type.name!r} is defined twice")
+        self._types[job_type.name] = job_type
+
+    def get(self, name: str) -> JobType:
+        try:
+            return self._types[name]
+        except KeyError:
+            raise UnknownJobType(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __iter__(self) -> Iterator[JobType]:
+        return iter(self._types.values())
+
+    def pipeline_of(self, name: str) -> list[JobType]:
+        """The job type and every type that follows it, in order."""
+        steps: list[JobType] = []
+        current: str | None = name
+        while current is not None:
+            job_type = self.get(current)
+            if job_type in steps:
+                raise JobDefinitionError(f"pipeline starting at {name!r} loops back")
+            steps.append(job_type)
+            current = job_type.then
+        return steps
+
+    def check(self, longest_allowed_delay: float | None = None) -> None:
+        """Fail loudly on a pipeline naming an unknown type, or a delay the broker can't hold."""
+        for job_type in self:
+            self.pipeline_of(job_type.name)
+            if longest_allowed_delay is None:
+                continue
+            if max(job_type.time_limit, job_type.retry.max_delay) >= longest_allowed_delay:
+                raise JobDefinitionError(
+                    f"{job_type.name}: time_limit and retry max_delay must stay below the "
+                    f"broker visibility timeout ({longest_allowed_delay:.0f}s)"
+                )
+
+
+# The registry `define_job` writes to; processes read it after `load_job_modules`.
+registry = Registry()
+
+
+def define_job(
+    name: str,
+    *,
+    input: type[BaseModel] = EmptyInput,  # noqa: A002 - the natural word for a job's input
+    retry: RetryPolicy | None = None,
+    then: str | None = None,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    queue: str = DEFAULT_QUEUE,
+    target: Registry | None = None,
+) -> Callable[[H], H]:
+    """Declare a job type; the decorated function is its handler.
+
+    Options are keyword-only, so a misspelt one is a `TypeError` at import time rather than
+    a silently ignored setting.
+    """
+    if not NAME_PATTERN.match(name):
+        raise JobDefinitionError(f"job type name {name!r} must match {NAME_PATTERN.pattern}")
+    if not (isinstance(input, type) and issubclass(input, BaseModel)):
+        raise JobDefinitionError(f"{name}: input must be a pydantic model class")
+    if time_limit <= 0:
+        raise JobDefinitionError(f"{name}: time_limit must be positive")
+
+    def register(handler: H) -> H:
+        job_type = JobType(
+            name=name,
+            handler=handler,
+            input_model=input,
+            retry=retry or RetryPolicy(),
+            then=then,
+            time_limit=float(time_limit),
+            queue=queue,
+        )
+        (target or registry).add(job_type)
+        return handler
+
+    return register
+
+
+def load_job_modules(extra: tuple[str, ...] = ()) -> Registry:
+    """Import the built-in job modules and the user's (`ORCH_JOB_MODULES`), then check."""
+    for module in (*BUILTIN_JOB_MODULES, *extra):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise JobDefinitionError(f"cannot import job module {module!r}: {exc}") from exc
+    registry.check()
+    return registry

@@ -1,0 +1,69 @@
+"""What one process needs to do its work, built once from the settings.
+
+Processes that Celery or gunicorn start find theirs with `Runtime.current()`; tests and
+embedding code build their own with `Runtime.build(settings)` and pass it explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import ClassVar
+
+from orchestrator.db import Database
+from orchestrator.dispatch import Dispatcher
+from orchestrator.dispatch.celery import CeleryDispatcher, create_celery_app
+from orchestrator.dispatch.inline import InlineDispatcher
+from orchestrator.registry import Registry, load_job_modules
+from orchestrator.runner import Runner
+from orchestrator.service import JobService
+from orchestrator.settings import DispatchMode, Settings, get_settings
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    registry: Registry
+    runner: Runner
+    dispatcher: Dispatcher
+    service: JobService
+
+    _current: ClassVar[Runtime | None] = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        registry = load_job_modules(settings.job_modules)
+        database = Database.from_settings(settings)
+        runner = Runner(database, registry, worker=worker_name())
+        dispatcher = make_dispatcher(settings, runner)
+        service = JobService(database, registry, dispatcher)
+        return cls(settings, database, registry, runner, dispatcher, service)
+
+    @classmethod
+    def current(cls) -> Runtime:
+        """This process's runtime, built on first use (after any fork)."""
+        with cls._lock:
+            if cls._current is None:
+                cls._current = cls.build(get_settings())
+            return cls._current
+
+    @classmethod
+    def reset(cls) -> None:
+        with cls._lock:
+            if cls._current is not None:
+                cls._current.database.dispose()
+            cls._current = None
+
+
+def make_dispatcher(settings: Settings, runner: Runner) -> Dispatcher:
+    if settings.dispatch_mode is DispatchMode.INLINE:
+        return InlineDispatcher(runner)
+    return CeleryDispatcher(create_celery_app(settings))

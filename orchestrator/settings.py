@@ -1,0 +1,177 @@
+"""Configuration: every `ORCH_*` environment variable, read once into one typed object.
+
+The README's configuration table lists the same fields; `tests/unit/test_settings.py` checks
+that the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_SERVICE_SECRET = "dev-secret"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class DispatchMode(StrEnum):
+    CELERY = "celery"
+    INLINE = "inline"
+
+
+class ConfigurationError(Exception):
+    """Invalid configuration; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore", frozen=True)
+
+    env: Environment = Field(
+        Environment.PRODUCTION,
+        description="`development` (what `make run` sets: dev secret allowed) or `production`.",
+    )
+    database_url: str = Field(
+        "sqlite:///.orchestrator/orchestrator.db",
+        description="SQLAlchemy URL; `postgresql+psycopg://...` in production.",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Celery broker. Unset under `make run`: an embedded Redis is started.",
+    )
+    embedded_redis_port: int = Field(
+        6379, ge=1, le=65535, description="Port of the embedded Redis that `make run` starts."
+    )
+    host: str = Field("127.0.0.1", description="Address the web API binds to.")
+    port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("PORT", "ORCH_PORT"),
+        description="Port of the web API (`PORT` is honoured, as on Cloud Run and Heroku).",
+    )
+    web_workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes.")
+    web_timeout: int = Field(
+        30, ge=1, description="Seconds gunicorn lets a request run (and finish on shutdown)."
+    )
+    state_dir: Path = Field(
+        Path(".orchestrator"),
+        description="Folder for local state: beat's schedule file, the embedded Redis's files.",
+    )
+    flower_address: str = Field("127.0.0.1", description="Address Flower binds to.")
+    flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower.")
+    flower_basic_auth: str | None = Field(
+        None, description="`user:password` pairs (comma-separated) Flower requires; none in dev."
+    )
+    dispatch_mode: DispatchMode = Field(
+        DispatchMode.CELERY, description="How jobs reach workers: `celery` or `inline`."
+    )
+    job_modules: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Extra modules defining job types, comma-separated import paths."
+    )
+    service_auth_secret: str | None = Field(
+        None,
+        description="Secret for internal/admin callers (`X-Service-Auth`); "
+        "`dev-secret` in development, required in production.",
+    )
+    worker_concurrency: int = Field(2, ge=1, le=256, description="Celery worker processes.")
+    worker_queues: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("default",), description="Queues the worker consumes, comma-separated."
+    )
+    visibility_timeout: int = Field(
+        7200,
+        ge=60,
+        description="Seconds Redis waits before redelivering an unacknowledged task; "
+        "must exceed every job type's time limit.",
+    )
+    log_level: str = Field("INFO", description="Log level of every process.")
+    log_format: str = Field("json", description="`json` lines or `text`.")
+
+    @field_validator("job_modules", "worker_queues", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in {"json", "text"}:
+            raise ValueError("must be `json` or `text`")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_for_environment(self) -> Settings:
+        if self.service_auth_secret is None and self.env is Environment.DEVELOPMENT:
+            object.__setattr__(self, "service_auth_secret", DEV_SERVICE_SECRET)
+        return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.env is Environment.DEVELOPMENT
+
+    def sqlite_path(self) -> Path | None:
+        """The database file when the URL names one, so callers can create its folder."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix) or ":memory:" in self.database_url:
+            return None
+        return Path(self.database_url.removeprefix(prefix))
+
+    def require_production_secrets(self) -> None:
+        """Refuse to serve outside development without a real service secret."""
+        if self.is_development:
+            return
+        secret = self.service_auth_secret
+        if not secret:
+            raise ConfigurationError(
+                "ORCH_SERVICE_AUTH_SECRET is required outside development (ORCH_ENV=production)"
+            )
+        if secret == DEV_SERVICE_SECRET or len(secret) < 16:
+            raise ConfigurationError(
+                "ORCH_SERVICE_AUTH_SECRET must be a real secret of at least 16 characters "
+                "outside development"
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; invalid values raise one line that names the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    variable = "PORT" if field.lower() == "port" else f"ORCH_{field.upper()}"
+    return f"invalid configuration: {variable}: {first['msg']}"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,265 @@
+"""Every job state transition, each one conditional write that names its source states.
+
+This is the only module that writes `jobs.status`. Each function runs inside the caller's
+transaction, checks its row count, and records an event row beside the change, so the
+event log and the job row can never disagree.
+
+Writes made on behalf of a running attempt are fenced: they match on `attempt` as well as
+`status`, so a worker whose lease was taken over cannot overwrite the newer attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from orchestrator.models import Job, JobEvent
+from orchestrator.states import ALLOWED, CLAIMABLE, JobStatus
+
+TRACEBACK_LIMIT = 8000
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The fencing token of one claimed run: writes for it must match both fields."""
+
+    job_id: str
+    tenant_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+def _check(source: Iterable[JobStatus], target: JobStatus) -> None:
+    for status in source:
+        assert target in ALLOWED[status], f"{status} -> {target} is not a transition"
+
+
+def _event(
+    job_id: str,
+    tenant_id: str,
+    attempt: int,
+    now: datetime,
+    *,
+    kind: str = "transition",
+    source: JobStatus | None = None,
+    target: JobStatus | None = None,
+    level: str | None = None,
+    message: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    return JobEvent(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        attempt=attempt,
+        at=now,
+        kind=kind,
+        from_status=source,
+        to_status=target,
+        level=level,
+        message=message,
+        data=data,
+    )
+
+
+def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> None:
+    """Record a new pipeline: the first step `queued`, the ones after it `waiting`."""
+    for step in steps:
+        assert step.status in (JobStatus.QUEUED, JobStatus.WAITING)
+    session.add_all(steps)
+    session.flush()
+    session.add_all(
+        _event(s.id, s.tenant_id, 0, now, target=s.status, message="created") for s in steps
+    )
+
+
+def claim(
+    session: Session, job_id: str, *, worker: str, lease_seconds: float, now: datetime
+) -> Job | None:
+    """Start a new attempt if the job is claimable and due; `None` for a duplicate delivery.
+
+    The UPDATE bumps `attempt` and matches on the attempt it read, so of two concurrent
+    deliveries exactly one wins.
+    """
+    _check(CLAIMABLE, JobStatus.RUNNING)
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status not in CLAIMABLE or job.archived_at is not None:
+        return None
+    if job.run_at is not None and job.run_at > now:
+        return None
+    source, attempt = job.status, job.attempt + 1
+    won = _update(
+        session,
+        (Job.id == job_id, Job.status == source, Job.attempt == job.attempt),
+        status=JobStatus.RUNNING,
+        attempt=attempt,
+        worker=worker,
+        started_at=now,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        run_at=None,
+        dispatch_due_at=None,
+        dispatched_at=job.dispatched_at or now,
+        updated_at=now,
+    )
+    if not won:
+        return None
+    session.add(_event(job_id, job.tenant_id, attempt, now, source=source,
+                       target=JobStatus.RUNNING, data={"worker": worker}))
+    session.refresh(job)
+    return job
+
+
+def succeed(session: Session, run: Attempt, result: Any, now: datetime) -> bool:
+    """Record the result; the next pipeline step, if any, becomes `queued`."""
+    if not _finish_running(session, run, JobStatus.SUCCEEDED, now, result=result, progress=1.0):
+        return False
+    _release_next_step(session, run, now)
+    return True
+
+
+def schedule_retry(
+    session: Session, run: Attempt, error: ErrorInfo, run_at: datetime, now: datetime
+) -> bool:
+    """The attempt failed and another is due at `run_at`."""
+    _check([JobStatus.RUNNING], JobStatus.RETRYING)
+    won = _update(
+        session,
+        _fence(run),
+        status=JobStatus.RETRYING,
+        run_at=run_at,
+        lease_expires_at=None,
+        updated_at=now,
+        **_error_columns(error),
+    )
+    if won:
+        session.add(_event(run.job_id, run.tenant_id, run.attempt, now,
+                           source=JobStatus.RUNNING, target=JobStatus.RETRYING,
+                           message=f"{error.type}: {error.message}",
+                           data={"runAt": run_at.isoformat()}))
+    return won
+
+
+def fail(session: Session, run: Attempt, error: ErrorInfo, now: datetime) -> bool:
+    """The job failed for good; the pipeline steps after it are cancelled."""
+    won = _finish_running(session, run, JobStatus.FAILED, now, **_error_columns(error),
+                          message=f"{error.type}: {error.message}")
+    if won:
+        cancel_downstream(session, run.job_id, now, reason=f"upstream {run.job_id} failed")
+    return won
+
+
+def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: str) -> None:
+    """Cancel every not-yet-started step after `job_id` in its pipeline."""
+    _check([JobStatus.WAITING], JobStatus.CANCELLED)
+    job = session.get(Job, job_id)
+    assert job is not None
+    rows = session.execute(
+        sa.select(Job.id, Job.tenant_id, Job.attempt).where(
+            Job.pipeline_id == job.pipeline_id,
+            Job.step_index > job.step_index,
+            Job.status == JobStatus.WAITING,
+        )
+    ).all()
+    for row in rows:
+        won = _update(session, (Job.id == row.id, Job.status == JobStatus.WAITING),
+                      status=JobStatus.CANCELLED, finished_at=now, updated_at=now,
+                      dispatch_due_at=None)
+        if won:
+            session.add(_event(row.id, row.tenant_id, row.attempt, now,
+                               source=JobStatus.WAITING, target=JobStatus.CANCELLED,
+                               message=reason))
+
+
+def report_progress(
+    session: Session, run: Attempt, percent: float, message: str | None, now: datetime
+) -> bool:
+    won = _update(session, _fence(run), progress=percent, progress_message=message,
+                  updated_at=now)
+    if won:
+        session.add(_event(run.job_id, run.tenant_id, run.attempt, now, kind="progress",
+                           message=message, data={"percent": percent}))
+    return won
+
+
+def log(
+    session: Session, run: Attempt, level: str, message: str, now: datetime,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """A handler's log line; not fenced, since a late line harms nothing and helps debugging."""
+    session.add(_event(run.job_id, run.tenant_id, run.attempt, now, kind="log", level=level,
+                       message=message, data=data))
+
+
+def note_skipped_delivery(session: Session, job: Job, reason: str, now: datetime) -> None:
+    session.add(_event(job.id, job.tenant_id, job.attempt, now, kind="delivery",
+                       level="INFO", message=reason))
+
+
+def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime) -> None:
+    """The broker accepted the pipeline: the outbox entry is settled."""
+    session.execute(
+        sa.update(Job)
+        .where(Job.id.in_(job_ids), Job.dispatch_due_at.is_not(None))
+        .values(dispatch_due_at=None, dispatched_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _release_next_step(session: Session, run: Attempt, now: datetime) -> None:
+    _check([JobStatus.WAITING], JobStatus.QUEUED)
+    nxt = session.execute(
+        sa.select(Job.id, Job.tenant_id).where(
+            Job.parent_id == run.job_id, Job.status == JobStatus.WAITING
+        )
+    ).first()
+    if nxt is None:
+        return
+    # The outbox entry covers a worker that dies before Celery sends the chain's next task.
+    won = _update(session, (Job.id == nxt.id, Job.status == JobStatus.WAITING),
+                  status=JobStatus.QUEUED, updated_at=now, dispatch_due_at=now,
+                  dispatched_at=None)
+    if won:
+        session.add(_event(nxt.id, nxt.tenant_id, 0, now, source=JobStatus.WAITING,
+                           target=JobStatus.QUEUED, message=f"upstream {run.job_id} succeeded"))
+
+
+def _finish_running(
+    session: Session, run: Attempt, target: JobStatus, now: datetime,
+    message: str | None = None, **values: Any,
+) -> bool:
+    _check([JobStatus.RUNNING], target)
+    won = _update(session, _fence(run), status=target, finished_at=now, updated_at=now,
+                  lease_expires_at=None, **values)
+    if won:
+        session.add(_event(run.job_id, run.tenant_id, run.attempt, now,
+                           source=JobStatus.RUNNING, target=target, message=message))
+    return won
+
+
+def _fence(run: Attempt) -> tuple[sa.ColumnElement[bool], ...]:
+    return (Job.id == run.job_id, Job.attempt == run.attempt, Job.status == JobStatus.RUNNING)
+
+
+def _error_columns(error: ErrorInfo) -> dict[str, Any]:
+    traceback = error.traceback[-TRACEBACK_LIMIT:] if error.traceback else None
+    return {"error_type": error.type, "error_message": error.message,
+            "error_traceback": traceback}
+
+
+def _update(session: Session, where: Iterable[sa.ColumnElement[bool]], **values: Any) -> bool:
+    result = session.execute(
+        sa.update(Job).where(*where).values(**values).execution_options(
+            synchronize_session=False
+        )
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]

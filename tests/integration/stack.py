@@ -1,0 +1,145 @@
+"""A running system for integration tests: real web server, real Celery worker processes.
+
+The web app serves on a loopback port from a thread of the test process; the worker is the
+same `celery worker` command the Procfile runs, as a subprocess with its own environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from api import create_app
+from orchestrator import processes
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings, load_settings
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def stack_settings(database_url: str, redis_url: str) -> Settings:
+    return load_settings(
+        env="development", database_url=database_url, redis_url=redis_url,
+        job_modules="tests.jobtypes", log_format="text", worker_concurrency=2,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ORCH_ENV": settings.env.value,
+        "ORCH_DATABASE_URL": settings.database_url,
+        "ORCH_REDIS_URL": settings.redis_url,
+        "ORCH_JOB_MODULES": ",".join(settings.job_modules),
+        "ORCH_LOG_FORMAT": settings.log_format,
+        "ORCH_WORKER_CONCURRENCY": str(settings.worker_concurrency),
+    }
+
+
+@dataclass
+class Worker:
+    """A `celery worker` subprocess in its own process group, so teardown reaps its children."""
+
+    settings: Settings
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, runtime: Runtime, timeout: float = 60) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                processes.command("worker", self.settings), cwd=ROOT,
+                env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_ready(runtime, timeout)
+
+    def _wait_ready(self, runtime: Runtime, timeout: float) -> None:
+        app = runtime.dispatcher.app  # type: ignore[attr-defined]
+        deadline = time.monotonic() + timeout
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
+            if app.control.ping(timeout=0.5):
+                return
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    runtime: Runtime
+    worker: Worker
+    server: BaseWSGIServer | None = None
+    base_url: str = ""
+    http: requests.Session = field(default_factory=requests.Session)
+
+    def start(self) -> Stack:
+        app = create_app(runtime=self.runtime)
+        self.server = make_server("127.0.0.1", free_port(), app, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}"
+        self.worker.start(self.runtime)
+        return self
+
+    def stop(self) -> None:
+        self.worker.stop()
+        if self.server is not None:
+            self.server.shutdown()
+        self.runtime.database.dispose()
+
+    def create(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post(f"{self.base_url}/v1/jobs", json=body,
+                                  headers={"X-Tenant-ID": tenant}, timeout=10)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    def get(self, tenant: str, path: str) -> requests.Response:
+        return self.http.get(f"{self.base_url}{path}", headers={"X-Tenant-ID": tenant},
+                             timeout=10)
+
+    def wait_for(
+        self, tenant: str, job_id: str, statuses: Iterable[str] = TERMINAL, timeout: float = 30
+    ) -> dict[str, Any]:
+        wanted = set(statuses)
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = self.get(tenant, f"/v1/jobs/{job_id}").json()
+            if job.get("status") in wanted:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(
+            f"job {job_id} still {job.get('status')} after {timeout}s\n{self.worker.log_tail()}"
+        )
+
+    def events(self, tenant: str, job_id: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self.get(tenant, f"/v1/jobs/{job_id}/events").json()[
+            "events"]
+        return events
