@@ -21,8 +21,12 @@ class Problem(Exception):
     """Raise to answer with a problem document."""
 
     def __init__(
-        self, status: int, title: str, detail: str | None = None,
-        errors: Sequence[FieldError] = (), headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        errors: Sequence[FieldError] = (),
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail or title)
         self.status, self.title, self.detail = status, title, detail
@@ -81,13 +85,18 @@ def init_app(app: Flask) -> None:
 
 def _http_problem(exc: HTTPException) -> Response:
     status = exc.code or 500
-    headers = {"Allow": exc.response.headers["Allow"]} if (
-        exc.response is not None and "Allow" in exc.response.headers) else None
+    headers = (
+        {"Allow": exc.response.headers["Allow"]}
+        if (exc.response is not None and "Allow" in exc.response.headers)
+        else None
+    )
     return problem_response(Problem(status, exc.name, exc.description, headers=headers))
 
 
 def _unexpected(exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.path,
-                  extra={"action": "http_500"})
-    return problem_response(Problem(500, "Internal Server Error",
-                                    "The server failed; the error is logged."))
+    log.exception(
+        "unhandled error on %s %s", request.method, request.path, extra={"action": "http_500"}
+    )
+    return problem_response(
+        Problem(500, "Internal Server Error", "The server failed; the error is logged.")
+    )

@@ -39,8 +39,13 @@ def create_job() -> Response:
     identity = current_identity()
     body = CreateJob.model_validate(json_body())
     details = service().create(
-        NewJob(tenant_id=identity.tenant_id, type=body.type, input=body.input,
-               subject=body.subject, created_by=identity.user_id)
+        NewJob(
+            tenant_id=identity.tenant_id,
+            type=body.type,
+            input=body.input,
+            subject=body.subject,
+            created_by=identity.user_id,
+        )
     )
     response = json_response(JobOut.of_details(details), 201)
     response.headers["Location"] = url_for("jobs.get_job", job_id=details.job.id)
@@ -57,12 +62,15 @@ def get_job(job_id: str) -> Response:
 def list_jobs() -> Response:
     identity = current_identity()
     query = ListQuery.model_validate(request.args.to_dict())
-    page = service().list(
-        identity.tenant_id, JobFilter(status=query.status, type=query.type),
-        limit=query.limit, cursor=query.cursor,
+    page = service().list_jobs(
+        identity.tenant_id,
+        JobFilter(status=query.status, type=query.type),
+        limit=query.limit,
+        cursor=query.cursor,
     )
-    return json_response(JobPage(jobs=[JobOut.of(j) for j in page.jobs],
-                                 nextCursor=page.next_cursor))
+    return json_response(
+        JobPage(jobs=[JobOut.of(j) for j in page.jobs], nextCursor=page.next_cursor)
+    )
 
 
 @blueprint.get("/jobs/<job_id>/events")

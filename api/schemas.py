@@ -91,13 +91,27 @@ class JobOut(BaseModel):
     @classmethod
     def of(cls, job: Job, steps: list[Job] | None = None) -> JobOut:
         return cls(
-            id=job.id, tenantId=job.tenant_id, type=job.type, status=job.status,
-            subject=job.subject, attempt=job.attempt, maxAttempts=job.max_attempts,
-            input=job.input, result=job.result, error=_error(job), progress=_progress(job),
-            createdBy=job.created_by, createdAt=job.created_at, updatedAt=job.updated_at,
-            startedAt=job.started_at, finishedAt=job.finished_at, runAt=job.run_at,
+            id=job.id,
+            tenantId=job.tenant_id,
+            type=job.type,
+            status=job.status,
+            subject=job.subject,
+            attempt=job.attempt,
+            maxAttempts=job.max_attempts,
+            input=job.input,
+            result=job.result,
+            error=_error(job),
+            progress=_progress(job),
+            createdBy=job.created_by,
+            createdAt=job.created_at,
+            updatedAt=job.updated_at,
+            startedAt=job.started_at,
+            finishedAt=job.finished_at,
+            runAt=job.run_at,
             upstreamId=job.parent_id,
-            pipeline=None if steps is None else PipelineOut(
+            pipeline=None
+            if steps is None
+            else PipelineOut(
                 id=job.pipeline_id,
                 steps=[StepOut(id=s.id, type=s.type, status=s.status) for s in steps],
             ),
@@ -127,9 +141,15 @@ class EventOut(BaseModel):
     @classmethod
     def of(cls, event: JobEvent) -> EventOut:
         return cls(
-            id=event.id, at=event.at, kind=event.kind, attempt=event.attempt,
-            fromStatus=event.from_status, toStatus=event.to_status, level=event.level,
-            message=event.message, data=event.data,
+            id=event.id,
+            at=event.at,
+            kind=event.kind,
+            attempt=event.attempt,
+            fromStatus=event.from_status,
+            toStatus=event.to_status,
+            level=event.level,
+            message=event.message,
+            data=event.data,
         )
 
 
@@ -141,8 +161,9 @@ class EventList(BaseModel):
 def _error(job: Job) -> ErrorOut | None:
     if job.error_type is None:
         return None
-    return ErrorOut(type=job.error_type, message=job.error_message or "",
-                    traceback=job.error_traceback)
+    return ErrorOut(
+        type=job.error_type, message=job.error_message or "", traceback=job.error_traceback
+    )
 
 
 def _progress(job: Job) -> ProgressOut | None:

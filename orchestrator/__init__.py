@@ -10,12 +10,11 @@ from orchestrator.registry import define_job
 from orchestrator.retry import RetryPolicy
 
 
-
 def __getattr__(name: str) -> object:
     # send_job/get_job pull in the runtime (Celery, SQLAlchemy engines); importing them
     # lazily keeps `from orchestrator import define_job` light for job modules.
     if name in ("send_job", "get_job"):
-        from orchestrator import jobs
+        from orchestrator import jobs  # noqa: PLC0415
 
         return getattr(jobs, name)
     raise AttributeError(name)

@@ -11,8 +11,8 @@ from celery.signals import setup_logging, worker_process_init
 from orchestrator.dispatch.celery import create_celery_app, task_name
 from orchestrator.logs import configure_logging
 from orchestrator.registry import JobType, Registry, load_job_modules
-from orchestrator.runtime import Runtime
 from orchestrator.runner import Failed, RetryLater, Skipped
+from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, get_settings
 
 # Celery's hard limit fires this long after the soft one, which the handler sees as an error.
@@ -80,13 +80,15 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-@setup_logging.connect
 def _configure_worker_logging(**_: Any) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
 
 
-@worker_process_init.connect
 def _forget_parent_connections(**_: Any) -> None:
     # A forked child must not share the parent's database sockets.
     Runtime.reset()
+
+
+setup_logging.connect(_configure_worker_logging)
+worker_process_init.connect(_forget_parent_connections)

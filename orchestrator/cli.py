@@ -55,7 +55,7 @@ def db_upgrade(revision: str) -> None:
 @one_line_errors
 def dev() -> None:
     """Run web, worker, beat and Flower with embedded defaults (what `make run` runs)."""
-    from orchestrator.dev import run_dev
+    from orchestrator.dev import run_dev  # noqa: PLC0415 - honcho only for this command
 
     sys.exit(run_dev())
 
@@ -73,7 +73,7 @@ def run_process(process: str, print_only: bool) -> None:
     if print_only:
         click.echo(" ".join(argv))
         return
-    os.execvpe(argv[0], argv, processes.environment(settings))
+    os.execvpe(argv[0], argv, processes.environment(settings))  # noqa: S606 - replaces us
 
 
 @main.command()
@@ -84,12 +84,19 @@ def run_process(process: str, print_only: bool) -> None:
 @one_line_errors
 def send(job_type: str, tenant: str, input_json: str, subject: str | None) -> None:
     """Create a job from the shell and print it as JSON."""
-    from orchestrator.jobs import send_job
+    from orchestrator.jobs import send_job  # noqa: PLC0415 - builds the runtime
 
     try:
         data = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"--input is not JSON: {exc}") from None
     details = send_job(job_type, data, tenant_id=tenant, subject=subject)
-    click.echo(json.dumps({"id": details.job.id, "status": details.job.status.value,
-                           "pipeline": [s.id for s in details.steps]}))
+    click.echo(
+        json.dumps(
+            {
+                "id": details.job.id,
+                "status": details.job.status.value,
+                "pipeline": [s.id for s in details.steps],
+            }
+        )
+    )

@@ -50,8 +50,12 @@ class JobContext:
     logger: JobLogger = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        extra = {"job_id": self.job_id, "tenant_id": self.tenant_id, "job_type": self.type,
-                 "attempt": self.attempt}
+        extra = {
+            "job_id": self.job_id,
+            "tenant_id": self.tenant_id,
+            "job_type": self.type,
+            "attempt": self.attempt,
+        }
         self.logger = JobLogger(self._write_log, extra)
 
     @property

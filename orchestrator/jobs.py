@@ -21,8 +21,9 @@ def send_job(
     created_by: str | None = None,
 ) -> JobDetails:
     """Record a job (and the pipeline steps after it) and dispatch it."""
-    request = NewJob(tenant_id=tenant_id, type=type, input=input or {}, subject=subject,
-                     created_by=created_by)
+    request = NewJob(
+        tenant_id=tenant_id, type=type, input=input or {}, subject=subject, created_by=created_by
+    )
     return Runtime.current().service.create(request)
 
 

@@ -46,7 +46,10 @@ def web(settings: Settings) -> list[str]:
 
 def worker(settings: Settings) -> list[str]:
     return [
-        _executable("celery"), "-A", CELERY_APP, "worker",
+        _executable("celery"),
+        "-A",
+        CELERY_APP,
+        "worker",
         f"--loglevel={settings.log_level}",
         f"--concurrency={settings.worker_concurrency}",
         f"--queues={','.join(settings.worker_queues)}",
@@ -58,7 +61,10 @@ def worker(settings: Settings) -> list[str]:
 
 def beat(settings: Settings) -> list[str]:
     return [
-        _executable("celery"), "-A", CELERY_APP, "beat",
+        _executable("celery"),
+        "-A",
+        CELERY_APP,
+        "beat",
         f"--loglevel={settings.log_level}",
         f"--schedule={settings.state_dir / 'celerybeat-schedule'}",
     ]
@@ -66,7 +72,10 @@ def beat(settings: Settings) -> list[str]:
 
 def flower(settings: Settings) -> list[str]:
     return [
-        _executable("celery"), "-A", CELERY_APP, "flower",
+        _executable("celery"),
+        "-A",
+        CELERY_APP,
+        "flower",
         f"--address={settings.flower_address}",
         f"--port={settings.flower_port}",
     ]

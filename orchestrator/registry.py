@@ -1,7 +1,7 @@
 """Job types: declared once in Python, looked up by name everywhere else.
 
-    @define_job("ANALYZE_INSPECTION", input=AnalyzeInput, then="GENERATE_REPORT")
-    def analyze(ctx: JobContext, data: AnalyzeInput) -> dict[str, object]: ...
+@define_job("ANALYZE_INSPECTION", input=AnalyzeInput, then="GENERATE_REPORT")
+def analyze(ctx: JobContext, data: AnalyzeInput) -> dict[str, object]: ...
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class Registry:
     def check(self, longest_allowed_delay: float | None = None) -> None:
         """Fail loudly on a pipeline naming an unknown type, or a delay the broker can't hold."""
         for job_type in self:
-            self.pipeline_of(job_type.name)
+            for later in self.pipeline_of(job_type.name)[1:]:
+                _require_defaults(later)
             if longest_allowed_delay is None:
                 continue
             if max(job_type.time_limit, job_type.retry.max_delay) >= longest_allowed_delay:
@@ -105,6 +106,16 @@ class Registry:
                     f"{job_type.name}: time_limit and retry max_delay must stay below the "
                     f"broker visibility timeout ({longest_allowed_delay:.0f}s)"
                 )
+
+
+def _require_defaults(job_type: JobType) -> None:
+    """A step that follows another is created with its input's defaults: they must exist."""
+    try:
+        job_type.validate_input({})
+    except InvalidInput as exc:
+        raise JobDefinitionError(
+            f"{job_type.name} follows another step, so its input needs defaults for: {exc}"
+        ) from None
 
 
 # The registry `define_job` writes to; processes read it after `load_job_modules`.

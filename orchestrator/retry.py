@@ -40,7 +40,7 @@ class RetryPolicy:
         """The delay after attempt `failed_attempt` (1-based), before jitter, capped."""
         steps = max(failed_attempt, 1)
         if self.backoff == "exponential":
-            raw = self.initial_delay * 2 ** (steps - 1)
+            raw = self.initial_delay * 2.0 ** (steps - 1)
         elif self.backoff == "linear":
             raw = self.initial_delay * steps
         else:
@@ -49,7 +49,7 @@ class RetryPolicy:
 
     def delay(self, failed_attempt: int, rng: random.Random | None = None) -> float:
         base = self.base_delay(failed_attempt)
-        draw = (rng or random).random()
+        draw: float = (rng or random).random()
         return base * (1 - self.jitter * draw)
 
     def allows_another(self, attempt: int) -> bool:

@@ -81,11 +81,15 @@ class Runner:
         outcome = self._execute(job, job_type, upstream)
         written = self._record(job, job_type, outcome)
         if not written:
-            log.warning("result refused: attempt lost its lease",
-                        extra={**extra, "action": "fenced"})
+            log.warning(
+                "result refused: attempt lost its lease", extra={**extra, "action": "fenced"}
+            )
             return Skipped("attempt was superseded; result refused")
-        log.info("job %s", type(outcome).__name__.lower(),
-                 extra={**extra, "action": type(outcome).__name__.lower()})
+        log.info(
+            "job %s",
+            type(outcome).__name__.lower(),
+            extra={**extra, "action": type(outcome).__name__.lower()},
+        )
         return outcome
 
     def _claim(self, job_id: str) -> tuple[Job, JobType, Any] | Skipped:
@@ -96,7 +100,10 @@ class Runner:
                 return Skipped(f"unknown job {job_id}")
             job_type = self.registry.get(existing.type)
             job = transitions.claim(
-                session, job_id, worker=self.worker, now=now,
+                session,
+                job_id,
+                worker=self.worker,
+                now=now,
                 lease_seconds=job_type.time_limit + LEASE_GRACE_SECONDS,
             )
             if job is None:
@@ -109,9 +116,15 @@ class Runner:
 
     def _execute(self, job: Job, job_type: JobType, upstream: Any) -> Outcome:
         ctx = JobContext(
-            job_id=job.id, tenant_id=job.tenant_id, type=job.type, attempt=job.attempt,
-            max_attempts=job.max_attempts, subject=job.subject, upstream_result=upstream,
-            _database=self.database, _clock=self.clock,
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            type=job.type,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            subject=job.subject,
+            upstream_result=upstream,
+            _database=self.database,
+            _clock=self.clock,
         )
         try:
             data = job_type.validate_input(job.input)
@@ -156,5 +169,9 @@ def _error_info(exc: BaseException) -> ErrorInfo:
 
 
 def _log_extra(job: Job) -> dict[str, Any]:
-    return {"job_id": job.id, "tenant_id": job.tenant_id, "job_type": job.type,
-            "attempt": job.attempt}
+    return {
+        "job_id": job.id,
+        "tenant_id": job.tenant_id,
+        "job_type": job.type,
+        "attempt": job.attempt,
+    }

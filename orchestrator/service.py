@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from orchestrator import transitions
 from orchestrator.db import Database
-from orchestrator.dispatch import DispatchError, Dispatcher, Step
+from orchestrator.dispatch import Dispatcher, DispatchError, Step
 from orchestrator.errors import JobNotFound
 from orchestrator.ids import new_job_id
 from orchestrator.models import Job, JobEvent, utcnow
@@ -82,9 +82,7 @@ class JobService:
 
     def get(self, tenant_id: str, job_id: str) -> JobDetails:
         with self.database.session() as session:
-            job = session.scalar(
-                sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
-            )
+            job = session.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
             if job is None:
                 raise JobNotFound(job_id)
             steps = session.scalars(
@@ -94,7 +92,7 @@ class JobService:
             ).all()
             return JobDetails(job=job, steps=list(steps))
 
-    def list(
+    def list_jobs(
         self, tenant_id: str, filters: JobFilter, *, limit: int = 50, cursor: str | None = None
     ) -> Page:
         """Newest first; `cursor` is the last id of the previous page."""
@@ -119,59 +117,85 @@ class JobService:
             return list(
                 session.scalars(
                     sa.select(JobEvent)
-                    .where(JobEvent.job_id == job_id, JobEvent.tenant_id == tenant_id,
-                           JobEvent.id > after)
+                    .where(
+                        JobEvent.job_id == job_id,
+                        JobEvent.tenant_id == tenant_id,
+                        JobEvent.id > after,
+                    )
                     .order_by(JobEvent.id)
                     .limit(max(1, min(limit, 1000)))
                 )
             )
 
     def _build_pipeline(self, request: NewJob, now: datetime) -> list[Job]:
+        """Every step up front: the first `queued`, the rest `waiting` on their upstream."""
         types = self.registry.pipeline_of(request.type)
-        head_input = types[0].validate_input(request.input).model_dump(mode="json")
+        # Later steps get their type's defaults; registry.check() proved those are valid.
+        inputs = [types[0].validate_input(request.input)]
+        inputs += [job_type.validate_input({}) for job_type in types[1:]]
         pipeline_id = new_job_id()
         steps: list[Job] = []
-        for index, job_type in enumerate(types):
-            steps.append(self._new_step(request, job_type, index, now, steps, pipeline_id,
-                                        head_input if index == 0 else None))
+        for index, (job_type, data) in enumerate(zip(types, inputs, strict=True)):
+            steps.append(
+                _step_row(
+                    request,
+                    job_type,
+                    data=data.model_dump(mode="json"),
+                    index=index,
+                    job_id=pipeline_id if index == 0 else new_job_id(),
+                    pipeline_id=pipeline_id,
+                    parent_id=steps[-1].id if steps else None,
+                    now=now,
+                )
+            )
         return steps
-
-    def _new_step(
-        self, request: NewJob, job_type: JobType, index: int, now: datetime,
-        previous: Sequence[Job], pipeline_id: str, head_input: dict[str, Any] | None,
-    ) -> Job:
-        first = index == 0
-        step_input = head_input if head_input is not None else job_type.validate_input(
-            {}).model_dump(mode="json")
-        return Job(
-            id=pipeline_id if first else new_job_id(),
-            tenant_id=request.tenant_id,
-            type=job_type.name,
-            subject=request.subject,
-            input=step_input,
-            status=JobStatus.QUEUED if first else JobStatus.WAITING,
-            priority=0,
-            queue=job_type.queue,
-            attempt=0,
-            max_attempts=job_type.retry.max_attempts,
-            pipeline_id=pipeline_id,
-            parent_id=previous[-1].id if previous else None,
-            step_index=index,
-            created_by=request.created_by,
-            created_at=now,
-            updated_at=now,
-            dispatch_due_at=now if first else None,
-        )
 
     def _dispatch(self, steps: Sequence[Job]) -> None:
         try:
             self.dispatcher.dispatch([Step.of(step) for step in steps])
         except DispatchError as exc:
-            log.warning("dispatch failed; the outbox sweeper will retry: %s", exc,
-                        extra={**_ids(steps[0]), "action": "dispatch_failed"})
+            log.warning(
+                "dispatch failed; the outbox sweeper will retry: %s",
+                exc,
+                extra={**_ids(steps[0]), "action": "dispatch_failed"},
+            )
             return
         with self.database.transaction() as session:
             transitions.mark_dispatched(session, [steps[0].id], self.clock())
+
+
+def _step_row(
+    request: NewJob,
+    job_type: JobType,
+    *,
+    data: dict[str, Any],
+    index: int,
+    job_id: str,
+    pipeline_id: str,
+    parent_id: str | None,
+    now: datetime,
+) -> Job:
+    first = index == 0
+    return Job(
+        id=job_id,
+        tenant_id=request.tenant_id,
+        type=job_type.name,
+        subject=request.subject,
+        input=data,
+        status=JobStatus.QUEUED if first else JobStatus.WAITING,
+        priority=0,
+        queue=job_type.queue,
+        attempt=0,
+        max_attempts=job_type.retry.max_attempts,
+        pipeline_id=pipeline_id,
+        parent_id=parent_id,
+        step_index=index,
+        created_by=request.created_by,
+        created_at=now,
+        updated_at=now,
+        # The outbox entry: due now for the first step; later steps get theirs when released.
+        dispatch_due_at=now if first else None,
+    )
 
 
 def _ids(job: Job) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEV_SERVICE_SECRET = "dev-secret"
+DEV_SERVICE_SECRET = "dev-secret"  # noqa: S105 - the documented development default
 
 
 class Environment(StrEnum):

@@ -113,8 +113,17 @@ def claim(
     )
     if not won:
         return None
-    session.add(_event(job_id, job.tenant_id, attempt, now, source=source,
-                       target=JobStatus.RUNNING, data={"worker": worker}))
+    session.add(
+        _event(
+            job_id,
+            job.tenant_id,
+            attempt,
+            now,
+            source=source,
+            target=JobStatus.RUNNING,
+            data={"worker": worker},
+        )
+    )
     session.refresh(job)
     return job
 
@@ -142,17 +151,31 @@ def schedule_retry(
         **_error_columns(error),
     )
     if won:
-        session.add(_event(run.job_id, run.tenant_id, run.attempt, now,
-                           source=JobStatus.RUNNING, target=JobStatus.RETRYING,
-                           message=f"{error.type}: {error.message}",
-                           data={"runAt": run_at.isoformat()}))
+        session.add(
+            _event(
+                run.job_id,
+                run.tenant_id,
+                run.attempt,
+                now,
+                source=JobStatus.RUNNING,
+                target=JobStatus.RETRYING,
+                message=f"{error.type}: {error.message}",
+                data={"runAt": run_at.isoformat()},
+            )
+        )
     return won
 
 
 def fail(session: Session, run: Attempt, error: ErrorInfo, now: datetime) -> bool:
     """The job failed for good; the pipeline steps after it are cancelled."""
-    won = _finish_running(session, run, JobStatus.FAILED, now, **_error_columns(error),
-                          message=f"{error.type}: {error.message}")
+    won = _finish_running(
+        session,
+        run,
+        JobStatus.FAILED,
+        now,
+        **_error_columns(error),
+        message=f"{error.type}: {error.message}",
+    )
     if won:
         cancel_downstream(session, run.job_id, now, reason=f"upstream {run.job_id} failed")
     return won
@@ -171,38 +194,77 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
         )
     ).all()
     for row in rows:
-        won = _update(session, (Job.id == row.id, Job.status == JobStatus.WAITING),
-                      status=JobStatus.CANCELLED, finished_at=now, updated_at=now,
-                      dispatch_due_at=None)
+        won = _update(
+            session,
+            (Job.id == row.id, Job.status == JobStatus.WAITING),
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            updated_at=now,
+            dispatch_due_at=None,
+        )
         if won:
-            session.add(_event(row.id, row.tenant_id, row.attempt, now,
-                               source=JobStatus.WAITING, target=JobStatus.CANCELLED,
-                               message=reason))
+            session.add(
+                _event(
+                    row.id,
+                    row.tenant_id,
+                    row.attempt,
+                    now,
+                    source=JobStatus.WAITING,
+                    target=JobStatus.CANCELLED,
+                    message=reason,
+                )
+            )
 
 
 def report_progress(
     session: Session, run: Attempt, percent: float, message: str | None, now: datetime
 ) -> bool:
-    won = _update(session, _fence(run), progress=percent, progress_message=message,
-                  updated_at=now)
+    won = _update(session, _fence(run), progress=percent, progress_message=message, updated_at=now)
     if won:
-        session.add(_event(run.job_id, run.tenant_id, run.attempt, now, kind="progress",
-                           message=message, data={"percent": percent}))
+        session.add(
+            _event(
+                run.job_id,
+                run.tenant_id,
+                run.attempt,
+                now,
+                kind="progress",
+                message=message,
+                data={"percent": percent},
+            )
+        )
     return won
 
 
 def log(
-    session: Session, run: Attempt, level: str, message: str, now: datetime,
+    session: Session,
+    run: Attempt,
+    level: str,
+    message: str,
+    now: datetime,
+    *,
     data: dict[str, Any] | None = None,
 ) -> None:
     """A handler's log line; not fenced, since a late line harms nothing and helps debugging."""
-    session.add(_event(run.job_id, run.tenant_id, run.attempt, now, kind="log", level=level,
-                       message=message, data=data))
+    session.add(
+        _event(
+            run.job_id,
+            run.tenant_id,
+            run.attempt,
+            now,
+            kind="log",
+            level=level,
+            message=message,
+            data=data,
+        )
+    )
 
 
 def note_skipped_delivery(session: Session, job: Job, reason: str, now: datetime) -> None:
-    session.add(_event(job.id, job.tenant_id, job.attempt, now, kind="delivery",
-                       level="INFO", message=reason))
+    session.add(
+        _event(
+            job.id, job.tenant_id, job.attempt, now, kind="delivery", level="INFO", message=reason
+        )
+    )
 
 
 def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime) -> None:
@@ -225,24 +287,59 @@ def _release_next_step(session: Session, run: Attempt, now: datetime) -> None:
     if nxt is None:
         return
     # The outbox entry covers a worker that dies before Celery sends the chain's next task.
-    won = _update(session, (Job.id == nxt.id, Job.status == JobStatus.WAITING),
-                  status=JobStatus.QUEUED, updated_at=now, dispatch_due_at=now,
-                  dispatched_at=None)
+    won = _update(
+        session,
+        (Job.id == nxt.id, Job.status == JobStatus.WAITING),
+        status=JobStatus.QUEUED,
+        updated_at=now,
+        dispatch_due_at=now,
+        dispatched_at=None,
+    )
     if won:
-        session.add(_event(nxt.id, nxt.tenant_id, 0, now, source=JobStatus.WAITING,
-                           target=JobStatus.QUEUED, message=f"upstream {run.job_id} succeeded"))
+        session.add(
+            _event(
+                nxt.id,
+                nxt.tenant_id,
+                0,
+                now,
+                source=JobStatus.WAITING,
+                target=JobStatus.QUEUED,
+                message=f"upstream {run.job_id} succeeded",
+            )
+        )
 
 
 def _finish_running(
-    session: Session, run: Attempt, target: JobStatus, now: datetime,
-    message: str | None = None, **values: Any,
+    session: Session,
+    run: Attempt,
+    target: JobStatus,
+    now: datetime,
+    *,
+    message: str | None = None,
+    **values: Any,
 ) -> bool:
     _check([JobStatus.RUNNING], target)
-    won = _update(session, _fence(run), status=target, finished_at=now, updated_at=now,
-                  lease_expires_at=None, **values)
+    won = _update(
+        session,
+        _fence(run),
+        status=target,
+        finished_at=now,
+        updated_at=now,
+        lease_expires_at=None,
+        **values,
+    )
     if won:
-        session.add(_event(run.job_id, run.tenant_id, run.attempt, now,
-                           source=JobStatus.RUNNING, target=target, message=message))
+        session.add(
+            _event(
+                run.job_id,
+                run.tenant_id,
+                run.attempt,
+                now,
+                source=JobStatus.RUNNING,
+                target=target,
+                message=message,
+            )
+        )
     return won
 
 
@@ -252,14 +349,11 @@ def _fence(run: Attempt) -> tuple[sa.ColumnElement[bool], ...]:
 
 def _error_columns(error: ErrorInfo) -> dict[str, Any]:
     traceback = error.traceback[-TRACEBACK_LIMIT:] if error.traceback else None
-    return {"error_type": error.type, "error_message": error.message,
-            "error_traceback": traceback}
+    return {"error_type": error.type, "error_message": error.message, "error_traceback": traceback}
 
 
 def _update(session: Session, where: Iterable[sa.ColumnElement[bool]], **values: Any) -> bool:
     result = session.execute(
-        sa.update(Job).where(*where).values(**values).execution_options(
-            synchronize_session=False
-        )
+        sa.update(Job).where(*where).values(**values).execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

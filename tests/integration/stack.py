@@ -31,8 +31,12 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 def stack_settings(database_url: str, redis_url: str) -> Settings:
     return load_settings(
-        env="development", database_url=database_url, redis_url=redis_url,
-        job_modules="tests.jobtypes", log_format="text", worker_concurrency=2,
+        env="development",
+        database_url=database_url,
+        redis_url=redis_url,
+        job_modules="tests.jobtypes",
+        log_format="text",
+        worker_concurrency=2,
     )
 
 
@@ -59,8 +63,11 @@ class Worker:
     def start(self, runtime: Runtime, timeout: float = 60) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                processes.command("worker", self.settings), cwd=ROOT,
-                env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT,
+                processes.command("worker", self.settings),
+                cwd=ROOT,
+                env=settings_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self._wait_ready(runtime, timeout)
@@ -114,15 +121,15 @@ class Stack:
         self.runtime.database.dispose()
 
     def create(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = self.http.post(f"{self.base_url}/v1/jobs", json=body,
-                                  headers={"X-Tenant-ID": tenant}, timeout=10)
+        response = self.http.post(
+            f"{self.base_url}/v1/jobs", json=body, headers={"X-Tenant-ID": tenant}, timeout=10
+        )
         assert response.status_code == 201, response.text
         created: dict[str, Any] = response.json()
         return created
 
     def get(self, tenant: str, path: str) -> requests.Response:
-        return self.http.get(f"{self.base_url}{path}", headers={"X-Tenant-ID": tenant},
-                             timeout=10)
+        return self.http.get(f"{self.base_url}{path}", headers={"X-Tenant-ID": tenant}, timeout=10)
 
     def wait_for(
         self, tenant: str, job_id: str, statuses: Iterable[str] = TERMINAL, timeout: float = 30
@@ -141,5 +148,6 @@ class Stack:
 
     def events(self, tenant: str, job_id: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = self.get(tenant, f"/v1/jobs/{job_id}/events").json()[
-            "events"]
+            "events"
+        ]
         return events

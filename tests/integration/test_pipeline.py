@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 
+from orchestrator.dispatch import Step
 from tests.integration.stack import Stack
 
 README_JOB = {
@@ -72,8 +74,9 @@ def test_duplicate_deliveries_run_the_handler_once(
     stack: Stack, tenant: str, tmp_path: Path
 ) -> None:
     effect = tmp_path / "effect.log"
-    created = stack.create(tenant, {"type": "TEST_EFFECT",
-                                    "input": {"effectFile": str(effect), "sleep": 0.5}})
+    created = stack.create(
+        tenant, {"type": "TEST_EFFECT", "input": {"effectFile": str(effect), "sleep": 0.5}}
+    )
     # The same message again, four times, while the first delivery is still running.
     signature = stack.runtime.dispatcher.signature(  # type: ignore[attr-defined]
         _step(created)
@@ -101,15 +104,11 @@ def test_another_tenant_gets_404(stack: Stack, tenant: str) -> None:
     assert created["id"] not in {j["id"] for j in listing["jobs"]}
 
 
-def _step(created: dict[str, object]) -> object:
-    from orchestrator.dispatch import Step
-
+def _step(created: dict[str, object]) -> Step:
     return Step(job_id=str(created["id"]), type=str(created["type"]), queue="default")
 
 
 def _wait_for_skips(stack: Stack, tenant: str, job_id: str, count: int) -> None:
-    import time
-
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         skips = [e for e in stack.events(tenant, job_id) if e["kind"] == "delivery"]
