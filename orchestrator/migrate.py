@@ -28,6 +28,10 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+def downgrade(database_url: str, revision: str) -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
 def is_current(database_url: str) -> bool:
     """True when the database is at the newest migration."""
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()

@@ -1,0 +1,176 @@
+"""The transition module on SQLite and PostgreSQL: claims race, fences hold, events agree."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator import transitions
+from orchestrator.db import Database
+from orchestrator.dispatch import Step
+from orchestrator.models import Job, JobEvent, utcnow
+from orchestrator.registry import load_job_modules
+from orchestrator.service import JobFilter, JobService, NewJob
+from orchestrator.states import JobStatus
+from orchestrator.transitions import Attempt, ErrorInfo
+
+
+class RecordingDispatcher:
+    mode = "recording"
+
+    def __init__(self) -> None:
+        self.sent: list[list[Step]] = []
+
+    def dispatch(self, steps: list[Step]) -> None:
+        self.sent.append(list(steps))
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def service(database: Database) -> JobService:
+    return JobService(database, load_job_modules(("tests.jobtypes",)), RecordingDispatcher())
+
+
+def _pipeline(service: JobService, tenant: str = "t1") -> list[Job]:
+    return service.create(NewJob(tenant_id=tenant, type="TEST_FLAKY")).steps
+
+
+def _claim(database: Database, job_id: str, worker: str = "w1") -> Job | None:
+    with database.transaction() as session:
+        return transitions.claim(session, job_id, worker=worker, lease_seconds=60, now=utcnow())
+
+
+def _status(database: Database, job_id: str) -> tuple[JobStatus, int]:
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.status, job.attempt
+
+
+def test_create_records_the_pipeline_and_dispatches_after_commit(
+    service: JobService, database: Database
+) -> None:
+    steps = _pipeline(service)
+    assert [s.status for s in steps] == [JobStatus.QUEUED, JobStatus.WAITING]
+    assert steps[1].parent_id == steps[0].id
+    dispatcher = service.dispatcher
+    assert isinstance(dispatcher, RecordingDispatcher)
+    assert [[s.job_id for s in sent] for sent in dispatcher.sent] == [[s.id for s in steps]]
+    with database.session() as session:
+        head = session.get(Job, steps[0].id)
+        assert head is not None
+        assert head.dispatched_at is not None and head.dispatch_due_at is None
+
+
+def test_concurrent_claims_have_one_winner(service: JobService, database: Database) -> None:
+    job_id = _pipeline(service)[0].id
+    barrier = threading.Barrier(8)
+    winners: list[Job] = []
+
+    def contend() -> None:
+        barrier.wait()
+        claimed = _claim(database, job_id, worker=threading.current_thread().name)
+        if claimed is not None:
+            winners.append(claimed)
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+    assert _status(database, job_id) == (JobStatus.RUNNING, 1)
+
+
+def test_stale_attempt_cannot_write(service: JobService, database: Database) -> None:
+    job_id = _pipeline(service)[0].id
+    first = _claim(database, job_id)
+    assert first is not None
+    stale = Attempt(job_id, "t1", first.attempt)
+    now = utcnow()
+    with database.transaction() as session:
+        assert transitions.schedule_retry(session, stale, ErrorInfo("E", "boom"), now, now)
+    second = _claim(database, job_id, worker="w2")
+    assert second is not None and second.attempt == 2
+
+    with database.transaction() as session:
+        assert not transitions.succeed(session, stale, {"late": True}, utcnow())
+        assert not transitions.fail(session, stale, ErrorInfo("E", "late"), utcnow())
+        assert not transitions.report_progress(session, stale, 0.9, "late", utcnow())
+    assert _status(database, job_id) == (JobStatus.RUNNING, 2)
+    with database.transaction() as session:
+        assert transitions.succeed(session, Attempt(job_id, "t1", 2), {"ok": 1}, utcnow())
+    assert _status(database, job_id) == (JobStatus.SUCCEEDED, 2)
+
+
+def test_retry_not_claimable_before_it_is_due(service: JobService, database: Database) -> None:
+    job_id = _pipeline(service)[0].id
+    claimed = _claim(database, job_id)
+    assert claimed is not None
+    now = utcnow()
+    with database.transaction() as session:
+        transitions.schedule_retry(
+            session, Attempt(job_id, "t1", 1), ErrorInfo("E", "x"), now + timedelta(hours=1), now
+        )
+    assert _claim(database, job_id) is None
+    assert _status(database, job_id) == (JobStatus.RETRYING, 1)
+
+
+def test_success_releases_next_step_and_failure_cancels_it(
+    service: JobService, database: Database
+) -> None:
+    ok_head, ok_next = _pipeline(service)
+    bad_head, bad_next = _pipeline(service)
+    for head in (ok_head, bad_head):
+        assert _claim(database, head.id) is not None
+    with database.transaction() as session:
+        transitions.succeed(session, Attempt(ok_head.id, "t1", 1), {"r": 1}, utcnow())
+        transitions.fail(session, Attempt(bad_head.id, "t1", 1), ErrorInfo("E", "no"), utcnow())
+    assert _status(database, ok_next.id) == (JobStatus.QUEUED, 0)
+    assert _status(database, bad_next.id) == (JobStatus.CANCELLED, 0)
+
+
+def test_every_transition_leaves_an_event(service: JobService, database: Database) -> None:
+    head, nxt = _pipeline(service)
+    _claim(database, head.id)
+    with database.transaction() as session:
+        transitions.succeed(session, Attempt(head.id, "t1", 1), None, utcnow())
+    with database.session() as session:
+        rows = session.execute(
+            sa.select(JobEvent.job_id, JobEvent.from_status, JobEvent.to_status)
+            .where(JobEvent.kind == "transition")
+            .order_by(JobEvent.id)
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (head.id, None, JobStatus.QUEUED),
+        (nxt.id, None, JobStatus.WAITING),
+        (head.id, JobStatus.QUEUED, JobStatus.RUNNING),
+        (head.id, JobStatus.RUNNING, JobStatus.SUCCEEDED),
+        (nxt.id, JobStatus.WAITING, JobStatus.QUEUED),
+    ]
+
+
+def test_listing_is_tenant_scoped_newest_first_and_paginates(service: JobService) -> None:
+    mine = [_pipeline(service, "alice")[0].id for _ in range(5)]
+    _pipeline(service, "bob")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = service.list_jobs("alice", JobFilter(type="TEST_FLAKY"), limit=2, cursor=cursor)
+        seen += [job.id for job in page.jobs]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == sorted(mine, reverse=True)
+    queued = service.list_jobs("alice", JobFilter(status=JobStatus.QUEUED))
+    assert {j.id for j in queued.jobs} == set(mine)
