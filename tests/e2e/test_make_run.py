@@ -1,0 +1,122 @@
+"""`make run` as a user runs it: the system comes up, runs a pipeline, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 90
+
+
+@dataclass
+class DevSystem:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    flower_url: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_for(url: str, system: DevSystem, timeout: float = STARTUP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if system.process.poll() is not None:
+            raise AssertionError(f"make run exited early:\n{system.log_tail()}")
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not up after {timeout}s:\n{system.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def dev_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
+    state = tmp_path_factory.mktemp("make-run")
+    port, flower_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(
+        PORT=str(port),
+        ORCH_FLOWER_PORT=str(flower_port),
+        ORCH_EMBEDDED_REDIS_PORT=str(free_port()),
+        ORCH_STATE_DIR=str(state),
+        ORCH_DATABASE_URL=f"sqlite:///{state / 'orchestrator.db'}",
+    )
+    log_path = state / "make-run.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    system = DevSystem(
+        process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}", log_path
+    )
+    try:
+        _wait_for(f"{system.base_url}/healthz", system)
+        _wait_for(f"{system.flower_url}/healthcheck", system)
+        yield system
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_make_run_serves_the_pipeline(dev_system: DevSystem) -> None:
+    headers = {"X-Tenant-ID": "tnt_123", "X-User-ID": "user_abc"}
+    body = {
+        "type": "ANALYZE_INSPECTION",
+        "inspectionId": "insp_999",
+        "input": {"analysisMode": "DEEP", "roomIds": ["room_1"]},
+    }
+    created = requests.post(
+        f"{dev_system.base_url}/v1/jobs", json=body, headers=headers, timeout=10
+    )
+    assert created.status_code == 201, created.text
+    report_id = created.json()["pipeline"]["steps"][1]["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        report = requests.get(
+            f"{dev_system.base_url}/v1/jobs/{report_id}", headers=headers, timeout=10
+        ).json()
+        if report["status"] == "succeeded":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"report step not done:\n{dev_system.log_tail()}")
+    assert report["result"]["inspectionId"] == "insp_999"
+
+
+def test_sigterm_to_make_stops_every_process(dev_system: DevSystem) -> None:
+    family = psutil.Process(dev_system.process.pid).children(recursive=True)
+    names = {" ".join(p.cmdline()[:4]) for p in family}
+    assert any("redis-server" in n for n in names), names
+    assert any("gunicorn" in n for n in names), names
+    assert any("worker" in n for n in names), names
+    assert any("beat" in n for n in names), names
+    assert any("flower" in n for n in names), names
+
+    dev_system.process.send_signal(signal.SIGTERM)
+    assert dev_system.process.wait(30) is not None
+    _, alive = psutil.wait_procs(family, timeout=20)
+    assert alive == [], f"left running: {[p.pid for p in alive]}\n{dev_system.log_tail()}"
