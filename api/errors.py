@@ -10,7 +10,14 @@ from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from orchestrator.errors import FieldError, InvalidInput, JobNotFound, UnknownJobType
+from orchestrator.errors import (
+    FieldError,
+    IdempotencyConflict,
+    InvalidInput,
+    JobConflict,
+    JobNotFound,
+    UnknownJobType,
+)
 
 log = logging.getLogger("orchestrator.api")
 
@@ -63,6 +70,13 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(Problem, problem_response)
     app.register_error_handler(
         JobNotFound, lambda e: problem_response(Problem(404, "Job not found", str(e)))
+    )
+    app.register_error_handler(
+        JobConflict, lambda e: problem_response(Problem(409, "Conflict", str(e)))
+    )
+    app.register_error_handler(
+        IdempotencyConflict,
+        lambda e: problem_response(Problem(409, "Idempotency key reused", str(e))),
     )
     app.register_error_handler(
         UnknownJobType,

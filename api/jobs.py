@@ -1,4 +1,4 @@
-"""The public `/v1` API: create, read and list a tenant's jobs. Logic lives in the service."""
+"""The public `/v1` API: a tenant's jobs. Validation and HTTP mapping only."""
 
 from __future__ import annotations
 
@@ -9,11 +9,23 @@ from pydantic import BaseModel
 
 from api.errors import Problem
 from api.identity import current_identity
-from api.schemas import CreateJob, EventList, EventOut, EventsQuery, JobOut, JobPage, ListQuery
+from api.schemas import (
+    BulkRetry,
+    BulkRetryResult,
+    CreateJob,
+    EventList,
+    EventOut,
+    EventsQuery,
+    JobOut,
+    JobPage,
+    ListQuery,
+)
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, JobService, NewJob
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def service() -> JobService:
@@ -34,21 +46,39 @@ def json_response(model: BaseModel, status: int = 200) -> Response:
     return response
 
 
+def _idempotency_key(body: CreateJob) -> str | None:
+    header = request.headers.get(IDEMPOTENCY_HEADER)
+    if header is not None and body.idempotencyKey is not None and header != body.idempotencyKey:
+        raise Problem(
+            422,
+            "Conflicting idempotency keys",
+            f"The {IDEMPOTENCY_HEADER} header and idempotencyKey differ.",
+        )
+    key = header if header is not None else body.idempotencyKey
+    if key is not None and not 1 <= len(key) <= 256:
+        raise Problem(422, "Invalid idempotency key", "Keys are 1 to 256 characters.")
+    return key
+
+
 @blueprint.post("/jobs")
 def create_job() -> Response:
     identity = current_identity()
     body = CreateJob.model_validate(json_body())
-    details = service().create(
+    outcome = service().create(
         NewJob(
             tenant_id=identity.tenant_id,
             type=body.type,
             input=body.input,
             subject=body.subject,
             created_by=identity.user_id,
+            idempotency_key=_idempotency_key(body),
+            delay_seconds=body.delaySeconds,
+            run_at=body.runAt,
         )
     )
-    response = json_response(JobOut.of_details(details), 201)
-    response.headers["Location"] = url_for("jobs.get_job", job_id=details.job.id)
+    # 201 for a new job; 200 when an idempotent repeat returns the job made before.
+    response = json_response(JobOut.of_details(outcome.details), 201 if outcome.created else 200)
+    response.headers["Location"] = url_for("jobs.get_job", job_id=outcome.details.job.id)
     return response
 
 
@@ -79,3 +109,28 @@ def job_events(job_id: str) -> Response:
     query = EventsQuery.model_validate(request.args.to_dict())
     events = service().events(identity.tenant_id, job_id, after=query.after, limit=query.limit)
     return json_response(EventList(jobId=job_id, events=[EventOut.of(e) for e in events]))
+
+
+@blueprint.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    identity = current_identity()
+    details = service().cancel(identity.tenant_id, job_id)
+    # 202: the worker was asked to stop but had not yet when we stopped waiting.
+    status = 202 if details.job.status == "running" else 200
+    return json_response(JobOut.of_details(details), status)
+
+
+@blueprint.post("/jobs/<job_id>/retry")
+def retry_job(job_id: str) -> Response:
+    identity = current_identity()
+    return json_response(JobOut.of_details(service().retry(identity.tenant_id, job_id)))
+
+
+@blueprint.post("/jobs/retry")
+def retry_failed_jobs() -> Response:
+    identity = current_identity()
+    body = BulkRetry.model_validate(request.get_json(force=True, silent=True) or {})
+    retried = service().retry_failed(
+        identity.tenant_id, JobFilter(type=body.type), limit=body.limit
+    )
+    return json_response(BulkRetryResult(retried=retried, count=len(retried)))

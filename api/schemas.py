@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.models import Job, JobEvent
 from orchestrator.service import JobDetails
@@ -27,6 +27,27 @@ class CreateJob(BaseModel):
         validation_alias=AliasChoices("subject", "inspectionId"),
         description="What the job is about, e.g. an inspection id (`inspectionId` also accepted).",
     )
+    idempotencyKey: str | None = Field(None, min_length=1, max_length=256)
+    delaySeconds: float | None = Field(None, ge=0, le=366 * 24 * 3600)
+    runAt: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> CreateJob:
+        if self.delaySeconds is not None and self.runAt is not None:
+            raise ValueError("give delaySeconds or runAt, not both")
+        return self
+
+
+class BulkRetry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str | None = Field(None, min_length=1, max_length=128)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class BulkRetryResult(BaseModel):
+    retried: list[str]
+    count: int
 
 
 class ListQuery(BaseModel):
@@ -85,6 +106,7 @@ class JobOut(BaseModel):
     startedAt: datetime | None
     finishedAt: datetime | None
     runAt: datetime | None
+    cancelRequestedAt: datetime | None
     upstreamId: str | None
     pipeline: PipelineOut | None = None
 
@@ -108,6 +130,7 @@ class JobOut(BaseModel):
             startedAt=job.started_at,
             finishedAt=job.finished_at,
             runAt=job.run_at,
+            cancelRequestedAt=job.cancel_requested_at,
             upstreamId=job.parent_id,
             pipeline=None
             if steps is None

@@ -11,7 +11,7 @@ from celery.signals import setup_logging, worker_process_init
 from orchestrator.dispatch.celery import create_celery_app, task_name
 from orchestrator.logs import configure_logging
 from orchestrator.registry import JobType, Registry, load_job_modules
-from orchestrator.runner import Failed, RetryLater, Skipped
+from orchestrator.runner import Failed, RetryLater, Succeeded
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, get_settings
 
@@ -29,15 +29,16 @@ class JobTask(Task):  # type: ignore[misc]
     job_type: JobType
 
     def run_job(self, job_id: str) -> None:
-        outcome = Runtime.current().runner.run(job_id)
-        if isinstance(outcome, Skipped):
-            # Ignore acknowledges the message and stops the chain: a duplicate delivery must
-            # not send the next step a second time.
-            raise Ignore()
-        if isinstance(outcome, RetryLater):
+        outcome = Runtime.current().runner.run(job_id, interruptible=True)
+        if isinstance(outcome, RetryLater) and outcome.in_broker:
             self._retry_later(outcome)
         if isinstance(outcome, Failed):
             raise JobFailed(f"{outcome.error.type}: {outcome.error.message}")
+        if not isinstance(outcome, Succeeded):
+            # Ignore acknowledges the message and stops the chain here: a duplicate must not
+            # send the next step again, a cancelled job has no next step, and a long retry
+            # waits in the database; the sweeper sends it (and the steps after it) when due.
+            raise Ignore()
 
     def _retry_later(self, outcome: RetryLater) -> NoReturn:
         # Celery's own retry: the message is re-sent with the chain's remaining steps and
@@ -77,7 +78,45 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     registry.check(longest_allowed_delay=settings.visibility_timeout)
     app = create_celery_app(settings)
     register_job_tasks(app, registry)
+    register_maintenance_tasks(app)
+    app.conf.beat_schedule = beat_schedule(settings)
     return app
+
+
+SWEEP_TASK = "orchestrator.sweep_outbox"
+REAP_TASK = "orchestrator.reap_leases"
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def register_maintenance_tasks(app: Celery) -> None:
+    def sweep_outbox() -> int:
+        return Runtime.current().maintenance.sweep_outbox()
+
+    def reap_leases() -> int:
+        return Runtime.current().maintenance.reap_leases()
+
+    app.task(sweep_outbox, name=SWEEP_TASK, ignore_result=True)
+    app.task(reap_leases, name=REAP_TASK, ignore_result=True)
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Housekeeping on its own queue, so it never waits behind a backlog of jobs.
+
+    Each entry expires after one period: a sweep that could not run in time is dropped,
+    not stacked up behind the next one.
+    """
+
+    def every(task: str, seconds: float) -> dict[str, Any]:
+        return {
+            "task": task,
+            "schedule": seconds,
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": seconds},
+        }
+
+    return {
+        "outbox-sweep": every(SWEEP_TASK, settings.sweep_interval),
+        "lease-reaper": every(REAP_TASK, settings.reap_interval),
+    }
 
 
 def _configure_worker_logging(**_: Any) -> None:

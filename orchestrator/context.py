@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Any
 
 from orchestrator import transitions
 from orchestrator.db import Database
+from orchestrator.errors import JobCancelled
 from orchestrator.transitions import Attempt
 
 logger = logging.getLogger("orchestrator.job")
@@ -47,6 +49,7 @@ class JobContext:
     upstream_result: Any
     _database: Database = field(repr=False)
     _clock: Callable[[], datetime] = field(repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     logger: JobLogger = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +71,21 @@ class JobContext:
             raise ValueError("progress is a fraction between 0 and 1")
         with self._database.transaction() as session:
             transitions.report_progress(session, self._run, percent, message, self._clock())
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled (or this attempt superseded): stop soon."""
+        return self._stop.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise `JobCancelled` if the job should stop; call it between units of work."""
+        if self._stop.is_set():
+            raise JobCancelled(self.job_id)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake up and raise `JobCancelled` as soon as the job is cancelled."""
+        if self._stop.wait(seconds):
+            raise JobCancelled(self.job_id)
 
     def _write_log(self, level: str, message: str) -> None:
         with self._database.transaction() as session:

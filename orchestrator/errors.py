@@ -13,10 +13,24 @@ class PermanentError(OrchestratorError):
     """Raised by a handler to fail its job at once, without further attempts."""
 
 
+class JobCancelled(OrchestratorError):
+    """Raised inside a handler whose job was cancelled while it ran."""
+
+
 class JobNotFound(OrchestratorError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
+
+
+class JobConflict(OrchestratorError):
+    """The job's state does not allow the operation (cancel a finished job, retry a running one)."""
+
+
+class IdempotencyConflict(OrchestratorError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency key {key!r} was already used for a different request")
+        self.key = key
 
 
 class UnknownJobType(OrchestratorError):

@@ -24,7 +24,7 @@ def send_job(
     request = NewJob(
         tenant_id=tenant_id, type=type, input=input or {}, subject=subject, created_by=created_by
     )
-    return Runtime.current().service.create(request)
+    return Runtime.current().service.create(request).details
 
 
 def get_job(job_id: str, *, tenant_id: str) -> JobDetails:

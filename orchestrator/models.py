@@ -91,6 +91,9 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     error_traceback: Mapped[str | None] = mapped_column(sa.Text)
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(256))
+    # A digest of the creating request, so a reused key with another body is refused.
+    request_digest: Mapped[str | None] = mapped_column(sa.String(64))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pipeline_id: Mapped[str] = mapped_column(sa.String(40))
     parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("jobs.id"))
     step_index: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
@@ -100,7 +103,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Transactional outbox: set in the creating transaction, cleared once the broker has it.
+    # Transactional outbox: when the sweeper must (re)send the job unless a worker claimed
+    # it first. Set in the creating transaction; moved on when the broker accepted it.
     dispatch_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -20,14 +20,13 @@ from orchestrator import transitions
 from orchestrator.context import JobContext
 from orchestrator.db import Database
 from orchestrator.errors import InvalidInput, PermanentError
+from orchestrator.heartbeat import Heartbeat, Watch
 from orchestrator.models import Job, utcnow
 from orchestrator.registry import JobType, Registry
+from orchestrator.settings import Settings
 from orchestrator.transitions import Attempt, ErrorInfo
 
 log = logging.getLogger("orchestrator.runner")
-
-# The lease outlives the time limit by this much, so a slow but live worker is not reaped.
-LEASE_GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,15 @@ class Succeeded:
 
 @dataclass(frozen=True)
 class RetryLater:
+    """Another attempt is due in `delay` seconds.
+
+    `in_broker` says whether the dispatcher should hold the retry itself (a short delay,
+    Celery's ETA) or leave it to the database and the sweeper (a long one).
+    """
+
     delay: float
     error: ErrorInfo
-    attempt: int
+    in_broker: bool
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,23 @@ class Failed:
     error: ErrorInfo
 
 
-Outcome = Skipped | Succeeded | RetryLater | Failed
+@dataclass(frozen=True)
+class Cancelled:
+    pass
+
+
+Outcome = Skipped | Succeeded | RetryLater | Failed | Cancelled
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job: Job
+    job_type: JobType
+    upstream_result: Any
+
+    @property
+    def run(self) -> Attempt:
+        return Attempt(self.job.id, self.job.tenant_id, self.job.attempt)
 
 
 class Runner:
@@ -62,37 +83,45 @@ class Runner:
         self,
         database: Database,
         registry: Registry,
+        settings: Settings,
         *,
         worker: str,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.database = database
         self.registry = registry
+        self.settings = settings
         self.worker = worker
         self.clock = clock
+        self.heartbeat = Heartbeat(
+            database,
+            lease_seconds=settings.lease_seconds,
+            interval=settings.heartbeat_seconds,
+            clock=clock,
+        )
 
-    def run(self, job_id: str) -> Outcome:
+    def run(self, job_id: str, *, interruptible: bool = False) -> Outcome:
+        """Run one delivery. `interruptible`: the caller can take a soft-time-limit signal."""
         claimed = self._claim(job_id)
         if isinstance(claimed, Skipped):
             return claimed
-        job, job_type, upstream = claimed
-        extra = _log_extra(job)
+        extra = _log_extra(claimed.job)
         log.info("job started", extra={**extra, "action": "started"})
-        outcome = self._execute(job, job_type, upstream)
-        written = self._record(job, job_type, outcome)
-        if not written:
+        with self.heartbeat.watch(claimed.run, interruptible=interruptible) as watch:
+            outcome = self._execute(claimed, watch)
+        if watch.stop.is_set() and not isinstance(outcome, Succeeded):
+            outcome = Cancelled()
+        if not self._record(claimed, outcome):
             log.warning(
-                "result refused: attempt lost its lease", extra={**extra, "action": "fenced"}
+                "result refused: this attempt no longer holds the job",
+                extra={**extra, "action": "fenced"},
             )
             return Skipped("attempt was superseded; result refused")
-        log.info(
-            "job %s",
-            type(outcome).__name__.lower(),
-            extra={**extra, "action": type(outcome).__name__.lower()},
-        )
+        action = type(outcome).__name__.lower()
+        log.info("job %s", action, extra={**extra, "action": action})
         return outcome
 
-    def _claim(self, job_id: str) -> tuple[Job, JobType, Any] | Skipped:
+    def _claim(self, job_id: str) -> Claimed | Skipped:
         now = self.clock()
         with self.database.transaction() as session:
             existing = session.get(Job, job_id)
@@ -104,7 +133,7 @@ class Runner:
                 job_id,
                 worker=self.worker,
                 now=now,
-                lease_seconds=job_type.time_limit + LEASE_GRACE_SECONDS,
+                lease_seconds=self.settings.lease_seconds,
             )
             if job is None:
                 reason = f"duplicate delivery skipped (status {existing.status})"
@@ -112,9 +141,10 @@ class Runner:
                 log.info(reason, extra={**_log_extra(existing), "action": "skipped"})
                 return Skipped(reason)
             upstream = session.get(Job, job.parent_id) if job.parent_id else None
-            return job, job_type, upstream.result if upstream else None
+            return Claimed(job, job_type, upstream.result if upstream else None)
 
-    def _execute(self, job: Job, job_type: JobType, upstream: Any) -> Outcome:
+    def _execute(self, claimed: Claimed, watch: Watch) -> Outcome:
+        job, job_type = claimed.job, claimed.job_type
         ctx = JobContext(
             job_id=job.id,
             tenant_id=job.tenant_id,
@@ -122,32 +152,48 @@ class Runner:
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             subject=job.subject,
-            upstream_result=upstream,
+            upstream_result=claimed.upstream_result,
             _database=self.database,
             _clock=self.clock,
+            _stop=watch.stop,
         )
         try:
             data = job_type.validate_input(job.input)
             return Succeeded(_json_safe(job_type.handler(ctx, data)))
         except (PermanentError, InvalidInput) as exc:
             return Failed(_error_info(exc))
-        except Exception as exc:
-            error = _error_info(exc)
-            if job.attempt < job.max_attempts:
-                return RetryLater(job_type.retry.delay(job.attempt), error, job.attempt)
-            return Failed(error)
+        except Exception as exc:  # a cancel's interrupt lands here too; run() sorts it out
+            return self._retry_or_fail(job, job_type, _error_info(exc))
 
-    def _record(self, job: Job, job_type: JobType, outcome: Outcome) -> bool:
-        run = Attempt(job.id, job.tenant_id, job.attempt)
-        now = self.clock()
+    def _retry_or_fail(self, job: Job, job_type: JobType, error: ErrorInfo) -> Outcome:
+        if job.attempt >= job.max_attempts:
+            return Failed(error)
+        delay = job_type.retry.delay(job.attempt)
+        return RetryLater(delay, error, in_broker=delay <= self.settings.broker_delay_limit)
+
+    def _record(self, claimed: Claimed, outcome: Outcome) -> bool:
+        run, now = claimed.run, self.clock()
         with self.database.transaction() as session:
             if isinstance(outcome, Succeeded):
-                return transitions.succeed(session, run, outcome.result, now)
+                return transitions.succeed(
+                    session, run, outcome.result, now, next_due=now + self._grace
+                )
             if isinstance(outcome, RetryLater):
                 run_at = now + timedelta(seconds=outcome.delay)
-                return transitions.schedule_retry(session, run, outcome.error, run_at, now)
+                # A retry the broker holds is swept only if it goes missing; one the
+                # database holds is swept when due.
+                due = run_at + self._grace if outcome.in_broker else run_at
+                return transitions.schedule_retry(
+                    session, run, outcome.error, now, run_at=run_at, dispatch_due=due
+                )
+            if isinstance(outcome, Cancelled):
+                return transitions.confirm_cancelled(session, run, now)
             assert isinstance(outcome, Failed)
             return transitions.fail(session, run, outcome.error, now)
+
+    @property
+    def _grace(self) -> timedelta:
+        return timedelta(seconds=self.settings.dispatch_grace_seconds)
 
 
 def _json_safe(result: Any) -> Any:

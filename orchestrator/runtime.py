@@ -16,6 +16,7 @@ from orchestrator.db import Database
 from orchestrator.dispatch import Dispatcher
 from orchestrator.dispatch.celery import CeleryDispatcher, create_celery_app
 from orchestrator.dispatch.inline import InlineDispatcher
+from orchestrator.maintenance import Maintenance
 from orchestrator.registry import Registry, load_job_modules
 from orchestrator.runner import Runner
 from orchestrator.service import JobService
@@ -34,6 +35,7 @@ class Runtime:
     runner: Runner
     dispatcher: Dispatcher
     service: JobService
+    maintenance: Maintenance
 
     _current: ClassVar[Runtime | None] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
@@ -42,10 +44,11 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         registry = load_job_modules(settings.job_modules)
         database = Database.from_settings(settings)
-        runner = Runner(database, registry, worker=worker_name())
+        runner = Runner(database, registry, settings, worker=worker_name())
         dispatcher = make_dispatcher(settings, runner)
-        service = JobService(database, registry, dispatcher)
-        return cls(settings, database, registry, runner, dispatcher, service)
+        service = JobService(database, registry, dispatcher, settings)
+        maintenance = Maintenance(database, dispatcher, settings)
+        return cls(settings, database, registry, runner, dispatcher, service, maintenance)
 
     @classmethod
     def current(cls) -> Runtime:

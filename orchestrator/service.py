@@ -1,27 +1,38 @@
-"""The job service: create, read and list jobs for a tenant. The API and CLI call this."""
+"""The job service: what the API and CLI do to a tenant's jobs.
+
+Create, read, list, cancel and retry. Every read and write is scoped by tenant; state
+changes go through `orchestrator.transitions`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.dispatch import Dispatcher, DispatchError, Step
-from orchestrator.errors import JobNotFound
+from orchestrator.errors import IdempotencyConflict, JobConflict, JobNotFound
 from orchestrator.ids import new_job_id
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.registry import JobType, Registry
+from orchestrator.settings import Settings
 from orchestrator.states import JobStatus
 
 log = logging.getLogger("orchestrator.service")
 
 MAX_PAGE_SIZE = 100
+MAX_BULK_RETRY = 1000
+CANCEL_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -31,12 +42,37 @@ class NewJob:
     input: dict[str, Any] = field(default_factory=dict)
     subject: str | None = None
     created_by: str | None = None
+    idempotency_key: str | None = None
+    delay_seconds: float | None = None
+    run_at: datetime | None = None
+
+    def digest(self) -> str:
+        """What makes two requests with one idempotency key "the same request"."""
+        canonical = json.dumps(
+            [
+                self.type,
+                self.input,
+                self.subject,
+                self.delay_seconds,
+                self.run_at.isoformat() if self.run_at else None,
+            ],
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class JobDetails:
     job: Job
     steps: list[Job]
+
+
+@dataclass(frozen=True)
+class Created:
+    details: JobDetails
+    created: bool  # False: an idempotent repeat answered with the job it created before
 
 
 @dataclass(frozen=True)
@@ -57,28 +93,95 @@ class JobService:
         database: Database,
         registry: Registry,
         dispatcher: Dispatcher,
+        settings: Settings,
         *,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.database = database
         self.registry = registry
         self.dispatcher = dispatcher
+        self.settings = settings
         self.clock = clock
 
-    def create(self, request: NewJob) -> JobDetails:
+    # -- create ------------------------------------------------------------------------
+
+    def create(self, request: NewJob) -> Created:
         """Record the whole pipeline in one transaction, then hand it to the dispatcher.
 
         The rows carry their own dispatch intent (`dispatch_due_at`), so a broker that is
         down, or a process that dies right after the commit, loses nothing: the job is
         recorded as queued and the outbox sweeper sends it later.
         """
-        steps = self._build_pipeline(request, self.clock())
-        with self.database.transaction() as session:
-            transitions.insert_pipeline(session, steps, self.clock())
+        if request.idempotency_key and (earlier := self._earlier(request)) is not None:
+            return earlier
+        now = self.clock()
+        steps = self._build_pipeline(request, now)
+        try:
+            with self.database.transaction() as session:
+                transitions.insert_pipeline(session, steps, now)
+        except IntegrityError:
+            # A concurrent request with the same key won the race; answer with its job.
+            if request.idempotency_key and (earlier := self._earlier(request)) is not None:
+                return earlier
+            raise
         for step in steps:
             log.info("job created", extra={**_ids(step), "action": "created"})
-        self._dispatch(steps)
-        return JobDetails(job=steps[0], steps=steps)
+        if steps[0].run_at is None:
+            self._dispatch(steps)
+        return Created(JobDetails(job=steps[0], steps=steps), created=True)
+
+    def _earlier(self, request: NewJob) -> Created | None:
+        with self.database.session() as session:
+            job = session.scalar(
+                sa.select(Job).where(
+                    Job.tenant_id == request.tenant_id,
+                    Job.idempotency_key == request.idempotency_key,
+                )
+            )
+        if job is None:
+            return None
+        if job.request_digest != request.digest():
+            raise IdempotencyConflict(request.idempotency_key or "")
+        return Created(self.get(request.tenant_id, job.id), created=False)
+
+    def _build_pipeline(self, request: NewJob, now: datetime) -> list[Job]:
+        """Every step up front: the first `queued`, the rest `waiting` on their upstream."""
+        types = self.registry.pipeline_of(request.type)
+        # Later steps get their type's defaults; registry.check() proved those are valid.
+        inputs = [types[0].validate_input(request.input)]
+        inputs += [job_type.validate_input({}) for job_type in types[1:]]
+        pipeline_id = new_job_id()
+        steps: list[Job] = []
+        for index, (job_type, data) in enumerate(zip(types, inputs, strict=True)):
+            step = _step_row(
+                request,
+                job_type,
+                data=data.model_dump(mode="json"),
+                index=index,
+                job_id=pipeline_id if index == 0 else new_job_id(),
+                pipeline_id=pipeline_id,
+                parent_id=steps[-1].id if steps else None,
+                now=now,
+            )
+            steps.append(step)
+        head = steps[0]
+        head.idempotency_key = request.idempotency_key
+        head.request_digest = request.digest() if request.idempotency_key else None
+        head.run_at = self._run_at(request, now)
+        # The outbox entry: a delayed job is due for dispatch when it is due to run; any
+        # other is sent at once, and swept after the grace period if that send is lost.
+        head.dispatch_due_at = head.run_at or now + self._grace
+        return steps
+
+    @staticmethod
+    def _run_at(request: NewJob, now: datetime) -> datetime | None:
+        if request.run_at is not None and request.run_at > now:
+            return request.run_at
+        if request.delay_seconds:
+            return now + timedelta(seconds=request.delay_seconds)
+        return None
+
+    # -- read ----------------------------------------------------------------------------
 
     def get(self, tenant_id: str, job_id: str) -> JobDetails:
         with self.database.session() as session:
@@ -97,11 +200,7 @@ class JobService:
     ) -> Page:
         """Newest first; `cursor` is the last id of the previous page."""
         limit = max(1, min(limit, MAX_PAGE_SIZE))
-        query = sa.select(Job).where(Job.tenant_id == tenant_id, Job.archived_at.is_(None))
-        if filters.status is not None:
-            query = query.where(Job.status == filters.status)
-        if filters.type is not None:
-            query = query.where(Job.type == filters.type)
+        query = _filtered(tenant_id, filters)
         if cursor is not None:
             query = query.where(Job.id < cursor)
         with self.database.session() as session:
@@ -127,28 +226,70 @@ class JobService:
                 )
             )
 
-    def _build_pipeline(self, request: NewJob, now: datetime) -> list[Job]:
-        """Every step up front: the first `queued`, the rest `waiting` on their upstream."""
-        types = self.registry.pipeline_of(request.type)
-        # Later steps get their type's defaults; registry.check() proved those are valid.
-        inputs = [types[0].validate_input(request.input)]
-        inputs += [job_type.validate_input({}) for job_type in types[1:]]
-        pipeline_id = new_job_id()
-        steps: list[Job] = []
-        for index, (job_type, data) in enumerate(zip(types, inputs, strict=True)):
-            steps.append(
-                _step_row(
-                    request,
-                    job_type,
-                    data=data.model_dump(mode="json"),
-                    index=index,
-                    job_id=pipeline_id if index == 0 else new_job_id(),
-                    pipeline_id=pipeline_id,
-                    parent_id=steps[-1].id if steps else None,
-                    now=now,
-                )
+    # -- cancel and retry ------------------------------------------------------------------
+
+    def cancel(self, tenant_id: str, job_id: str) -> JobDetails:
+        """Cancel the job and the steps after it; a running one is stopped by its worker.
+
+        Waits up to `cancel_wait_seconds` for a running job to stop, so that when this
+        returns `cancelled`, no handler of the job is still running.
+        """
+        with self.database.transaction() as session:
+            job = _owned(session, tenant_id, job_id)
+            status = transitions.cancel(session, job, self.clock())
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise JobConflict(f"job {job_id} already {status}; nothing to cancel")
+        log.info(
+            "job cancel: %s",
+            status,
+            extra={"job_id": job_id, "tenant_id": tenant_id, "action": "cancel"},
+        )
+        deadline = time.monotonic() + self.settings.cancel_wait_seconds
+        details = self.get(tenant_id, job_id)
+        while details.job.status is JobStatus.RUNNING and time.monotonic() < deadline:
+            time.sleep(CANCEL_POLL_SECONDS)
+            details = self.get(tenant_id, job_id)
+        return details
+
+    def retry(self, tenant_id: str, job_id: str) -> JobDetails:
+        """Run a failed or cancelled job again, with the steps after it."""
+        with self.database.transaction() as session:
+            job = _owned(session, tenant_id, job_id)
+            steps = self._requeue(session, job)
+        if not steps:
+            raise JobConflict(
+                f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
             )
-        return steps
+        self._dispatch(steps)
+        return self.get(tenant_id, job_id)
+
+    def retry_failed(self, tenant_id: str, filters: JobFilter, *, limit: int) -> list[str]:
+        """Bulk retry of the dead-letter set (failed jobs) matching `filters`."""
+        query = _filtered(tenant_id, JobFilter(status=JobStatus.FAILED, type=filters.type))
+        query = query.order_by(Job.id).limit(max(1, min(limit, MAX_BULK_RETRY)))
+        retried: list[str] = []
+        with self.database.session() as session:
+            candidates = list(session.scalars(query))
+        for job in candidates:
+            with self.database.transaction() as session:
+                steps = self._requeue(session, session.merge(job))
+            if steps:
+                self._dispatch(steps)
+                retried.append(job.id)
+        return retried
+
+    def _requeue(self, session: sa.orm.Session, job: Job) -> list[Job]:
+        if job.parent_id is not None:
+            parent = session.get(Job, job.parent_id)
+            if parent is not None and parent.status is not JobStatus.SUCCEEDED:
+                raise JobConflict(f"retry the upstream step {parent.id} instead")
+        job_type = self.registry.get(job.type)
+        now = self.clock()
+        return transitions.requeue(
+            session, job, job_type.retry.max_attempts, now, dispatch_due=now + self._grace
+        )
+
+    # -- dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, steps: Sequence[Job]) -> None:
         try:
@@ -160,8 +301,30 @@ class JobService:
                 extra={**_ids(steps[0]), "action": "dispatch_failed"},
             )
             return
+        now = self.clock()
+        resend_at = now + timedelta(seconds=self.settings.redispatch_after_seconds)
         with self.database.transaction() as session:
-            transitions.mark_dispatched(session, [steps[0].id], self.clock())
+            transitions.mark_dispatched(session, [steps[0].id], now, resend_at=resend_at)
+
+    @property
+    def _grace(self) -> timedelta:
+        return timedelta(seconds=self.settings.dispatch_grace_seconds)
+
+
+def _filtered(tenant_id: str, filters: JobFilter) -> sa.Select[Job]:
+    query = sa.select(Job).where(Job.tenant_id == tenant_id, Job.archived_at.is_(None))
+    if filters.status is not None:
+        query = query.where(Job.status == filters.status)
+    if filters.type is not None:
+        query = query.where(Job.type == filters.type)
+    return query
+
+
+def _owned(session: sa.orm.Session, tenant_id: str, job_id: str) -> Job:
+    job = session.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
 
 
 def _step_row(
@@ -193,8 +356,6 @@ def _step_row(
         created_by=request.created_by,
         created_at=now,
         updated_at=now,
-        # The outbox entry: due now for the first step; later steps get theirs when released.
-        dispatch_due_at=now if first else None,
     )
 
 

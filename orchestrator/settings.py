@@ -83,13 +83,49 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(2, ge=1, le=256, description="Celery worker processes.")
     worker_queues: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("default",), description="Queues the worker consumes, comma-separated."
+        ("default", "maintenance"),
+        description="Queues the worker consumes, comma-separated (`maintenance` carries beat's "
+        "housekeeping).",
     )
     visibility_timeout: int = Field(
         7200,
-        ge=60,
+        ge=1,
         description="Seconds Redis waits before redelivering an unacknowledged task; "
         "must exceed every job type's time limit.",
+    )
+    lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long a running job's lease lasts without a heartbeat; an expired "
+        "lease means its worker is gone and the reaper takes the job back.",
+    )
+    heartbeat_seconds: float = Field(
+        1.0, gt=0, description="How often a worker renews its leases and checks for cancels."
+    )
+    sweep_interval: float = Field(
+        1.0, gt=0, description="Seconds between beat's outbox sweeps (also due delayed jobs)."
+    )
+    reap_interval: float = Field(5.0, gt=0, description="Seconds between lease reaper runs.")
+    dispatch_grace_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A job not handed to the broker this long after it was recorded is "
+        "sent by the sweeper.",
+    )
+    redispatch_after_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="A dispatched job no worker claimed after this long is sent again "
+        "(a broker that lost its messages); duplicates are skipped by the claim.",
+    )
+    broker_delay_limit: float = Field(
+        10.0,
+        ge=0,
+        description="Retry delays up to this many seconds wait in the broker (Celery ETA); "
+        "longer ones, and every delayed job, wait in the database.",
+    )
+    cancel_wait_seconds: float = Field(
+        10.0, ge=0, description="How long a cancel of a running job waits for it to stop."
     )
     log_level: str = Field("INFO", description="Log level of every process.")
     log_format: str = Field("json", description="`json` lines or `text`.")
@@ -129,6 +165,17 @@ class Settings(BaseSettings):
             object.__setattr__(self, "service_auth_secret", DEV_SERVICE_SECRET)
         return self
 
+    @model_validator(mode="after")
+    def _delays_below_visibility(self) -> Settings:
+        if self.broker_delay_limit >= self.visibility_timeout:
+            raise ValueError(
+                "ORCH_BROKER_DELAY_LIMIT must stay below ORCH_VISIBILITY_TIMEOUT, or Redis "
+                "redelivers delayed tasks before they are due"
+            )
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("ORCH_HEARTBEAT_SECONDS must be shorter than ORCH_LEASE_SECONDS")
+        return self
+
     @property
     def is_development(self) -> bool:
         return self.env is Environment.DEVELOPMENT
@@ -166,9 +213,12 @@ def load_settings(**overrides: object) -> Settings:
 
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    field = str(first["loc"][0]) if first["loc"] else "?"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not first["loc"]:  # a rule across fields: its message names the variables
+        return f"invalid configuration: {message}"
+    field = str(first["loc"][0])
     variable = "PORT" if field.lower() == "port" else f"ORCH_{field.upper()}"
-    return f"invalid configuration: {variable}: {first['msg']}"
+    return f"invalid configuration: {variable}: {message}"
 
 
 @functools.cache

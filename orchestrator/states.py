@@ -38,7 +38,7 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     ),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
-    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED, JobStatus.WAITING}),
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +23,8 @@ from orchestrator.models import Job, JobEvent
 from orchestrator.states import ALLOWED, CLAIMABLE, JobStatus
 
 TRACEBACK_LIMIT = 8000
+# Hosts' clocks differ a little: a delivery this close to a job's due time may claim it.
+CLOCK_SKEW = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,12 @@ class Attempt:
     job_id: str
     tenant_id: str
     attempt: int
+
+
+class LeaseState(Enum):
+    HELD = "held"
+    CANCEL_REQUESTED = "cancel_requested"
+    LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,7 @@ def claim(
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status not in CLAIMABLE or job.archived_at is not None:
         return None
-    if job.run_at is not None and job.run_at > now:
+    if job.run_at is not None and job.run_at > now + CLOCK_SKEW:
         return None
     source, attempt = job.status, job.attempt + 1
     won = _update(
@@ -128,24 +137,38 @@ def claim(
     return job
 
 
-def succeed(session: Session, run: Attempt, result: Any, now: datetime) -> bool:
-    """Record the result; the next pipeline step, if any, becomes `queued`."""
+def succeed(
+    session: Session, run: Attempt, result: Any, now: datetime, *, next_due: datetime
+) -> bool:
+    """Record the result; the next pipeline step, if any, becomes `queued`.
+
+    `next_due` is the next step's outbox entry: the dispatcher sends it sooner (Celery's
+    chain, or the runner), and the sweeper sends it then if nobody did.
+    """
     if not _finish_running(session, run, JobStatus.SUCCEEDED, now, result=result, progress=1.0):
         return False
-    _release_next_step(session, run, now)
+    _release_next_step(session, run, now, next_due)
     return True
 
 
 def schedule_retry(
-    session: Session, run: Attempt, error: ErrorInfo, run_at: datetime, now: datetime
+    session: Session,
+    run: Attempt,
+    error: ErrorInfo,
+    now: datetime,
+    *,
+    run_at: datetime,
+    dispatch_due: datetime,
 ) -> bool:
-    """The attempt failed and another is due at `run_at`."""
+    """The attempt failed and another is due at `run_at`; the sweeper sends it at
+    `dispatch_due` unless the broker already holds the retry."""
     _check([JobStatus.RUNNING], JobStatus.RETRYING)
     won = _update(
         session,
         _fence(run),
         status=JobStatus.RETRYING,
         run_at=run_at,
+        dispatch_due_at=dispatch_due,
         lease_expires_at=None,
         updated_at=now,
         **_error_columns(error),
@@ -267,17 +290,249 @@ def note_skipped_delivery(session: Session, job: Job, reason: str, now: datetime
     )
 
 
-def mark_dispatched(session: Session, job_ids: Sequence[str], now: datetime) -> None:
-    """The broker accepted the pipeline: the outbox entry is settled."""
+def mark_dispatched(
+    session: Session, job_ids: Sequence[str], now: datetime, *, resend_at: datetime
+) -> None:
+    """The broker accepted these jobs: send them again only if nobody claims them by
+    `resend_at` (a broker that lost its messages)."""
     session.execute(
         sa.update(Job)
-        .where(Job.id.in_(job_ids), Job.dispatch_due_at.is_not(None))
-        .values(dispatch_due_at=None, dispatched_at=now)
+        .where(Job.id.in_(job_ids), Job.dispatch_due_at.is_not(None), Job.status.in_(CLAIMABLE))
+        .values(dispatch_due_at=resend_at, dispatched_at=now)
         .execution_options(synchronize_session=False)
     )
 
 
-def _release_next_step(session: Session, run: Attempt, now: datetime) -> None:
+def take_outbox_entry(
+    session: Session, job_id: str, seen_due: datetime, now: datetime, *, resend_at: datetime
+) -> bool:
+    """Reserve one overdue outbox entry for this sweeper; of concurrent sweepers one wins."""
+    return _update(
+        session,
+        (Job.id == job_id, Job.dispatch_due_at == seen_due, Job.status.in_(CLAIMABLE)),
+        dispatch_due_at=resend_at,
+        dispatched_at=now,
+    )
+
+
+def postpone_outbox_entry(session: Session, job_id: str, due: datetime) -> None:
+    """The broker refused the sweeper's send: try again at `due`."""
+    _update(session, (Job.id == job_id, Job.status.in_(CLAIMABLE)), dispatch_due_at=due)
+
+
+def extend_lease(session: Session, run: Attempt, until: datetime) -> LeaseState:
+    """Heartbeat: keep the lease while the run is current, and tell it about a cancel."""
+    result = session.execute(
+        sa.update(Job)
+        .where(*_fence(run))
+        .values(lease_expires_at=until)
+        .returning(Job.cancel_requested_at)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if result is None:
+        return LeaseState.LOST
+    return LeaseState.CANCEL_REQUESTED if result[0] is not None else LeaseState.HELD
+
+
+def expire_lease(session: Session, run: Attempt, max_attempts: int, now: datetime) -> JobStatus:
+    """The reaper's decision for a run whose worker stopped heartbeating.
+
+    A cancel that was asked for wins; otherwise the job goes back to the queue while it has
+    attempts left, and fails (cancelling the steps after it) when it has none.
+    """
+    where = (*_fence(run), Job.lease_expires_at < now)
+    error = ErrorInfo("LeaseExpired", "the worker stopped renewing its lease (crashed or cut off)")
+    if _update(
+        session,
+        (*where, Job.cancel_requested_at.is_not(None)),
+        status=JobStatus.CANCELLED,
+        finished_at=now,
+        updated_at=now,
+        lease_expires_at=None,
+    ):
+        _note(
+            session,
+            run,
+            now,
+            JobStatus.RUNNING,
+            JobStatus.CANCELLED,
+            message="cancelled (worker lost)",
+        )
+        cancel_downstream(session, run.job_id, now, reason=f"upstream {run.job_id} cancelled")
+        return JobStatus.CANCELLED
+    if run.attempt >= max_attempts:
+        if not _update(
+            session,
+            where,
+            status=JobStatus.FAILED,
+            finished_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+            **_error_columns(error),
+        ):
+            return JobStatus.RUNNING
+        _note(session, run, now, JobStatus.RUNNING, JobStatus.FAILED, message=error.message)
+        cancel_downstream(session, run.job_id, now, reason=f"upstream {run.job_id} failed")
+        return JobStatus.FAILED
+    if not _update(
+        session,
+        where,
+        status=JobStatus.RETRYING,
+        run_at=now,
+        dispatch_due_at=now,
+        updated_at=now,
+        lease_expires_at=None,
+        **_error_columns(error),
+    ):
+        return JobStatus.RUNNING
+    _note(session, run, now, JobStatus.RUNNING, JobStatus.RETRYING, message=error.message)
+    return JobStatus.RETRYING
+
+
+def cancel(session: Session, job: Job, now: datetime) -> JobStatus:
+    """Cancel a job that has not finished; a running one is asked to stop.
+
+    Returns the job's status after the call: `cancelled`, `running` (the worker will stop
+    it), or the terminal status it already had.
+    """
+    if job.status is JobStatus.RUNNING:
+        _update(
+            session,
+            (Job.id == job.id, Job.status == JobStatus.RUNNING, Job.cancel_requested_at.is_(None)),
+            cancel_requested_at=now,
+            updated_at=now,
+        )
+        session.add(
+            _event(
+                job.id,
+                job.tenant_id,
+                job.attempt,
+                now,
+                kind="cancel",
+                message="cancel requested; waiting for the worker to stop",
+            )
+        )
+        return JobStatus.RUNNING
+    source = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.WAITING)
+    _check(source, JobStatus.CANCELLED)
+    if not _update(
+        session,
+        (Job.id == job.id, Job.status.in_(source)),
+        status=JobStatus.CANCELLED,
+        cancel_requested_at=now,
+        finished_at=now,
+        updated_at=now,
+        dispatch_due_at=None,
+        run_at=None,
+    ):
+        session.refresh(job)
+        return job.status
+    _note(
+        session,
+        Attempt(job.id, job.tenant_id, job.attempt),
+        now,
+        job.status,
+        JobStatus.CANCELLED,
+        message="cancelled",
+    )
+    cancel_downstream(session, job.id, now, reason=f"upstream {job.id} cancelled")
+    return JobStatus.CANCELLED
+
+
+def confirm_cancelled(session: Session, run: Attempt, now: datetime) -> bool:
+    """The worker stopped a run whose cancel was requested."""
+    won = _finish_running(session, run, JobStatus.CANCELLED, now, message="cancelled while running")
+    if won:
+        cancel_downstream(session, run.job_id, now, reason=f"upstream {run.job_id} cancelled")
+    return won
+
+
+def requeue(
+    session: Session, job: Job, extra_attempts: int, now: datetime, *, dispatch_due: datetime
+) -> list[Job]:
+    """Manual retry of a failed or cancelled job, with a fresh budget of attempts.
+
+    The steps after it that were cancelled wait for it again. Returns the steps to
+    dispatch (this one and the waiting ones after it), or [] if the job was not retryable.
+    """
+    source = (JobStatus.FAILED, JobStatus.CANCELLED)
+    _check(source, JobStatus.QUEUED)
+    if not _update(
+        session,
+        (Job.id == job.id, Job.status.in_(source)),
+        status=JobStatus.QUEUED,
+        max_attempts=job.attempt + extra_attempts,
+        finished_at=None,
+        run_at=None,
+        cancel_requested_at=None,
+        dispatch_due_at=dispatch_due,
+        updated_at=now,
+    ):
+        return []
+    _note(
+        session,
+        Attempt(job.id, job.tenant_id, job.attempt),
+        now,
+        job.status,
+        JobStatus.QUEUED,
+        message="retried by request",
+    )
+    later = session.scalars(
+        sa.select(Job)
+        .where(
+            Job.pipeline_id == job.pipeline_id,
+            Job.step_index > job.step_index,
+            Job.status == JobStatus.CANCELLED,
+        )
+        .order_by(Job.step_index)
+    ).all()
+    for step in later:
+        if _update(
+            session,
+            (Job.id == step.id, Job.status == JobStatus.CANCELLED),
+            status=JobStatus.WAITING,
+            finished_at=None,
+            cancel_requested_at=None,
+            updated_at=now,
+        ):
+            _note(
+                session,
+                Attempt(step.id, step.tenant_id, step.attempt),
+                now,
+                JobStatus.CANCELLED,
+                JobStatus.WAITING,
+                message=f"upstream {job.id} retried",
+            )
+    session.flush()
+    steps = [job, *later]
+    for step in steps:
+        session.refresh(step)
+    return steps
+
+
+def _note(
+    session: Session,
+    run: Attempt,
+    now: datetime,
+    source: JobStatus,
+    target: JobStatus,
+    *,
+    message: str,
+) -> None:
+    session.add(
+        _event(
+            run.job_id,
+            run.tenant_id,
+            run.attempt,
+            now,
+            source=source,
+            target=target,
+            message=message,
+        )
+    )
+
+
+def _release_next_step(session: Session, run: Attempt, now: datetime, due: datetime) -> None:
     _check([JobStatus.WAITING], JobStatus.QUEUED)
     nxt = session.execute(
         sa.select(Job.id, Job.tenant_id).where(
@@ -292,7 +547,7 @@ def _release_next_step(session: Session, run: Attempt, now: datetime) -> None:
         (Job.id == nxt.id, Job.status == JobStatus.WAITING),
         status=JobStatus.QUEUED,
         updated_at=now,
-        dispatch_due_at=now,
+        dispatch_due_at=due,
         dispatched_at=None,
     )
     if won:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from orchestrator.dispatch.base import Step
-from orchestrator.runner import Failed, RetryLater, Runner, Skipped
+from orchestrator.runner import RetryLater, Runner, Succeeded
 
 
 class InlineDispatcher:
@@ -28,4 +28,4 @@ class InlineDispatcher:
             if isinstance(outcome, RetryLater):
                 self.sleep(outcome.delay)
                 continue
-            return not isinstance(outcome, Failed | Skipped)
+            return isinstance(outcome, Succeeded)

@@ -15,6 +15,7 @@ from orchestrator.dispatch import Step
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.registry import load_job_modules
 from orchestrator.service import JobFilter, JobService, NewJob
+from orchestrator.settings import load_settings
 from orchestrator.states import JobStatus
 from orchestrator.transitions import Attempt, ErrorInfo
 
@@ -38,11 +39,13 @@ def database(database_url: str) -> Iterator[Database]:
 
 @pytest.fixture
 def service(database: Database) -> JobService:
-    return JobService(database, load_job_modules(("tests.jobtypes",)), RecordingDispatcher())
+    settings = load_settings(env="development", database_url=database.url)
+    registry = load_job_modules(("tests.jobtypes",))
+    return JobService(database, registry, RecordingDispatcher(), settings)
 
 
 def _pipeline(service: JobService, tenant: str = "t1") -> list[Job]:
-    return service.create(NewJob(tenant_id=tenant, type="TEST_FLAKY")).steps
+    return service.create(NewJob(tenant_id=tenant, type="TEST_FLAKY")).details.steps
 
 
 def _claim(database: Database, job_id: str, worker: str = "w1") -> Job | None:
@@ -69,7 +72,10 @@ def test_create_records_the_pipeline_and_dispatches_after_commit(
     with database.session() as session:
         head = session.get(Job, steps[0].id)
         assert head is not None
-        assert head.dispatched_at is not None and head.dispatch_due_at is None
+        # Sent: the outbox entry now only guards against a broker that loses the message.
+        assert head.dispatched_at is not None and head.dispatch_due_at is not None
+        resend = (head.dispatch_due_at - head.dispatched_at).total_seconds()
+        assert resend == service.settings.redispatch_after_seconds
 
 
 def test_concurrent_claims_have_one_winner(service: JobService, database: Database) -> None:
@@ -99,17 +105,21 @@ def test_stale_attempt_cannot_write(service: JobService, database: Database) -> 
     stale = Attempt(job_id, "t1", first.attempt)
     now = utcnow()
     with database.transaction() as session:
-        assert transitions.schedule_retry(session, stale, ErrorInfo("E", "boom"), now, now)
+        assert transitions.schedule_retry(
+            session, stale, ErrorInfo("E", "boom"), now, run_at=now, dispatch_due=now
+        )
     second = _claim(database, job_id, worker="w2")
     assert second is not None and second.attempt == 2
 
     with database.transaction() as session:
-        assert not transitions.succeed(session, stale, {"late": True}, utcnow())
+        assert not transitions.succeed(session, stale, {"late": True}, utcnow(), next_due=utcnow())
         assert not transitions.fail(session, stale, ErrorInfo("E", "late"), utcnow())
         assert not transitions.report_progress(session, stale, 0.9, "late", utcnow())
     assert _status(database, job_id) == (JobStatus.RUNNING, 2)
     with database.transaction() as session:
-        assert transitions.succeed(session, Attempt(job_id, "t1", 2), {"ok": 1}, utcnow())
+        assert transitions.succeed(
+            session, Attempt(job_id, "t1", 2), {"ok": 1}, utcnow(), next_due=utcnow()
+        )
     assert _status(database, job_id) == (JobStatus.SUCCEEDED, 2)
 
 
@@ -119,8 +129,14 @@ def test_retry_not_claimable_before_it_is_due(service: JobService, database: Dat
     assert claimed is not None
     now = utcnow()
     with database.transaction() as session:
+        later = now + timedelta(hours=1)
         transitions.schedule_retry(
-            session, Attempt(job_id, "t1", 1), ErrorInfo("E", "x"), now + timedelta(hours=1), now
+            session,
+            Attempt(job_id, "t1", 1),
+            ErrorInfo("E", "x"),
+            now,
+            run_at=later,
+            dispatch_due=later,
         )
     assert _claim(database, job_id) is None
     assert _status(database, job_id) == (JobStatus.RETRYING, 1)
@@ -134,7 +150,9 @@ def test_success_releases_next_step_and_failure_cancels_it(
     for head in (ok_head, bad_head):
         assert _claim(database, head.id) is not None
     with database.transaction() as session:
-        transitions.succeed(session, Attempt(ok_head.id, "t1", 1), {"r": 1}, utcnow())
+        transitions.succeed(
+            session, Attempt(ok_head.id, "t1", 1), {"r": 1}, utcnow(), next_due=utcnow()
+        )
         transitions.fail(session, Attempt(bad_head.id, "t1", 1), ErrorInfo("E", "no"), utcnow())
     assert _status(database, ok_next.id) == (JobStatus.QUEUED, 0)
     assert _status(database, bad_next.id) == (JobStatus.CANCELLED, 0)
@@ -144,7 +162,7 @@ def test_every_transition_leaves_an_event(service: JobService, database: Databas
     head, nxt = _pipeline(service)
     _claim(database, head.id)
     with database.transaction() as session:
-        transitions.succeed(session, Attempt(head.id, "t1", 1), None, utcnow())
+        transitions.succeed(session, Attempt(head.id, "t1", 1), None, utcnow(), next_due=utcnow())
     with database.session() as session:
         rows = session.execute(
             sa.select(JobEvent.job_id, JobEvent.from_status, JobEvent.to_status)

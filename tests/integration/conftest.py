@@ -10,9 +10,8 @@ import pytest
 
 from orchestrator import migrate
 from orchestrator.embedded_redis import EmbeddedRedis
-from orchestrator.runtime import Runtime
 from tests.conftest import BACKENDS
-from tests.integration.stack import Stack, Worker, stack_settings
+from tests.integration.stack import Stack, stack_settings
 from tests.servers import PostgresServer
 
 
@@ -28,7 +27,7 @@ def stack(
     # Each backend's stack gets its own Redis database, so their workers never meet.
     redis_db = 1 + BACKENDS.index(request.param)
     settings = stack_settings(database_url, f"{redis_server.url.rsplit('/', 1)[0]}/{redis_db}")
-    stack = Stack(settings, Runtime.build(settings), Worker(settings, folder / "worker.log"))
+    stack = Stack.build(settings, folder)
     try:
         yield stack.start()
     finally:

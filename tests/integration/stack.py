@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -29,48 +30,65 @@ ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def stack_settings(database_url: str, redis_url: str) -> Settings:
-    return load_settings(
-        env="development",
-        database_url=database_url,
-        redis_url=redis_url,
-        job_modules="tests.jobtypes",
-        log_format="text",
-        worker_concurrency=2,
-    )
+# Short leases and frequent sweeps, so recovery tests take seconds, not minutes.
+FAST_TIMING = {
+    "lease_seconds": 3.0,
+    "heartbeat_seconds": 0.5,
+    "sweep_interval": 0.5,
+    "reap_interval": 1.0,
+    "dispatch_grace_seconds": 2.0,
+    "cancel_wait_seconds": 10.0,
+}
+
+
+def stack_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "development",
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "job_modules": "tests.jobtypes",
+        "log_format": "text",
+        "worker_concurrency": 2,
+        "worker_queues": "default,maintenance",
+        **FAST_TIMING,
+        **overrides,
+    }
+    return load_settings(**values)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ORCH_ENV": settings.env.value,
-        "ORCH_DATABASE_URL": settings.database_url,
-        "ORCH_REDIS_URL": settings.redis_url,
-        "ORCH_JOB_MODULES": ",".join(settings.job_modules),
-        "ORCH_LOG_FORMAT": settings.log_format,
-        "ORCH_WORKER_CONCURRENCY": str(settings.worker_concurrency),
-    }
+    """The same settings as `ORCH_*` variables, for the subprocesses."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    for name, value in settings.model_dump(exclude={"port"}).items():
+        if value is None:
+            continue
+        text = ",".join(value) if isinstance(value, tuple) else str(value)
+        env[f"ORCH_{name.upper()}"] = text
+    return env
 
 
 @dataclass
 class Worker:
-    """A `celery worker` subprocess in its own process group, so teardown reaps its children."""
+    """A process the Procfile names (`worker` by default) as a subprocess in its own
+    process group, so teardown reaps its children too."""
 
     settings: Settings
     log_path: Path
+    kind: str = "worker"
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, runtime: Runtime, timeout: float = 60) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                processes.command("worker", self.settings),
+                processes.command(self.kind, self.settings),
                 cwd=ROOT,
                 env=settings_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_ready(runtime, timeout)
+        if self.kind == "worker":
+            self._wait_ready(runtime, timeout)
 
     def _wait_ready(self, runtime: Runtime, timeout: float) -> None:
         app = runtime.dispatcher.app  # type: ignore[attr-defined]
@@ -82,6 +100,17 @@ class Worker:
             if app.control.ping(timeout=0.5):
                 return
         raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a worker host that vanished."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def children(self) -> list[int]:
+        """Pids of the prefork pool's child processes (the ones running handlers)."""
+        assert self.process is not None
+        return [p.pid for p in psutil.Process(self.process.pid).children(recursive=True)]
 
     def stop(self, timeout: float = 20) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -102,6 +131,7 @@ class Stack:
     settings: Settings
     runtime: Runtime
     worker: Worker
+    beat: Worker
     server: BaseWSGIServer | None = None
     base_url: str = ""
     http: requests.Session = field(default_factory=requests.Session)
@@ -112,13 +142,33 @@ class Stack:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.base_url = f"http://127.0.0.1:{self.server.server_port}"
         self.worker.start(self.runtime)
+        self.beat.start(self.runtime)
         return self
 
     def stop(self) -> None:
+        self.beat.stop()
         self.worker.stop()
         if self.server is not None:
             self.server.shutdown()
         self.runtime.database.dispose()
+
+    @classmethod
+    def build(cls, settings: Settings, folder: Path) -> Stack:
+        beat_settings = settings.model_copy(update={"state_dir": folder})
+        return cls(
+            settings,
+            Runtime.build(settings),
+            Worker(settings, folder / "worker.log"),
+            Worker(beat_settings, folder / "beat.log", kind="beat"),
+        )
+
+    def post(self, tenant: str, path: str, body: Any = None, **headers: str) -> requests.Response:
+        return self.http.post(
+            f"{self.base_url}{path}",
+            json=body,
+            headers={"X-Tenant-ID": tenant, **headers},
+            timeout=30,
+        )
 
     def create(self, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
         response = self.http.post(

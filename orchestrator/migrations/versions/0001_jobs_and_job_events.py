@@ -57,6 +57,8 @@ def upgrade() -> None:
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("error_traceback", sa.Text(), nullable=True),
         sa.Column("idempotency_key", sa.String(length=256), nullable=True),
+        sa.Column("request_digest", sa.String(length=64), nullable=True),
+        sa.Column("cancel_requested_at", UTCDateTime(timezone=True), nullable=True),
         sa.Column("pipeline_id", sa.String(length=40), nullable=False),
         sa.Column("parent_id", sa.String(length=40), nullable=True),
         sa.Column("step_index", sa.SmallInteger(), nullable=False),

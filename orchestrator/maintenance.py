@@ -1,0 +1,117 @@
+"""Housekeeping that beat runs every few seconds: the outbox sweep and the lease reaper.
+
+Both scan through an index (`dispatch_due_at`, `lease_expires_at`), take bounded batches,
+and change each job with its own conditional write, so several sweepers at once are safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from orchestrator import transitions
+from orchestrator.db import Database
+from orchestrator.dispatch import Dispatcher, DispatchError, Step
+from orchestrator.models import Job, utcnow
+from orchestrator.settings import Settings
+from orchestrator.states import CLAIMABLE, JobStatus
+from orchestrator.transitions import Attempt
+
+log = logging.getLogger("orchestrator.maintenance")
+
+BATCH = 500
+
+
+@dataclass
+class Maintenance:
+    database: Database
+    dispatcher: Dispatcher
+    settings: Settings
+    clock: Callable[[], datetime] = utcnow
+
+    def sweep_outbox(self, batch: int = BATCH) -> int:
+        """Send every job whose dispatch is due: never sent, lost, delayed or backed off."""
+        now = self.clock()
+        with self.database.session() as session:
+            due = session.execute(
+                sa.select(Job.id, Job.dispatch_due_at)
+                .where(Job.dispatch_due_at <= now, Job.status.in_(CLAIMABLE))
+                .order_by(Job.dispatch_due_at)
+                .limit(batch)
+            ).all()
+        sent = 0
+        for job_id, seen_due in due:
+            steps = self._take(job_id, seen_due, now) if seen_due is not None else []
+            if not steps:
+                continue
+            if not self._send(steps, now):
+                break  # the broker is down: the next sweep tries again
+            sent += 1
+        if sent:
+            log.info("outbox sweep sent %d job(s)", sent, extra={"action": "swept"})
+        return sent
+
+    def reap_leases(self, batch: int = BATCH) -> int:
+        """Take back running jobs whose worker stopped renewing its lease."""
+        now = self.clock()
+        with self.database.session() as session:
+            expired = session.execute(
+                sa.select(Job.id, Job.tenant_id, Job.attempt, Job.max_attempts)
+                .where(Job.lease_expires_at < now, Job.status == JobStatus.RUNNING)
+                .limit(batch)
+            ).all()
+        for row in expired:
+            with self.database.transaction() as session:
+                run = Attempt(row.id, row.tenant_id, row.attempt)
+                status = transitions.expire_lease(session, run, row.max_attempts, now)
+            log.warning(
+                "lease expired: job now %s",
+                status,
+                extra={
+                    "job_id": row.id,
+                    "tenant_id": row.tenant_id,
+                    "attempt": row.attempt,
+                    "action": "lease_expired",
+                },
+            )
+        return len(expired)
+
+    def _take(self, job_id: str, seen_due: datetime, now: datetime) -> list[Step]:
+        """Reserve the entry, and collect the job with the waiting steps after it."""
+        resend_at = now + timedelta(seconds=self.settings.redispatch_after_seconds)
+        with self.database.transaction() as session:
+            if not transitions.take_outbox_entry(
+                session, job_id, seen_due, now, resend_at=resend_at
+            ):
+                return []
+            job = session.get(Job, job_id)
+            assert job is not None
+            later = session.scalars(
+                sa.select(Job)
+                .where(
+                    Job.pipeline_id == job.pipeline_id,
+                    Job.step_index > job.step_index,
+                    Job.status == JobStatus.WAITING,
+                )
+                .order_by(Job.step_index)
+            ).all()
+            return [Step.of(step) for step in (job, *later)]
+
+    def _send(self, steps: list[Step], now: datetime) -> bool:
+        try:
+            self.dispatcher.dispatch(steps)
+        except DispatchError as exc:
+            retry_at = now + timedelta(seconds=self.settings.sweep_interval)
+            with self.database.transaction() as session:
+                transitions.postpone_outbox_entry(session, steps[0].job_id, retry_at)
+            log.warning(
+                "outbox sweep could not dispatch: %s",
+                exc,
+                extra={"job_id": steps[0].job_id, "action": "dispatch_failed"},
+            )
+            return False
+        return True
