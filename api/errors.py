@@ -99,11 +99,8 @@ def init_app(app: Flask) -> None:
 
 def _http_problem(exc: HTTPException) -> Response:
     status = exc.code or 500
-    headers = (
-        {"Allow": exc.response.headers["Allow"]}
-        if (exc.response is not None and "Allow" in exc.response.headers)
-        else None
-    )
+    # Werkzeug puts Allow (405) and WWW-Authenticate (401) in the exception's own headers.
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
     return problem_response(Problem(status, exc.name, exc.description, headers=headers))
 
 

@@ -33,8 +33,14 @@ def service() -> JobService:
     return runtime.service
 
 
-def json_body() -> Any:
-    body = request.get_json(force=True, silent=True)
+def json_body(*, optional: bool = False) -> Any:
+    """The request body as JSON; malformed (or absurdly nested) bodies are a 400."""
+    if optional and not request.get_data(cache=True):
+        return {}
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        body = None
     if body is None:
         raise Problem(400, "Malformed JSON", "The request body must be a JSON object.")
     return body
@@ -129,7 +135,7 @@ def retry_job(job_id: str) -> Response:
 @blueprint.post("/jobs/retry")
 def retry_failed_jobs() -> Response:
     identity = current_identity()
-    body = BulkRetry.model_validate(request.get_json(force=True, silent=True) or {})
+    body = BulkRetry.model_validate(json_body(optional=True))
     retried = service().retry_failed(
         identity.tenant_id, JobFilter(type=body.type), limit=body.limit
     )

@@ -1,27 +1,46 @@
-"""Job ids that sort by creation time, so "newest first" is an index scan on the id."""
+"""Job ids that sort by creation time, so "newest first" is an index scan on the id.
+
+`job_` + 12 hex digits of milliseconds since the epoch + 16 hex digits that are random for
+the first id of a millisecond and count up after it, so ids one process makes always sort
+in the order it made them (the steps of a pipeline, say), as in ULID's monotonic mode.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import threading
 import time
 
 PREFIX = "job_"
+ID_PATTERN = re.compile(r"job_[0-9a-f]{28}")
+_RANDOM_BITS = 64
+# Room to count up within one millisecond before the random part would overflow.
+_HEADROOM = 1 << 32
+
+_lock = threading.Lock()
+_last: tuple[int, int] = (-1, 0)
 
 
 def new_job_id(now_ms: int | None = None) -> str:
-    """`job_` + 12 hex digits of milliseconds since the epoch + 16 random hex digits."""
-    millis = int(time.time() * 1000) if now_ms is None else now_ms
-    return f"{PREFIX}{millis:012x}{os.urandom(8).hex()}"
+    """A new id; `now_ms` (for tests) fixes the time part and skips the per-process order."""
+    if now_ms is not None:
+        return f"{PREFIX}{now_ms:012x}{_random_part():016x}"
+    global _last  # noqa: PLW0603 - one counter per process, guarded by the lock
+    millis = int(time.time() * 1000)
+    with _lock:
+        last_millis, last_random = _last
+        if millis <= last_millis and last_random + 1 < (1 << _RANDOM_BITS):
+            millis, random_part = last_millis, last_random + 1
+        else:
+            random_part = _random_part()
+        _last = (millis, random_part)
+    return f"{PREFIX}{millis:012x}{random_part:016x}"
+
+
+def _random_part() -> int:
+    return int.from_bytes(os.urandom(8)) % ((1 << _RANDOM_BITS) - _HEADROOM)
 
 
 def looks_like_job_id(value: str) -> bool:
-    body = value.removeprefix(PREFIX)
-    return value.startswith(PREFIX) and len(body) == 28 and _is_hex(body)
-
-
-def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
+    return ID_PATTERN.fullmatch(value) is not None

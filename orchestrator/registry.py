@@ -7,6 +7,7 @@ def analyze(ctx: JobContext, data: AnalyzeInput) -> dict[str, object]: ...
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -97,6 +98,10 @@ class Registry:
     def check(self, longest_allowed_delay: float | None = None) -> None:
         """Fail loudly on a pipeline naming an unknown type, or a delay the broker can't hold."""
         for job_type in self:
+            if job_type.then is not None and job_type.then not in self:
+                raise JobDefinitionError(
+                    f"{job_type.name}: then={job_type.then!r} is not a known job type"
+                )
             for later in self.pipeline_of(job_type.name)[1:]:
                 _require_defaults(later)
             if longest_allowed_delay is None:
@@ -141,7 +146,7 @@ def define_job(
         raise JobDefinitionError(f"job type name {name!r} must match {NAME_PATTERN.pattern}")
     if not (isinstance(input, type) and issubclass(input, BaseModel)):
         raise JobDefinitionError(f"{name}: input must be a pydantic model class")
-    if time_limit <= 0:
+    if not (time_limit > 0 and math.isfinite(time_limit)):
         raise JobDefinitionError(f"{name}: time_limit must be positive")
 
     def register(handler: H) -> H:

@@ -40,7 +40,8 @@ class RetryPolicy:
         """The delay after attempt `failed_attempt` (1-based), before jitter, capped."""
         steps = max(failed_attempt, 1)
         if self.backoff == "exponential":
-            raw = self.initial_delay * 2.0 ** (steps - 1)
+            # Capped exponent: past ~60 doublings every delay is max_delay anyway.
+            raw = self.initial_delay * 2.0 ** min(steps - 1, 64)
         elif self.backoff == "linear":
             raw = self.initial_delay * steps
         else:

@@ -60,10 +60,11 @@ def analyse_room(room_id: str, checks: tuple[str, ...]) -> dict[str, Any]:
 )
 def analyze_inspection(ctx: JobContext, data: AnalyzeInput) -> dict[str, Any]:
     checks = DEEP_CHECKS if data.analysisMode == "DEEP" else QUICK_CHECKS
+    room_ids = list(dict.fromkeys(data.roomIds))  # each room once, in the order given
     rooms = []
-    for done, room_id in enumerate(dict.fromkeys(data.roomIds), start=1):
+    for done, room_id in enumerate(room_ids, start=1):
         rooms.append(analyse_room(room_id, checks))
-        ctx.progress(done / len(data.roomIds), f"analysed {room_id}")
+        ctx.progress(done / len(room_ids), f"analysed {room_id}")
     ctx.logger.info("analysed %d rooms with %d checks each", len(rooms), len(checks))
     return {"inspectionId": ctx.subject, "mode": data.analysisMode, "rooms": rooms}
 

@@ -55,3 +55,54 @@ def effect(ctx: JobContext, data: EffectInput) -> dict[str, Any]:
         handle.write(f"{ctx.job_id} attempt={ctx.attempt}\n")
     time.sleep(data.sleep)
     return {"wrote": data.effectFile}
+
+
+class LoopInput(BaseModel):
+    effectFile: str
+    seconds: float = 10.0
+
+
+@define_job("TEST_LOOP", input=LoopInput, then="TEST_ECHO_UPSTREAM", time_limit=60)
+def loop(ctx: JobContext, data: LoopInput) -> dict[str, Any]:
+    """Writes a line every 0.1 s with plain `time.sleep`: it never checks for a cancel, so
+    stopping it proves the worker interrupts handlers that do not cooperate."""
+    deadline = time.monotonic() + data.seconds
+    with Path(data.effectFile).open("a", buffering=1) as handle:
+        while time.monotonic() < deadline:
+            handle.write(f"{ctx.job_id} tick\n")
+            time.sleep(0.1)
+    return {"ticks": "done"}
+
+
+@define_job(
+    "TEST_SLOW_RETRY",
+    input=EffectInput,
+    retry=RetryPolicy(max_attempts=5, backoff="fixed", initial_delay=4, jitter=0),
+    time_limit=30,
+)
+def slow_retry(ctx: JobContext, data: EffectInput) -> None:
+    """Records each run, then fails; its next attempt waits 4 s."""
+    with Path(data.effectFile).open("a") as handle:
+        handle.write(f"{ctx.job_id} attempt={ctx.attempt}\n")
+    raise RuntimeError("always fails")
+
+
+class GateInput(BaseModel):
+    gateFile: str
+
+
+@define_job("TEST_GATED", input=GateInput, then="TEST_ECHO_UPSTREAM", time_limit=30)
+def gated(ctx: JobContext, data: GateInput) -> dict[str, Any]:
+    """Fails for good until the gate file exists: a dead letter that a manual retry fixes."""
+    if not Path(data.gateFile).exists():
+        raise PermanentError(f"{data.gateFile} is missing")
+    return {"gate": "open"}
+
+
+@define_job(
+    "TEST_PARKED", input=EffectInput, then="TEST_ECHO_UPSTREAM", queue="parked", time_limit=30
+)
+def parked(ctx: JobContext, data: EffectInput) -> None:
+    """On a queue no worker consumes until a test asks one to: it stays `queued`."""
+    with Path(data.effectFile).open("a") as handle:
+        handle.write(f"{ctx.job_id} attempt={ctx.attempt}\n")

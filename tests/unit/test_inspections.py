@@ -1,0 +1,239 @@
+"""The inspection job types: deterministic analysis, and a report derived from it.
+
+The pure helpers are called directly; the handlers run through the real runner with inline
+dispatch against a migrated SQLite database, as they would in a worker.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from orchestrator.models import Job
+from orchestrator.runtime import Runtime
+from orchestrator.service import NewJob
+from orchestrator.settings import load_settings
+from orchestrator.states import JobStatus
+from tasks.inspections import (
+    DEEP_CHECKS,
+    PASS_MARK,
+    QUICK_CHECKS,
+    AnalyzeInput,
+    analyse_room,
+    check_score,
+)
+
+TENANT = "tnt_inspections"
+ROOMS = ["kitchen", "bath_1", "attic", "room_7", "cellar"]
+
+
+@pytest.fixture
+def runtime(sqlite_url: str) -> Iterator[Runtime]:
+    settings = load_settings(env="development", database_url=sqlite_url, dispatch_mode="inline")
+    runtime = Runtime.build(settings)
+    yield runtime
+    runtime.database.dispose()
+
+
+def run_pipeline(
+    runtime: Runtime, job_type: str, data: dict[str, Any], subject: str | None = "insp_1"
+) -> list[Job]:
+    """Create the job (inline dispatch runs the whole pipeline) and read every step back."""
+    created = runtime.service.create(
+        NewJob(tenant_id=TENANT, type=job_type, input=data, subject=subject)
+    )
+    return runtime.service.get(TENANT, created.details.job.id).steps
+
+
+def analyse_and_report(runtime: Runtime, mode: str, rooms: list[str]) -> tuple[Job, Job]:
+    steps = run_pipeline(runtime, "ANALYZE_INSPECTION", {"analysisMode": mode, "roomIds": rooms})
+    assert [s.type for s in steps] == ["ANALYZE_INSPECTION", "GENERATE_REPORT"]
+    analysis, report = steps
+    assert analysis.status is JobStatus.SUCCEEDED, analysis.error_message
+    assert report.status is JobStatus.SUCCEEDED, report.error_message
+    return analysis, report
+
+
+# --- the pure helpers ---------------------------------------------------------------
+
+
+def test_check_score_is_stable_and_in_range() -> None:
+    for room in ROOMS:
+        for check in DEEP_CHECKS:
+            score = check_score(room, check)
+            assert isinstance(score, int)
+            assert 0 <= score <= 100
+            assert check_score(room, check) == score
+
+
+def test_check_score_depends_on_room_and_check() -> None:
+    scores = {check_score(room, check) for room in ROOMS for check in DEEP_CHECKS}
+    # 30 (room, check) pairs do not all collapse onto a handful of values.
+    assert len(scores) > 10
+    assert len({check_score("kitchen", check) for check in DEEP_CHECKS}) > 1
+    assert len({check_score(room, "moisture") for room in ROOMS}) > 1
+
+
+def test_quick_checks_are_a_subset_of_deep_checks() -> None:
+    assert len(QUICK_CHECKS) == 3
+    assert len(DEEP_CHECKS) == 6
+    assert set(QUICK_CHECKS) < set(DEEP_CHECKS)
+
+
+@pytest.mark.parametrize("checks", [QUICK_CHECKS, DEEP_CHECKS])
+def test_analyse_room_derives_score_and_issues_from_the_checks(checks: tuple[str, ...]) -> None:
+    for room in ROOMS:
+        analysis = analyse_room(room, checks)
+        assert analysis["roomId"] == room
+        assert analysis["checks"] == {c: check_score(room, c) for c in checks}
+        assert analysis["score"] == pytest.approx(
+            statistics.mean(analysis["checks"].values()), abs=0.05
+        )
+        failing = {c for c, score in analysis["checks"].items() if score < PASS_MARK}
+        assert set(analysis["issues"]) == failing
+        assert analysis["issues"] == sorted(analysis["issues"])
+        assert analyse_room(room, checks) == analysis
+
+
+def test_some_rooms_have_issues_and_some_checks_pass() -> None:
+    """The sample rooms exercise both branches, so the report tests below mean something."""
+    analyses = [analyse_room(room, DEEP_CHECKS) for room in ROOMS]
+    assert any(a["issues"] for a in analyses)
+    assert any(len(a["issues"]) < len(DEEP_CHECKS) for a in analyses)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"analysisMode": "FAST", "roomIds": ["r"]},
+        {"analysisMode": "DEEP", "roomIds": []},
+        {"analysisMode": "DEEP", "roomIds": [""]},
+        {"analysisMode": "DEEP", "roomIds": ["r"] * 501},
+        {"analysisMode": "DEEP", "roomIds": ["r"], "extra": True},
+        {"roomIds": ["r"]},
+    ],
+)
+def test_analyze_input_rejects_bad_input(data: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        AnalyzeInput.model_validate(data)
+
+
+# --- the handlers, through the runner -------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "checks"), [("DEEP", DEEP_CHECKS), ("QUICK", QUICK_CHECKS)])
+def test_analysis_runs_the_checks_of_its_mode(
+    runtime: Runtime, mode: str, checks: tuple[str, ...]
+) -> None:
+    analysis, _ = analyse_and_report(runtime, mode, ROOMS)
+    result = analysis.result
+    assert result["mode"] == mode
+    assert result["inspectionId"] == "insp_1"
+    assert [room["roomId"] for room in result["rooms"]] == ROOMS
+    for room in result["rooms"]:
+        assert len(room["checks"]) == len(checks)
+        assert room == analyse_room(room["roomId"], checks)
+
+
+def test_quick_and_deep_agree_on_the_checks_they_share(runtime: Runtime) -> None:
+    deep, _ = analyse_and_report(runtime, "DEEP", ROOMS)
+    quick, _ = analyse_and_report(runtime, "QUICK", ROOMS)
+    for deep_room, quick_room in zip(deep.result["rooms"], quick.result["rooms"], strict=True):
+        shared = {c: deep_room["checks"][c] for c in quick_room["checks"]}
+        assert shared == quick_room["checks"]
+
+
+def test_report_derives_from_the_analysis(runtime: Runtime) -> None:
+    analysis, report = analyse_and_report(runtime, "DEEP", ROOMS)
+    rooms = analysis.result["rooms"]
+    body = report.result
+    assert body["inspectionId"] == "insp_1"
+    assert body["overallScore"] == pytest.approx(
+        statistics.mean(room["score"] for room in rooms), abs=0.05
+    )
+    assert body["verdict"] == ("pass" if body["overallScore"] >= PASS_MARK else "needs attention")
+    needing = {room["roomId"] for room in rooms if room["issues"]}
+    assert set(body["roomsNeedingAttention"]) == needing
+    assert len(body["roomsNeedingAttention"]) == len(needing)
+    issues = sum(len(room["issues"]) for room in rooms)
+    worst = min(rooms, key=lambda room: (room["score"], room["roomId"]))["roomId"]
+    assert body["summary"] == (
+        f"Inspection insp_1: {len(rooms)} room(s), overall score {body['overallScore']}, "
+        f"{issues} issue(s); lowest-scoring room {worst}."
+    )
+    # The default (summary) format leaves the per-room detail out.
+    assert "rooms" not in body
+
+
+def test_report_step_is_linked_to_its_analysis(runtime: Runtime) -> None:
+    analysis, report = analyse_and_report(runtime, "QUICK", ["r1"])
+    assert report.parent_id == analysis.id
+    assert report.pipeline_id == analysis.pipeline_id == analysis.id
+    assert report.input == {"format": "summary"}
+
+
+def test_the_same_input_gives_the_same_results(runtime: Runtime) -> None:
+    first_analysis, first_report = analyse_and_report(runtime, "DEEP", ROOMS)
+    second_analysis, second_report = analyse_and_report(runtime, "DEEP", ROOMS)
+    assert first_analysis.id != second_analysis.id
+    assert first_analysis.result == second_analysis.result
+    assert first_report.result == second_report.result
+
+
+def test_duplicate_room_ids_are_analysed_once(runtime: Runtime) -> None:
+    analysis, report = analyse_and_report(runtime, "DEEP", ["a", "b", "a", "b", "a"])
+    assert [room["roomId"] for room in analysis.result["rooms"]] == ["a", "b"]
+    assert report.result["summary"].startswith("Inspection insp_1: 2 room(s)")
+
+
+def _handler_progress(runtime: Runtime, job: Job) -> list[float]:
+    return [
+        event.data["percent"]
+        for event in runtime.service.events(TENANT, job.id)
+        if event.kind == "progress" and event.data
+    ]
+
+
+def test_progress_reaches_the_end_room_by_room(runtime: Runtime) -> None:
+    analysis, _ = analyse_and_report(runtime, "QUICK", ["a", "b", "c", "d"])
+    assert _handler_progress(runtime, analysis) == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert analysis.progress == 1.0
+
+
+def test_progress_with_duplicate_rooms_reaches_the_end(runtime: Runtime) -> None:
+    analysis, _ = analyse_and_report(runtime, "QUICK", ["a", "b", "a"])
+    progress = _handler_progress(runtime, analysis)
+    assert progress == sorted(progress)
+    assert progress[-1] == 1.0
+
+
+def test_the_handler_logs_what_it_did(runtime: Runtime) -> None:
+    analysis, _ = analyse_and_report(runtime, "DEEP", ["a", "b"])
+    logs = [e for e in runtime.service.events(TENANT, analysis.id) if e.kind == "log"]
+    assert len(logs) == 1
+    assert logs[0].level == "INFO"
+    assert "2 rooms" in (logs[0].message or "")
+    assert str(len(DEEP_CHECKS)) in (logs[0].message or "")
+
+
+def test_an_inspection_without_an_id_still_reports(runtime: Runtime) -> None:
+    steps = run_pipeline(
+        runtime, "ANALYZE_INSPECTION", {"analysisMode": "QUICK", "roomIds": ["a"]}, subject=None
+    )
+    report = steps[1]
+    assert report.status is JobStatus.SUCCEEDED
+    assert report.result["inspectionId"] is None
+    assert report.result["summary"].startswith("Inspection (none): 1 room(s)")
+
+
+def test_a_report_without_an_analysis_fails_at_once(runtime: Runtime) -> None:
+    steps = run_pipeline(runtime, "GENERATE_REPORT", {"format": "detailed"})
+    assert [s.type for s in steps] == ["GENERATE_REPORT"]
+    report = steps[0]
+    assert report.status is JobStatus.FAILED
+    assert report.attempt == 1  # a PermanentError: no retries
+    assert report.error_type == "PermanentError"
+    assert "ANALYZE_INSPECTION" in (report.error_message or "")
