@@ -31,6 +31,5 @@ task_track_started = True
 broker_connection_retry_on_startup = True
 # A web request must not hang on a dead broker: fail fast and let the outbox sweeper resend.
 broker_connection_timeout = 2
-broker_connection_max_retries = 1
 worker_cancel_long_running_tasks_on_connection_loss = False
 worker_hijack_root_logger = False

@@ -75,7 +75,6 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     """The app `celery -A tasks.worker` loads: every job type registered as a task."""
     settings = settings or get_settings()
     registry = load_job_modules(settings.job_modules)
-    registry.check(longest_allowed_delay=settings.visibility_timeout)
     app = create_celery_app(settings)
     register_job_tasks(app, registry)
     register_maintenance_tasks(app)

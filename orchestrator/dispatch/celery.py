@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from celery import Celery, chain
@@ -32,10 +33,16 @@ def task_name(job_type: str) -> str:
 
 
 class CeleryDispatcher:
+    """Sends pipelines to Redis. After the broker refuses a send, further sends fail at once
+    for `backoff` seconds: the jobs are safe in the outbox, and requests stay fast while
+    Redis is down instead of each waiting out the client's connection retries."""
+
     mode = "celery"
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, *, backoff: float = 5.0) -> None:
         self.app = app
+        self.backoff = backoff
+        self._down_until = 0.0
 
     def signature(self, step: Step) -> Signature:
         # Immutable: each step reads its upstream's result from the database, so the
@@ -45,9 +52,12 @@ class CeleryDispatcher:
         )
 
     def dispatch(self, steps: Sequence[Step]) -> None:
+        if time.monotonic() < self._down_until:
+            raise DispatchError("broker unavailable (recent send failed); left to the sweeper")
         signatures = [self.signature(step) for step in steps]
         canvas = signatures[0] if len(signatures) == 1 else chain(*signatures)
         try:
             canvas.apply_async(retry=False)
         except (OperationalError, OSError) as exc:
+            self._down_until = time.monotonic() + self.backoff
             raise DispatchError(f"broker refused the job: {exc}") from exc

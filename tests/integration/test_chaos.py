@@ -1,0 +1,253 @@
+"""Break things on purpose: kill workers, duplicate messages, stop Redis, crash the web
+process mid-request, outlast the visibility timeout. On PostgreSQL, the production database,
+with a Redis of this module's own so stopping it disturbs no other test."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import migrate
+from orchestrator.dispatch import Step
+from orchestrator.embedded_redis import EmbeddedRedis
+from tests.integration.stack import ROOT, Stack, Worker, settings_env, stack_settings
+from tests.servers import PostgresServer, free_port
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def chaos_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis.start(
+        port=free_port(), data_dir=tmp_path_factory.mktemp("chaos-redis")
+    ) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def chaos(
+    chaos_redis: EmbeddedRedis,
+    postgres_server: PostgresServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("chaos")
+    postgres_server.create_database("chaos")
+    database_url = postgres_server.url("chaos")
+    migrate.upgrade(database_url)
+    # A visibility timeout of seconds, so messages a killed worker held come back quickly
+    # and so a delay can outlast it within a test.
+    settings = stack_settings(
+        database_url, chaos_redis.url, visibility_timeout=6, broker_delay_limit=2
+    )
+    stack = Stack.build(settings, folder)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def _report(name: str, figures: dict[str, Any]) -> None:
+    """Counts each chaos test ran, kept as an artifact for the issue note."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "chaos.jsonl").open("a") as out:
+        out.write(json.dumps({"test": name, **figures}) + "\n")
+
+
+def _wait_all(stack: Stack, tenant: str, ids: list[str], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        statuses = _statuses(stack, ids)
+        if all(s in {"succeeded", "failed", "cancelled"} for s in statuses.values()):
+            return statuses
+        time.sleep(0.25)
+    raise AssertionError(f"not finished: {Counter(statuses.values())}\n{stack.worker.log_tail()}")
+
+
+def _statuses(stack: Stack, ids: list[str]) -> dict[str, str]:
+    from orchestrator.models import Job  # noqa: PLC0415
+
+    with stack.runtime.database.session() as session:
+        rows = session.query(Job.id, Job.status).filter(Job.id.in_(ids)).all()
+    return {job_id: str(status) for job_id, status in rows}
+
+
+def _success_events(stack: Stack, ids: list[str]) -> Counter[str]:
+    from orchestrator.models import JobEvent  # noqa: PLC0415
+
+    with stack.runtime.database.session() as session:
+        rows = (
+            session.query(JobEvent.job_id)
+            .filter(JobEvent.job_id.in_(ids), JobEvent.to_status == "succeeded")
+            .all()
+        )
+    return Counter(job_id for (job_id,) in rows)
+
+
+def test_kill_9_workers_mid_jobs_strands_nothing(chaos: Stack, tenant: str, tmp_path: Path) -> None:
+    effect = tmp_path / "effect"
+    body = {"type": "TEST_EFFECT", "input": {"effectFile": str(effect), "sleep": 0.05}}
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: chaos.create(tenant, body)["id"], range(200)))
+
+    kills = 0
+    rng = random.Random(7)
+    for _ in range(6):  # pool processes killed mid-job; the worker forks replacements
+        time.sleep(0.6)
+        children = chaos.worker.children()
+        if children:
+            os.kill(rng.choice(children), signal.SIGKILL)
+            kills += 1
+    time.sleep(0.5)
+    chaos.worker.kill()  # the whole worker host gone at once
+    kills += 1
+    chaos.worker.start(chaos.runtime)
+
+    statuses = _wait_all(chaos, tenant, ids, timeout=120)
+    successes = _success_events(chaos, ids)
+    runs = Counter(line.split()[0] for line in effect.read_text().splitlines())
+    _report(
+        "kill_9",
+        {
+            "jobs": len(ids),
+            "kills": kills,
+            "handler_runs": sum(runs.values()),
+            "reruns_after_kill": sum(runs.values()) - len(ids),
+        },
+    )
+    assert Counter(statuses.values()) == {"succeeded": 200}
+    assert all(successes[job_id] == 1 for job_id in ids)
+    assert set(runs) == set(ids)  # every job's handler ran; killed runs ran again
+
+
+def test_same_message_five_times_to_two_workers_runs_once(
+    chaos: Stack, tenant: str, tmp_path: Path
+) -> None:
+    second = Worker(chaos.settings, tmp_path / "second-worker.log")
+    second.start(chaos.runtime)
+    try:
+        effects, ids = [], []
+        for n in range(10):
+            effect = tmp_path / f"effect-{n}"
+            created = chaos.create(
+                tenant, {"type": "TEST_EFFECT", "input": {"effectFile": str(effect), "sleep": 0.3}}
+            )
+            signature = chaos.runtime.dispatcher.signature(  # type: ignore[attr-defined]
+                Step(created["id"], "TEST_EFFECT", "default")
+            )
+            for _ in range(4):  # with the create's own message: five deliveries
+                signature.apply_async(task_id=f"dup-{created['id']}")
+            effects.append(effect)
+            ids.append(created["id"])
+        statuses = _wait_all(chaos, tenant, ids, timeout=60)
+        time.sleep(1.5)  # let the last duplicates arrive
+    finally:
+        second.stop()
+    runs = [len(e.read_text().splitlines()) for e in effects]
+    _report(
+        "duplicates",
+        {"jobs": len(ids), "deliveries_per_job": 5, "workers": 2, "handler_runs": sum(runs)},
+    )
+    assert set(statuses.values()) == {"succeeded"}
+    assert runs == [1] * len(ids)
+
+
+def test_jobs_created_while_redis_is_down_run_when_it_returns(
+    chaos: Stack, chaos_redis: EmbeddedRedis, tenant: str
+) -> None:
+    chaos_redis.kill()
+    slowest, ids = 0.0, []
+    try:
+        for _ in range(20):
+            started = time.monotonic()
+            created = chaos.create(tenant, {"type": "TEST_FLAKY"})
+            slowest = max(slowest, time.monotonic() - started)
+            assert created["status"] == "queued"
+            ids.append(created["id"])
+    finally:
+        chaos_redis.restart()
+    statuses = _wait_all(chaos, tenant, ids, timeout=90)
+    _report("redis_down", {"jobs": len(ids), "slowest_create_s": round(slowest, 3)})
+    assert set(statuses.values()) == {"succeeded"}
+
+
+CRASHING_CREATE = textwrap.dedent(
+    """
+    import os, sys
+    from orchestrator.runtime import Runtime
+    from orchestrator.service import NewJob
+    from orchestrator.settings import load_settings
+
+    runtime = Runtime.build(load_settings())
+
+    class CrashingDispatcher:
+        mode = "crash"
+        def dispatch(self, steps):
+            print(steps[0].job_id, flush=True)
+            os._exit(17)  # the process dies after the commit, before the broker has it
+
+    runtime.service.dispatcher = CrashingDispatcher()
+    runtime.service.create(NewJob(tenant_id=sys.argv[1], type="TEST_FLAKY"))
+    """
+)
+
+
+def test_web_crash_between_commit_and_dispatch_is_swept(chaos: Stack, tenant: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CRASHING_CREATE, tenant],
+        cwd=ROOT,
+        env=settings_env(chaos.settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 17, result.stderr
+    job_id = result.stdout.strip()
+    job = chaos.wait_for(tenant, job_id, timeout=30)
+    _report("crash_after_commit", {"jobs": 1, "status": job["status"]})
+    assert job["status"] == "succeeded"
+    recorded = datetime.fromisoformat(job["createdAt"])
+    started = datetime.fromisoformat(job["startedAt"])
+    # Sent by the sweeper once the grace period passed, not by anyone touching it.
+    assert (started - recorded).total_seconds() >= chaos.settings.dispatch_grace_seconds
+
+
+def test_delay_longer_than_visibility_timeout_runs_once_on_time(
+    chaos: Stack, tenant: str, tmp_path: Path
+) -> None:
+    effect = tmp_path / "effect"
+    delay = chaos.settings.visibility_timeout + 3
+    created = chaos.create(
+        tenant, {"type": "TEST_EFFECT", "input": {"effectFile": str(effect)}, "delaySeconds": delay}
+    )
+    job = chaos.wait_for(tenant, created["id"], timeout=delay + 20)
+    time.sleep(chaos.settings.visibility_timeout)  # room for a redelivered duplicate
+    lateness = (
+        datetime.fromisoformat(job["startedAt"]) - datetime.fromisoformat(created["runAt"])
+    ).total_seconds()
+    _report(
+        "long_delay",
+        {
+            "delay_s": delay,
+            "visibility_timeout_s": chaos.settings.visibility_timeout,
+            "late_by_s": round(lateness, 3),
+        },
+    )
+    assert job["status"] == "succeeded"
+    assert 0 <= lateness < 2
+    assert len(effect.read_text().splitlines()) == 1
