@@ -112,10 +112,7 @@ class Runner:
         if watch.stop.is_set() and not isinstance(outcome, Succeeded):
             outcome = Cancelled()
         if not self._record(claimed, outcome):
-            log.warning(
-                "result refused: this attempt no longer holds the job",
-                extra={**extra, "action": "fenced"},
-            )
+            self._refused(claimed, outcome)
             return Skipped("attempt was superseded; result refused")
         action = type(outcome).__name__.lower()
         log.info("job %s", action, extra={**extra, "action": action})
@@ -190,6 +187,16 @@ class Runner:
                 return transitions.confirm_cancelled(session, run, now)
             assert isinstance(outcome, Failed)
             return transitions.fail(session, run, outcome.error, now)
+
+    def _refused(self, claimed: Claimed, outcome: Outcome) -> None:
+        log.warning(
+            "result refused: this attempt no longer holds the job",
+            extra={**_log_extra(claimed.job), "action": "fenced"},
+        )
+        with self.database.transaction() as session:
+            transitions.note_refused_result(
+                session, claimed.run, self.clock(), type(outcome).__name__.lower()
+            )
 
     @property
     def _grace(self) -> timedelta:

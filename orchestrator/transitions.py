@@ -290,6 +290,22 @@ def note_skipped_delivery(session: Session, job: Job, reason: str, now: datetime
     )
 
 
+def note_refused_result(session: Session, run: Attempt, now: datetime, outcome: str) -> None:
+    """A stale attempt finished after losing the job: say so in the job's history."""
+    session.add(
+        _event(
+            run.job_id,
+            run.tenant_id,
+            run.attempt,
+            now,
+            kind="fenced",
+            level="WARNING",
+            message=f"attempt {run.attempt} finished ({outcome}) after losing its lease; "
+            "its result was refused",
+        )
+    )
+
+
 def mark_dispatched(
     session: Session, job_ids: Sequence[str], now: datetime, *, resend_at: datetime
 ) -> None:

@@ -106,3 +106,18 @@ def parked(ctx: JobContext, data: EffectInput) -> None:
     """On a queue no worker consumes until a test asks one to: it stays `queued`."""
     with Path(data.effectFile).open("a") as handle:
         handle.write(f"{ctx.job_id} attempt={ctx.attempt}\n")
+
+
+class PartitionInput(BaseModel):
+    effectFile: str
+    firstRunSeconds: float = 8.0
+
+
+@define_job("TEST_PARTITION", input=PartitionInput, queue="partition", time_limit=60)
+def partition(ctx: JobContext, data: PartitionInput) -> dict[str, Any]:
+    """The first attempt is slow (long enough to be cut off mid-run); later ones are quick."""
+    with Path(data.effectFile).open("a") as handle:
+        handle.write(f"{ctx.job_id} attempt={ctx.attempt}\n")
+    if ctx.attempt == 1:
+        time.sleep(data.firstRunSeconds)
+    return {"attempt": ctx.attempt}

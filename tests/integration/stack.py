@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +76,20 @@ class Worker:
     settings: Settings
     log_path: Path
     kind: str = "worker"
+    prefix: list[str] = field(default_factory=list)  # e.g. `ip netns exec NS`
+    nodename: str = field(default_factory=lambda: f"w{uuid.uuid4().hex[:8]}@localhost")
     process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        argv = processes.command(self.kind, self.settings)
+        if self.kind == "worker":
+            argv.append(f"--hostname={self.nodename}")
+        return [*self.prefix, *argv]
 
     def start(self, runtime: Runtime, timeout: float = 60) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                processes.command(self.kind, self.settings),
+                self.command(),
                 cwd=ROOT,
                 env=settings_env(self.settings),
                 stdout=log,
@@ -97,7 +106,7 @@ class Worker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
-            if app.control.ping(timeout=0.5):
+            if app.control.ping(destination=[self.nodename], timeout=0.5):
                 return
         raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
 

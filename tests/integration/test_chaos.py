@@ -24,6 +24,7 @@ import pytest
 from orchestrator import migrate
 from orchestrator.dispatch import Step
 from orchestrator.embedded_redis import EmbeddedRedis
+from tests import netpartition
 from tests.integration.stack import ROOT, Stack, Worker, settings_env, stack_settings
 from tests.servers import PostgresServer, free_port
 
@@ -251,3 +252,73 @@ def test_delay_longer_than_visibility_timeout_runs_once_on_time(
     assert job["status"] == "succeeded"
     assert 0 <= lateness < 2
     assert len(effect.read_text().splitlines()) == 1
+
+
+@pytest.mark.skipif(not netpartition.available(), reason="network namespaces need root and ip")
+def test_partitioned_worker_is_replaced_and_its_late_result_refused(
+    chaos: Stack,
+    chaos_redis: EmbeddedRedis,
+    postgres_server: PostgresServer,
+    tenant: str,
+    tmp_path: Path,
+) -> None:
+    effect = tmp_path / "effect"
+    app = chaos.runtime.dispatcher.app  # type: ignore[attr-defined]
+    with netpartition.Partition() as net:
+        inside = chaos.settings.model_copy(
+            update={
+                "redis_url": f"redis://{net.host_address}:{net.expose(chaos_redis.port)}/0",
+                "database_url": postgres_server.url("chaos").replace(
+                    f"127.0.0.1:{postgres_server.port}",
+                    f"{net.host_address}:{net.expose(postgres_server.port)}",
+                ),
+                "worker_queues": ("partition",),
+            }
+        )
+        stale = Worker(inside, tmp_path / "stale-worker.log", prefix=net.command([]))
+        stale.start(chaos.runtime)
+        try:
+            created = chaos.create(
+                tenant,
+                {
+                    "type": "TEST_PARTITION",
+                    "input": {"effectFile": str(effect), "firstRunSeconds": 12},
+                },
+            )
+            chaos.wait_for(tenant, created["id"], {"running"})
+            net.cut()  # mid-job: the stale worker can reach neither Redis nor the database
+            app.control.add_consumer("partition", destination=[chaos.worker.nodename], reply=True)
+            replaced = chaos.wait_for(tenant, created["id"], {"succeeded", "failed"}, timeout=40)
+            net.heal()
+            _wait_for_event(chaos, tenant, created["id"], "fenced", timeout=40)
+        finally:
+            app.control.cancel_consumer(
+                "partition", destination=[chaos.worker.nodename], reply=True
+            )
+            stale.kill()
+    final = chaos.get(tenant, f"/v1/jobs/{created['id']}").json()
+    events = chaos.events(tenant, created["id"])
+    _report(
+        "partition",
+        {
+            "jobs": 1,
+            "attempts": final["attempt"],
+            "stale_results_refused": sum(e["kind"] == "fenced" for e in events),
+        },
+    )
+    assert replaced["status"] == "succeeded" and replaced["attempt"] == 2
+    assert final["result"] == {"attempt": 2} and final["attempt"] == 2
+    assert sum(e["toStatus"] == "succeeded" for e in events) == 1
+    assert effect.read_text().splitlines() == [
+        f"{created['id']} attempt=1",
+        f"{created['id']} attempt=2",
+    ]
+
+
+def _wait_for_event(stack: Stack, tenant: str, job_id: str, kind: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e["kind"] == kind for e in stack.events(tenant, job_id)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind} event for {job_id}")
