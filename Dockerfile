@@ -17,11 +17,10 @@ RUN pip install -r /tmp/requirements.lock && rm /tmp/requirements.lock
 COPY . /tmp/src
 RUN pip install --no-deps /tmp/src && rm -rf /tmp/src
 
-# Not root. /app/state holds local state (beat's schedule file): ORCH_STATE_DIR below.
+# Not root. ORCH_STATE_DIR (below) holds beat's schedule file; beat creates it.
 RUN useradd --system --create-home --home-dir /app --uid 10001 --user-group orchestrator
 USER orchestrator
 WORKDIR /app
-RUN mkdir -p /app/state
 
 # Inside a container the web must listen on every interface; publish the port to choose
 # who can reach it. Flower's address is set the same way where Flower runs.

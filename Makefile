@@ -3,13 +3,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+LOCKS := requirements.lock requirements-dev.lock
+STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: run test test-quick lint format lock clean
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): $(LOCKS) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -35,12 +36,16 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## lock: re-resolve requirements.lock from pyproject.toml in a scratch environment
+## lock: re-resolve both lock files from pyproject.toml in a scratch environment
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet -e '.[dev]'
-	( echo "# Locked by 'make lock' from pyproject.toml (runtime + dev). Install: pip install -r requirements.lock"; \
-	  .lock-venv/bin/pip freeze --exclude-editable ) > requirements.lock
+	.lock-venv/bin/pip install --quiet .
+	( echo "# Runtime dependencies, locked by 'make lock' from pyproject.toml."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^orchestrator' ) > requirements.lock
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	( echo "# Development tools, locked by 'make lock'; install with requirements.lock."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^orchestrator' \
+	  | grep -vxF -f requirements.lock ) > requirements-dev.lock
 	rm -rf .lock-venv
 
 clean:

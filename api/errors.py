@@ -59,11 +59,12 @@ def problem_response(problem: Problem) -> Response:
 
 
 def request_validation_problem(exc: ValidationError) -> Problem:
+    where = "query string" if request.method == "GET" else "request body"
     errors = [
         FieldError(".".join(str(p) for p in err["loc"]) or "body", err["msg"])
         for err in exc.errors()
     ]
-    return Problem(422, "Invalid request", "The request body failed validation.", errors)
+    return Problem(422, "Invalid request", f"The {where} failed validation.", errors)
 
 
 def init_app(app: Flask) -> None:

@@ -73,7 +73,7 @@ class ErrorOut(BaseModel):
 
 
 class ProgressOut(BaseModel):
-    percent: float
+    percent: float = Field(description="0 to 100.")
     message: str | None
 
 
@@ -192,4 +192,4 @@ def _error(job: Job) -> ErrorOut | None:
 def _progress(job: Job) -> ProgressOut | None:
     if job.progress is None:
         return None
-    return ProgressOut(percent=job.progress, message=job.progress_message)
+    return ProgressOut(percent=round(job.progress * 100, 2), message=job.progress_message)

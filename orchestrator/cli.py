@@ -19,7 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def one_line_errors(func: F) -> F:
-    """Turn the errors users can cause into `error: ...` and exit code 2."""
+    """Turn the errors users can cause into one `Error: ...` line and exit code 1."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,12 +67,11 @@ def dev() -> None:
 def run_process(process: str, print_only: bool) -> None:
     """Run one process type with its configured command line (the Procfile uses this)."""
     settings = get_settings()
-    if process == "web":
-        settings.require_production_secrets()
     argv = processes.command(process, settings)
     if print_only:
         click.echo(" ".join(argv))
         return
+    processes.prepare(process, settings)
     os.execvpe(argv[0], argv, processes.environment(settings))  # noqa: S606 - replaces us
 
 

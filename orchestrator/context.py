@@ -65,12 +65,12 @@ class JobContext:
     def _run(self) -> Attempt:
         return Attempt(self.job_id, self.tenant_id, self.attempt)
 
-    def progress(self, percent: float, message: str | None = None) -> None:
+    def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress as a fraction from 0 to 1, with an optional message."""
-        if not 0 <= percent <= 1:
+        if not 0 <= fraction <= 1:
             raise ValueError("progress is a fraction between 0 and 1")
         with self._database.transaction() as session:
-            transitions.report_progress(session, self._run, percent, message, self._clock())
+            transitions.report_progress(session, self._run, fraction, message, self._clock())
 
     @property
     def cancelled(self) -> bool:

@@ -43,6 +43,7 @@ def supervise(settings: Settings) -> int:
     manager = Manager(Printer(sys.stdout))
     env = processes.environment(settings)
     for name in processes.PROCESS_NAMES:
+        processes.prepare(name, settings)
         manager.add_process(name, shlex.join(processes.command(name, settings)), env=env)
     print(
         f"web  http://{settings.host}:{settings.port}   "

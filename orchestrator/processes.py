@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from orchestrator.settings import Settings
+from orchestrator.settings import ConfigurationError, Settings
 
 CELERY_APP = "tasks.worker"
 WSGI_APP = "api:create_production_app()"
@@ -79,6 +79,18 @@ def flower(settings: Settings) -> list[str]:
         f"--address={settings.flower_address}",
         f"--port={settings.flower_port}",
     ]
+
+
+def prepare(name: str, settings: Settings) -> None:
+    """Refuse to start a process that would run insecurely; create the folders it needs."""
+    if name == "web":
+        settings.require_production_secrets()
+    if name == "flower" and not settings.is_development and not settings.flower_basic_auth:
+        raise ConfigurationError(
+            "ORCH_FLOWER_BASIC_AUTH is required outside development (Flower can revoke tasks)"
+        )
+    if name == "beat":
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
 
 
 def environment(settings: Settings) -> dict[str, str]:

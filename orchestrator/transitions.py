@@ -240,9 +240,9 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
 
 
 def report_progress(
-    session: Session, run: Attempt, percent: float, message: str | None, now: datetime
+    session: Session, run: Attempt, fraction: float, message: str | None, now: datetime
 ) -> bool:
-    won = _update(session, _fence(run), progress=percent, progress_message=message, updated_at=now)
+    won = _update(session, _fence(run), progress=fraction, progress_message=message, updated_at=now)
     if won:
         session.add(
             _event(
@@ -252,7 +252,7 @@ def report_progress(
                 now,
                 kind="progress",
                 message=message,
-                data={"percent": percent},
+                data={"percent": round(fraction * 100, 2)},
             )
         )
     return won

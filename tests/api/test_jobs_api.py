@@ -498,7 +498,7 @@ def test_events_tell_a_jobs_life_in_order(client: FlaskClient, tenant: str) -> N
     for event in progress + logs:
         assert started < events.index(event) < finished
         assert event["attempt"] == 1
-    assert progress[-1]["data"]["percent"] == 1.0
+    assert progress[-1]["data"]["percent"] == 100.0
     assert progress[-1]["message"] == "analysed room_1"
     assert any(e["level"] == "INFO" and "analysed 1 rooms" in e["message"] for e in logs)
     assert kinds.count("transition") == 3

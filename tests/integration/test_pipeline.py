@@ -28,7 +28,7 @@ def test_pipeline_succeeds_end_to_end(stack: Stack, tenant: str) -> None:
 
     assert report["status"] == "succeeded", report
     assert [r["roomId"] for r in job["result"]["rooms"]] == ["room_1", "room_2"]
-    assert job["progress"] == {"percent": 1.0, "message": "analysed room_2"}
+    assert job["progress"] == {"percent": 100.0, "message": "analysed room_2"}
     assert report["result"]["inspectionId"] == "insp_999"
     assert report["result"]["summary"].startswith("Inspection insp_999: 2 room(s)")
     assert report["upstreamId"] == job["id"]

@@ -199,7 +199,7 @@ def _handler_progress(runtime: Runtime, job: Job) -> list[float]:
 
 def test_progress_reaches_the_end_room_by_room(runtime: Runtime) -> None:
     analysis, _ = analyse_and_report(runtime, "QUICK", ["a", "b", "c", "d"])
-    assert _handler_progress(runtime, analysis) == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert _handler_progress(runtime, analysis) == pytest.approx([25, 50, 75, 100])
     assert analysis.progress == 1.0
 
 
@@ -207,7 +207,7 @@ def test_progress_with_duplicate_rooms_reaches_the_end(runtime: Runtime) -> None
     analysis, _ = analyse_and_report(runtime, "QUICK", ["a", "b", "a"])
     progress = _handler_progress(runtime, analysis)
     assert progress == sorted(progress)
-    assert progress[-1] == 1.0
+    assert progress[-1] == 100
 
 
 def test_the_handler_logs_what_it_did(runtime: Runtime) -> None:

@@ -1,0 +1,52 @@
+"""Process command lines and start-up checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import processes
+from orchestrator.settings import ConfigurationError, load_settings
+
+
+def test_commands_come_from_the_settings() -> None:
+    settings = load_settings(
+        env="development",
+        port=9001,
+        web_workers=3,
+        worker_concurrency=4,
+        worker_queues="a,b",
+        flower_port=5600,
+    )
+    assert "--bind=127.0.0.1:9001" in processes.command("web", settings)
+    assert "--workers=3" in processes.command("web", settings)
+    worker = processes.command("worker", settings)
+    assert "--concurrency=4" in worker and "--queues=a,b" in worker
+    assert "--port=5600" in processes.command("flower", settings)
+    with pytest.raises(ValueError, match="unknown process"):
+        processes.command("scheduler", settings)
+
+
+def test_production_flower_needs_basic_auth() -> None:
+    settings = load_settings(env="production", service_auth_secret="s" * 32)
+    with pytest.raises(ConfigurationError, match="ORCH_FLOWER_BASIC_AUTH"):
+        processes.prepare("flower", settings)
+    processes.prepare("flower", settings.model_copy(update={"flower_basic_auth": "u:p"}))
+
+
+def test_production_web_needs_a_secret() -> None:
+    with pytest.raises(ConfigurationError, match="ORCH_SERVICE_AUTH_SECRET"):
+        processes.prepare("web", load_settings(env="production"))
+
+
+def test_beat_gets_its_state_folder(tmp_path: Path) -> None:
+    state = tmp_path / "deep" / "state"
+    processes.prepare("beat", load_settings(env="development", state_dir=state))
+    assert state.is_dir()
+
+
+def test_flower_credentials_stay_out_of_the_command_line() -> None:
+    settings = load_settings(env="production", flower_basic_auth="ops:hunter2hunter2")
+    assert "hunter2" not in " ".join(processes.command("flower", settings))
+    assert processes.environment(settings)["FLOWER_BASIC_AUTH"] == "ops:hunter2hunter2"
