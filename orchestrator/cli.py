@@ -99,3 +99,26 @@ def send(job_type: str, tenant: str, input_json: str, subject: str | None) -> No
             }
         )
     )
+
+
+@main.group()
+def maintenance() -> None:
+    """Housekeeping that beat runs on a schedule, run by hand."""
+
+
+@maintenance.command("sweep")
+@one_line_errors
+def maintenance_sweep() -> None:
+    """Send every job whose dispatch is due (the outbox sweep)."""
+    from orchestrator.runtime import Runtime  # noqa: PLC0415 - builds engines and Celery
+
+    click.echo(f"sent {Runtime.build(get_settings()).maintenance.sweep_outbox()} job(s)")
+
+
+@maintenance.command("reap")
+@one_line_errors
+def maintenance_reap() -> None:
+    """Take back running jobs whose worker stopped renewing its lease."""
+    from orchestrator.runtime import Runtime  # noqa: PLC0415
+
+    click.echo(f"reaped {Runtime.build(get_settings()).maintenance.reap_leases()} job(s)")
