@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -105,6 +107,44 @@ def test_make_run_serves_the_pipeline(dev_system: DevSystem) -> None:
     else:
         raise AssertionError(f"report step not done:\n{dev_system.log_tail()}")
     assert report["result"]["inspectionId"] == "insp_999"
+
+
+def readme_bash_blocks() -> list[str]:
+    return re.findall(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+
+
+def test_readme_curl_examples_work_as_written(dev_system: DevSystem) -> None:
+    """Every ```bash block of the README, run by bash; only the port is this test's own."""
+    blocks = readme_bash_blocks()
+    assert len(blocks) >= 3 and all("curl" in block for block in blocks)
+    port = dev_system.base_url.rsplit(":", 1)[1]
+    outputs = []
+    for block in blocks:
+        script = "set -euo pipefail\n" + block.replace("localhost:8080", f"localhost:{port}")
+        result = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, f"{block}\n{result.stderr}"
+        outputs.append(result.stdout)
+        if "JOB_ID=" in block:
+            _wait_for_pipeline(dev_system, json.loads(outputs[-1].splitlines()[0])["id"])
+    created = json.loads(outputs[0])
+    assert created["status"] == "queued" and created["type"] == "ANALYZE_INSPECTION"
+    listed = json.loads(outputs[-1])
+    assert listed["jobs"] and {j["status"] for j in listed["jobs"]} == {"succeeded"}
+
+
+def _wait_for_pipeline(system: DevSystem, job_id: str) -> None:
+    headers = {"X-Tenant-ID": "tnt_123"}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = requests.get(
+            f"{system.base_url}/v1/jobs/{job_id}", headers=headers, timeout=10
+        ).json()
+        if {s["status"] for s in job["pipeline"]["steps"]} == {"succeeded"}:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"pipeline {job_id} did not succeed:\n{system.log_tail()}")
 
 
 def test_sigterm_to_make_stops_every_process(dev_system: DevSystem) -> None:
