@@ -90,15 +90,7 @@ class Maintenance:
                 return []
             job = session.get(Job, job_id)
             assert job is not None
-            later = session.scalars(
-                sa.select(Job)
-                .where(
-                    Job.pipeline_id == job.pipeline_id,
-                    Job.step_index > job.step_index,
-                    Job.status == JobStatus.WAITING,
-                )
-                .order_by(Job.step_index)
-            ).all()
+            later = transitions.later_steps(session, job, JobStatus.WAITING)
             return [Step.of(step) for step in (job, *later)]
 
     def _send(self, steps: list[Step], now: datetime) -> bool:

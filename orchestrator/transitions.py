@@ -209,34 +209,37 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
     _check([JobStatus.WAITING], JobStatus.CANCELLED)
     job = session.get(Job, job_id)
     assert job is not None
-    rows = session.execute(
-        sa.select(Job.id, Job.tenant_id, Job.attempt).where(
-            Job.pipeline_id == job.pipeline_id,
-            Job.step_index > job.step_index,
-            Job.status == JobStatus.WAITING,
-        )
-    ).all()
-    for row in rows:
-        won = _update(
+    for step in later_steps(session, job, JobStatus.WAITING):
+        if _update(
             session,
-            (Job.id == row.id, Job.status == JobStatus.WAITING),
+            (Job.id == step.id, Job.status == JobStatus.WAITING),
             status=JobStatus.CANCELLED,
             finished_at=now,
             updated_at=now,
             dispatch_due_at=None,
-        )
-        if won:
-            session.add(
-                _event(
-                    row.id,
-                    row.tenant_id,
-                    row.attempt,
-                    now,
-                    source=JobStatus.WAITING,
-                    target=JobStatus.CANCELLED,
-                    message=reason,
-                )
+        ):
+            _note(
+                session, _run_of(step), now, JobStatus.WAITING, JobStatus.CANCELLED, message=reason
             )
+
+
+def later_steps(session: Session, job: Job, status: JobStatus) -> list[Job]:
+    """The steps after `job` in its pipeline that are in `status`, in pipeline order."""
+    return list(
+        session.scalars(
+            sa.select(Job)
+            .where(
+                Job.pipeline_id == job.pipeline_id,
+                Job.step_index > job.step_index,
+                Job.status == status,
+            )
+            .order_by(Job.step_index)
+        )
+    )
+
+
+def _run_of(job: Job) -> Attempt:
+    return Attempt(job.id, job.tenant_id, job.attempt)
 
 
 def report_progress(
@@ -445,7 +448,7 @@ def cancel(session: Session, job: Job, now: datetime) -> JobStatus:
         return job.status
     _note(
         session,
-        Attempt(job.id, job.tenant_id, job.attempt),
+        _run_of(job),
         now,
         job.status,
         JobStatus.CANCELLED,
@@ -487,21 +490,13 @@ def requeue(
         return []
     _note(
         session,
-        Attempt(job.id, job.tenant_id, job.attempt),
+        _run_of(job),
         now,
         job.status,
         JobStatus.QUEUED,
         message="retried by request",
     )
-    later = session.scalars(
-        sa.select(Job)
-        .where(
-            Job.pipeline_id == job.pipeline_id,
-            Job.step_index > job.step_index,
-            Job.status == JobStatus.CANCELLED,
-        )
-        .order_by(Job.step_index)
-    ).all()
+    later = later_steps(session, job, JobStatus.CANCELLED)
     for step in later:
         if _update(
             session,
@@ -513,7 +508,7 @@ def requeue(
         ):
             _note(
                 session,
-                Attempt(step.id, step.tenant_id, step.attempt),
+                _run_of(step),
                 now,
                 JobStatus.CANCELLED,
                 JobStatus.WAITING,
@@ -550,33 +545,27 @@ def _note(
 
 def _release_next_step(session: Session, run: Attempt, now: datetime, due: datetime) -> None:
     _check([JobStatus.WAITING], JobStatus.QUEUED)
-    nxt = session.execute(
-        sa.select(Job.id, Job.tenant_id).where(
-            Job.parent_id == run.job_id, Job.status == JobStatus.WAITING
-        )
-    ).first()
+    nxt = session.scalar(
+        sa.select(Job).where(Job.parent_id == run.job_id, Job.status == JobStatus.WAITING)
+    )
     if nxt is None:
         return
     # The outbox entry covers a worker that dies before Celery sends the chain's next task.
-    won = _update(
+    if _update(
         session,
         (Job.id == nxt.id, Job.status == JobStatus.WAITING),
         status=JobStatus.QUEUED,
         updated_at=now,
         dispatch_due_at=due,
         dispatched_at=None,
-    )
-    if won:
-        session.add(
-            _event(
-                nxt.id,
-                nxt.tenant_id,
-                0,
-                now,
-                source=JobStatus.WAITING,
-                target=JobStatus.QUEUED,
-                message=f"upstream {run.job_id} succeeded",
-            )
+    ):
+        _note(
+            session,
+            _run_of(nxt),
+            now,
+            JobStatus.WAITING,
+            JobStatus.QUEUED,
+            message=f"upstream {run.job_id} succeeded",
         )
 
 
