@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import errors, health, jobs
+from api import admin, errors, health, jobs
 from orchestrator.logs import configure_logging
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, get_settings
@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     errors.init_app(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(admin.blueprint)
     return app
 
 

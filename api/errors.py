@@ -14,6 +14,7 @@ from orchestrator.errors import (
     FieldError,
     IdempotencyConflict,
     InvalidInput,
+    JobArchived,
     JobConflict,
     JobNotFound,
     UnknownJobType,
@@ -71,6 +72,9 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(Problem, problem_response)
     app.register_error_handler(
         JobNotFound, lambda e: problem_response(Problem(404, "Job not found", str(e)))
+    )
+    app.register_error_handler(
+        JobArchived, lambda e: problem_response(Problem(410, "Job archived", str(e)))
     )
     app.register_error_handler(
         JobConflict, lambda e: problem_response(Problem(409, "Conflict", str(e)))

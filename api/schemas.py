@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.models import Job, JobEvent
+from orchestrator.models import Job, JobEvent, MaintenanceRun
 from orchestrator.service import JobDetails
 from orchestrator.states import JobStatus
 
@@ -193,3 +193,37 @@ def _progress(job: Job) -> ProgressOut | None:
     if job.progress is None:
         return None
     return ProgressOut(percent=round(job.progress * 100, 2), message=job.progress_message)
+
+
+class ArchiveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dryRun: bool = False
+
+
+class MaintenanceRunOut(BaseModel):
+    id: int
+    kind: str
+    jobId: str | None
+    dryRun: bool
+    status: str
+    startedAt: datetime
+    finishedAt: datetime | None
+    total: int
+    perTenant: dict[str, int]
+    error: str | None
+
+    @classmethod
+    def of(cls, run: MaintenanceRun) -> MaintenanceRunOut:
+        return cls(
+            id=run.id,
+            kind=run.kind,
+            jobId=run.job_id,
+            dryRun=run.dry_run,
+            status=run.status,
+            startedAt=run.started_at,
+            finishedAt=run.finished_at,
+            total=run.total,
+            perTenant=run.per_tenant,
+            error=run.error,
+        )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, NoReturn
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import setup_logging, worker_process_init
 
+from orchestrator.beat import CATCH_UP_TASK, FIRE_TASK, MAINTENANCE_QUEUE, cron_entry
+from orchestrator.cron import CronRegistry, crons
 from orchestrator.dispatch.celery import create_celery_app, task_name
 from orchestrator.logs import configure_logging
 from orchestrator.registry import JobType, Registry, load_job_modules
@@ -78,13 +81,13 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     app = create_celery_app(settings)
     register_job_tasks(app, registry)
     register_maintenance_tasks(app)
-    app.conf.beat_schedule = beat_schedule(settings)
+    app.conf.beat_schedule = beat_schedule(settings, crons)
+    app.conf.beat_scheduler = "orchestrator.beat:Scheduler"
     return app
 
 
 SWEEP_TASK = "orchestrator.sweep_outbox"
 REAP_TASK = "orchestrator.reap_leases"
-MAINTENANCE_QUEUE = "maintenance"
 
 
 def register_maintenance_tasks(app: Celery) -> None:
@@ -94,15 +97,24 @@ def register_maintenance_tasks(app: Celery) -> None:
     def reap_leases() -> int:
         return Runtime.current().maintenance.reap_leases()
 
+    def fire_cron(cron_id: str, occurrence: str) -> int:
+        return Runtime.current().cron.fire(cron_id, datetime.fromisoformat(occurrence)).created
+
+    def cron_catch_up() -> int:
+        return len(Runtime.current().cron.catch_up())
+
     app.task(sweep_outbox, name=SWEEP_TASK, ignore_result=True)
     app.task(reap_leases, name=REAP_TASK, ignore_result=True)
+    app.task(fire_cron, name=FIRE_TASK, ignore_result=True, acks_late=True)
+    app.task(cron_catch_up, name=CATCH_UP_TASK, ignore_result=True, acks_late=True)
 
 
-def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Housekeeping on its own queue, so it never waits behind a backlog of jobs.
+def beat_schedule(settings: Settings, definitions: CronRegistry) -> dict[str, dict[str, Any]]:
+    """Housekeeping on its own queue, so it never waits behind a backlog of jobs, and one
+    entry per cron job.
 
-    Each entry expires after one period: a sweep that could not run in time is dropped,
-    not stacked up behind the next one.
+    Housekeeping entries expire after one period: a sweep that could not run in time is
+    dropped, not stacked up behind the next one. Cron firings never expire.
     """
 
     def every(task: str, seconds: float) -> dict[str, Any]:
@@ -115,6 +127,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
         "outbox-sweep": every(SWEEP_TASK, settings.sweep_interval),
         "lease-reaper": every(REAP_TASK, settings.reap_interval),
+        **{f"cron:{d.id}": cron_entry(d) for d in definitions},
     }
 
 

@@ -122,3 +122,80 @@ def maintenance_reap() -> None:
     from orchestrator.runtime import Runtime  # noqa: PLC0415
 
     click.echo(f"reaped {Runtime.build(get_settings()).maintenance.reap_leases()} job(s)")
+
+
+@maintenance.command("archive")
+@click.option("--dry-run", is_flag=True, help="Count what would be archived; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@one_line_errors
+def maintenance_archive(dry_run: bool, as_json: bool) -> None:
+    """Archive finished jobs past their tenant's retention, now, with a progress bar."""
+    from orchestrator.archival import Archiver  # noqa: PLC0415
+    from orchestrator.db import Database  # noqa: PLC0415
+
+    settings = get_settings()
+    archiver = Archiver(Database.from_settings(settings), settings)
+    with click.progressbar(length=1, label="archiving", file=sys.stderr, show_pos=True) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        report = archiver.run(dry_run=dry_run, progress=progress)
+    summary = {
+        "maintenanceRunId": report.run_id,
+        "dryRun": dry_run,
+        "archived": report.total,
+        "perTenant": dict(report.per_tenant),
+        "seconds": round(report.seconds, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    verb = "would archive" if dry_run else "archived"
+    click.echo(f"{verb} {report.total} job(s) in {report.seconds:.1f}s (run {report.run_id})")
+    for tenant, count in sorted(report.per_tenant.items()):
+        click.echo(f"  {tenant:<40} {count:>10}")
+
+
+@maintenance.command("runs")
+@click.option("--limit", default=20, show_default=True)
+@one_line_errors
+def maintenance_runs(limit: int) -> None:
+    """The latest maintenance runs, newest first, as JSON lines."""
+    from orchestrator.archival import recent_runs  # noqa: PLC0415
+    from orchestrator.db import Database  # noqa: PLC0415
+
+    for run in recent_runs(Database.from_settings(get_settings()), limit):
+        click.echo(
+            json.dumps(
+                {
+                    "id": run.id,
+                    "kind": run.kind,
+                    "status": run.status,
+                    "dryRun": run.dry_run,
+                    "total": run.total,
+                    "startedAt": run.started_at.isoformat(),
+                    "perTenant": run.per_tenant,
+                }
+            )
+        )
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants and their tiers (a tier sets how long finished jobs are kept)."""
+
+
+@tenants.command("set-tier")
+@click.argument("tenant")
+@click.argument("tier")
+@one_line_errors
+def tenants_set_tier(tenant: str, tier: str) -> None:
+    """Put TENANT on TIER (one of ORCH_RETENTION_DAYS's tiers)."""
+    from orchestrator.db import Database  # noqa: PLC0415
+    from orchestrator.tenants import set_tier  # noqa: PLC0415
+
+    settings = get_settings()
+    set_tier(Database.from_settings(settings), settings, tenant, tier)
+    click.echo(f"{tenant}: {tier} ({settings.retention_days[tier]} days)")

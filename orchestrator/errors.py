@@ -23,6 +23,12 @@ class JobNotFound(OrchestratorError):
         self.job_id = job_id
 
 
+class JobArchived(OrchestratorError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} was archived")
+        self.job_id = job_id
+
+
 class JobConflict(OrchestratorError):
     """The job's state does not allow the operation (cancel a finished job, retry a running one)."""
 

@@ -119,6 +119,14 @@ class Job(Base):
         sa.Index("ix_jobs_dispatch_due_at", "dispatch_due_at"),
         # The lease reaper's scan, likewise.
         sa.Index("ix_jobs_lease_expires_at", "lease_expires_at"),
+        # Nightly archival walks finished, unarchived jobs oldest first.
+        sa.Index(
+            "ix_jobs_finished_at_unarchived",
+            "finished_at",
+            "id",
+            postgresql_where=sa.text("archived_at IS NULL"),
+            sqlite_where=sa.text("archived_at IS NULL"),
+        ),
         sa.UniqueConstraint("tenant_id", "idempotency_key"),
     )
 
@@ -143,6 +151,48 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     __table_args__ = (sa.Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+
+class Tenant(Base):
+    """A tenant seen by the system: its tier decides how long its finished jobs are kept."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    tier: Mapped[str | None] = mapped_column(sa.String(32))  # None: ORCH_DEFAULT_TIER
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MaintenanceRun(Base):
+    """What one maintenance run did, for operators: counts per tenant, duration, outcome."""
+
+    __tablename__ = "maintenance_runs"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    job_id: Mapped[str | None] = mapped_column(sa.String(40))
+    dry_run: Mapped[bool] = mapped_column(sa.Boolean)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(sa.String(16))  # running, succeeded, failed
+    total: Mapped[int] = mapped_column(sa.Integer, default=0)
+    per_tenant: Mapped[dict[str, int]] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (sa.Index("ix_maintenance_runs_kind_started_at", "kind", "started_at"),)
+
+
+class CronFire(Base):
+    """The fire ledger: one row per cron occurrence that fired."""
+
+    __tablename__ = "cron_fires"
+
+    cron_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    occurrence: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    jobs_created: Mapped[int] = mapped_column(sa.Integer)
 
 
 def utcnow() -> datetime:

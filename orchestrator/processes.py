@@ -66,7 +66,8 @@ def beat(settings: Settings) -> list[str]:
         CELERY_APP,
         "beat",
         f"--loglevel={settings.log_level}",
-        f"--schedule={settings.state_dir / 'celerybeat-schedule'}",
+        # In memory: what fired is in the database's ledger, shared by every beat.
+        "--scheduler=orchestrator.beat:Scheduler",
     ]
 
 
@@ -89,8 +90,6 @@ def prepare(name: str, settings: Settings) -> None:
         raise ConfigurationError(
             "ORCH_FLOWER_BASIC_AUTH is required outside development (Flower can revoke tasks)"
         )
-    if name == "beat":
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
 
 
 def environment(settings: Settings) -> dict[str, str]:

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
+from orchestrator.archival import Archiver
+from orchestrator.cron import crons
 from orchestrator.db import Database
 from orchestrator.dispatch import Dispatcher
 from orchestrator.dispatch.celery import CeleryDispatcher, create_celery_app
@@ -19,6 +21,7 @@ from orchestrator.dispatch.inline import InlineDispatcher
 from orchestrator.maintenance import Maintenance
 from orchestrator.registry import Registry, load_job_modules
 from orchestrator.runner import Runner
+from orchestrator.schedule import CronFirer
 from orchestrator.service import JobService
 from orchestrator.settings import DispatchMode, Settings, get_settings
 
@@ -36,6 +39,8 @@ class Runtime:
     dispatcher: Dispatcher
     service: JobService
     maintenance: Maintenance
+    archiver: Archiver
+    cron: CronFirer
 
     _current: ClassVar[Runtime | None] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
@@ -48,7 +53,17 @@ class Runtime:
         dispatcher = make_dispatcher(settings, runner)
         service = JobService(database, registry, dispatcher, settings)
         maintenance = Maintenance(database, dispatcher, settings)
-        return cls(settings, database, registry, runner, dispatcher, service, maintenance)
+        return cls(
+            settings,
+            database,
+            registry,
+            runner,
+            dispatcher,
+            service,
+            maintenance,
+            archiver=Archiver(database, settings),
+            cron=CronFirer(database, service, crons, settings),
+        )
 
     @classmethod
     def current(cls) -> Runtime:

@@ -16,14 +16,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.dispatch import Dispatcher, DispatchError, Step
-from orchestrator.errors import IdempotencyConflict, JobConflict, JobNotFound
+from orchestrator.errors import IdempotencyConflict, JobArchived, JobConflict, JobNotFound
 from orchestrator.ids import new_job_id
-from orchestrator.models import Job, JobEvent, utcnow
+from orchestrator.models import Job, JobEvent, Tenant, utcnow
 from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
 from orchestrator.states import JobStatus
@@ -33,6 +35,8 @@ log = logging.getLogger("orchestrator.service")
 MAX_PAGE_SIZE = 100
 MAX_BULK_RETRY = 1000
 CANCEL_POLL_SECONDS = 0.05
+# Tenants this process already recorded; creation skips the upsert for them.
+KNOWN_TENANTS_CACHE = 10_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class JobService:
         self.dispatcher = dispatcher
         self.settings = settings
         self.clock = clock
+        self._known_tenants: set[str] = set()
 
     # -- create ------------------------------------------------------------------------
 
@@ -118,6 +123,7 @@ class JobService:
         steps = self._build_pipeline(request, now)
         try:
             with self.database.transaction() as session:
+                self._remember_tenant(session, request.tenant_id, now)
                 transitions.insert_pipeline(session, steps, now)
         except IntegrityError:
             # A concurrent request with the same key won the race; answer with its job.
@@ -129,6 +135,29 @@ class JobService:
         if steps[0].run_at is None:
             self._dispatch(steps)
         return Created(JobDetails(job=steps[0], steps=steps), created=True)
+
+    def _remember_tenant(self, session: sa.orm.Session, tenant_id: str, now: datetime) -> None:
+        """Record a tenant the first time it is seen (its tier decides its retention)."""
+        if tenant_id in self._known_tenants:
+            return
+        dialect = session.get_bind().dialect.name
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        session.execute(
+            insert(Tenant).values(id=tenant_id, created_at=now).on_conflict_do_nothing()
+        )
+        if len(self._known_tenants) >= KNOWN_TENANTS_CACHE:
+            self._known_tenants.clear()
+        self._known_tenants.add(tenant_id)
+
+    def summary(self, tenant_id: str, since: datetime, until: datetime) -> dict[str, int]:
+        """How many of the tenant's jobs created in [since, until) are in each status."""
+        with self.database.session() as session:
+            rows = session.execute(
+                sa.select(Job.status, sa.func.count())
+                .where(Job.tenant_id == tenant_id, Job.created_at >= since, Job.created_at < until)
+                .group_by(Job.status)
+            ).all()
+        return {str(status): count for status, count in rows}
 
     def _earlier(self, request: NewJob) -> Created | None:
         with self.database.session() as session:
@@ -185,9 +214,7 @@ class JobService:
 
     def get(self, tenant_id: str, job_id: str) -> JobDetails:
         with self.database.session() as session:
-            job = session.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
-            if job is None:
-                raise JobNotFound(job_id)
+            job = _owned(session, tenant_id, job_id)
             steps = session.scalars(
                 sa.select(Job)
                 .where(Job.pipeline_id == job.pipeline_id, Job.tenant_id == tenant_id)
@@ -321,9 +348,12 @@ def _filtered(tenant_id: str, filters: JobFilter) -> sa.Select[Job]:
 
 
 def _owned(session: sa.orm.Session, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job: 404 if it is someone else's or unknown, 410 once archived."""
     job = session.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
     if job is None:
         raise JobNotFound(job_id)
+    if job.archived_at is not None:
+        raise JobArchived(job_id)
     return job
 
 

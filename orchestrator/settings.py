@@ -11,6 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+from croniter import croniter
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -127,6 +128,27 @@ class Settings(BaseSettings):
     cancel_wait_seconds: float = Field(
         10.0, ge=0, description="How long a cancel of a running job waits for it to stop."
     )
+    retention_days: Annotated[dict[str, int], NoDecode] = Field(
+        {"free": 30, "pro": 365},
+        description="Days finished jobs are kept before archival, per tenant tier: "
+        "`free=30,pro=365`.",
+    )
+    default_tier: str = Field("free", description="The tier of a tenant that has none set.")
+    archive_schedule: str = Field(
+        "0 1 * * *", description="Cron schedule (UTC) of the nightly archival."
+    )
+    archive_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Jobs archived per transaction."
+    )
+    cron_catchup_seconds: float = Field(
+        86400.0,
+        ge=0,
+        description="A cron occurrence missed while beat was down fires once when beat "
+        "returns, if it is at most this old.",
+    )
+    system_tenant: str = Field(
+        "system", description="Tenant that owns system jobs (archival, cron jobs not per tenant)."
+    )
     log_level: str = Field("INFO", description="Log level of every process.")
     log_format: str = Field("json", description="`json` lines or `text`.")
 
@@ -135,6 +157,34 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        tiers: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            tier, sep, days = part.partition("=")
+            if not sep or not days.strip().isdigit():
+                raise ValueError(f"expected tier=days pairs, got {part!r}")
+            tiers[tier.strip()] = int(days)
+        return tiers
+
+    @model_validator(mode="after")
+    def _default_tier_known(self) -> Settings:
+        if self.default_tier not in self.retention_days:
+            raise ValueError(
+                f"ORCH_DEFAULT_TIER {self.default_tier!r} has no ORCH_RETENTION_DAYS entry"
+            )
+        return self
+
+    @field_validator("archive_schedule")
+    @classmethod
+    def _cron_expression(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression")
         return value
 
     @field_validator("worker_queues")

@@ -1,5 +1,5 @@
-"""The domain's job types. Importing this package registers them."""
+"""The domain's job types and cron jobs. Importing this package registers them."""
 
-from tasks import inspections
+from tasks import inspections, maintenance, reports
 
-__all__ = ["inspections"]
+__all__ = ["inspections", "maintenance", "reports"]

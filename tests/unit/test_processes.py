@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from orchestrator import processes
@@ -38,12 +36,6 @@ def test_production_flower_needs_basic_auth() -> None:
 def test_production_web_needs_a_secret() -> None:
     with pytest.raises(ConfigurationError, match="ORCH_SERVICE_AUTH_SECRET"):
         processes.prepare("web", load_settings(env="production"))
-
-
-def test_beat_gets_its_state_folder(tmp_path: Path) -> None:
-    state = tmp_path / "deep" / "state"
-    processes.prepare("beat", load_settings(env="development", state_dir=state))
-    assert state.is_dir()
 
 
 def test_flower_credentials_stay_out_of_the_command_line() -> None:

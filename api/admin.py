@@ -1,0 +1,50 @@
+"""`/admin`: operator triggers, authenticated with the service secret."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, url_for
+
+from api.auth import service_auth_required
+from api.jobs import json_body
+from api.schemas import ArchiveRequest, MaintenanceRunOut
+from orchestrator.archival import recent_runs
+from orchestrator.runtime import Runtime
+from orchestrator.service import NewJob
+from tasks.maintenance import ARCHIVE_JOB
+
+blueprint = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def runtime() -> Runtime:
+    found: Runtime = current_app.extensions["orchestrator"]
+    return found
+
+
+@blueprint.post("/maintenance/archive")
+@service_auth_required
+def trigger_archive() -> Response:
+    """Enqueue the nightly archival job now; answers its job id (system tenant)."""
+    body = ArchiveRequest.model_validate(json_body(optional=True))
+    settings = runtime().settings
+    created = runtime().service.create(
+        NewJob(
+            tenant_id=settings.system_tenant,
+            type=ARCHIVE_JOB,
+            input={"dryRun": body.dryRun},
+            subject="admin:archive",
+        )
+    )
+    job = created.details.job
+    response = jsonify(jobId=job.id, tenantId=job.tenant_id, status=job.status.value)
+    response.status_code = 202
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    return response
+
+
+@blueprint.get("/maintenance/runs")
+@service_auth_required
+def maintenance_runs() -> Response:
+    runs = [
+        MaintenanceRunOut.of(run).model_dump(mode="json") for run in recent_runs(runtime().database)
+    ]
+    return jsonify(runs=runs)
