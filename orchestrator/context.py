@@ -12,6 +12,7 @@ from typing import Any
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.errors import JobCancelled
+from orchestrator.settings import Settings
 from orchestrator.transitions import Attempt
 
 logger = logging.getLogger("orchestrator.job")
@@ -49,6 +50,7 @@ class JobContext:
     upstream_result: Any
     _database: Database = field(repr=False)
     _clock: Callable[[], datetime] = field(repr=False)
+    _settings: Settings | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     logger: JobLogger = field(init=False, repr=False)
 
@@ -71,6 +73,17 @@ class JobContext:
             raise ValueError("progress is a fraction between 0 and 1")
         with self._database.transaction() as session:
             transitions.report_progress(session, self._run, fraction, message, self._clock())
+
+    @property
+    def database(self) -> Database:
+        """The orchestrator's own database, for system jobs (archival, summaries)."""
+        return self._database
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            raise RuntimeError("this context was built without settings")
+        return self._settings
 
     @property
     def cancelled(self) -> bool:

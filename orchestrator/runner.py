@@ -152,6 +152,7 @@ class Runner:
             upstream_result=claimed.upstream_result,
             _database=self.database,
             _clock=self.clock,
+            _settings=self.settings,
             _stop=watch.stop,
         )
         try:

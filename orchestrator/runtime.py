@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
-from orchestrator.archival import Archiver
 from orchestrator.cron import crons
 from orchestrator.db import Database
 from orchestrator.dispatch import Dispatcher
@@ -39,7 +38,6 @@ class Runtime:
     dispatcher: Dispatcher
     service: JobService
     maintenance: Maintenance
-    archiver: Archiver
     cron: CronFirer
 
     _current: ClassVar[Runtime | None] = None
@@ -61,7 +59,6 @@ class Runtime:
             dispatcher,
             service,
             maintenance,
-            archiver=Archiver(database, settings),
             cron=CronFirer(database, service, crons, settings),
         )
 

@@ -149,16 +149,6 @@ class JobService:
             self._known_tenants.clear()
         self._known_tenants.add(tenant_id)
 
-    def summary(self, tenant_id: str, since: datetime, until: datetime) -> dict[str, int]:
-        """How many of the tenant's jobs created in [since, until) are in each status."""
-        with self.database.session() as session:
-            rows = session.execute(
-                sa.select(Job.status, sa.func.count())
-                .where(Job.tenant_id == tenant_id, Job.created_at >= since, Job.created_at < until)
-                .group_by(Job.status)
-            ).all()
-        return {str(status): count for status, count in rows}
-
     def _earlier(self, request: NewJob) -> Created | None:
         with self.database.session() as session:
             job = session.scalar(
@@ -336,6 +326,19 @@ class JobService:
     @property
     def _grace(self) -> timedelta:
         return timedelta(seconds=self.settings.dispatch_grace_seconds)
+
+
+def status_counts(
+    database: Database, tenant_id: str, since: datetime, until: datetime
+) -> dict[str, int]:
+    """How many of the tenant's jobs created in [since, until) are in each status."""
+    with database.session() as session:
+        rows = session.execute(
+            sa.select(Job.status, sa.func.count())
+            .where(Job.tenant_id == tenant_id, Job.created_at >= since, Job.created_at < until)
+            .group_by(Job.status)
+        ).all()
+    return {str(status): count for status, count in rows}
 
 
 def _filtered(tenant_id: str, filters: JobFilter) -> sa.Select[Job]:

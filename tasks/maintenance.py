@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from orchestrator import JobContext, RetryPolicy, define_job
+from orchestrator.archival import Archiver
 from orchestrator.cron import define_cron_job
-from orchestrator.runtime import Runtime
 from orchestrator.settings import get_settings
 
 ARCHIVE_JOB = "ARCHIVE_EXPIRED_JOBS"
@@ -32,9 +32,8 @@ def archive_expired_jobs(ctx: JobContext, data: ArchiveInput) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         ctx.progress(min(done / total, 1.0) if total else 1.0, f"{done} of {total} jobs")
 
-    report = Runtime.current().archiver.run(
-        dry_run=data.dryRun, job_id=ctx.job_id, progress=progress
-    )
+    archiver = Archiver(ctx.database, ctx.settings)
+    report = archiver.run(dry_run=data.dryRun, job_id=ctx.job_id, progress=progress)
     return {
         "maintenanceRunId": report.run_id,
         "dryRun": report.dry_run,

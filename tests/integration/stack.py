@@ -63,7 +63,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(exclude={"port"}).items():
         if value is None:
             continue
-        text = ",".join(value) if isinstance(value, tuple) else str(value)
+        if isinstance(value, dict):
+            text = ",".join(f"{key}={item}" for key, item in value.items())
+        elif isinstance(value, tuple):
+            text = ",".join(value)
+        else:
+            text = str(value)
         env[f"ORCH_{name.upper()}"] = text
     return env
 

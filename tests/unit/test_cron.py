@@ -1,0 +1,99 @@
+"""Cron definitions: occurrences, time zones and the catch-up policy, on an injected clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from orchestrator.cron import CronDefinition, CronRegistry, define_cron_job
+from orchestrator.errors import JobDefinitionError
+
+NIGHTLY = CronDefinition("nightly", "0 1 * * *", "ARCHIVE")
+DAY = 86400.0
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("now", "latest"),
+    [
+        ("2026-03-10T01:00:00", "2026-03-10T01:00:00"),  # exactly on time
+        ("2026-03-10T01:00:00.5", "2026-03-10T01:00:00"),
+        ("2026-03-10T00:59:59", "2026-03-09T01:00:00"),
+        ("2026-03-10T23:00:00", "2026-03-10T01:00:00"),
+    ],
+)
+def test_latest_occurrence(now: str, latest: str) -> None:
+    assert NIGHTLY.latest(at(now)) == at(latest)
+
+
+def test_occurrences_between_two_moments() -> None:
+    every_two = CronDefinition("fast", "* * * * * */2", "T")
+    moments = list(every_two.occurrences(at("2026-01-01T00:00:00"), at("2026-01-01T00:00:07")))
+    assert [m.second for m in moments] == [2, 4, 6]
+
+
+def test_time_zones_follow_daylight_saving() -> None:
+    paris = CronDefinition("paris", "0 6 * * *", "T", timezone="Europe/Paris")
+    winter = paris.following(at("2026-01-15T00:00:00"))
+    summer = paris.following(at("2026-07-15T00:00:00"))
+    assert (winter.hour, summer.hour) == (5, 4)  # 06:00 local is 05:00 / 04:00 UTC
+
+
+def test_catch_up_fires_only_the_latest_missed_occurrence() -> None:
+    now = at("2026-03-10T09:30:00")  # beat was down from the 7th to now
+    assert NIGHTLY.catch_up(now, last_fired=at("2026-03-07T01:00:00"), window=DAY) == at(
+        "2026-03-10T01:00:00"
+    )
+
+
+def test_catch_up_does_nothing_when_the_latest_already_fired() -> None:
+    now = at("2026-03-10T09:30:00")
+    assert NIGHTLY.catch_up(now, last_fired=at("2026-03-10T01:00:00"), window=DAY) is None
+
+
+def test_catch_up_skips_an_occurrence_older_than_the_window() -> None:
+    now = at("2026-03-10T09:30:00")
+    assert NIGHTLY.catch_up(now, last_fired=None, window=3600) is None
+    assert NIGHTLY.catch_up(now, last_fired=None, window=DAY) == at("2026-03-10T01:00:00")
+
+
+def test_idempotency_key_names_cron_and_occurrence() -> None:
+    paris = datetime(2026, 3, 10, 2, 0, tzinfo=UTC) + timedelta(hours=0)
+    assert NIGHTLY.idempotency_key(paris) == "cron:nightly:2026-03-10T02:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cron_id": "Bad Id", "schedule": "0 1 * * *"}, "cron id"),
+        ({"cron_id": "ok", "schedule": "not cron"}, "invalid schedule"),
+        ({"cron_id": "ok", "schedule": "0 1 * * *", "timezone": "Mars/Olympus"}, "time zone"),
+    ],
+)
+def test_bad_definitions_fail_at_definition_time(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(JobDefinitionError, match=message):
+        define_cron_job(**kwargs, job_type="T", target=CronRegistry())
+
+
+def test_a_cron_id_defined_twice_differently_is_an_error() -> None:
+    registry = CronRegistry()
+    define_cron_job("twice", "0 1 * * *", job_type="A", target=registry)
+    with pytest.raises(JobDefinitionError, match="twice"):
+        define_cron_job("twice", "0 2 * * *", job_type="A", target=registry)
+
+
+def test_handler_crons_take_their_occurrence_as_input() -> None:
+    registry = CronRegistry()
+
+    @define_cron_job("with-handler", "*/5 * * * *", target=registry)
+    def handler(ctx: object, data: object) -> None:
+        return None
+
+    definition = registry.get("with-handler")
+    assert definition.job_type == "cron.with-handler"
+    occurrence = at("2026-01-01T00:05:00")
+    assert definition.job_input(occurrence) == {"scheduledFor": occurrence.isoformat()}
