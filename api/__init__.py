@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import admin, errors, health, jobs
+from api import admin, errors, health, internal, jobs
+from api.auth import Certs, GoogleCerts, OidcVerifier
 from orchestrator.logs import configure_logging
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, get_settings
@@ -12,8 +13,14 @@ from orchestrator.settings import Settings, get_settings
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
-    """Build the app; tests pass their own settings or a ready runtime."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    oidc_certs: Certs | None = None,
+) -> Flask:
+    """Build the app; tests pass their own settings, a ready runtime, or the certificates
+    that OIDC tokens are checked against (Google's, fetched, by default)."""
     settings = runtime.settings if runtime is not None else (settings or get_settings())
     settings.require_production_secrets()
     app = Flask("orchestrator")
@@ -24,6 +31,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(admin.blueprint)
+    app.register_blueprint(internal.blueprint)
+    audience = settings.expected_oidc_audience
+    if audience is not None:
+        app.extensions["oidc_verifier"] = OidcVerifier(
+            audience, settings.oidc_service_account, oidc_certs or GoogleCerts()
+        )
     return app
 
 

@@ -48,3 +48,28 @@ def maintenance_runs() -> Response:
         MaintenanceRunOut.of(run).model_dump(mode="json") for run in recent_runs(runtime().database)
     ]
     return jsonify(runs=runs)
+
+
+# Housekeeping for deployments without Celery beat (Cloud Run + Cloud Tasks): point Cloud
+# Scheduler at these, every few seconds for the sweep and reaper, every minute for cron.
+
+
+@blueprint.post("/maintenance/sweep")
+@service_auth_required
+def sweep_outbox() -> Response:
+    return jsonify(sent=runtime().maintenance.sweep_outbox())
+
+
+@blueprint.post("/maintenance/reap")
+@service_auth_required
+def reap_leases() -> Response:
+    return jsonify(reaped=runtime().maintenance.reap_leases())
+
+
+@blueprint.post("/cron/tick")
+@service_auth_required
+def cron_tick() -> Response:
+    """Fire each cron's latest occurrence if it has not fired (the catch-up rule), so a
+    call every minute runs every cron on time, and exactly once however often it comes."""
+    fired = runtime().cron.catch_up()
+    return jsonify(fired=[{"cron": cron_id, "occurrence": at.isoformat()} for cron_id, at in fired])

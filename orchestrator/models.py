@@ -94,6 +94,8 @@ class Job(Base):
     # A digest of the creating request, so a reused key with another body is refused.
     request_digest: Mapped[str | None] = mapped_column(sa.String(64))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Manual retries so far: part of each delivery's name (see dispatch.base.Step).
+    requeues: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     pipeline_id: Mapped[str] = mapped_column(sa.String(40))
     parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("jobs.id"))
     step_index: Mapped[int] = mapped_column(sa.SmallInteger, default=0)

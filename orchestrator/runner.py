@@ -100,9 +100,13 @@ class Runner:
             clock=clock,
         )
 
-    def run(self, job_id: str, *, interruptible: bool = False) -> Outcome:
-        """Run one delivery. `interruptible`: the caller can take a soft-time-limit signal."""
-        claimed = self._claim(job_id)
+    def run(
+        self, job_id: str, *, interruptible: bool = False, delivery: dict[str, Any] | None = None
+    ) -> Outcome:
+        """Run one delivery. `interruptible`: the caller can take a soft-time-limit signal.
+        `delivery`: what the transport says about this delivery (Cloud Tasks' retry count,
+        task name), kept in the job's events."""
+        claimed = self._claim(job_id, delivery)
         if isinstance(claimed, Skipped):
             return claimed
         extra = _log_extra(claimed.job)
@@ -118,7 +122,7 @@ class Runner:
         log.info("job %s", action, extra={**extra, "action": action})
         return outcome
 
-    def _claim(self, job_id: str) -> Claimed | Skipped:
+    def _claim(self, job_id: str, delivery: dict[str, Any] | None) -> Claimed | Skipped:
         now = self.clock()
         with self.database.transaction() as session:
             existing = session.get(Job, job_id)
@@ -131,10 +135,11 @@ class Runner:
                 worker=self.worker,
                 now=now,
                 lease_seconds=self.settings.lease_seconds,
+                delivery=delivery,
             )
             if job is None:
                 reason = f"duplicate delivery skipped (status {existing.status})"
-                transitions.note_skipped_delivery(session, existing, reason, now)
+                transitions.note_skipped_delivery(session, existing, reason, now, delivery)
                 log.info(reason, extra={**_log_extra(existing), "action": "skipped"})
                 return Skipped(reason)
             upstream = session.get(Job, job.parent_id) if job.parent_id else None

@@ -14,9 +14,14 @@ from typing import ClassVar
 
 from orchestrator.cron import crons
 from orchestrator.db import Database
+from orchestrator.delivery import PushDelivery
 from orchestrator.dispatch import Dispatcher
 from orchestrator.dispatch.celery import CeleryDispatcher, create_celery_app
+from orchestrator.dispatch.cloud_tasks import CloudTasksDispatcher, make_client
+from orchestrator.dispatch.http import HttpDispatcher
 from orchestrator.dispatch.inline import InlineDispatcher
+from orchestrator.dispatch.push import PushTarget
+from orchestrator.dispatch.stats import CountingDispatcher, DispatchStats
 from orchestrator.maintenance import Maintenance
 from orchestrator.registry import Registry, load_job_modules
 from orchestrator.runner import Runner
@@ -39,6 +44,8 @@ class Runtime:
     service: JobService
     maintenance: Maintenance
     cron: CronFirer
+    stats: DispatchStats
+    delivery: PushDelivery
 
     _current: ClassVar[Runtime | None] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
@@ -48,7 +55,8 @@ class Runtime:
         registry = load_job_modules(settings.job_modules)
         database = Database.from_settings(settings)
         runner = Runner(database, registry, settings, worker=worker_name())
-        dispatcher = make_dispatcher(settings, runner)
+        stats = DispatchStats()
+        dispatcher = make_dispatcher(settings, runner, registry, stats)
         service = JobService(database, registry, dispatcher, settings)
         maintenance = Maintenance(database, dispatcher, settings)
         return cls(
@@ -60,6 +68,8 @@ class Runtime:
             service,
             maintenance,
             cron=CronFirer(database, service, crons, settings),
+            stats=stats,
+            delivery=PushDelivery(runner, service),
         )
 
     @classmethod
@@ -78,7 +88,30 @@ class Runtime:
             cls._current = None
 
 
-def make_dispatcher(settings: Settings, runner: Runner) -> Dispatcher:
-    if settings.dispatch_mode is DispatchMode.INLINE:
-        return InlineDispatcher(runner)
-    return CeleryDispatcher(create_celery_app(settings))
+def make_dispatcher(
+    settings: Settings, runner: Runner, registry: Registry, stats: DispatchStats
+) -> Dispatcher:
+    mode = settings.dispatch_mode
+    if mode is DispatchMode.INLINE:
+        inner: Dispatcher = InlineDispatcher(runner)
+    elif mode is DispatchMode.CELERY:
+        inner = CeleryDispatcher(create_celery_app(settings))
+    else:
+        assert settings.worker_url is not None  # the settings insist on it in push modes
+        target = PushTarget(
+            url=settings.worker_url,
+            secret=settings.service_auth_secret,
+            oidc_service_account=settings.oidc_service_account,
+            oidc_audience=settings.expected_oidc_audience,
+        )
+        if mode is DispatchMode.HTTP:
+            inner = HttpDispatcher(target, stats)
+        else:
+            assert settings.cloud_tasks_queue is not None
+            inner = CloudTasksDispatcher(
+                make_client(settings.cloud_tasks_endpoint),
+                settings.cloud_tasks_queue,
+                target,
+                lambda job_type: registry.get(job_type).time_limit,
+            )
+    return CountingDispatcher(inner, stats)

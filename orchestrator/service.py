@@ -133,7 +133,7 @@ class JobService:
         for step in steps:
             log.info("job created", extra={**_ids(step), "action": "created"})
         if steps[0].run_at is None:
-            self._dispatch(steps)
+            self.send(steps)
         return Created(JobDetails(job=steps[0], steps=steps), created=True)
 
     def _remember_tenant(self, session: sa.orm.Session, tenant_id: str, now: datetime) -> None:
@@ -277,7 +277,7 @@ class JobService:
             raise JobConflict(
                 f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
             )
-        self._dispatch(steps)
+        self.send(steps)
         return self.get(tenant_id, job_id)
 
     def retry_failed(self, tenant_id: str, filters: JobFilter, *, limit: int) -> list[str]:
@@ -291,7 +291,7 @@ class JobService:
             with self.database.transaction() as session:
                 steps = self._requeue(session, session.merge(job))
             if steps:
-                self._dispatch(steps)
+                self.send(steps)
                 retried.append(job.id)
         return retried
 
@@ -308,9 +308,11 @@ class JobService:
 
     # -- dispatch --------------------------------------------------------------------------
 
-    def _dispatch(self, steps: Sequence[Job]) -> None:
+    def send(self, steps: Sequence[Job], *, not_before: datetime | None = None) -> None:
+        """Dispatch `steps`; once the backend has them, the outbox entry only guards against
+        a lost message. A failed dispatch is logged and left to the sweeper."""
         try:
-            self.dispatcher.dispatch([Step.of(step) for step in steps])
+            self.dispatcher.dispatch([Step.of(step) for step in steps], not_before=not_before)
         except DispatchError as exc:
             log.warning(
                 "dispatch failed; the outbox sweeper will retry: %s",
@@ -382,6 +384,7 @@ def _step_row(
         priority=0,
         queue=job_type.queue,
         attempt=0,
+        requeues=0,
         max_attempts=job_type.retry.max_attempts,
         pipeline_id=pipeline_id,
         parent_id=parent_id,

@@ -25,6 +25,8 @@ class Environment(StrEnum):
 
 class DispatchMode(StrEnum):
     CELERY = "celery"
+    CLOUD_TASKS = "cloud-tasks"
+    HTTP = "http"
     INLINE = "inline"
 
 
@@ -72,7 +74,33 @@ class Settings(BaseSettings):
         None, description="`user:password` pairs (comma-separated) Flower requires; none in dev."
     )
     dispatch_mode: DispatchMode = Field(
-        DispatchMode.CELERY, description="How jobs reach workers: `celery` or `inline`."
+        DispatchMode.CELERY,
+        description="How jobs reach workers: `celery`, `cloud-tasks`, `http` or `inline`.",
+    )
+    cloud_tasks_queue: str | None = Field(
+        None,
+        pattern=r"^projects/[^/]+/locations/[^/]+/queues/[^/]+$",
+        description="Full queue path `projects/P/locations/L/queues/Q` (cloud-tasks mode).",
+    )
+    cloud_tasks_endpoint: str | None = Field(
+        None,
+        description="`host:port` of a Cloud Tasks emulator: plain-text gRPC, anonymous "
+        "credentials. Unset: the real API with Application Default Credentials.",
+    )
+    worker_url: str | None = Field(
+        None,
+        pattern=r"^https?://.+/internal/worker/run$",
+        description="Where pushed jobs go: this service's URL ending in `/internal/worker/run` "
+        "(cloud-tasks and http modes).",
+    )
+    oidc_service_account: str | None = Field(
+        None,
+        description="Service account whose OIDC token Cloud Tasks attaches to each push; "
+        "the worker endpoint accepts only tokens for it. Unset: the service secret is sent.",
+    )
+    oidc_audience: str | None = Field(
+        None,
+        description="Audience of those OIDC tokens (default: ORCH_WORKER_URL).",
     )
     job_modules: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Extra modules defining job types, comma-separated import paths."
@@ -171,6 +199,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected tier=days pairs, got {part!r}")
             tiers[tier.strip()] = int(days)
         return tiers
+
+    @model_validator(mode="after")
+    def _push_targets(self) -> Settings:
+        mode = self.dispatch_mode
+        if mode is DispatchMode.CLOUD_TASKS and not self.cloud_tasks_queue:
+            raise ValueError(
+                "ORCH_CLOUD_TASKS_QUEUE is required with ORCH_DISPATCH_MODE=cloud-tasks"
+            )
+        if mode in (DispatchMode.CLOUD_TASKS, DispatchMode.HTTP) and not self.worker_url:
+            raise ValueError(f"ORCH_WORKER_URL is required with ORCH_DISPATCH_MODE={mode}")
+        return self
+
+    @property
+    def expected_oidc_audience(self) -> str | None:
+        return self.oidc_audience or self.worker_url
 
     @model_validator(mode="after")
     def _default_tier_known(self) -> Settings:

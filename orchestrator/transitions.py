@@ -93,7 +93,13 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
 
 
 def claim(
-    session: Session, job_id: str, *, worker: str, lease_seconds: float, now: datetime
+    session: Session,
+    job_id: str,
+    *,
+    worker: str,
+    lease_seconds: float,
+    now: datetime,
+    delivery: dict[str, Any] | None = None,
 ) -> Job | None:
     """Start a new attempt if the job is claimable and due; `None` for a duplicate delivery.
 
@@ -130,7 +136,7 @@ def claim(
             now,
             source=source,
             target=JobStatus.RUNNING,
-            data={"worker": worker},
+            data={"worker": worker, **({"delivery": delivery} if delivery else {})},
         )
     )
     session.refresh(job)
@@ -285,10 +291,19 @@ def log(
     )
 
 
-def note_skipped_delivery(session: Session, job: Job, reason: str, now: datetime) -> None:
+def note_skipped_delivery(
+    session: Session, job: Job, reason: str, now: datetime, delivery: dict[str, Any] | None = None
+) -> None:
     session.add(
         _event(
-            job.id, job.tenant_id, job.attempt, now, kind="delivery", level="INFO", message=reason
+            job.id,
+            job.tenant_id,
+            job.attempt,
+            now,
+            kind="delivery",
+            level="INFO",
+            message=reason,
+            data={"delivery": delivery} if delivery else None,
         )
     )
 
@@ -481,6 +496,7 @@ def requeue(
         (Job.id == job.id, Job.status.in_(source)),
         status=JobStatus.QUEUED,
         max_attempts=job.attempt + extra_attempts,
+        requeues=Job.requeues + 1,
         finished_at=None,
         run_at=None,
         cancel_requested_at=None,

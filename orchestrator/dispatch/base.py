@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from orchestrator.models import Job
@@ -11,15 +12,32 @@ from orchestrator.models import Job
 
 @dataclass(frozen=True)
 class Step:
-    """What goes on the wire for one job: its id, and where its type's task lives."""
+    """What goes on the wire for one job: ids, not objects.
+
+    `attempt` is the attempt this delivery is for and `requeues` how often the job was
+    retried by hand: together with the id they name the delivery, so a backend that
+    de-duplicates by name (Cloud Tasks) drops a repeat of the same dispatch.
+    """
 
     job_id: str
     type: str
     queue: str
+    attempt: int = 1
+    requeues: int = 0
 
     @classmethod
     def of(cls, job: Job) -> Step:
-        return cls(job_id=job.id, type=job.type, queue=job.queue)
+        return cls(
+            job_id=job.id,
+            type=job.type,
+            queue=job.queue,
+            attempt=job.attempt + 1,
+            requeues=job.requeues,
+        )
+
+    @property
+    def delivery_id(self) -> str:
+        return f"{self.job_id}-a{self.attempt}-r{self.requeues}"
 
 
 class DispatchError(Exception):
@@ -28,7 +46,11 @@ class DispatchError(Exception):
 
 class Dispatcher(Protocol):
     mode: str
+    # True when the backend runs a pipeline's later steps by itself (a Celery chain, the
+    # inline loop); False when whoever runs a step must dispatch the next (push modes).
+    drives_pipelines: bool
 
-    def dispatch(self, steps: Sequence[Step]) -> None:
-        """Send `steps` (the first to run, then the ones after it) or raise DispatchError."""
+    def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
+        """Send `steps` (the first to run, then the ones after it), to start no earlier than
+        `not_before`, or raise DispatchError."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import datetime
 
 from celery import Celery, chain
 from celery.canvas import Signature
@@ -38,6 +39,7 @@ class CeleryDispatcher:
     Redis is down instead of each waiting out the client's connection retries."""
 
     mode = "celery"
+    drives_pipelines = True
 
     def __init__(self, app: Celery, *, backoff: float = 5.0) -> None:
         self.app = app
@@ -51,13 +53,13 @@ class CeleryDispatcher:
             task_name(step.type), args=(step.job_id,), immutable=True, queue=step.queue
         )
 
-    def dispatch(self, steps: Sequence[Step]) -> None:
+    def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
         if time.monotonic() < self._down_until:
             raise DispatchError("broker unavailable (recent send failed); left to the sweeper")
         signatures = [self.signature(step) for step in steps]
         canvas = signatures[0] if len(signatures) == 1 else chain(*signatures)
         try:
-            canvas.apply_async(retry=False)
+            canvas.apply_async(retry=False, eta=not_before)
         except (OperationalError, OSError) as exc:
             self._down_until = time.monotonic() + self.backoff
             raise DispatchError(f"broker refused the job: {exc}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from orchestrator.dispatch.base import Step
 from orchestrator.runner import RetryLater, Runner, Succeeded
@@ -11,12 +12,15 @@ from orchestrator.runner import RetryLater, Runner, Succeeded
 
 class InlineDispatcher:
     mode = "inline"
+    drives_pipelines = True
 
     def __init__(self, runner: Runner, sleep: Callable[[float], None] = time.sleep) -> None:
         self.runner = runner
         self.sleep = sleep
 
-    def dispatch(self, steps: Sequence[Step]) -> None:
+    def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
+        if not_before is not None:
+            self.sleep(max((not_before - datetime.now(UTC)).total_seconds(), 0.0))
         for step in steps:
             if not self._run_to_end(step):
                 return

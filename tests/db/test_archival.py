@@ -92,7 +92,7 @@ def add_tenants(database: Database, tiers: dict[str, str | None]) -> None:
 
 def archived_at_by_id(database: Database) -> dict[str, datetime | None]:
     with database.session() as session:
-        return dict(session.execute(sa.select(Job.id, Job.archived_at)).tuples().all())
+        return {row.id: row.archived_at for row in session.execute(sa.select(Job.id, Job.archived_at))}
 
 
 def run_row(database: Database, run_id: int) -> MaintenanceRun:
@@ -247,9 +247,9 @@ def test_dry_run_changes_nothing_but_reports_the_same_counts(
 def test_a_second_run_archives_nothing(database: Database, scenario: dict[str, Any]) -> None:
     first = archiver(database).run()
     state = archived_at_by_id(database)
-    second = Archiver(
-        database, make_settings(database.url), clock=lambda: NOW + timedelta(minutes=1)
-    ).run()
+    # A microsecond later: nothing new is due, and a re-archived job would show the new time.
+    later = NOW + timedelta(microseconds=1)
+    second = Archiver(database, make_settings(database.url), clock=lambda: later).run()
     assert second.total == 0 and not second.per_tenant
     assert archived_at_by_id(database) == state  # archived_at not moved to the later time
     run = run_row(database, second.run_id)
@@ -393,7 +393,7 @@ def test_jobs_finished_through_the_runner_are_archived_by_tier(database: Databas
     pending = service.create(NewJob(tenant_id="svc_free", type="TEST_ECHO_UPSTREAM")).details.job
     set_tier(database, settings, "svc_pro", "pro")
     with database.session() as session:
-        tiers = dict(session.execute(sa.select(Tenant.id, Tenant.tier)).tuples().all())
+        tiers = {row.id: row.tier for row in session.execute(sa.select(Tenant.id, Tenant.tier))}
     assert tiers == {"svc_free": None, "svc_pro": "pro"}  # created on first job, tier unset
 
     report = Archiver(database, settings, clock=fixed_clock).run()

@@ -1,0 +1,73 @@
+"""`/internal`: the worker endpoint that Cloud Tasks (or the http dispatcher) pushes jobs
+to, and dispatch statistics. Service credentials only."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.auth import service_auth_required
+from api.errors import Problem
+from api.jobs import json_body
+from orchestrator.ids import ID_PATTERN
+from orchestrator.runtime import Runtime
+
+log = logging.getLogger("orchestrator.api.internal")
+
+blueprint = Blueprint("internal", __name__, url_prefix="/internal")
+
+# What Cloud Tasks tells us about a push, kept in the job's events.
+CLOUD_TASKS_HEADERS = {
+    "X-CloudTasks-TaskName": "taskName",
+    "X-CloudTasks-QueueName": "queueName",
+    "X-CloudTasks-TaskRetryCount": "retryCount",
+    "X-CloudTasks-TaskExecutionCount": "executionCount",
+    "X-CloudTasks-TaskETA": "eta",
+    "X-CloudTasks-TaskPreviousResponse": "previousResponse",
+    "X-CloudTasks-TaskRetryReason": "retryReason",
+}
+
+
+class WorkerRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobId: str = Field(pattern=ID_PATTERN.pattern)  # noqa: N815 - the wire format's name
+    idempotencyKey: str | None = Field(None, max_length=500)  # noqa: N815
+
+
+def runtime() -> Runtime:
+    found: Runtime = current_app.extensions["orchestrator"]
+    return found
+
+
+@blueprint.post("/worker/run")
+@service_auth_required
+def run_pushed_job() -> Response:
+    """Run one pushed delivery. 2xx: done, or a duplicate; 503: try again later."""
+    body = WorkerRun.model_validate(json_body())
+    delivery = {
+        key: request.headers[header]
+        for header, key in CLOUD_TASKS_HEADERS.items()
+        if header in request.headers
+    }
+    if body.idempotencyKey:
+        delivery["idempotencyKey"] = body.idempotencyKey
+    try:
+        delivered = runtime().delivery.handle(body.jobId, delivery)
+    except SQLAlchemyError as exc:
+        log.exception(
+            "pushed delivery failed", extra={"job_id": body.jobId, "action": "delivery_failed"}
+        )
+        raise Problem(
+            503, "Try again later", "The database did not answer.", headers={"Retry-After": "5"}
+        ) from exc
+    return jsonify(jobId=body.jobId, outcome=delivered.name)
+
+
+@blueprint.get("/stats")
+@service_auth_required
+def stats() -> Response:
+    return jsonify(runtime().stats.snapshot())

@@ -1,0 +1,33 @@
+"""What a push dispatcher sends: the body and credentials of one delivery.
+
+Cloud Tasks and plain HTTP push the same request to `/internal/worker/run`:
+`{"jobId": ..., "idempotencyKey": ...}`, authenticated by the service secret header or, on
+Cloud Tasks, by an OIDC token that Google mints for a service account.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from orchestrator.dispatch.base import Step
+
+SERVICE_AUTH_HEADER = "X-Service-Auth"
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    url: str
+    secret: str | None = None
+    oidc_service_account: str | None = None
+    oidc_audience: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.oidc_service_account is None and self.secret:
+            headers[SERVICE_AUTH_HEADER] = self.secret
+        return headers
+
+
+def push_body(step: Step) -> bytes:
+    return json.dumps({"jobId": step.job_id, "idempotencyKey": step.delivery_id}).encode()
