@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 LOCKS := requirements.lock requirements-dev.lock
 STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-quick lint format lock clean
+EMULATOR_VENV ?= .venv-emulator
+EMULATOR_STAMP := $(EMULATOR_VENV)/.installed-$(shell cat requirements-emulator.lock | cksum | cut -d' ' -f1)
+
+.PHONY: run test test-quick lint format lock clean emulator
 
 $(STAMP): $(LOCKS) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +22,16 @@ run: export ORCH_ENV ?= development
 run: $(STAMP)
 	exec $(BIN)/orchestrator dev
 
-## test: the whole suite, starting real Redis, PostgreSQL and Celery workers
-test: $(STAMP)
-	$(BIN)/python -m pytest
+## emulator: the Cloud Tasks emulator, in an environment of its own (it pins protobuf<5)
+emulator: $(EMULATOR_STAMP)
+$(EMULATOR_STAMP): requirements-emulator.lock
+	test -x $(EMULATOR_VENV)/bin/python || $(PYTHON) -m venv $(EMULATOR_VENV)
+	$(EMULATOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-emulator.lock
+	rm -f $(EMULATOR_VENV)/.installed-* && touch $@
+
+## test: the whole suite, starting real Redis, PostgreSQL, Celery workers and the emulator
+test: $(STAMP) $(EMULATOR_STAMP)
+	ORCH_TEST_EMULATOR_PYTHON=$(EMULATOR_VENV)/bin/python $(BIN)/python -m pytest
 
 ## test-quick: unit tests only (no servers)
 test-quick: $(STAMP)
@@ -49,4 +59,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EMULATOR_VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache

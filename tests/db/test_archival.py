@@ -86,13 +86,18 @@ def add_tenants(database: Database, tiers: dict[str, str | None]) -> None:
     with database.transaction() as session:
         session.execute(
             sa.insert(Tenant),
-            [{"id": t, "tier": tier, "created_at": NOW - timedelta(days=2000)} for t, tier in tiers.items()],
+            [
+                {"id": t, "tier": tier, "created_at": NOW - timedelta(days=2000)}
+                for t, tier in tiers.items()
+            ],
         )
 
 
 def archived_at_by_id(database: Database) -> dict[str, datetime | None]:
     with database.session() as session:
-        return {row.id: row.archived_at for row in session.execute(sa.select(Job.id, Job.archived_at))}
+        return {
+            row.id: row.archived_at for row in session.execute(sa.select(Job.id, Job.archived_at))
+        }
 
 
 def run_row(database: Database, run_id: int) -> MaintenanceRun:
@@ -197,13 +202,17 @@ def test_per_tier_selection_is_exact(database: Database, scenario: dict[str, Any
     assert all(state[job_id] is None for job_id in scenario["keep"])
     for job_id, at in scenario["already"].items():
         assert state[job_id] == at, "an already archived job was touched"
-    assert dict(report.per_tenant) == scenario["per_tenant"] == {
-        "t_free": 2,
-        "t_norow": 2,
-        "t_null": 2,
-        "t_weird": 2,
-        "t_pro": 2,
-    }
+    assert (
+        dict(report.per_tenant)
+        == scenario["per_tenant"]
+        == {
+            "t_free": 2,
+            "t_norow": 2,
+            "t_null": 2,
+            "t_weird": 2,
+            "t_pro": 2,
+        }
+    )
     assert report.total == len(expected) == 10
     assert report.dry_run is False
 
@@ -374,7 +383,7 @@ class RecordingDispatcher:
     def __init__(self) -> None:
         self.sent: list[list[Step]] = []
 
-    def dispatch(self, steps: list[Step]) -> None:
+    def dispatch(self, steps: list[Step], **_options: Any) -> None:
         self.sent.append(list(steps))
 
 
@@ -382,7 +391,9 @@ def test_jobs_finished_through_the_runner_are_archived_by_tier(database: Databas
     settings = make_settings(database.url)
     registry = load_job_modules(("tests.jobtypes",))
     long_ago = NOW - timedelta(days=100)
-    service = JobService(database, registry, RecordingDispatcher(), settings, clock=lambda: long_ago)
+    service = JobService(
+        database, registry, RecordingDispatcher(), settings, clock=lambda: long_ago
+    )
     runner = Runner(database, registry, settings, worker="w-test", clock=lambda: long_ago)
 
     finished: dict[str, str] = {}

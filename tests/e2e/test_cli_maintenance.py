@@ -188,7 +188,10 @@ def test_set_tier_creates_an_unseen_tenant(env: dict[str, str], db_file: Path) -
 @pytest.mark.parametrize(
     ("extra_env", "message"),
     [
-        ({"ORCH_RETENTION_DAYS": "free=thirty"}, "Error: invalid configuration: ORCH_RETENTION_DAYS"),
+        (
+            {"ORCH_RETENTION_DAYS": "free=thirty"},
+            "Error: invalid configuration: ORCH_RETENTION_DAYS",
+        ),
         (
             {"ORCH_RETENTION_DAYS": "pro=365"},
             "Error: invalid configuration: ORCH_DEFAULT_TIER 'free' has no ORCH_RETENTION_DAYS",

@@ -6,6 +6,7 @@ same `celery worker` command the Procfile runs, as a subprocess with its own env
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -207,11 +208,51 @@ class Stack:
                 return job
             time.sleep(0.05)
         raise AssertionError(
-            f"job {job_id} still {job.get('status')} after {timeout}s\n{self.worker.log_tail()}"
+            f"job {job_id} still {job.get('status')} after {timeout}s\n{self.diagnostics()}"
         )
+
+    def diagnostics(self) -> str:
+        return self.worker.log_tail()
 
     def events(self, tenant: str, job_id: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = self.get(tenant, f"/v1/jobs/{job_id}/events").json()[
             "events"
         ]
         return events
+
+
+@dataclass
+class PushStack(Stack):
+    """The web process alone, as on Cloud Run: jobs come back to it over HTTP (Cloud Tasks
+    or the http dispatcher) or run inline. A thread stands in for Cloud Scheduler, calling
+    the admin housekeeping endpoints as a deployment would."""
+
+    port: int = 0
+    extra_logs: list[Path] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Stack:
+        app = create_app(runtime=self.runtime)
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._housekeeping, daemon=True).start()
+        return self
+
+    def _housekeeping(self) -> None:
+        secret = {"X-Service-Auth": self.settings.service_auth_secret or ""}
+        while not self._stop.wait(0.3):
+            for path in ("/admin/maintenance/sweep", "/admin/maintenance/reap"):
+                with contextlib.suppress(requests.RequestException):  # the server is stopping
+                    requests.post(f"{self.base_url}{path}", headers=secret, timeout=30)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+        self.runtime.database.dispose()
+
+    def diagnostics(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")[-4000:] for path in self.extra_logs if path.exists()
+        )
