@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from orchestrator.dispatch.stats import MULTIPROC_ENV, reset_multiprocess_dir
 from orchestrator.settings import ConfigurationError, Settings
 
 CELERY_APP = "tasks.worker"
@@ -86,15 +87,25 @@ def prepare(name: str, settings: Settings) -> None:
     """Refuse to start a process that would run insecurely; create the folders it needs."""
     if name == "web":
         settings.require_production_secrets()
+        # The web process answers for the counters, so its start is where they start.
+        reset_multiprocess_dir(metrics_dir(settings))
     if name == "flower" and not settings.is_development and not settings.flower_basic_auth:
         raise ConfigurationError(
             "ORCH_FLOWER_BASIC_AUTH is required outside development (Flower can revoke tasks)"
         )
 
 
+def metrics_dir(settings: Settings) -> Path:
+    """Where the processes on this host keep their shared counters (prometheus multiprocess)."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    return Path(configured) if configured else settings.state_dir / "metrics"
+
+
 def environment(settings: Settings) -> dict[str, str]:
-    """Extra environment for the children: Flower's credentials stay out of `ps` output."""
+    """The children's environment: shared counters, and Flower's credentials kept out of
+    `ps` output."""
     env = dict(os.environ)
+    env[MULTIPROC_ENV] = str(metrics_dir(settings).resolve())
     if settings.flower_basic_auth:
         env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     elif settings.is_development:
