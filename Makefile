@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) pyproject.toml | cksum | cut -d
 EMULATOR_VENV ?= .venv-emulator
 EMULATOR_STAMP := $(EMULATOR_VENV)/.installed-$(shell cat requirements-emulator.lock | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-quick lint format lock clean emulator
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test test-quick lint format lock clean emulator browser
 
 $(STAMP): $(LOCKS) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,9 +31,19 @@ $(EMULATOR_STAMP): requirements-emulator.lock
 	$(EMULATOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-emulator.lock
 	rm -f $(EMULATOR_VENV)/.installed-* && touch $@
 
-## test: the whole suite, starting real Redis, PostgreSQL, Celery workers and the emulator
-test: $(STAMP) $(EMULATOR_STAMP)
-	ORCH_TEST_EMULATOR_PYTHON=$(EMULATOR_VENV)/bin/python $(BIN)/python -m pytest
+## browser: Debian's Chromium, which the dashboard's browser tests drive (needs root or sudo)
+browser:
+	@test -x $(CHROMIUM) || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+## test: the whole suite, starting real Redis, PostgreSQL, Celery workers, the emulator and
+## a headless Chromium
+test: $(STAMP) $(EMULATOR_STAMP) browser
+	ORCH_TEST_EMULATOR_PYTHON=$(EMULATOR_VENV)/bin/python ORCH_TEST_CHROMIUM=$(CHROMIUM) \
+	  $(BIN)/python -m pytest
 
 ## test-quick: unit tests only (no servers)
 test-quick: $(STAMP)

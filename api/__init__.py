@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from flask import Flask
 
 from api import admin, errors, health, internal, jobs
@@ -24,6 +27,11 @@ def create_app(
     settings = runtime.settings if runtime is not None else (settings or get_settings())
     settings.require_production_secrets()
     app = Flask("orchestrator")
+    # Signs the dashboard's session cookie; derived, so the service secret itself never
+    # leaves the process and rotating it logs everyone out.
+    app.secret_key = hmac.new(
+        (settings.service_auth_secret or "").encode(), b"orchestrator-session", hashlib.sha256
+    ).hexdigest()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["orchestrator"] = runtime or Runtime.build(settings)

@@ -33,6 +33,7 @@ from orchestrator.states import JobStatus
 log = logging.getLogger("orchestrator.service")
 
 MAX_PAGE_SIZE = 100
+TERMINAL_NAMES = ("succeeded", "failed", "cancelled")
 MAX_BULK_RETRY = 1000
 CANCEL_POLL_SECONDS = 0.05
 # Tenants this process already recorded; creation skips the upsert for them.
@@ -242,6 +243,40 @@ class JobService:
                     .limit(max(1, min(limit, 1000)))
                 )
             )
+
+    def status_counts(self, tenant_id: str) -> dict[str, int]:
+        """How many of the tenant's (unarchived) jobs are in each status."""
+        with self.database.session() as session:
+            rows = session.execute(
+                sa.select(Job.status, sa.func.count())
+                .where(Job.tenant_id == tenant_id, Job.archived_at.is_(None))
+                .group_by(Job.status)
+            ).all()
+        return {str(status): count for status, count in rows}
+
+    def finished_per_minute(
+        self, tenant_id: str, minutes: int = 60
+    ) -> list[tuple[datetime, dict[str, int]]]:
+        """Jobs that finished in each of the last `minutes` minutes, by terminal status,
+        oldest minute first (minutes with none included, as zeros)."""
+        now = self.clock().replace(second=0, microsecond=0)
+        start = now - timedelta(minutes=minutes - 1)
+        with self.database.session() as session:
+            rows = session.execute(
+                sa.select(Job.finished_at, Job.status).where(
+                    Job.tenant_id == tenant_id, Job.finished_at >= start
+                )
+            ).all()
+        buckets = [
+            (start + timedelta(minutes=i), dict.fromkeys(TERMINAL_NAMES, 0)) for i in range(minutes)
+        ]
+        for finished_at, status in rows:
+            if finished_at is None:
+                continue
+            index = int((finished_at - start).total_seconds() // 60)
+            if 0 <= index < minutes:
+                buckets[index][1][str(status)] += 1
+        return buckets
 
     # -- cancel and retry ------------------------------------------------------------------
 
