@@ -7,7 +7,7 @@ import hmac
 
 from flask import Flask
 
-from api import admin, errors, health, internal, jobs
+from api import admin, errors, health, internal, jobs, metrics
 from api.auth import Certs, GoogleCerts, OidcVerifier
 from orchestrator.logs import configure_logging
 from orchestrator.runtime import Runtime
@@ -40,6 +40,7 @@ def create_app(
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(internal.blueprint)
+    app.register_blueprint(metrics.blueprint)
     audience = settings.expected_oidc_audience
     if audience is not None:
         app.extensions["oidc_verifier"] = OidcVerifier(

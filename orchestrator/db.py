@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator import metrics
 from orchestrator.settings import Settings
 
 
@@ -17,6 +18,9 @@ class Database:
         self.url = url
         self.engine = create_engine(url, echo=echo)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Metrics count only what committed (see orchestrator.metrics).
+        sa.event.listen(self._sessions, "after_commit", metrics.apply_pending)
+        sa.event.listen(self._sessions, "after_rollback", metrics.drop_pending)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

@@ -60,13 +60,13 @@ class Maintenance:
         now = self.clock()
         with self.database.session() as session:
             expired = session.execute(
-                sa.select(Job.id, Job.tenant_id, Job.attempt, Job.max_attempts)
+                sa.select(Job.id, Job.tenant_id, Job.attempt, Job.max_attempts, Job.type)
                 .where(Job.lease_expires_at < now, Job.status == JobStatus.RUNNING)
                 .limit(batch)
             ).all()
         for row in expired:
             with self.database.transaction() as session:
-                run = Attempt(row.id, row.tenant_id, row.attempt)
+                run = Attempt(row.id, row.tenant_id, row.attempt, row.type)
                 status = transitions.expire_lease(session, run, row.max_attempts, now)
             log.warning(
                 "lease expired: job now %s",

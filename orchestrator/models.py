@@ -121,6 +121,8 @@ class Job(Base):
         sa.Index("ix_jobs_dispatch_due_at", "dispatch_due_at"),
         # The lease reaper's scan, likewise.
         sa.Index("ix_jobs_lease_expires_at", "lease_expires_at"),
+        # Metrics' gauges (queue depth, oldest queued job) read live states only.
+        sa.Index("ix_jobs_status_updated_at", "status", "updated_at"),
         # Nightly archival walks finished, unarchived jobs oldest first.
         sa.Index(
             "ix_jobs_finished_at_unarchived",

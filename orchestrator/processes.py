@@ -11,7 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from orchestrator.dispatch.stats import MULTIPROC_ENV, reset_multiprocess_dir
+from orchestrator.dispatch.stats import reset_multiprocess_dir
+from orchestrator.metrics import MULTIPROC_ENV
 from orchestrator.settings import ConfigurationError, Settings
 
 CELERY_APP = "tasks.worker"

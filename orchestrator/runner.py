@@ -75,7 +75,8 @@ class Claimed:
 
     @property
     def run(self) -> Attempt:
-        return Attempt(self.job.id, self.job.tenant_id, self.job.attempt)
+        job = self.job
+        return Attempt(job.id, job.tenant_id, job.attempt, job.type, job.started_at)
 
 
 class Runner:

@@ -19,21 +19,31 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from orchestrator import metrics
 from orchestrator.models import Job, JobEvent
 from orchestrator.states import ALLOWED, CLAIMABLE, JobStatus
 
 TRACEBACK_LIMIT = 8000
+# Transitions recorded by `_note` that the job counters count, and under which name.
+COUNTED = {
+    JobStatus.RETRYING: "retried",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
 # Hosts' clocks differ a little: a delivery this close to a job's due time may claim it.
 CLOCK_SKEW = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """The fencing token of one claimed run: writes for it must match both fields."""
+    """The fencing token of one claimed run: writes for it must match `job_id` and
+    `attempt`. The rest labels metrics: the job's type and when the run started."""
 
     job_id: str
     tenant_id: str
     attempt: int
+    job_type: str = "unknown"
+    started_at: datetime | None = None
 
 
 class LeaseState(Enum):
@@ -90,6 +100,8 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
     session.add_all(
         _event(s.id, s.tenant_id, 0, now, target=s.status, message="created") for s in steps
     )
+    for step in steps:
+        metrics.count(session, "created", step.type)
 
 
 def claim(
@@ -113,6 +125,7 @@ def claim(
     if job.run_at is not None and job.run_at > now + CLOCK_SKEW:
         return None
     source, attempt = job.status, job.attempt + 1
+    due = job.run_at or job.updated_at  # when it became ready to run
     won = _update(
         session,
         (Job.id == job_id, Job.status == source, Job.attempt == job.attempt),
@@ -128,6 +141,7 @@ def claim(
     )
     if not won:
         return None
+    metrics.count(session, "started", job.type, max((now - due).total_seconds(), 0.0))
     session.add(
         _event(
             job_id,
@@ -180,6 +194,7 @@ def schedule_retry(
         **_error_columns(error),
     )
     if won:
+        metrics.count(session, "retried", run.job_type)
         session.add(
             _event(
                 run.job_id,
@@ -245,7 +260,7 @@ def later_steps(session: Session, job: Job, status: JobStatus) -> list[Job]:
 
 
 def _run_of(job: Job) -> Attempt:
-    return Attempt(job.id, job.tenant_id, job.attempt)
+    return Attempt(job.id, job.tenant_id, job.attempt, job.type, job.started_at)
 
 
 def report_progress(
@@ -546,6 +561,7 @@ def _note(
     *,
     message: str,
 ) -> None:
+    """The event row of a transition, and its metric once it commits."""
     session.add(
         _event(
             run.job_id,
@@ -557,6 +573,8 @@ def _note(
             message=message,
         )
     )
+    if target in COUNTED:
+        metrics.count(session, COUNTED[target], run.job_type)
 
 
 def _release_next_step(session: Session, run: Attempt, now: datetime, due: datetime) -> None:
@@ -605,6 +623,8 @@ def _finish_running(
         **values,
     )
     if won:
+        ran = (now - run.started_at).total_seconds() if run.started_at else None
+        metrics.count(session, str(target), run.job_type, ran)
         session.add(
             _event(
                 run.job_id,

@@ -1,0 +1,154 @@
+"""Prometheus metrics: what happened to jobs (counters, histograms) and where they stand
+(gauges read from the database at scrape time, where the database is the truth).
+
+Counters are bumped only once the transaction that made the change has committed:
+transitions queue their increments on the session (`count`), and a commit hook applies them,
+a rollback drops them. With `PROMETHEUS_MULTIPROC_DIR` set (the launcher sets it), every
+gunicorn and Celery process on the host writes its counts there and `/metrics` adds them up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session
+
+from orchestrator.models import Job, utcnow
+from orchestrator.states import JobStatus
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+JOB_EVENTS = ("created", "started", "succeeded", "failed", "retried", "cancelled")
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+PENDING_KEY = "orchestrator.metrics"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+registry = CollectorRegistry()
+JOBS = {
+    event: Counter(
+        f"orchestrator_jobs_{event}", f"Jobs {event}, by type.", ["type"], registry=registry
+    )
+    for event in JOB_EVENTS
+}
+DURATION = Histogram(
+    "orchestrator_job_duration_seconds",
+    "Run time of an attempt, from claim to its outcome.",
+    ["type"],
+    buckets=SECONDS_BUCKETS,
+    registry=registry,
+)
+QUEUE_WAIT = Histogram(
+    "orchestrator_job_queue_wait_seconds",
+    "Time from a job being due to a worker claiming it.",
+    ["type"],
+    buckets=SECONDS_BUCKETS,
+    registry=registry,
+)
+DISPATCHES = Counter(
+    "orchestrator_dispatches",
+    "Dispatches by mode and outcome.",
+    ["mode", "outcome"],
+    registry=registry,
+)
+
+
+def multiprocess_dir() -> Path | None:
+    folder = os.environ.get(MULTIPROC_ENV)
+    return Path(folder) if folder else None
+
+
+def count(session: Session, event: str, job_type: str, seconds: float | None = None) -> None:
+    """Queue an increment for when `session` commits."""
+    session.info.setdefault(PENDING_KEY, []).append((event, job_type, seconds))
+
+
+def apply_pending(session: Session) -> None:
+    for event, job_type, seconds in session.info.pop(PENDING_KEY, []):
+        JOBS[event].labels(type=job_type).inc()
+        if seconds is not None and event == "started":
+            QUEUE_WAIT.labels(type=job_type).observe(seconds)
+        elif seconds is not None:
+            DURATION.labels(type=job_type).observe(seconds)
+
+
+def drop_pending(session: Session) -> None:
+    session.info.pop(PENDING_KEY, None)
+
+
+def collect_counters() -> Iterator[Any]:
+    """Every counter and histogram: summed over the host's processes when multiprocess."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        return iter(registry.collect())
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined, path=folder)  # type: ignore[no-untyped-call]
+    return iter(combined.collect())
+
+
+class DatabaseGauges(Collector):
+    """Queue depth, jobs per live state, and the oldest queued job's age, read at scrape
+    time through the (status, updated_at) index: cost follows the live jobs, not history."""
+
+    def __init__(self, session: Callable[[], Session], clock: Callable[[], datetime] = utcnow):
+        self.session = session
+        self.clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        live = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.WAITING]
+        with self.session() as session:
+            by_state = session.execute(
+                sa.select(Job.status, Job.queue, sa.func.count(), sa.func.min(Job.updated_at))
+                .where(Job.status.in_(live))
+                .group_by(Job.status, Job.queue)
+            ).all()
+        depth = GaugeMetricFamily(
+            "orchestrator_queue_depth",
+            "Jobs queued and waiting for a worker, by queue.",
+            labels=["queue"],
+        )
+        states = GaugeMetricFamily(
+            "orchestrator_jobs_in_state", "Jobs in each live state.", labels=["status"]
+        )
+        oldest = GaugeMetricFamily(
+            "orchestrator_oldest_queued_job_age_seconds",
+            "Age of the job queued longest (0 when none is).",
+        )
+        per_state: dict[str, int] = dict.fromkeys((str(s) for s in live), 0)
+        oldest_at: datetime | None = None
+        for status, queue, total, earliest in by_state:
+            per_state[str(status)] += total
+            if status is JobStatus.QUEUED:
+                depth.add_metric([queue], total)
+                oldest_at = min(filter(None, (oldest_at, earliest)), default=None)
+        for name, total in per_state.items():
+            states.add_metric([name], total)
+        age = (self.clock() - oldest_at).total_seconds() if oldest_at else 0.0
+        oldest.add_metric([], max(age, 0.0))
+        yield from (depth, states, oldest)
+
+
+def exposition(gauges: DatabaseGauges) -> bytes:
+    """The text for `GET /metrics`: counters (all processes) plus the database gauges."""
+
+    class Counters(Collector):
+        def collect(self) -> Iterator[Any]:
+            return collect_counters()
+
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(Counters())
+    scrape.register(gauges)
+    return generate_latest(scrape)
