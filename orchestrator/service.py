@@ -431,4 +431,5 @@ def _step_row(
 
 
 def _ids(job: Job) -> dict[str, Any]:
-    return {"job_id": job.id, "tenant_id": job.tenant_id, "job_type": job.type}
+    return {"job_id": job.id, "tenant_id": job.tenant_id, "job_type": job.type,
+            "attempt": job.attempt}

@@ -49,8 +49,11 @@ class CeleryDispatcher:
     def signature(self, step: Step) -> Signature:
         # Immutable: each step reads its upstream's result from the database, so the
         # message stays a job id however large the result is.
+        # The task id carries the job id, so Celery's own log lines (and Flower) can be
+        # found by grepping for the job.
         return self.app.signature(
-            task_name(step.type), args=(step.job_id,), immutable=True, queue=step.queue
+            task_name(step.type), args=(step.job_id,), immutable=True, queue=step.queue,
+            task_id=step.delivery_id,
         )
 
     def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:

@@ -134,8 +134,10 @@ def test_readme_curl_examples_work_as_written(dev_system: DevSystem) -> None:
     assert listed["jobs"] and {j["status"] for j in listed["jobs"]} == {"succeeded"}
 
 
-def _wait_for_pipeline(system: DevSystem, job_id: str) -> None:
-    headers = {"X-Tenant-ID": "tnt_123"}
+def _wait_for_pipeline(
+    system: DevSystem, job_id: str, headers: dict[str, str] | None = None
+) -> None:
+    headers = headers or {"X-Tenant-ID": "tnt_123"}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         job = requests.get(
@@ -145,6 +147,34 @@ def _wait_for_pipeline(system: DevSystem, job_id: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"pipeline {job_id} did not succeed:\n{system.log_tail()}")
+
+
+def test_one_grep_shows_a_jobs_whole_life(dev_system: DevSystem) -> None:
+    """Every line the web and the worker write about a job carries its id and context."""
+    headers = {"X-Tenant-ID": "tnt_logs", "X-User-ID": "user_abc"}
+    body = {"type": "ANALYZE_INSPECTION", "input": {"analysisMode": "QUICK", "roomIds": ["a"]}}
+    job_id = requests.post(
+        f"{dev_system.base_url}/v1/jobs", json=body, headers=headers, timeout=10
+    ).json()["id"]
+    _wait_for_pipeline(dev_system, job_id, headers)
+    time.sleep(0.5)  # let the last lines reach the log
+    lines = [line for line in dev_system.log_path.read_text().splitlines() if job_id in line]
+    records = []
+    for line in lines:
+        process, _, payload = line.partition(" | ")
+        if payload.startswith("{"):
+            records.append((process.split()[-1], json.loads(payload)))
+    ours = [(process, r) for process, r in records if r.get("job_id") == job_id]
+    actions = [(process, r["action"]) for process, r in ours]
+    assert ("web", "created") in actions
+    assert ("worker", "started") in actions and ("worker", "succeeded") in actions
+    assert ("worker", "handler_log") in actions
+    for _, record in ours:
+        assert record["tenant_id"] == "tnt_logs"
+        assert record["job_type"] == "ANALYZE_INSPECTION"
+        assert "attempt" in record
+    # Celery's own lines name the task by the job's delivery id, so they match the grep too.
+    assert any("received" in line and "worker" in line for line in lines)
 
 
 def test_sigterm_to_make_stops_every_process(dev_system: DevSystem) -> None:

@@ -151,7 +151,7 @@ def test_same_message_five_times_to_two_workers_runs_once(
                 Step(created["id"], "TEST_EFFECT", "default")
             )
             for _ in range(4):  # with the create's own message: five deliveries
-                signature.apply_async(task_id=f"dup-{created['id']}")
+                signature.apply_async()  # the very same message: same task id
             effects.append(effect)
             ids.append(created["id"])
         statuses = _wait_all(chaos, tenant, ids, timeout=60)

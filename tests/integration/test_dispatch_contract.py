@@ -71,7 +71,7 @@ def deliver_again(system: Stack, job: dict[str, Any], times: int) -> None:
     if system.settings.dispatch_mode == "celery":
         signature = system.runtime.dispatcher.signature(step)  # type: ignore[attr-defined]
         for _ in range(times):
-            signature.apply_async(task_id=f"dup-{job['id']}")
+            signature.apply_async()  # the very same message: same task id
         return
     body = {"jobId": job["id"], "idempotencyKey": step.delivery_id}
     headers = {"X-Service-Auth": system.settings.service_auth_secret or ""}

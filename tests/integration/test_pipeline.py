@@ -82,7 +82,7 @@ def test_duplicate_deliveries_run_the_handler_once(
         _step(created)
     )
     for _ in range(4):
-        signature.apply_async(task_id=f"dup-{created['id']}")
+        signature.apply_async()  # the very same message: same task id
 
     job = stack.wait_for(tenant, created["id"])
     _wait_for_skips(stack, tenant, created["id"], 4)
