@@ -5,33 +5,31 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import migrate, processes
+from orchestrator.cli_jobs import jobs
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import ConfigurationError, get_settings
 
-F = TypeVar("F", bound=Callable[..., Any])
 
+class Commands(click.Group):
+    """Every command: the errors a user can cause print as one line and exit with 1."""
 
-def one_line_errors(func: F) -> F:
-    """Turn the errors users can cause into one `Error: ...` line and exit code 1."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
+            return super().invoke(ctx)
         except (ConfigurationError, OrchestratorError) as exc:
             raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise click.ClickException(f"database error: {detail}") from None
 
-    return wrapper  # type: ignore[return-value]
 
-
-@click.group()
+@click.group(cls=Commands)
 def main() -> None:
     """A multi-tenant background-job orchestrator on Celery."""
 
@@ -43,7 +41,6 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
-@one_line_errors
 def db_upgrade(revision: str) -> None:
     """Apply migrations (the Procfile's release step)."""
     settings = get_settings()
@@ -52,7 +49,6 @@ def db_upgrade(revision: str) -> None:
 
 
 @main.command()
-@one_line_errors
 def dev() -> None:
     """Run web, worker, beat and Flower with embedded defaults (what `make run` runs)."""
     from orchestrator.dev import run_dev  # noqa: PLC0415 - honcho only for this command
@@ -63,7 +59,6 @@ def dev() -> None:
 @main.command("run")
 @click.argument("process", type=click.Choice(processes.PROCESS_NAMES))
 @click.option("--print", "print_only", is_flag=True, help="Print the command instead.")
-@one_line_errors
 def run_process(process: str, print_only: bool) -> None:
     """Run one process type with its configured command line (the Procfile uses this)."""
     settings = get_settings()
@@ -80,7 +75,6 @@ def run_process(process: str, print_only: bool) -> None:
 @click.option("--tenant", required=True, help="Tenant the job belongs to.")
 @click.option("--input", "input_json", default="{}", help="The job's input as JSON.")
 @click.option("--subject", default=None, help="What the job is about, e.g. an inspection id.")
-@one_line_errors
 def send(job_type: str, tenant: str, input_json: str, subject: str | None) -> None:
     """Create a job from the shell and print it as JSON."""
     from orchestrator.jobs import send_job  # noqa: PLC0415 - builds the runtime
@@ -107,7 +101,6 @@ def maintenance() -> None:
 
 
 @maintenance.command("sweep")
-@one_line_errors
 def maintenance_sweep() -> None:
     """Send every job whose dispatch is due (the outbox sweep)."""
     from orchestrator.runtime import Runtime  # noqa: PLC0415 - builds engines and Celery
@@ -116,7 +109,6 @@ def maintenance_sweep() -> None:
 
 
 @maintenance.command("reap")
-@one_line_errors
 def maintenance_reap() -> None:
     """Take back running jobs whose worker stopped renewing its lease."""
     from orchestrator.runtime import Runtime  # noqa: PLC0415
@@ -127,7 +119,6 @@ def maintenance_reap() -> None:
 @maintenance.command("archive")
 @click.option("--dry-run", is_flag=True, help="Count what would be archived; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@one_line_errors
 def maintenance_archive(dry_run: bool, as_json: bool) -> None:
     """Archive finished jobs past their tenant's retention, now, with a progress bar."""
     from orchestrator.archival import Archiver  # noqa: PLC0415
@@ -160,7 +151,6 @@ def maintenance_archive(dry_run: bool, as_json: bool) -> None:
 
 @maintenance.command("runs")
 @click.option("--limit", default=20, show_default=True)
-@one_line_errors
 def maintenance_runs(limit: int) -> None:
     """The latest maintenance runs, newest first, as JSON lines."""
     from orchestrator.archival import recent_runs  # noqa: PLC0415
@@ -190,7 +180,6 @@ def tenants() -> None:
 @tenants.command("set-tier")
 @click.argument("tenant")
 @click.argument("tier")
-@one_line_errors
 def tenants_set_tier(tenant: str, tier: str) -> None:
     """Put TENANT on TIER (one of ORCH_RETENTION_DAYS's tiers)."""
     from orchestrator.db import Database  # noqa: PLC0415
@@ -199,3 +188,6 @@ def tenants_set_tier(tenant: str, tier: str) -> None:
     settings = get_settings()
     set_tier(Database.from_settings(settings), settings, tenant, tier)
     click.echo(f"{tenant}: {tier} ({settings.retention_days[tier]} days)")
+
+
+main.add_command(jobs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -163,7 +165,13 @@ def define_job(
 
 
 def load_job_modules(extra: tuple[str, ...] = ()) -> Registry:
-    """Import the built-in job modules and the user's (`ORCH_JOB_MODULES`), then check."""
+    """Import the built-in job modules and the user's (`ORCH_JOB_MODULES`), then check.
+
+    The current folder is importable, as it is for `celery -A`, so `myapp.jobs` is found
+    from the project's root whichever command starts the process.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in (*BUILTIN_JOB_MODULES, *extra):
         try:
             importlib.import_module(module)

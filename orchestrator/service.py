@@ -315,19 +315,29 @@ class JobService:
         self.send(steps)
         return self.get(tenant_id, job_id)
 
-    def retry_failed(self, tenant_id: str, filters: JobFilter, *, limit: int) -> list[str]:
-        """Bulk retry of the dead-letter set (failed jobs) matching `filters`."""
+    def retry_failed(
+        self,
+        tenant_id: str,
+        filters: JobFilter,
+        *,
+        limit: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[str]:
+        """Bulk retry of the dead-letter set (failed jobs) matching `filters`;
+        `progress(done, total)` after each job."""
         query = _filtered(tenant_id, JobFilter(status=JobStatus.FAILED, type=filters.type))
         query = query.order_by(Job.id).limit(max(1, min(limit, MAX_BULK_RETRY)))
         retried: list[str] = []
         with self.database.session() as session:
             candidates = list(session.scalars(query))
-        for job in candidates:
+        for done, job in enumerate(candidates, start=1):
             with self.database.transaction() as session:
                 steps = self._requeue(session, session.merge(job))
             if steps:
                 self.send(steps)
                 retried.append(job.id)
+            if progress is not None:
+                progress(done, len(candidates))
         return retried
 
     def _requeue(self, session: sa.orm.Session, job: Job) -> list[Job]:
@@ -431,5 +441,9 @@ def _step_row(
 
 
 def _ids(job: Job) -> dict[str, Any]:
-    return {"job_id": job.id, "tenant_id": job.tenant_id, "job_type": job.type,
-            "attempt": job.attempt}
+    return {
+        "job_id": job.id,
+        "tenant_id": job.tenant_id,
+        "job_type": job.type,
+        "attempt": job.attempt,
+    }

@@ -52,7 +52,10 @@ class CeleryDispatcher:
         # The task id carries the job id, so Celery's own log lines (and Flower) can be
         # found by grepping for the job.
         return self.app.signature(
-            task_name(step.type), args=(step.job_id,), immutable=True, queue=step.queue,
+            task_name(step.type),
+            args=(step.job_id,),
+            immutable=True,
+            queue=step.queue,
             task_id=step.delivery_id,
         )
 

@@ -78,3 +78,55 @@ def test_errors_are_one_line(
     assert result.returncode == 1
     assert result.stderr.startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_jobs_commands_list_show_cancel_and_retry(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "db", "upgrade")
+    gate = tmp_path / "gate"
+    env = {**env, "ORCH_JOB_MODULES": "tests.jobtypes"}
+    failed = [
+        json.loads(
+            run(
+                env,
+                "send",
+                "TEST_GATED",
+                "--tenant",
+                "t1",
+                "--input",
+                json.dumps({"gateFile": str(gate)}),
+            ).stdout
+        )["id"]
+        for _ in range(2)
+    ]
+    listed = run(env, "jobs", "list", "--tenant", "t1", "--status", "failed")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:3] == ["ID", "TYPE", "STATUS"]
+    assert sorted(row.split()[0] for row in rows) == sorted(failed)
+    as_json = run(env, "jobs", "list", "--tenant", "t1", "--json").stdout.splitlines()
+    assert {json.loads(line)["id"] for line in as_json} >= set(failed)
+
+    shown = run(env, "jobs", "show", failed[0], "--tenant", "t1")
+    assert "PermanentError" in shown.stdout and "pipeline:" in shown.stdout
+    assert (
+        json.loads(run(env, "jobs", "show", failed[0], "--tenant", "t1", "--json").stdout)["status"]
+        == "failed"
+    )
+    assert run(env, "jobs", "show", failed[0], "--tenant", "t2").stderr.startswith(
+        "Error: job "
+    )  # another tenant's job is not found
+
+    gate.touch()
+    one = run(env, "jobs", "retry", failed[0], "--tenant", "t1")
+    assert one.stdout.strip() == f"{failed[0]}: succeeded"
+    bulk = run(env, "jobs", "retry", "--failed", "--tenant", "t1")
+    assert bulk.stdout.strip() == "retried 1 job(s)" and "retrying" in bulk.stderr
+    delayed = json.loads(run(env, "send", "TEST_FLAKY", "--tenant", "t1").stdout)["pipeline"][1]
+    cancelled = run(env, "jobs", "cancel", delayed, "--tenant", "t1")
+    assert cancelled.returncode == 1 and "already succeeded" in cancelled.stderr
+
+
+def test_a_database_without_tables_is_a_one_line_error(env: dict[str, str]) -> None:
+    result = run(env, "jobs", "list", "--tenant", "t1")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: database error: no such table: jobs")
