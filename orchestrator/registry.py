@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import sys
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
