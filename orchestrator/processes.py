@@ -74,7 +74,7 @@ def beat(settings: Settings) -> list[str]:
 
 
 def flower(settings: Settings) -> list[str]:
-    return [
+    argv = [
         _executable("celery"),
         "-A",
         CELERY_APP,
@@ -82,6 +82,9 @@ def flower(settings: Settings) -> list[str]:
         f"--address={settings.flower_address}",
         f"--port={settings.flower_port}",
     ]
+    if settings.flower_url_prefix:
+        argv.append(f"--url_prefix={settings.flower_url_prefix.strip('/')}")
+    return argv
 
 
 def prepare(name: str, settings: Settings) -> None:

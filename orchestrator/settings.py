@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     )
     flower_address: str = Field("127.0.0.1", description="Address Flower binds to.")
     flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower.")
+    flower_url_prefix: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_\-/]+$",
+        description="Serve Flower under this path (e.g. `flower` for /flower/), behind a proxy.",
+    )
     flower_basic_auth: str | None = Field(
         None, description="`user:password` pairs (comma-separated) Flower requires; none in dev."
     )

@@ -59,8 +59,10 @@ def stack_settings(database_url: str, redis_url: str, **overrides: Any) -> Setti
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The same settings as `ORCH_*` variables, for the subprocesses."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    """The same settings as `ORCH_*` variables, for the subprocesses (plus Flower's own
+    variables, as the launcher sets them)."""
+    flower = {k: v for k, v in processes.environment(settings).items() if k.startswith("FLOWER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")} | flower
     for name, value in settings.model_dump(exclude={"port"}).items():
         if value is None:
             continue
