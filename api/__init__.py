@@ -7,7 +7,7 @@ import hmac
 
 from flask import Flask
 
-from api import admin, errors, health, internal, jobs, metrics
+from api import admin, dashboard, errors, health, internal, jobs, metrics
 from api.auth import Certs, GoogleCerts, OidcVerifier
 from orchestrator.logs import configure_logging
 from orchestrator.runtime import Runtime
@@ -33,6 +33,9 @@ def create_app(
         (settings.service_auth_secret or "").encode(), b"orchestrator-session", hashlib.sha256
     ).hexdigest()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["SESSION_COOKIE_SECURE"] = not settings.is_development
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["orchestrator"] = runtime or Runtime.build(settings)
     errors.init_app(app)
@@ -40,6 +43,7 @@ def create_app(
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(internal.blueprint)
+    app.register_blueprint(dashboard.blueprint)
     app.register_blueprint(metrics.blueprint)
     audience = settings.expected_oidc_audience
     if audience is not None:

@@ -199,5 +199,21 @@ class CronFire(Base):
     jobs_created: Mapped[int] = mapped_column(sa.Integer)
 
 
+class ApiKey(Base):
+    """A tenant's API key. Only a SHA-256 digest of the key is stored: the key is random
+    (256 bits), so a slow hash buys nothing, and the plaintext is shown once at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.String(128))
+    name: Mapped[str] = mapped_column(sa.String(128))
+    digest: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.Index("ix_api_keys_tenant_id", "tenant_id"),)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

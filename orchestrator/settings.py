@@ -23,6 +23,11 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class AuthMode(StrEnum):
+    API_KEY = "api-key"
+    TRUSTED_HEADERS = "trusted-headers"
+
+
 class DispatchMode(StrEnum):
     CELERY = "celery"
     CLOUD_TASKS = "cloud-tasks"
@@ -109,6 +114,39 @@ class Settings(BaseSettings):
     )
     job_modules: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Extra modules defining job types, comma-separated import paths."
+    )
+    auth_mode: AuthMode | None = Field(
+        None,
+        description="How callers prove their tenant: `api-key` (`Authorization: Bearer`) or "
+        "`trusted-headers` (`X-Tenant-ID` set by a gateway). Default: `trusted-headers` in "
+        "development, `api-key` otherwise.",
+    )
+    gateway_secret: str | None = Field(
+        None,
+        description="With trusted headers: the secret the gateway sends in "
+        "`X-Gateway-Secret`; required for trusted headers outside development.",
+    )
+    tenant_max_running: int = Field(
+        0, ge=0, description="Jobs one tenant may have running at once (0: no limit)."
+    )
+    tenant_create_rate: float = Field(
+        0.0,
+        ge=0,
+        description="Jobs one tenant may create per second, counted in Redis across web "
+        "processes (0: no limit). Over it: 429 with Retry-After.",
+    )
+    tenant_create_burst: int = Field(
+        100, ge=1, description="How many creations a tenant may make at once above the rate."
+    )
+    max_input_bytes: int = Field(
+        65536, ge=1024, description="Largest job input, as JSON, in bytes."
+    )
+    max_input_depth: int = Field(20, ge=2, description="Deepest nesting in a job input.")
+    max_string_length: int = Field(
+        10000, ge=16, description="Longest string anywhere in a job input."
+    )
+    max_list_items: int = Field(
+        1000, ge=1, description="Most items in any list (or keys in any object) of an input."
     )
     service_auth_secret: str | None = Field(
         None,
@@ -282,6 +320,12 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def effective_auth_mode(self) -> AuthMode:
+        if self.auth_mode is not None:
+            return self.auth_mode
+        return AuthMode.TRUSTED_HEADERS if self.is_development else AuthMode.API_KEY
+
+    @property
     def is_development(self) -> bool:
         return self.env is Environment.DEVELOPMENT
 
@@ -305,6 +349,11 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 "ORCH_SERVICE_AUTH_SECRET must be a real secret of at least 16 characters "
                 "outside development"
+            )
+        if self.effective_auth_mode is AuthMode.TRUSTED_HEADERS and not self.gateway_secret:
+            raise ConfigurationError(
+                "ORCH_AUTH_MODE=trusted-headers needs ORCH_GATEWAY_SECRET outside development "
+                "(anyone could claim any tenant); or use ORCH_AUTH_MODE=api-key"
             )
 
 

@@ -161,7 +161,7 @@ def test_admin_with_an_explicit_secret_accepts_it(strong_app: Flask) -> None:
     "headers",
     [
         {"X-Tenant-ID": "system"},
-        {"Authorization": f"Bearer {DEV_SECRET}"},  # the secret in the wrong header
+        {"Authorization": f"Bearer {DEV_SECRET}x"},  # a wrong bearer secret
         {"Authorization": "Bearer not.a.token"},
         {"Authorization": DEV_SECRET},
     ],

@@ -202,11 +202,20 @@ def test_an_unknown_job_is_acknowledged_not_retried_forever(client: FlaskClient)
     assert (response.status_code, response.get_json()["outcome"]) == (200, "skipped")
 
 
-def test_stats_count_dispatches_per_mode(client: FlaskClient) -> None:
-    client.post("/v1/jobs", json={"type": "TEST_FLAKY"}, headers={"X-Tenant-ID": "t2"})
-    stats = client.get("/internal/stats", headers={"X-Service-Auth": SECRET}).get_json()
-    assert stats["dispatches"]["inline"] == {"attempted": 1, "succeeded": 1, "failed": 0}
-    assert datetime.fromisoformat(stats["since"]) <= datetime.now(UTC)
+def test_stats_count_dispatches_per_mode(client: FlaskClient, runtime: Runtime) -> None:
+    from orchestrator.service import NewJob  # noqa: PLC0415
+
+    def inline() -> dict[str, int]:
+        stats = client.get("/internal/stats", headers={"X-Service-Auth": SECRET}).get_json()
+        assert datetime.fromisoformat(stats["since"]) <= datetime.now(UTC)
+        counts: dict[str, int] = stats["dispatches"].get("inline", {})
+        return counts
+
+    before = inline()
+    runtime.service.create(NewJob(tenant_id="t2", type="TEST_FLAKY"))
+    after = inline()
+    assert {k: after[k] - before.get(k, 0) for k in after} == {
+        "attempted": 1, "succeeded": 1, "failed": 0}
 
 
 def test_admin_endpoints_accept_a_scheduler_oidc_token(client: FlaskClient) -> None:

@@ -1,0 +1,448 @@
+"""The jobs dashboard: server-rendered HTML pages over the job service, per tenant.
+
+Same identity as the API (`current_identity`); every answer is HTML, errors included.
+Buttons are POST forms carrying a per-session CSRF token; after a POST the browser is
+sent back (303) to the page it came from, with a flash message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as Redirect
+
+from api.errors import Problem
+from api.identity import current_identity
+from orchestrator.errors import JobArchived, JobConflict, JobNotFound
+from orchestrator.models import Job
+from orchestrator.runtime import Runtime
+from orchestrator.service import JobFilter, JobService
+from orchestrator.states import JobStatus
+
+log = logging.getLogger("orchestrator.dashboard")
+
+blueprint = Blueprint(
+    "dashboard",
+    __name__,
+    url_prefix="/dashboard",
+    template_folder="templates",
+    static_folder="static",
+)
+
+PAGE_SIZE = 25
+BULK_RETRY_LIMIT = 1000
+REFRESH_SECONDS = 5
+CHART_MINUTES = 60
+CSRF_FIELD = "csrf_token"
+CSRF_SESSION_KEY = "dashboard_csrf"
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+CANCELLABLE = frozenset(
+    {JobStatus.QUEUED, JobStatus.WAITING, JobStatus.RETRYING, JobStatus.RUNNING}
+)
+# Stacked bottom to top in the chart.
+CHART_STATUSES = ("succeeded", "failed", "cancelled")
+SECURITY_HEADERS = {
+    # Everything is served from here: no inline script or style, no framing.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class ListFilters(BaseModel):
+    """The list's query string: empty values (a form's "All") count as absent."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: JobStatus | None = None
+    type: str | None = Field(None, min_length=1, max_length=128)
+    cursor: str | None = Field(None, min_length=1, max_length=64)
+
+    @classmethod
+    def from_request(cls) -> ListFilters:
+        return cls.model_validate({k: v for k, v in request.args.items() if v.strip()})
+
+    def args(self, **changes: str | None) -> dict[str, Any]:
+        """Query arguments for `url_for`, with `changes` applied (None removes one)."""
+        values = {**self.model_dump(mode="json"), **changes}
+        return {k: str(v) for k, v in values.items() if v is not None}
+
+
+# -- the chart ------------------------------------------------------------------------------
+
+# SVG user units; about the chart's width in CSS pixels on a desktop screen, so text keeps
+# its size there.
+CHART_WIDTH, CHART_LEFT, CHART_RIGHT, CHART_TOP, PLOT_HEIGHT = 1160.0, 34.0, 22.0, 10.0, 140.0
+PLOT_BOTTOM = CHART_TOP + PLOT_HEIGHT
+
+
+@dataclass(frozen=True)
+class Segment:
+    status: str
+    count: int
+    y: float
+    height: float
+
+
+@dataclass(frozen=True)
+class Bar:
+    minute: datetime
+    x: float
+    width: float
+    total: int
+    segments: list[Segment]
+
+
+@dataclass(frozen=True)
+class Chart:
+    bars: list[Bar]
+    top: int
+    totals: dict[str, int]
+    ticks: list[tuple[float, str]]
+    width: float = CHART_WIDTH
+    left: float = CHART_LEFT
+    right: float = CHART_WIDTH - CHART_RIGHT
+    plot_top: float = CHART_TOP
+    plot_bottom: float = PLOT_BOTTOM
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.totals.values())
+
+
+def axis_top(peak: int) -> int:
+    """The y axis's top: the smallest of 4, 10, 20, 50, 100, 200, 500, ... at or above `peak`."""
+    if peak <= 4:
+        return 4
+    magnitude = 10
+    while True:
+        for step in (1, 2, 5):
+            if step * magnitude >= peak:
+                return step * magnitude
+        magnitude *= 10
+
+
+def chart_of(buckets: list[tuple[datetime, dict[str, int]]]) -> Chart:
+    """Stacked bars, one per minute, in SVG user units (the template draws them)."""
+    top = axis_top(max((sum(counts.values()) for _, counts in buckets), default=0))
+    slot = (CHART_WIDTH - CHART_LEFT - CHART_RIGHT) / max(len(buckets), 1)
+    bars = [
+        _bar(minute, counts, CHART_LEFT + index * slot, slot, top)
+        for index, (minute, counts) in enumerate(buckets)
+    ]
+    ticks = [
+        (bar.x + bar.width / 2, f"{bar.minute:%H:%M}")
+        for bar in bars
+        if bar.minute.minute % 10 == 0
+    ]
+    totals = {
+        status: sum(counts.get(status, 0) for _, counts in buckets) for status in CHART_STATUSES
+    }
+    return Chart(bars=bars, top=top, totals=totals, ticks=ticks)
+
+
+def _bar(minute: datetime, counts: Mapping[str, int], x: float, slot: float, top: int) -> Bar:
+    y, segments = PLOT_BOTTOM, []
+    for status in CHART_STATUSES:
+        count = counts.get(status, 0)
+        if count:
+            height = count / top * PLOT_HEIGHT
+            y -= height
+            segments.append(Segment(status, count, round(y, 2), round(height, 2)))
+    total = sum(counts.get(status, 0) for status in CHART_STATUSES)
+    return Bar(minute, round(x + 1, 2), round(slot - 2, 2), total, segments)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _runtime() -> Runtime:
+    runtime: Runtime = current_app.extensions["orchestrator"]
+    return runtime
+
+
+def _service() -> JobService:
+    return _runtime().service
+
+
+def _tenant() -> str:
+    tenant = current_identity().tenant_id
+    g.dashboard_tenant = tenant
+    return tenant
+
+
+def csrf_token() -> str:
+    token = session.get(CSRF_SESSION_KEY)
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session[CSRF_SESSION_KEY] = token
+    return token
+
+
+def when(value: datetime | None) -> str:
+    return "—" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
+
+
+def duration(job: Job) -> str:
+    if job.started_at is None:
+        return "—"
+    end = job.finished_at or datetime.now(job.started_at.tzinfo)
+    return _span(end - job.started_at)
+
+
+def _span(delta: timedelta) -> str:
+    seconds = max(delta.total_seconds(), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _back(endpoint: str, **values: Any) -> Redirect:
+    return redirect(url_for(endpoint, **values), code=303)
+
+
+@blueprint.context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {
+        "csrf_token": csrf_token,
+        "csrf_field": CSRF_FIELD,
+        "when": when,
+        "duration": duration,
+        "pretty": pretty,
+        "statuses": list(JobStatus),
+        "retryable": RETRYABLE,
+        "cancellable": CANCELLABLE,
+        "refresh_seconds": REFRESH_SECONDS,
+        "tenant": g.get("dashboard_tenant"),
+    }
+
+
+@blueprint.before_request
+def _check_csrf() -> None:
+    if request.method != "POST":
+        return
+    expected = session.get(CSRF_SESSION_KEY)
+    given = request.form.get(CSRF_FIELD, "")
+    if not isinstance(expected, str) or not hmac.compare_digest(expected.encode(), given.encode()):
+        raise Problem(
+            400,
+            "Invalid form token",
+            "The form expired or did not come from this dashboard. Reload the page and try again.",
+        )
+
+
+@blueprint.after_request
+def _security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+def _summary(tenant: str) -> dict[str, Any]:
+    counts = _service().status_counts(tenant)
+    return {
+        "counts": {status.value: counts.get(status.value, 0) for status in JobStatus},
+        "total": sum(counts.values()),
+        "chart": chart_of(_service().finished_per_minute(tenant, CHART_MINUTES)),
+    }
+
+
+def _jobs(
+    tenant: str,
+    filters: ListFilters,
+    endpoint: str = "dashboard.overview",
+    *,
+    only: JobStatus | None = None,
+) -> dict[str, Any]:
+    """One page of the list, newest first, with links to the next (older) page and back."""
+    page = _service().list_jobs(
+        tenant,
+        JobFilter(status=only or filters.status, type=filters.type),
+        limit=PAGE_SIZE,
+        cursor=filters.cursor,
+    )
+    older = page.next_cursor and url_for(endpoint, **filters.args(cursor=page.next_cursor))
+    newest = filters.cursor and url_for(endpoint, **filters.args(cursor=None))
+    return {"jobs": page.jobs, "filters": filters, "older_url": older, "newest_url": newest}
+
+
+@blueprint.get("")
+def overview() -> str:
+    tenant, filters = _tenant(), ListFilters.from_request()
+    return render_template(
+        "dashboard/overview.html",
+        types=sorted(job_type.name for job_type in _runtime().registry),
+        **_summary(tenant),
+        **_jobs(tenant, filters),
+    )
+
+
+@blueprint.get("/summary")
+def summary_fragment() -> str:
+    return render_template("dashboard/_summary.html", **_summary(_tenant()))
+
+
+@blueprint.get("/jobs")
+def jobs_fragment() -> str:
+    return render_template(
+        "dashboard/_jobs_table.html", **_jobs(_tenant(), ListFilters.from_request())
+    )
+
+
+def _job(job_id: str) -> dict[str, Any]:
+    tenant = _tenant()
+    details = _service().get(tenant, job_id)
+    return {
+        "job": details.job,
+        "steps": details.steps,
+        "events": _service().events(tenant, job_id),
+        # The page refreshes itself while any step of the pipeline may still change.
+        "live": any(step.status in CANCELLABLE for step in details.steps),
+    }
+
+
+@blueprint.get("/jobs/<job_id>")
+def job_page(job_id: str) -> str:
+    return render_template("dashboard/job.html", **_job(job_id))
+
+
+@blueprint.get("/jobs/<job_id>/live")
+def job_fragment(job_id: str) -> str:
+    return render_template("dashboard/_job_body.html", **_job(job_id))
+
+
+@blueprint.post("/jobs/<job_id>/retry")
+def retry_job(job_id: str) -> Redirect:
+    tenant = _tenant()
+    try:
+        _service().retry(tenant, job_id)
+    except JobConflict as exc:
+        flash(str(exc), "error")
+    else:
+        _log("dashboard_retry", tenant, job_id)
+        flash("Retry requested", "success")
+    return _back("dashboard.job_page", job_id=job_id)
+
+
+@blueprint.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Redirect:
+    tenant = _tenant()
+    try:
+        details = _service().cancel(tenant, job_id)
+    except JobConflict as exc:
+        flash(str(exc), "error")
+    else:
+        _log("dashboard_cancel", tenant, job_id)
+        stopped = details.job.status is JobStatus.CANCELLED
+        flash("Cancelled" if stopped else "Cancel requested; the worker is stopping", "success")
+    return _back("dashboard.job_page", job_id=job_id)
+
+
+@blueprint.get("/dead-letters")
+def dead_letters() -> str:
+    tenant = _tenant()
+    filters = ListFilters.from_request().model_copy(update={"status": None})
+    return render_template(
+        "dashboard/dead_letters.html",
+        types=sorted(job_type.name for job_type in _runtime().registry),
+        failed_total=_service().status_counts(tenant).get(JobStatus.FAILED.value, 0),
+        **_jobs(tenant, filters, "dashboard.dead_letters", only=JobStatus.FAILED),
+    )
+
+
+@blueprint.post("/dead-letters/retry")
+def retry_dead_letters() -> Redirect:
+    tenant = _tenant()
+    job_type = request.form.get("type", "").strip() or None
+    try:
+        retried = _service().retry_failed(tenant, JobFilter(type=job_type), limit=BULK_RETRY_LIMIT)
+    except JobConflict as exc:
+        flash(str(exc), "error")
+    else:
+        _log("dashboard_bulk_retry", tenant, None, count=len(retried))
+        plural = "job" if len(retried) == 1 else "jobs"
+        flash(f"Retry requested for {len(retried)} {plural}", "success")
+    return _back("dashboard.dead_letters", **({"type": job_type} if job_type else {}))
+
+
+def _log(action: str, tenant: str, job_id: str | None, **extra: Any) -> None:
+    log.info(
+        "dashboard: %s",
+        action,
+        extra={"action": action, "tenant_id": tenant, "job_id": job_id, **extra},
+    )
+
+
+# -- errors, as pages -------------------------------------------------------------------------
+
+
+def error_page(status: int, title: str, detail: str | None = None) -> tuple[str, int]:
+    page = render_template("dashboard/error.html", status=status, title=title, detail=detail)
+    return page, status
+
+
+@blueprint.errorhandler(Problem)
+def _problem(exc: Problem) -> tuple[str, int]:
+    return error_page(exc.status, exc.title, exc.detail)
+
+
+@blueprint.errorhandler(JobNotFound)
+def _not_found(exc: JobNotFound) -> tuple[str, int]:
+    return error_page(404, "Job not found", f"There is no job {exc.job_id} among your jobs.")
+
+
+@blueprint.errorhandler(JobArchived)
+def _archived(exc: JobArchived) -> tuple[str, int]:
+    return error_page(410, "Job archived", f"Job {exc.job_id} was archived and is no longer shown.")
+
+
+@blueprint.errorhandler(ValidationError)
+def _invalid(exc: ValidationError) -> tuple[str, int]:
+    fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return error_page(400, "Invalid filter", fields)
+
+
+@blueprint.errorhandler(HTTPException)
+def _http(exc: HTTPException) -> tuple[str, int]:
+    return error_page(exc.code or 500, exc.name, exc.description)
+
+
+@blueprint.errorhandler(Exception)
+def _unexpected(exc: Exception) -> tuple[str, int]:
+    log.exception(
+        "dashboard error on %s %s", request.method, request.path, extra={"action": "http_500"}
+    )
+    return error_page(500, "Something went wrong", "The error is logged; try again shortly.")
