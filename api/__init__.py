@@ -9,6 +9,7 @@ from flask import Flask
 
 from api import admin, dashboard, errors, health, internal, jobs, metrics
 from api.auth import Certs, GoogleCerts, OidcVerifier
+from orchestrator.limits import CreationRateLimiter
 from orchestrator.logs import configure_logging
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, get_settings
@@ -38,6 +39,7 @@ def create_app(
     app.config["SESSION_COOKIE_SECURE"] = not settings.is_development
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["orchestrator"] = runtime or Runtime.build(settings)
+    app.extensions["rate_limiter"] = CreationRateLimiter.from_settings(settings)
     errors.init_app(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)

@@ -20,6 +20,7 @@ from api.schemas import (
     JobPage,
     ListQuery,
 )
+from orchestrator.limits import CreationRateLimiter
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, JobService, NewJob
 
@@ -66,9 +67,24 @@ def _idempotency_key(body: CreateJob) -> str | None:
     return key
 
 
+def _check_rate(tenant_id: str) -> None:
+    limiter: CreationRateLimiter | None = current_app.extensions.get("rate_limiter")
+    if limiter is None:
+        return
+    verdict = limiter.check(tenant_id)
+    if not verdict.allowed:
+        raise Problem(
+            429,
+            "Too many requests",
+            f"This tenant may create {limiter.rate:g} jobs per second.",
+            headers={"Retry-After": str(verdict.retry_after)},
+        )
+
+
 @blueprint.post("/jobs")
 def create_job() -> Response:
     identity = current_identity()
+    _check_rate(identity.tenant_id)
     body = CreateJob.model_validate(json_body())
     outcome = service().create(
         NewJob(

@@ -191,3 +191,59 @@ def tenants_set_tier(tenant: str, tier: str) -> None:
 
 
 main.add_command(jobs)
+
+
+@main.group("api-keys")
+def api_keys() -> None:
+    """API keys: `Authorization: Bearer <key>` maps a caller to its tenant."""
+
+
+@api_keys.command("create")
+@click.option("--tenant", required=True)
+@click.option("--name", default="default", show_default=True, help="What the key is for.")
+def api_keys_create(tenant: str, name: str) -> None:
+    """Create a key and print it: it is shown this once, and stored only as a digest."""
+    from orchestrator.apikeys import create_key  # noqa: PLC0415
+    from orchestrator.db import Database  # noqa: PLC0415
+
+    issued = create_key(Database.from_settings(get_settings()), tenant, name)
+    click.echo(issued.key)
+    click.echo(
+        f"key {issued.id} for tenant {tenant}; store it now, it is not shown again", err=True
+    )
+
+
+@api_keys.command("list")
+@click.option("--tenant", required=True)
+def api_keys_list(tenant: str) -> None:
+    """The tenant's keys (ids and names; never the keys themselves)."""
+    from orchestrator.apikeys import list_keys  # noqa: PLC0415
+    from orchestrator.cli_jobs import table  # noqa: PLC0415
+    from orchestrator.db import Database  # noqa: PLC0415
+
+    keys = list_keys(Database.from_settings(get_settings()), tenant)
+    click.echo(
+        table(
+            ["ID", "NAME", "CREATED", "REVOKED"],
+            (
+                (
+                    k.id,
+                    k.name,
+                    k.created_at.strftime("%Y-%m-%d %H:%M"),
+                    k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
+                )
+                for k in keys
+            ),
+        )
+    )
+
+
+@api_keys.command("revoke")
+@click.argument("key_id")
+def api_keys_revoke(key_id: str) -> None:
+    """Revoke a key at once."""
+    from orchestrator.apikeys import revoke_key  # noqa: PLC0415
+    from orchestrator.db import Database  # noqa: PLC0415
+
+    key = revoke_key(Database.from_settings(get_settings()), key_id)
+    click.echo(f"revoked {key.id} ({key.name}) of tenant {key.tenant_id}")

@@ -56,8 +56,10 @@ class Maintenance:
         return sent
 
     def reap_leases(self, batch: int = BATCH) -> int:
-        """Take back running jobs whose worker stopped renewing its lease."""
+        """Take back running jobs whose worker stopped renewing its lease, and give parked
+        jobs of tenants at their limit a fresh chance if their release went missing."""
         now = self.clock()
+        self._unpark_stale(now)
         with self.database.session() as session:
             expired = session.execute(
                 sa.select(Job.id, Job.tenant_id, Job.attempt, Job.max_attempts, Job.type)
@@ -79,6 +81,23 @@ class Maintenance:
                 },
             )
         return len(expired)
+
+    def _unpark_stale(self, now: datetime) -> None:
+        if not self.settings.tenant_max_running:
+            return
+        stale = now - timedelta(seconds=self.settings.lease_seconds)
+        with self.database.transaction() as session:
+            session.execute(
+                sa.update(Job)
+                .where(
+                    Job.status.in_(CLAIMABLE),
+                    Job.dispatch_due_at.is_(None),
+                    Job.archived_at.is_(None),
+                    Job.updated_at < stale,
+                )
+                .values(dispatch_due_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
 
     def _take(self, job_id: str, seen_due: datetime, now: datetime) -> list[Step]:
         """Reserve the entry, and collect the job with the waiting steps after it."""

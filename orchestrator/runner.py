@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from orchestrator import transitions
 from orchestrator.context import JobContext
@@ -24,6 +25,7 @@ from orchestrator.heartbeat import Heartbeat, Watch
 from orchestrator.models import Job, utcnow
 from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
+from orchestrator.states import CLAIMABLE
 from orchestrator.transitions import Attempt, ErrorInfo
 
 log = logging.getLogger("orchestrator.runner")
@@ -130,6 +132,8 @@ class Runner:
             if existing is None:
                 return Skipped(f"unknown job {job_id}")
             job_type = self.registry.get(existing.type)
+            if self._over_limit(session, existing, now):
+                return Skipped("tenant at its running limit; the job waits its turn")
             job = transitions.claim(
                 session,
                 job_id,
@@ -145,6 +149,19 @@ class Runner:
                 return Skipped(reason)
             upstream = session.get(Job, job.parent_id) if job.parent_id else None
             return Claimed(job, job_type, upstream.result if upstream else None)
+
+    def _over_limit(self, session: Session, job: Job, now: datetime) -> bool:
+        """Per-tenant fairness: a job of a tenant at `ORCH_TENANT_MAX_RUNNING` is parked."""
+        limit = self.settings.tenant_max_running
+        if not limit or job.status not in CLAIMABLE:
+            return False
+        if not transitions.tenant_at_limit(session, job.tenant_id, limit):
+            return False
+        transitions.defer(session, job, now)
+        log.info(
+            "deferred: tenant at its running limit", extra={**_log_extra(job), "action": "deferred"}
+        )
+        return True
 
     def _execute(self, claimed: Claimed, watch: Watch) -> Outcome:
         job, job_type = claimed.job, claimed.job_type
@@ -178,6 +195,9 @@ class Runner:
     def _record(self, claimed: Claimed, outcome: Outcome) -> bool:
         run, now = claimed.run, self.clock()
         with self.database.transaction() as session:
+            if self.settings.tenant_max_running:
+                # This run's slot frees up: the tenant's oldest parked job may go.
+                transitions.release_deferred(session, run.tenant_id, now)
             if isinstance(outcome, Succeeded):
                 return transitions.succeed(
                     session, run, outcome.result, now, next_due=now + self._grace

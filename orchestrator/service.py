@@ -23,8 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.dispatch import Dispatcher, DispatchError, Step
-from orchestrator.errors import IdempotencyConflict, JobArchived, JobConflict, JobNotFound
+from orchestrator.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    JobArchived,
+    JobConflict,
+    JobNotFound,
+)
 from orchestrator.ids import new_job_id
+from orchestrator.limits import input_problems
 from orchestrator.models import Job, JobEvent, Tenant, utcnow
 from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
@@ -118,6 +125,8 @@ class JobService:
         down, or a process that dies right after the commit, loses nothing: the job is
         recorded as queued and the outbox sweeper sends it later.
         """
+        if problems := input_problems(request.input, self.settings):
+            raise InvalidInput(problems)
         if request.idempotency_key and (earlier := self._earlier(request)) is not None:
             return earlier
         now = self.clock()

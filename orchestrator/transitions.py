@@ -157,6 +157,57 @@ def claim(
     return job
 
 
+def tenant_at_limit(session: Session, tenant_id: str, limit: int) -> bool:
+    """Whether the tenant already runs `limit` jobs. On PostgreSQL this also takes a lock
+    per tenant until the transaction ends, so concurrent claims count one at a time (SQLite
+    serialises writers anyway)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(tenant_id))))
+    running = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING)
+    )
+    return (running or 0) >= limit
+
+
+def defer(session: Session, job: Job, now: datetime) -> bool:
+    """Park a claimable job of a tenant at its running limit: no outbox entry, so nobody
+    sends it until `release_deferred` (when one of the tenant's runs ends) or the reaper
+    (for a release that got lost) gives it one again."""
+    return _update(
+        session,
+        (Job.id == job.id, Job.status.in_(CLAIMABLE)),
+        dispatch_due_at=None,
+        dispatched_at=None,
+        updated_at=now,
+    )
+
+
+def release_deferred(session: Session, tenant_id: str, now: datetime, count: int = 1) -> int:
+    """Give the tenant's oldest parked jobs their outbox entry back, due now."""
+    parked = (
+        sa.select(Job.id)
+        .where(
+            Job.tenant_id == tenant_id,
+            Job.status.in_(CLAIMABLE),
+            Job.dispatch_due_at.is_(None),
+            Job.archived_at.is_(None),
+        )
+        .order_by(Job.id)
+        .limit(count)
+    )
+    ids = list(session.scalars(parked))
+    if ids:
+        session.execute(
+            sa.update(Job)
+            .where(Job.id.in_(ids), Job.dispatch_due_at.is_(None))
+            .values(dispatch_due_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return len(ids)
+
+
 def succeed(
     session: Session, run: Attempt, result: Any, now: datetime, *, next_due: datetime
 ) -> bool:

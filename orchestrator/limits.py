@@ -1,0 +1,99 @@
+"""Limits that keep one request or one tenant from hurting the rest.
+
+- `input_problems`: a job input's size, nesting depth, string lengths and list sizes.
+- `CreationRateLimiter`: a token bucket per tenant in Redis, so every web process shares it.
+  If Redis cannot be reached the limiter lets the request through: creating a job must
+  keep working when the broker is down (the outbox holds it), and a missed limit is the
+  smaller harm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import redis
+
+from orchestrator.errors import FieldError
+from orchestrator.settings import Settings
+
+log = logging.getLogger("orchestrator.limits")
+
+
+def input_problems(data: object, settings: Settings) -> list[FieldError]:
+    """Why `data` is too big or too deep for a job input; empty when it is fine."""
+    size = len(json.dumps(data, separators=(",", ":"), default=str))
+    if size > settings.max_input_bytes:
+        return [FieldError("input", f"is {size} bytes; the limit is {settings.max_input_bytes}")]
+    problems: list[FieldError] = []
+    stack: list[tuple[object, str, int]] = [(data, "input", 1)]
+    while stack and len(problems) < 10:
+        value, path, depth = stack.pop()
+        if isinstance(value, dict | list) and depth > settings.max_input_depth:
+            problems.append(FieldError(path, f"nests deeper than {settings.max_input_depth}"))
+            continue
+        if isinstance(value, str) and len(value) > settings.max_string_length:
+            problems.append(FieldError(path, f"is longer than {settings.max_string_length}"))
+        elif isinstance(value, dict | list) and len(value) > settings.max_list_items:
+            problems.append(FieldError(path, f"has more than {settings.max_list_items} items"))
+        elif isinstance(value, dict):
+            stack.extend((item, f"{path}.{key}", depth + 1) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}.{i}", depth + 1) for i, item in enumerate(value))
+    return problems
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: int = 0
+
+
+# KEYS[1] bucket; ARGV rate per second, burst, now (seconds). Tokens refill continuously.
+_BUCKET = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - at) * rate)
+local allowed = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return {allowed, tostring(tokens)}
+"""
+
+
+class CreationRateLimiter:
+    def __init__(self, redis_url: str, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._redis = redis.Redis.from_url(
+            redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        self._script = self._redis.register_script(_BUCKET)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CreationRateLimiter | None:
+        if settings.tenant_create_rate <= 0:
+            return None
+        return cls(settings.redis_url, settings.tenant_create_rate, settings.tenant_create_burst)
+
+    def check(self, tenant_id: str) -> Verdict:
+        try:
+            allowed, tokens = self._script(
+                keys=[f"orchestrator:rate:{tenant_id}"], args=[self.rate, self.burst, time.time()]
+            )
+        except redis.RedisError as exc:
+            log.warning(
+                "rate limiter unavailable, letting the request through: %s",
+                exc,
+                extra={"tenant_id": tenant_id, "action": "rate_limit_skipped"},
+            )
+            return Verdict(True)
+        if int(allowed):
+            return Verdict(True)
+        missing = 1 - float(tokens)
+        return Verdict(False, retry_after=max(1, math.ceil(missing / self.rate)))
