@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orchestrator.archival import KIND, Archiver, ArchiveReport, recent_runs
+from orchestrator.archival import KIND, Archiver, ArchiveReport, Progress, recent_runs
 from orchestrator.db import Database
 from orchestrator.dispatch import Step
 from orchestrator.errors import JobArchived
@@ -124,8 +124,34 @@ def database(database_url: str) -> Iterator[Database]:
     db.dispose()
 
 
+MAX_BATCHES = 1000
+
+
+class BoundedArchiver(Archiver):
+    """An Archiver that fails, instead of looping forever, if its batches never end."""
+
+    def run(
+        self,
+        *,
+        dry_run: bool = False,
+        job_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> ArchiveReport:
+        batches = 0
+
+        def counted(done: int, total: int) -> None:
+            nonlocal batches
+            batches += 1
+            if batches > MAX_BATCHES:
+                raise AssertionError(f"more than {MAX_BATCHES} batches: pagination never ends")
+            if progress is not None:
+                progress(done, total)
+
+        return super().run(dry_run=dry_run, job_id=job_id, progress=counted)
+
+
 def archiver(database: Database, **overrides: Any) -> Archiver:
-    return Archiver(database, make_settings(database.url, **overrides), clock=fixed_clock)
+    return BoundedArchiver(database, make_settings(database.url, **overrides), clock=fixed_clock)
 
 
 # -- who is archived ----------------------------------------------------------------------
@@ -258,7 +284,7 @@ def test_a_second_run_archives_nothing(database: Database, scenario: dict[str, A
     state = archived_at_by_id(database)
     # A microsecond later: nothing new is due, and a re-archived job would show the new time.
     later = NOW + timedelta(microseconds=1)
-    second = Archiver(database, make_settings(database.url), clock=lambda: later).run()
+    second = BoundedArchiver(database, make_settings(database.url), clock=lambda: later).run()
     assert second.total == 0 and not second.per_tenant
     assert archived_at_by_id(database) == state  # archived_at not moved to the later time
     run = run_row(database, second.run_id)
@@ -289,7 +315,7 @@ def test_a_failing_run_is_recorded_as_failed(database: Database, scenario: dict[
 # -- batches and progress -----------------------------------------------------------------
 
 
-class RecordingArchiver(Archiver):
+class RecordingArchiver(BoundedArchiver):
     """Records every batch it writes, to prove each job is archived exactly once."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -410,7 +436,7 @@ def test_jobs_finished_through_the_runner_are_archived_by_tier(database: Databas
         tiers = {row.id: row.tier for row in session.execute(sa.select(Tenant.id, Tenant.tier))}
     assert tiers == {"svc_free": None, "svc_pro": "pro"}  # created on first job, tier unset
 
-    report = Archiver(database, settings, clock=fixed_clock).run()
+    report = BoundedArchiver(database, settings, clock=fixed_clock).run()
     assert (report.total, dict(report.per_tenant)) == (1, {"svc_free": 1})
 
     with pytest.raises(JobArchived):
@@ -466,6 +492,7 @@ def test_archiving_100k_jobs_keeps_memory_flat_sqlite_only(sqlite_url: str) -> N
             nonlocal calls
             calls += 1
             assert total == BIG
+            assert calls <= BIG // 1000 + 2, "pagination never ends"
 
         tracemalloc.start()
         try:

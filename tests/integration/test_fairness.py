@@ -1,0 +1,94 @@
+"""Per-tenant fairness on the running system: a running-jobs limit that holds, and a
+creation rate limit counted in Redis (so it holds across web processes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from orchestrator import migrate
+from orchestrator.embedded_redis import EmbeddedRedis
+from orchestrator.models import Job
+from tests.integration.stack import Stack, stack_settings
+
+
+@pytest.fixture(scope="module")
+def limited(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("fair")
+    database_url = f"sqlite:///{folder / 'fair.db'}"
+    migrate.upgrade(database_url)
+    redis_url = f"{redis_server.url.rsplit('/', 1)[0]}/11"
+    settings = stack_settings(
+        database_url, redis_url, tenant_max_running=1, tenant_create_rate=5, tenant_create_burst=10
+    )
+    stack = Stack.build(settings, folder)
+    yield stack.start()
+    stack.stop()
+
+
+def _running(stack: Stack, tenant: str) -> int:
+    with stack.runtime.database.session() as session:
+        return session.query(Job).filter(Job.tenant_id == tenant, Job.status == "running").count()
+
+
+def test_a_tenant_never_runs_more_than_its_limit_and_another_is_not_starved(
+    limited: Stack, tmp_path: Path
+) -> None:
+    body = {
+        "type": "TEST_PARTITION",
+        "input": {"effectFile": str(tmp_path / "a"), "firstRunSeconds": 0.8},
+    }
+    body = {"type": "TEST_LOOP", "input": {"effectFile": str(tmp_path / "a"), "seconds": 0.6}}
+    flood = [limited.create("tnt_a", body)["id"] for _ in range(4)]
+    peak, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _running(limited, "tnt_a"))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        other = limited.create("tnt_b", {"type": "TEST_FLAKY"})
+        b_job = limited.wait_for("tnt_b", other["id"], timeout=20)
+        b_wait = time.monotonic() - started
+        for job_id in flood:
+            assert limited.wait_for("tnt_a", job_id, timeout=60)["status"] == "succeeded"
+    finally:
+        stop.set()
+        watcher.join()
+    assert peak[0] == 1
+    assert b_job["status"] == "succeeded"
+    assert b_wait < 5  # not behind tenant A's backlog (4 jobs x 0.6 s, run one at a time)
+
+
+def test_creation_over_the_rate_is_429_with_retry_after(limited: Stack) -> None:
+    answers = [limited.post("tnt_rate", "/v1/jobs", {"type": "TEST_FLAKY"}) for _ in range(15)]
+    codes = [answer.status_code for answer in answers]
+    assert codes[:10] == [201] * 10  # the burst
+    throttled = [a for a in answers if a.status_code == 429]
+    assert throttled, codes
+    assert int(throttled[0].headers["Retry-After"]) >= 1
+    assert throttled[0].headers["Content-Type"] == "application/problem+json"
+    # Another tenant has its own bucket.
+    assert limited.post("tnt_other", "/v1/jobs", {"type": "TEST_FLAKY"}).status_code == 201
+    # And a second web process shares the count through Redis.
+    assert (
+        requests.post(
+            f"{limited.base_url}/v1/jobs",
+            json={"type": "TEST_FLAKY"},
+            headers={"X-Tenant-ID": "tnt_rate"},
+            timeout=10,
+        ).status_code
+        == 429
+    )
