@@ -7,7 +7,7 @@ import hmac
 
 from flask import Flask
 
-from api import admin, dashboard, errors, health, internal, jobs, metrics
+from api import admin, dashboard, errors, health, internal, jobs, metrics, openapi
 from api.auth import Certs, GoogleCerts, OidcVerifier
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.logs import configure_logging
@@ -47,6 +47,7 @@ def create_app(
     app.register_blueprint(internal.blueprint)
     app.register_blueprint(dashboard.blueprint)
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(openapi.blueprint)
     audience = settings.expected_oidc_audience
     if audience is not None:
         app.extensions["oidc_verifier"] = OidcVerifier(

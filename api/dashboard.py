@@ -68,7 +68,6 @@ SECURITY_HEADERS = {
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
 }
 
 
@@ -265,6 +264,8 @@ def _check_csrf() -> None:
 def _security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.endpoint != "dashboard.static":
+        response.headers["Cache-Control"] = "no-store"  # pages hold user data and form tokens
     return response
 
 
@@ -308,6 +309,12 @@ def overview() -> str:
         **_summary(tenant),
         **_jobs(tenant, filters),
     )
+
+
+@blueprint.get("/")
+def overview_slash() -> Redirect:
+    query: dict[str, Any] = request.args.to_dict()
+    return redirect(url_for("dashboard.overview", **query), code=308)
 
 
 @blueprint.get("/summary")

@@ -20,6 +20,7 @@ from api.schemas import (
     JobPage,
     ListQuery,
 )
+from orchestrator.errors import UnknownJobType
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, JobService, NewJob
@@ -86,6 +87,8 @@ def create_job() -> Response:
     identity = current_identity()
     _check_rate(identity.tenant_id)
     body = CreateJob.model_validate(json_body())
+    if body.type not in service().registry or not service().registry.get(body.type).public:
+        raise UnknownJobType(body.type)  # system job types are not the public's to create
     outcome = service().create(
         NewJob(
             tenant_id=identity.tenant_id,

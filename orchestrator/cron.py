@@ -156,7 +156,9 @@ def define_cron_job(
         name = f"cron.{cron_id}"
         if not NAME_PATTERN.match(name):
             raise JobDefinitionError(f"cron id {cron_id!r} makes a bad job type name")
-        define_job(name, input=CronInput, retry=retry, time_limit=time_limit)(function)
+        define_job(name, input=CronInput, retry=retry, time_limit=time_limit, public=False)(
+            function
+        )
         registry.add(
             CronDefinition(
                 cron_id, schedule, name, timezone, per_tenant, input or {}, takes_occurrence=True

@@ -47,6 +47,8 @@ class JobType:
     then: str | None = None
     time_limit: float = DEFAULT_TIME_LIMIT
     queue: str = DEFAULT_QUEUE
+    # False for system jobs (archival, cron firings): the public API cannot create them.
+    public: bool = True
 
     def validate_input(self, data: object) -> BaseModel:
         """The input as the handler will see it, or `InvalidInput` with per-field messages."""
@@ -84,6 +86,9 @@ class Registry:
 
     def __iter__(self) -> Iterator[JobType]:
         return iter(self._types.values())
+
+    def public_names(self) -> list[str]:
+        return sorted(job_type.name for job_type in self if job_type.public)
 
     def pipeline_of(self, name: str) -> list[JobType]:
         """The job type and every type that follows it, in order."""
@@ -134,6 +139,7 @@ def define_job(
     then: str | None = None,
     time_limit: float = DEFAULT_TIME_LIMIT,
     queue: str = DEFAULT_QUEUE,
+    public: bool = True,
     target: Registry | None = None,
 ) -> Callable[[H], H]:
     """Declare a job type; the decorated function is its handler.
@@ -157,6 +163,7 @@ def define_job(
             then=then,
             time_limit=float(time_limit),
             queue=queue,
+            public=public,
         )
         (target or registry).add(job_type)
         return handler

@@ -25,6 +25,7 @@ class ArchiveInput(BaseModel):
     input=ArchiveInput,
     retry=RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=60, max_delay=900),
     time_limit=3600,
+    public=False,
 )
 def archive_expired_jobs(ctx: JobContext, data: ArchiveInput) -> dict[str, Any]:
     """Archive finished jobs past their tenant's retention; the report is the result."""
