@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NoReturn
 
+import prometheus_client
 from celery import Celery, Task
 from celery.exceptions import Ignore
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_ready
 
+from orchestrator import metrics
 from orchestrator.beat import CATCH_UP_TASK, FIRE_TASK, MAINTENANCE_QUEUE, cron_entry
 from orchestrator.cron import CronRegistry, crons
 from orchestrator.dispatch.celery import create_celery_app, task_name
@@ -141,5 +143,16 @@ def _forget_parent_connections(**_: Any) -> None:
     Runtime.reset()
 
 
+def _serve_worker_metrics(**_: Any) -> None:
+    """A worker on its own host or container exposes the counters its processes wrote."""
+    port = get_settings().worker_metrics_port
+    if port is None:
+        return
+    prometheus_client.start_http_server(
+        port, addr=get_settings().host, registry=metrics.scrape_registry()
+    )
+
+
 setup_logging.connect(_configure_worker_logging)
+worker_ready.connect(_serve_worker_metrics)
 worker_process_init.connect(_forget_parent_connections)

@@ -141,14 +141,20 @@ class DatabaseGauges(Collector):
         yield from (depth, states, oldest)
 
 
-def exposition(gauges: DatabaseGauges) -> bytes:
-    """The text for `GET /metrics`: counters (all processes) plus the database gauges."""
+class _Counters(Collector):
+    def collect(self) -> Iterator[Any]:
+        return collect_counters()
 
-    class Counters(Collector):
-        def collect(self) -> Iterator[Any]:
-            return collect_counters()
 
+def scrape_registry(gauges: DatabaseGauges | None = None) -> CollectorRegistry:
+    """Counters of every process on this host, plus the database gauges if given."""
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(Counters())
-    scrape.register(gauges)
-    return generate_latest(scrape)
+    scrape.register(_Counters())
+    if gauges is not None:
+        scrape.register(gauges)
+    return scrape
+
+
+def exposition(gauges: DatabaseGauges) -> bytes:
+    """The text for `GET /metrics`."""
+    return generate_latest(scrape_registry(gauges))

@@ -93,6 +93,8 @@ def prepare(name: str, settings: Settings) -> None:
         settings.require_production_secrets()
         # The web process answers for the counters, so its start is where they start.
         reset_multiprocess_dir(metrics_dir(settings))
+    # Every process writes its counters there, whichever container or host it runs in.
+    metrics_dir(settings).mkdir(parents=True, exist_ok=True)
     if name == "flower" and not settings.is_development and not settings.flower_basic_auth:
         raise ConfigurationError(
             "ORCH_FLOWER_BASIC_AUTH is required outside development (Flower can revoke tasks)"

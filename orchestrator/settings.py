@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         Path(".orchestrator"),
         description="Folder for local state: beat's schedule file, the embedded Redis's files.",
     )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="If set, each Celery worker serves its own /metrics on this port (for "
+        "workers on hosts or containers other than the web's).",
+    )
     flower_address: str = Field("127.0.0.1", description="Address Flower binds to.")
     flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower.")
     flower_url_prefix: str | None = Field(

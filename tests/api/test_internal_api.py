@@ -215,7 +215,10 @@ def test_stats_count_dispatches_per_mode(client: FlaskClient, runtime: Runtime) 
     runtime.service.create(NewJob(tenant_id="t2", type="TEST_FLAKY"))
     after = inline()
     assert {k: after[k] - before.get(k, 0) for k in after} == {
-        "attempted": 1, "succeeded": 1, "failed": 0}
+        "attempted": 1,
+        "succeeded": 1,
+        "failed": 0,
+    }
 
 
 def test_admin_endpoints_accept_a_scheduler_oidc_token(client: FlaskClient) -> None:

@@ -41,10 +41,6 @@ def _running(stack: Stack, tenant: str) -> int:
 def test_a_tenant_never_runs_more_than_its_limit_and_another_is_not_starved(
     limited: Stack, tmp_path: Path
 ) -> None:
-    body = {
-        "type": "TEST_PARTITION",
-        "input": {"effectFile": str(tmp_path / "a"), "firstRunSeconds": 0.8},
-    }
     body = {"type": "TEST_LOOP", "input": {"effectFile": str(tmp_path / "a"), "seconds": 0.6}}
     flood = [limited.create("tnt_a", body)["id"] for _ in range(4)]
     peak, stop = [0], threading.Event()

@@ -16,8 +16,10 @@ def test_sigterm_lets_the_running_job_finish(stack: Stack, tenant: str, tmp_path
     worker = Worker(settings, tmp_path / "worker.log")
     worker.start(stack.runtime)
     effect = tmp_path / "effect"
-    created = stack.create(tenant, {"type": "TEST_PARTITION", "input": {
-        "effectFile": str(effect), "firstRunSeconds": 2}})
+    created = stack.create(
+        tenant,
+        {"type": "TEST_PARTITION", "input": {"effectFile": str(effect), "firstRunSeconds": 2}},
+    )
     stack.wait_for(tenant, created["id"], {"running"})
     assert worker.process is not None
     os.kill(worker.process.pid, signal.SIGTERM)  # as a container runtime would: main process
