@@ -11,8 +11,6 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,12 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as Redirect
 
+from api.dashboard_chart import chart_of
 from api.errors import Problem
-from api.identity import current_identity
+from api.identity import auth_mode, current_identity, log_in_with_key
 from orchestrator.errors import JobArchived, JobConflict, JobNotFound
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, JobService
+from orchestrator.settings import AuthMode
 from orchestrator.states import JobStatus
 
 log = logging.getLogger("orchestrator.dashboard")
@@ -60,8 +60,6 @@ RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 CANCELLABLE = frozenset(
     {JobStatus.QUEUED, JobStatus.WAITING, JobStatus.RETRYING, JobStatus.RUNNING}
 )
-# Stacked bottom to top in the chart.
-CHART_STATUSES = ("succeeded", "failed", "cancelled")
 SECURITY_HEADERS = {
     # Everything is served from here: no inline script or style, no framing.
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -90,91 +88,6 @@ class ListFilters(BaseModel):
         return {k: str(v) for k, v in values.items() if v is not None}
 
 
-# -- the chart ------------------------------------------------------------------------------
-
-# SVG user units; about the chart's width in CSS pixels on a desktop screen, so text keeps
-# its size there.
-CHART_WIDTH, CHART_LEFT, CHART_RIGHT, CHART_TOP, PLOT_HEIGHT = 1160.0, 34.0, 22.0, 10.0, 140.0
-PLOT_BOTTOM = CHART_TOP + PLOT_HEIGHT
-
-
-@dataclass(frozen=True)
-class Segment:
-    status: str
-    count: int
-    y: float
-    height: float
-
-
-@dataclass(frozen=True)
-class Bar:
-    minute: datetime
-    x: float
-    width: float
-    total: int
-    segments: list[Segment]
-
-
-@dataclass(frozen=True)
-class Chart:
-    bars: list[Bar]
-    top: int
-    totals: dict[str, int]
-    ticks: list[tuple[float, str]]
-    width: float = CHART_WIDTH
-    left: float = CHART_LEFT
-    right: float = CHART_WIDTH - CHART_RIGHT
-    plot_top: float = CHART_TOP
-    plot_bottom: float = PLOT_BOTTOM
-
-    @property
-    def empty(self) -> bool:
-        return not any(self.totals.values())
-
-
-def axis_top(peak: int) -> int:
-    """The y axis's top: the smallest of 4, 10, 20, 50, 100, 200, 500, ... at or above `peak`."""
-    if peak <= 4:
-        return 4
-    magnitude = 10
-    while True:
-        for step in (1, 2, 5):
-            if step * magnitude >= peak:
-                return step * magnitude
-        magnitude *= 10
-
-
-def chart_of(buckets: list[tuple[datetime, dict[str, int]]]) -> Chart:
-    """Stacked bars, one per minute, in SVG user units (the template draws them)."""
-    top = axis_top(max((sum(counts.values()) for _, counts in buckets), default=0))
-    slot = (CHART_WIDTH - CHART_LEFT - CHART_RIGHT) / max(len(buckets), 1)
-    bars = [
-        _bar(minute, counts, CHART_LEFT + index * slot, slot, top)
-        for index, (minute, counts) in enumerate(buckets)
-    ]
-    ticks = [
-        (bar.x + bar.width / 2, f"{bar.minute:%H:%M}")
-        for bar in bars
-        if bar.minute.minute % 10 == 0
-    ]
-    totals = {
-        status: sum(counts.get(status, 0) for _, counts in buckets) for status in CHART_STATUSES
-    }
-    return Chart(bars=bars, top=top, totals=totals, ticks=ticks)
-
-
-def _bar(minute: datetime, counts: Mapping[str, int], x: float, slot: float, top: int) -> Bar:
-    y, segments = PLOT_BOTTOM, []
-    for status in CHART_STATUSES:
-        count = counts.get(status, 0)
-        if count:
-            height = count / top * PLOT_HEIGHT
-            y -= height
-            segments.append(Segment(status, count, round(y, 2), round(height, 2)))
-    total = sum(counts.get(status, 0) for status in CHART_STATUSES)
-    return Bar(minute, round(x + 1, 2), round(slot - 2, 2), total, segments)
-
-
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -188,7 +101,7 @@ def _service() -> JobService:
 
 
 def _tenant() -> str:
-    tenant = current_identity().tenant_id
+    tenant = current_identity(allow_session=True).tenant_id
     g.dashboard_tenant = tenant
     return tenant
 
@@ -422,8 +335,49 @@ def error_page(status: int, title: str, detail: str | None = None) -> tuple[str,
 
 
 @blueprint.errorhandler(Problem)
-def _problem(exc: Problem) -> tuple[str, int]:
+def _problem(exc: Problem) -> tuple[str, int] | Redirect:
+    if exc.status == 401 and auth_mode() is AuthMode.API_KEY and request.method == "GET":
+        return redirect(url_for("dashboard.login", next=request.path))
     return error_page(exc.status, exc.title, exc.detail)
+
+
+# -- login (api-key mode) -----------------------------------------------------------------------
+
+
+@blueprint.get("/login")
+def login() -> str:
+    return render_template("dashboard/login.html", next=_safe_next())
+
+
+@blueprint.post("/login")
+def log_in() -> Redirect | tuple[str, int]:
+    identity = log_in_with_key(request.form.get("api_key", ""))
+    if identity is None:
+        _log("login_refused", "-", None)
+        page = render_template(
+            "dashboard/login.html",
+            next=_safe_next(),
+            error="That key is not valid (or was revoked).",
+        )
+        return page, 401
+    _log("login", identity.tenant_id, None)
+    return redirect(_safe_next(), code=303)
+
+
+@blueprint.post("/logout")
+def log_out() -> Redirect:
+    session.clear()
+    return redirect(url_for("dashboard.login"), code=303)
+
+
+def _safe_next() -> str:
+    """Where to go after login: a dashboard path only, never another site."""
+    target = request.values.get("next", "")
+    return (
+        target
+        if target.startswith("/dashboard") and "//" not in target
+        else url_for("dashboard.overview")
+    )
 
 
 @blueprint.errorhandler(JobNotFound)

@@ -273,7 +273,9 @@ class JobService:
         with self.database.session() as session:
             rows = session.execute(
                 sa.select(Job.finished_at, Job.status).where(
-                    Job.tenant_id == tenant_id, Job.finished_at >= start
+                    Job.tenant_id == tenant_id,
+                    Job.finished_at >= start,
+                    Job.archived_at.is_(None),
                 )
             ).all()
         buckets = [
@@ -340,8 +342,11 @@ class JobService:
         with self.database.session() as session:
             candidates = list(session.scalars(query))
         for done, job in enumerate(candidates, start=1):
-            with self.database.transaction() as session:
-                steps = self._requeue(session, session.merge(job))
+            try:
+                with self.database.transaction() as session:
+                    steps = self._requeue(session, session.merge(job))
+            except JobConflict:
+                steps = []  # its upstream step failed too: that one is retried instead
             if steps:
                 self.send(steps)
                 retried.append(job.id)

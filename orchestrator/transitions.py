@@ -216,7 +216,15 @@ def succeed(
     `next_due` is the next step's outbox entry: the dispatcher sends it sooner (Celery's
     chain, or the runner), and the sweeper sends it then if nobody did.
     """
-    if not _finish_running(session, run, JobStatus.SUCCEEDED, now, result=result, progress=1.0):
+    # A success clears the error an earlier attempt left; the events keep the history.
+    done = {
+        "result": result,
+        "progress": 1.0,
+        "error_type": None,
+        "error_message": None,
+        "error_traceback": None,
+    }
+    if not _finish_running(session, run, JobStatus.SUCCEEDED, now, **done):
         return False
     _release_next_step(session, run, now, next_due)
     return True

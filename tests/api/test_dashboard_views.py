@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from api import dashboard
+from api import dashboard, dashboard_chart
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
 
@@ -366,7 +366,7 @@ def test_static_assets_are_served_locally(client: FlaskClient, tenant: str) -> N
     ("peak", "top"), [(0, 4), (3, 4), (5, 10), (10, 10), (11, 20), (21, 50), (51, 100), (101, 200)]
 )
 def test_axis_top(peak: int, top: int) -> None:
-    assert dashboard.axis_top(peak) == top
+    assert dashboard_chart.axis_top(peak) == top
 
 
 def test_chart_stacks_statuses_per_minute() -> None:
@@ -376,11 +376,13 @@ def test_chart_stacks_statuses_per_minute() -> None:
         (start + timedelta(minutes=1), {"succeeded": 0, "failed": 0, "cancelled": 0}),
         (start + timedelta(minutes=2), {"succeeded": 4, "failed": 0, "cancelled": 0}),
     ]
-    chart = dashboard.chart_of(buckets)
+    chart = dashboard_chart.chart_of(buckets)
     assert chart.top == 4 and chart.totals == {"succeeded": 6, "failed": 1, "cancelled": 1}
     first, empty, full = chart.bars
     assert [s.status for s in first.segments] == ["succeeded", "failed", "cancelled"]
-    assert first.segments[0].y + first.segments[0].height == dashboard.PLOT_BOTTOM
-    assert first.segments[-1].y == pytest.approx(dashboard.PLOT_BOTTOM - dashboard.PLOT_HEIGHT)
-    assert empty.segments == [] and full.segments[0].height == dashboard.PLOT_HEIGHT
+    assert first.segments[0].y + first.segments[0].height == dashboard_chart.PLOT_BOTTOM
+    assert first.segments[-1].y == pytest.approx(
+        dashboard_chart.PLOT_BOTTOM - dashboard_chart.PLOT_HEIGHT
+    )
+    assert empty.segments == [] and full.segments[0].height == dashboard_chart.PLOT_HEIGHT
     assert chart.ticks == [(full.x + full.width / 2, "12:00")]

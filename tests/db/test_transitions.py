@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -22,11 +22,12 @@ from orchestrator.transitions import Attempt, ErrorInfo
 
 class RecordingDispatcher:
     mode = "recording"
+    drives_pipelines = True
 
     def __init__(self) -> None:
         self.sent: list[list[Step]] = []
 
-    def dispatch(self, steps: list[Step]) -> None:
+    def dispatch(self, steps: list[Step], *, not_before: datetime | None = None) -> None:
         self.sent.append(list(steps))
 
 

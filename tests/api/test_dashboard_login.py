@@ -1,0 +1,84 @@
+"""The dashboard in api-key mode: a login form takes a key into a signed, HTTP-only session
+cookie; its buttons keep CSRF protection; a revoked key logs the session out."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from flask.testing import FlaskClient
+
+import api
+from orchestrator import apikeys
+from orchestrator.runtime import Runtime
+from orchestrator.settings import load_settings
+
+
+@pytest.fixture
+def runtime(sqlite_url: str) -> Iterator[Runtime]:
+    settings = load_settings(
+        env="production",
+        database_url=sqlite_url,
+        dispatch_mode="inline",
+        job_modules="tests.jobtypes",
+        service_auth_secret="s" * 32,
+    )
+    built = Runtime.build(settings)
+    yield built
+    built.database.dispose()
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> FlaskClient:
+    return api.create_app(runtime=runtime).test_client()
+
+
+def token_from(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found
+    return found.group(1)
+
+
+def test_login_takes_a_key_into_the_session_and_logout_ends_it(
+    client: FlaskClient, runtime: Runtime
+) -> None:
+    issued = apikeys.create_key(runtime.database, "acme", "browser")
+    client.post(
+        "/v1/jobs",
+        json={"type": "TEST_EXPLODES"},
+        headers={"Authorization": f"Bearer {issued.key}"},
+    )
+    first = client.get("/dashboard")
+    assert first.status_code == 302 and "/dashboard/login" in first.headers["Location"]
+    form = client.get("/dashboard/login")
+    token = token_from(form.get_data(as_text=True))
+
+    assert client.post("/dashboard/login", data={"api_key": issued.key}).status_code == 400
+    wrong = client.post("/dashboard/login", data={"api_key": "ork_nope", "csrf_token": token})
+    assert wrong.status_code == 401
+    ok = client.post(
+        "/dashboard/login",
+        data={"api_key": issued.key, "csrf_token": token, "next": "https://evil.example/"},
+    )
+    assert ok.status_code == 303 and ok.headers["Location"] == "/dashboard"
+    cookie = ok.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and issued.key not in cookie
+
+    page = client.get("/dashboard")
+    assert page.status_code == 200
+    assert "acme" in page.get_data(as_text=True) and "TEST_EXPLODES" in page.get_data(as_text=True)
+    out = client.post(
+        "/dashboard/logout", data={"csrf_token": token_from(page.get_data(as_text=True))}
+    )
+    assert out.status_code == 303
+    assert client.get("/dashboard").status_code == 302
+
+
+def test_a_revoked_key_ends_the_session(client: FlaskClient, runtime: Runtime) -> None:
+    issued = apikeys.create_key(runtime.database, "acme", "browser")
+    token = token_from(client.get("/dashboard/login").get_data(as_text=True))
+    client.post("/dashboard/login", data={"api_key": issued.key, "csrf_token": token})
+    assert client.get("/dashboard").status_code == 200
+    apikeys.revoke_key(runtime.database, issued.id)
+    assert client.get("/dashboard").status_code == 302
