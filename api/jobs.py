@@ -12,15 +12,17 @@ from api.identity import current_identity
 from api.schemas import (
     BulkRetry,
     BulkRetryResult,
+    CreateBatch,
     CreateJob,
     EventList,
     EventOut,
     EventsQuery,
+    JobBatch,
     JobOut,
     JobPage,
     ListQuery,
 )
-from orchestrator.errors import UnknownJobType
+from orchestrator.errors import FieldError, UnknownJobType
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, JobService, NewJob
@@ -68,11 +70,11 @@ def _idempotency_key(body: CreateJob) -> str | None:
     return key
 
 
-def _check_rate(tenant_id: str) -> None:
+def _check_rate(tenant_id: str, cost: int = 1) -> None:
     limiter: CreationRateLimiter | None = current_app.extensions.get("rate_limiter")
     if limiter is None:
         return
-    verdict = limiter.check(tenant_id)
+    verdict = limiter.check(tenant_id, cost)
     if not verdict.allowed:
         raise Problem(
             429,
@@ -105,6 +107,38 @@ def create_job() -> Response:
     response = json_response(JobOut.of_details(outcome.details), 201 if outcome.created else 200)
     response.headers["Location"] = url_for("jobs.get_job", job_id=outcome.details.job.id)
     return response
+
+
+@blueprint.post("/jobs:batch")
+def create_jobs() -> Response:
+    """Up to 1,000 jobs in one transaction and one broker connection; all or none."""
+    identity = current_identity()
+    batch = CreateBatch.model_validate(json_body())
+    _check_rate(identity.tenant_id, cost=len(batch.jobs))
+    registry = service().registry
+    for index, body in enumerate(batch.jobs):
+        if body.type not in registry or not registry.get(body.type).public:
+            raise Problem(
+                422,
+                "Unknown job type",
+                errors=[FieldError(f"jobs.{index}.type", f"unknown job type {body.type!r}")],
+            )
+    created = service().create_batch(
+        [
+            NewJob(
+                tenant_id=identity.tenant_id,
+                type=body.type,
+                input=body.input,
+                subject=body.subject,
+                created_by=identity.user_id,
+                idempotency_key=body.idempotencyKey,
+                delay_seconds=body.delaySeconds,
+                run_at=body.runAt,
+            )
+            for body in batch.jobs
+        ]
+    )
+    return json_response(JobBatch(jobs=[JobOut.of_details(d) for d in created]), 201)
 
 
 @blueprint.get("/jobs/<job_id>")

@@ -22,6 +22,7 @@ from api.schemas import (
     CreateJob,
     EventList,
     EventsQuery,
+    JobBatch,
     JobOut,
     JobPage,
     ListQuery,
@@ -81,6 +82,7 @@ MODELS: list[type[BaseModel]] = [
     CreateJob,
     JobOut,
     JobPage,
+    JobBatch,
     EventList,
     BulkRetry,
     BulkRetryResult,
@@ -137,6 +139,16 @@ def operations() -> list[Operation]:
                     }
                 ]
             },
+        ),
+        Operation(
+            "post",
+            "/v1/jobs:batch",
+            "Create up to 1,000 jobs at once",
+            "jobs",
+            "tenant",
+            {201: JobBatch},
+            body={"$ref": "#/components/schemas/NewBatch"},
+            problems=(400, 401, 413, 422, 429),
         ),
         Operation(
             "get",
@@ -246,6 +258,19 @@ def build_document(settings: Settings, registry: Registry) -> dict[str, Any]:
     _, schemas = models_json_schema([(m, "serialization") for m in MODELS], ref_template=REF)
     components: dict[str, Any] = dict(schemas.get("$defs", {}))
     components["NewJob"] = _new_job_schema(registry, components)
+    components["NewBatch"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["jobs"],
+        "properties": {
+            "jobs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1000,
+                "items": {"$ref": "#/components/schemas/NewJob"},
+            },
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {

@@ -38,6 +38,12 @@ class CreateJob(BaseModel):
         return self
 
 
+class CreateBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[CreateJob] = Field(min_length=1, max_length=1000)
+
+
 class BulkRetry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -143,6 +149,10 @@ class JobOut(BaseModel):
     @classmethod
     def of_details(cls, details: JobDetails) -> JobOut:
         return cls.of(details.job, details.steps)
+
+
+class JobBatch(BaseModel):
+    jobs: list[JobOut]
 
 
 class JobPage(BaseModel):

@@ -83,7 +83,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     app = create_celery_app(settings)
     register_job_tasks(app, registry)
     register_maintenance_tasks(app)
-    app.conf.beat_schedule = beat_schedule(settings, crons)
+    app.conf.beat_schedule = beat_schedule(settings, crons.runnable(registry))
     app.conf.beat_scheduler = "orchestrator.beat:Scheduler"
     return app
 

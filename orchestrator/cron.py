@@ -16,7 +16,7 @@ a beat down for a week runs the nightly job once, not seven times.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -126,6 +126,14 @@ class CronRegistry:
 
     def __iter__(self) -> Iterator[CronDefinition]:
         return iter(self._crons.values())
+
+    def runnable(self, job_types: Container[str]) -> CronRegistry:
+        """The crons whose job type this process knows (its `ORCH_JOB_MODULES`)."""
+        subset = CronRegistry()
+        for definition in self:
+            if definition.job_type in job_types:
+                subset.add(definition)
+        return subset
 
 
 crons = CronRegistry()

@@ -52,14 +52,16 @@ class Verdict:
     retry_after: int = 0
 
 
-# KEYS[1] bucket; ARGV rate per second, burst, now (seconds). Tokens refill continuously.
+# KEYS[1] bucket; ARGV rate per second, burst, now (seconds), cost. Tokens refill
+# continuously.
 _BUCKET = """
 local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
 tokens = math.min(burst, tokens + (now - at) * rate)
 local allowed = 0
-if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+if tokens >= cost then tokens = tokens - cost; allowed = 1 end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
 return {allowed, tostring(tokens)}
@@ -81,10 +83,11 @@ class CreationRateLimiter:
             return None
         return cls(settings.redis_url, settings.tenant_create_rate, settings.tenant_create_burst)
 
-    def check(self, tenant_id: str) -> Verdict:
+    def check(self, tenant_id: str, cost: int = 1) -> Verdict:
         try:
             allowed, tokens = self._script(
-                keys=[f"orchestrator:rate:{tenant_id}"], args=[self.rate, self.burst, time.time()]
+                keys=[f"orchestrator:rate:{tenant_id}"],
+                args=[self.rate, self.burst, time.time(), cost],
             )
         except redis.RedisError as exc:
             log.warning(
@@ -95,5 +98,5 @@ class CreationRateLimiter:
             return Verdict(True)
         if int(allowed):
             return Verdict(True)
-        missing = 1 - float(tokens)
+        missing = cost - float(tokens)
         return Verdict(False, retry_after=max(1, math.ceil(missing / self.rate)))

@@ -179,10 +179,22 @@ def load_job_modules(extra: tuple[str, ...] = ()) -> Registry:
     """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    for module in (*BUILTIN_JOB_MODULES, *extra):
+    modules = (*BUILTIN_JOB_MODULES, *extra)
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise JobDefinitionError(f"cannot import job module {module!r}: {exc}") from exc
-    registry.check()
-    return registry
+    # Only the types these modules define: a process offers what its settings name, even
+    # when other modules that define job types were imported into it too.
+    offered = Registry()
+    for job_type in registry:
+        if any(_defined_in(job_type, module) for module in modules):
+            offered.add(job_type)
+    offered.check()
+    return offered
+
+
+def _defined_in(job_type: JobType, module: str) -> bool:
+    home = getattr(job_type.handler, "__module__", "") or ""
+    return home == module or home.startswith(f"{module}.")

@@ -67,7 +67,7 @@ class Runtime:
             dispatcher,
             service,
             maintenance,
-            cron=CronFirer(database, service, crons, settings),
+            cron=CronFirer(database, service, crons.runnable(registry), settings),
             stats=stats,
             delivery=PushDelivery(runner, service),
         )

@@ -24,11 +24,13 @@ from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.dispatch import Dispatcher, DispatchError, Step
 from orchestrator.errors import (
+    FieldError,
     IdempotencyConflict,
     InvalidInput,
     JobArchived,
     JobConflict,
     JobNotFound,
+    UnknownJobType,
 )
 from orchestrator.ids import new_job_id
 from orchestrator.limits import input_problems
@@ -145,6 +147,37 @@ class JobService:
         if steps[0].run_at is None:
             self.send(steps)
         return Created(JobDetails(job=steps[0], steps=steps), created=True)
+
+    def create_batch(self, requests: Sequence[NewJob]) -> list[JobDetails]:
+        """Many jobs in one transaction and one dispatch call (no idempotency keys here:
+        a batch is all or nothing, so repeat the whole request instead)."""
+        problems = [
+            FieldError(f"jobs.{index}.{error.field}", error.message)
+            for index, request in enumerate(requests)
+            for error in self._problems_of(request)
+        ]
+        if problems:
+            raise InvalidInput(problems)
+        now = self.clock()
+        pipelines = [self._build_pipeline(request, now) for request in requests]
+        with self.database.transaction() as session:
+            for tenant_id in {request.tenant_id for request in requests}:
+                self._remember_tenant(session, tenant_id, now)
+            transitions.insert_pipeline(session, [s for steps in pipelines for s in steps], now)
+        log.info("%d jobs created in a batch", len(pipelines), extra={"action": "created"})
+        self.send_many([steps for steps in pipelines if steps[0].run_at is None])
+        return [JobDetails(job=steps[0], steps=steps) for steps in pipelines]
+
+    def _problems_of(self, request: NewJob) -> list[FieldError]:
+        if request.idempotency_key:
+            return [FieldError("idempotencyKey", "is not accepted in a batch")]
+        try:
+            self.registry.pipeline_of(request.type)[0].validate_input(request.input)
+        except InvalidInput as exc:
+            return exc.errors
+        except UnknownJobType as exc:
+            return [FieldError("type", str(exc))]
+        return input_problems(request.input, self.settings)
 
     def _remember_tenant(self, session: sa.orm.Session, tenant_id: str, now: datetime) -> None:
         """Record a tenant the first time it is seen (its tier decides its retention)."""
@@ -383,6 +416,27 @@ class JobService:
         resend_at = now + timedelta(seconds=self.settings.redispatch_after_seconds)
         with self.database.transaction() as session:
             transitions.mark_dispatched(session, [steps[0].id], now, resend_at=resend_at)
+
+    def send_many(self, pipelines: Sequence[Sequence[Job]]) -> None:
+        """Dispatch many pipelines at once (one broker connection), then settle their
+        outbox entries in one statement."""
+        if not pipelines:
+            return
+        try:
+            self.dispatcher.dispatch_many([[Step.of(job) for job in steps] for steps in pipelines])
+        except DispatchError as exc:
+            log.warning(
+                "batch dispatch failed; the outbox sweeper will retry: %s",
+                exc,
+                extra={"action": "dispatch_failed"},
+            )
+            return
+        now = self.clock()
+        resend_at = now + timedelta(seconds=self.settings.redispatch_after_seconds)
+        with self.database.transaction() as session:
+            transitions.mark_dispatched(
+                session, [steps[0].id for steps in pipelines], now, resend_at=resend_at
+            )
 
     @property
     def _grace(self) -> timedelta:

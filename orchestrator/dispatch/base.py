@@ -54,3 +54,7 @@ class Dispatcher(Protocol):
         """Send `steps` (the first to run, then the ones after it), to start no earlier than
         `not_before`, or raise DispatchError."""
         ...
+
+    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
+        """Send many pipelines at once; a backend may share one connection for them."""
+        ...

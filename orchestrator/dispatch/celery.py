@@ -60,12 +60,22 @@ class CeleryDispatcher:
         )
 
     def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
+        self._send([steps], not_before)
+
+    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
+        self._send(pipelines, None)
+
+    def _send(self, pipelines: Sequence[Sequence[Step]], not_before: datetime | None) -> None:
         if time.monotonic() < self._down_until:
             raise DispatchError("broker unavailable (recent send failed); left to the sweeper")
-        signatures = [self.signature(step) for step in steps]
-        canvas = signatures[0] if len(signatures) == 1 else chain(*signatures)
         try:
-            canvas.apply_async(retry=False, eta=not_before)
+            with self.app.producer_or_acquire() as producer:
+                for steps in pipelines:
+                    self._canvas(steps).apply_async(retry=False, eta=not_before, producer=producer)
         except (OperationalError, OSError) as exc:
             self._down_until = time.monotonic() + self.backoff
             raise DispatchError(f"broker refused the job: {exc}") from exc
+
+    def _canvas(self, steps: Sequence[Step]) -> Signature:
+        signatures = [self.signature(step) for step in steps]
+        return signatures[0] if len(signatures) == 1 else chain(*signatures)

@@ -80,3 +80,7 @@ class CloudTasksDispatcher:
             return  # this delivery was dispatched before: Cloud Tasks de-duplicated it
         except (exceptions.GoogleAPICallError, exceptions.RetryError) as exc:
             raise DispatchError(f"Cloud Tasks refused the task: {exc}") from exc
+
+    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
+        for steps in pipelines:
+            self.dispatch(steps)

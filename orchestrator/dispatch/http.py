@@ -71,3 +71,7 @@ class HttpDispatcher:
             )
             return
         self.stats.record(self.mode, "succeeded")
+
+    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
+        for steps in pipelines:
+            self.dispatch(steps)

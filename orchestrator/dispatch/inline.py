@@ -33,3 +33,7 @@ class InlineDispatcher:
                 self.sleep(outcome.delay)
                 continue
             return isinstance(outcome, Succeeded)
+
+    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
+        for steps in pipelines:
+            self.dispatch(steps)

@@ -19,8 +19,8 @@ class DispatchStats:
     def __init__(self) -> None:
         self._started = datetime.now(UTC)
 
-    def record(self, mode: str, outcome: str) -> None:
-        metrics.DISPATCHES.labels(mode=mode, outcome=outcome).inc()
+    def record(self, mode: str, outcome: str, count: int = 1) -> None:
+        metrics.DISPATCHES.labels(mode=mode, outcome=outcome).inc(count)
 
     def snapshot(self) -> dict[str, Any]:
         counts: defaultdict[str, dict[str, int]] = defaultdict(
@@ -71,6 +71,14 @@ class CountingDispatcher:
             self.stats.record(self.mode, "failed")
             raise
         self.stats.record(self.mode, "succeeded")
+
+    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
+        try:
+            self.inner.dispatch_many(pipelines)
+        except DispatchError:
+            self.stats.record(self.mode, "failed", len(pipelines))
+            raise
+        self.stats.record(self.mode, "succeeded", len(pipelines))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

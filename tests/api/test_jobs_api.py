@@ -590,3 +590,33 @@ def test_the_app_refuses_to_start_in_production_without_a_secret(
     settings = load_settings(env="production", database_url=sqlite_url, dispatch_mode="inline")
     with pytest.raises(ConfigurationError, match="ORCH_SERVICE_AUTH_SECRET"):
         api.create_app(settings)
+
+
+def test_batch_create_records_every_job_in_one_go(client: FlaskClient, tenant: str) -> None:
+    jobs = [{"type": "TEST_FLAKY"} for _ in range(5)] + [
+        {"type": "ANALYZE_INSPECTION", "input": {"analysisMode": "QUICK", "roomIds": ["r"]}}
+    ]
+    response = client.post("/v1/jobs:batch", json={"jobs": jobs}, headers={"X-Tenant-ID": tenant})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    created = response.get_json()["jobs"]
+    assert [job["type"] for job in created] == [job["type"] for job in jobs]
+    listed = client.get("/v1/jobs?limit=100", headers={"X-Tenant-ID": tenant}).get_json()["jobs"]
+    assert {job["id"] for job in created} <= {job["id"] for job in listed}
+
+
+def test_a_batch_with_one_bad_job_records_nothing(client: FlaskClient, tenant: str) -> None:
+    jobs = [
+        {"type": "TEST_FLAKY"},
+        {"type": "ANALYZE_INSPECTION", "input": {"analysisMode": "FAST"}},
+    ]
+    response = client.post("/v1/jobs:batch", json={"jobs": jobs}, headers={"X-Tenant-ID": tenant})
+    assert response.status_code == 422
+    fields = {error["field"] for error in response.get_json()["errors"]}
+    assert "jobs.1.input.analysisMode" in fields
+    assert client.get("/v1/jobs", headers={"X-Tenant-ID": tenant}).get_json()["jobs"] == []
+    too_many = client.post(
+        "/v1/jobs:batch",
+        json={"jobs": [{"type": "TEST_FLAKY"}] * 1001},
+        headers={"X-Tenant-ID": tenant},
+    )
+    assert too_many.status_code == 422

@@ -36,6 +36,7 @@ TENANT_COLLECTION_ROUTES = {
     ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs"),
     ("POST", "/v1/jobs/retry"),
+    ("POST", "/v1/jobs:batch"),
     ("GET", "/dashboard"),
     ("GET", "/dashboard/"),
     ("GET", "/dashboard/jobs"),

@@ -258,13 +258,20 @@ def test_empty_input_rejects_unknown_fields(reg: Registry) -> None:
 
 def test_load_job_modules_loads_builtin_and_extra_types() -> None:
     loaded = load_job_modules(("tests.jobtypes",))
-    assert loaded is global_registry
     for name in ("ANALYZE_INSPECTION", "GENERATE_REPORT", "TEST_FLAKY", "TEST_EFFECT"):
         assert name in loaded
+        assert name in global_registry
     assert [t.name for t in loaded.pipeline_of("ANALYZE_INSPECTION")] == [
         "ANALYZE_INSPECTION",
         "GENERATE_REPORT",
     ]
+
+
+def test_a_process_offers_only_the_types_its_modules_define() -> None:
+    load_job_modules(("tests.jobtypes",))  # imported into this process...
+    offered = load_job_modules(())  # ...but not named for this runtime
+    assert "ANALYZE_INSPECTION" in offered
+    assert "TEST_EFFECT" not in offered and "TEST_EFFECT" in global_registry
 
 
 def test_load_job_modules_names_a_missing_module() -> None:
