@@ -197,7 +197,8 @@ CRASHING_CREATE = textwrap.dedent(
 
     class CrashingDispatcher:
         mode = "crash"
-        def dispatch(self, steps):
+        drives_pipelines = True
+        def dispatch(self, steps, *, not_before=None):
             print(steps[0].job_id, flush=True)
             os._exit(17)  # the process dies after the commit, before the broker has it
 
