@@ -11,7 +11,7 @@ EMULATOR_STAMP := $(EMULATOR_VENV)/.installed-$(shell cat requirements-emulator.
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-quick lint format lock clean emulator browser
+.PHONY: run test test-quick lint format lock clean emulator browser bench bench-quick
 
 $(STAMP): $(LOCKS) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,10 +49,17 @@ test: $(STAMP) $(EMULATOR_STAMP) browser
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
+## bench: the benchmark suite beside raw Celery (not part of `make test`; see bench/RESULTS.md)
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run_all --quick
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy orchestrator api tasks celeryconfig.py
+	$(BIN)/mypy orchestrator api tasks bench celeryconfig.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .

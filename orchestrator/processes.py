@@ -39,6 +39,8 @@ def web(settings: Settings) -> list[str]:
         _executable("gunicorn"),
         f"--bind={settings.host}:{settings.port}",
         f"--workers={settings.web_workers}",
+        "--worker-class=gthread",
+        f"--threads={settings.web_threads}",
         f"--timeout={settings.web_timeout}",
         f"--graceful-timeout={settings.web_timeout}",
         "--access-logfile=-",

@@ -136,7 +136,7 @@ class Runner:
                 return Skipped("tenant at its running limit; the job waits its turn")
             job = transitions.claim(
                 session,
-                job_id,
+                existing,
                 worker=self.worker,
                 now=now,
                 lease_seconds=self.settings.lease_seconds,
@@ -200,7 +200,12 @@ class Runner:
                 transitions.release_deferred(session, run.tenant_id, now)
             if isinstance(outcome, Succeeded):
                 return transitions.succeed(
-                    session, run, outcome.result, now, next_due=now + self._grace
+                    session,
+                    run,
+                    outcome.result,
+                    now,
+                    next_due=now + self._grace,
+                    has_next=claimed.job_type.then is not None,
                 )
             if isinstance(outcome, RetryLater):
                 run_at = now + timedelta(seconds=outcome.delay)

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         description="Port of the web API (`PORT` is honoured, as on Cloud Run and Heroku).",
     )
     web_workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes.")
+    web_threads: int = Field(
+        4, ge=1, le=64, description="Threads per gunicorn worker (gthread: keep-alive clients)."
+    )
     web_timeout: int = Field(
         30, ge=1, description="Seconds gunicorn lets a request run (and finish on shutdown)."
     )

@@ -106,40 +106,46 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
 
 def claim(
     session: Session,
-    job_id: str,
+    job: Job,
     *,
     worker: str,
     lease_seconds: float,
     now: datetime,
     delivery: dict[str, Any] | None = None,
 ) -> Job | None:
-    """Start a new attempt if the job is claimable and due; `None` for a duplicate delivery.
+    """Start a new attempt of `job` (as just read) if it is claimable and due; `None` for
+    a duplicate delivery.
 
-    The UPDATE bumps `attempt` and matches on the attempt it read, so of two concurrent
-    deliveries exactly one wins.
+    The UPDATE bumps `attempt` and matches on the status and attempt read, so of two
+    concurrent deliveries exactly one wins; RETURNING hands back the claimed row in the
+    same round trip.
     """
     _check(CLAIMABLE, JobStatus.RUNNING)
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None or job.status not in CLAIMABLE or job.archived_at is not None:
+    job_id = job.id
+    if job.status not in CLAIMABLE or job.archived_at is not None:
         return None
     if job.run_at is not None and job.run_at > now + CLOCK_SKEW:
         return None
     source, attempt = job.status, job.attempt + 1
     due = job.run_at or job.updated_at  # when it became ready to run
-    won = _update(
-        session,
-        (Job.id == job_id, Job.status == source, Job.attempt == job.attempt),
-        status=JobStatus.RUNNING,
-        attempt=attempt,
-        worker=worker,
-        started_at=now,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
-        run_at=None,
-        dispatch_due_at=None,
-        dispatched_at=job.dispatched_at or now,
-        updated_at=now,
+    claimed: Job | None = session.scalar(
+        sa.update(Job)
+        .where(Job.id == job_id, Job.status == source, Job.attempt == job.attempt)
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=attempt,
+            worker=worker,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            run_at=None,
+            dispatch_due_at=None,
+            dispatched_at=job.dispatched_at or now,
+            updated_at=now,
+        )
+        .returning(Job),
+        execution_options={"populate_existing": True},
     )
-    if not won:
+    if claimed is None:
         return None
     metrics.count(session, "started", job.type, max((now - due).total_seconds(), 0.0))
     session.add(
@@ -153,8 +159,7 @@ def claim(
             data={"worker": worker, **({"delivery": delivery} if delivery else {})},
         )
     )
-    session.refresh(job)
-    return job
+    return claimed
 
 
 def tenant_at_limit(session: Session, tenant_id: str, limit: int) -> bool:
@@ -209,7 +214,13 @@ def release_deferred(session: Session, tenant_id: str, now: datetime, count: int
 
 
 def succeed(
-    session: Session, run: Attempt, result: Any, now: datetime, *, next_due: datetime
+    session: Session,
+    run: Attempt,
+    result: Any,
+    now: datetime,
+    *,
+    next_due: datetime,
+    has_next: bool = True,
 ) -> bool:
     """Record the result; the next pipeline step, if any, becomes `queued`.
 
@@ -226,7 +237,8 @@ def succeed(
     }
     if not _finish_running(session, run, JobStatus.SUCCEEDED, now, **done):
         return False
-    _release_next_step(session, run, now, next_due)
+    if has_next:  # a job with no step after it saves the look-up
+        _release_next_step(session, run, now, next_due)
     return True
 
 

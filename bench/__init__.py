@@ -1,0 +1,1 @@
+"""Benchmarks: the orchestrator beside raw Celery, on real Redis and databases (`make bench`)."""

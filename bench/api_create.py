@@ -1,0 +1,134 @@
+"""API creation throughput: jobs created per second over HTTP by concurrent keep-alive
+clients against gunicorn (the production server), beside raw `apply_async()` from one
+process; and the batch endpoint (`POST /v1/jobs:batch`, 1,000 jobs a request)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+from celery import Celery
+
+from bench.harness import (
+    Process,
+    Servers,
+    median,
+    orchestrator_settings,
+    report,
+    servers,
+    settings_env,
+)
+from bench.latency import _wait_http
+from orchestrator import processes
+from tests.servers import free_port
+
+
+def http_rate(base: str, clients: int, seconds: float) -> float:
+    created = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        http = requests.Session()  # keep-alive: one connection per client
+        while time.monotonic() < stop:
+            answer = http.post(
+                f"{base}/v1/jobs",
+                json={"type": "BENCH_NOOP"},
+                headers={"X-Tenant-ID": f"t{index}"},
+                timeout=30,
+            )
+            created[index] += answer.status_code == 201
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(created) / (time.perf_counter() - started)
+
+
+def batch_rate(base: str, batches: int, size: int = 1000) -> float:
+    http = requests.Session()
+    body = {"jobs": [{"type": "BENCH_NOOP"}] * size}
+    started = time.perf_counter()
+    for _ in range(batches):
+        answer = http.post(
+            f"{base}/v1/jobs:batch", json=body, headers={"X-Tenant-ID": "batch"}, timeout=120
+        )
+        assert answer.status_code == 201, answer.text[:300]
+    return batches * size / (time.perf_counter() - started)
+
+
+def raw_rate(env: Servers, seconds: float) -> float:
+    broker = env.redis_url(6)
+    app = Celery("rawbench", broker=broker)
+    sent = 0
+    stop = time.monotonic() + seconds
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        while time.monotonic() < stop:
+            app.send_task("raw.noop", producer=producer)
+            sent += 1
+    return sent / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", default="postgresql,sqlite")
+    parser.add_argument(
+        "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
+    )
+    args = parser.parse_args()
+    with servers(args.folder) as env:
+        for backend in args.backends.split(","):
+            port = free_port()
+            settings = orchestrator_settings(
+                env.database_url(backend), env.redis_url(7), port=port, web_workers=2, web_threads=8
+            )
+            web = Process(
+                processes.command("web", settings), settings_env(settings), args.folder / "api.log"
+            ).start()
+            base = f"http://127.0.0.1:{port}"
+            rows = []
+            try:
+                _wait_http(f"{base}/healthz")
+                for number in range(1, args.rounds + 1):
+                    ours = http_rate(base, args.clients, args.seconds)
+                    raw = raw_rate(env, args.seconds)
+                    batch = batch_rate(base, args.batches)
+                    rows.append(
+                        {
+                            "round": number,
+                            "http creates/s": ours,
+                            "raw apply_async/s": raw,
+                            "batch jobs/s": batch,
+                            "http vs raw": ours / raw,
+                        }
+                    )
+            finally:
+                web.stop()
+            report(
+                f"API creation ({backend}, {args.clients} clients, gunicorn)",
+                rows,
+                {
+                    "backend": backend,
+                    "http_per_s": median([r["http creates/s"] for r in rows]),
+                    "raw_apply_async_per_s": median([r["raw apply_async/s"] for r in rows]),
+                    "batch_per_s": median([r["batch jobs/s"] for r in rows]),
+                    "ratio_http_vs_raw": median([r["http vs raw"] for r in rows]),
+                    "cpu_count": os.cpu_count(),
+                },
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Growth: reading a job and the first page of a tenant's list with a small and a large jobs
+table (many tenants), and the nightly archival of a large table (time, peak memory, and the
+API's p99 while it runs versus before it)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import threading
+import time
+import tracemalloc
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+import api
+from bench.harness import orchestrator_settings, percentile, report, servers
+from orchestrator.archival import Archiver
+from orchestrator.ids import new_job_id
+from orchestrator.models import Job, Tenant
+from orchestrator.runtime import Runtime
+
+TENANTS = 1000
+PROBE_TENANT = "t0"
+
+
+def fill(runtime: Runtime, total: int, finished_days_ago: float) -> None:
+    """Bring the jobs table up to `total` rows, spread over TENANTS tenants."""
+    with runtime.database.session() as session:
+        present = session.scalar(sa.select(sa.func.count()).select_from(Job)) or 0
+    now = datetime.now(UTC)
+    finished = now - timedelta(days=finished_days_ago)
+    batch: list[dict[str, Any]] = []
+    for index in range(present, total):
+        stamp = int((now - timedelta(seconds=total - index)).timestamp() * 1000)
+        job_id = new_job_id(now_ms=stamp)
+        batch.append(
+            {
+                "id": job_id,
+                "tenant_id": f"t{index % TENANTS}",
+                "type": "BENCH_NOOP",
+                "subject": None,
+                "input": {},
+                "status": "succeeded",
+                "priority": 0,
+                "queue": "default",
+                "attempt": 1,
+                "max_attempts": 3,
+                "pipeline_id": job_id,
+                "step_index": 0,
+                "created_at": finished,
+                "updated_at": finished,
+                "started_at": finished,
+                "finished_at": finished,
+                "requeues": 0,
+                "result": None,
+            }
+        )
+        if len(batch) == 10_000:
+            _insert(runtime, batch)
+            batch = []
+    if batch:
+        _insert(runtime, batch)
+    with runtime.database.transaction() as session:
+        session.execute(sa.text("ANALYZE"))  # fresh planner statistics, as autovacuum keeps
+
+
+def _insert(runtime: Runtime, rows: list[dict[str, Any]]) -> None:
+    with runtime.database.transaction() as session:
+        session.execute(sa.insert(Job), rows)
+
+
+def read_latencies(client: FlaskClient, runtime: Runtime, count: int) -> dict[str, float]:
+    with runtime.database.session() as session:
+        ids = list(
+            session.scalars(
+                sa.select(Job.id)
+                .where(Job.tenant_id == PROBE_TENANT)
+                .order_by(Job.id.desc())
+                .limit(200)
+            )
+        )
+    headers = {"X-Tenant-ID": PROBE_TENANT}
+    single, page = [], []
+    for _ in range(count):
+        started = time.perf_counter()
+        assert client.get(f"/v1/jobs/{random.choice(ids)}", headers=headers).status_code == 200
+        single.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        assert client.get("/v1/jobs?limit=50", headers=headers).status_code == 200
+        page.append((time.perf_counter() - started) * 1000)
+    return {
+        "get p50 ms": percentile(single, 0.5),
+        "get p99 ms": percentile(single, 0.99),
+        "page p50 ms": percentile(page, 0.5),
+        "page p99 ms": percentile(page, 0.99),
+    }
+
+
+def archival(client: FlaskClient, runtime: Runtime) -> dict[str, float]:
+    idle = read_latencies(client, runtime, 200)
+    during: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        headers = {"X-Tenant-ID": PROBE_TENANT}
+        while not done.is_set():
+            started = time.perf_counter()
+            client.get("/v1/jobs?limit=50", headers=headers)
+            during.append((time.perf_counter() - started) * 1000)
+
+    prober = threading.Thread(target=probe)
+    tracemalloc.start()
+    started = time.perf_counter()
+    prober.start()
+    report_ = Archiver(runtime.database, runtime.settings).run()
+    seconds = time.perf_counter() - started
+    done.set()
+    prober.join()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {
+        "archived": report_.total,
+        "seconds": seconds,
+        "peak traced MB": peak / 2**20,
+        "idle page p99 ms": idle["page p99 ms"],
+        "during page p99 ms": percentile(during, 0.99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--small", type=int, default=1_000)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--backends", default="postgresql")
+    parser.add_argument(
+        "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
+    )
+    args = parser.parse_args()
+    with servers(args.folder) as env:
+        for backend in args.backends.split(","):
+            settings = orchestrator_settings(
+                env.database_url(backend), env.redis_url(8), dispatch_mode="inline"
+            )
+            runtime = Runtime.build(settings)
+            with runtime.database.transaction() as session:
+                session.add_all(
+                    Tenant(id=f"t{i}", created_at=datetime.now(UTC)) for i in range(TENANTS)
+                )
+            client = api.create_app(runtime=runtime).test_client()
+            fill(runtime, args.small, finished_days_ago=400)
+            small = read_latencies(client, runtime, args.requests)
+            fill(runtime, args.large, finished_days_ago=400)
+            large = read_latencies(client, runtime, args.requests)
+            rows = [{"rows": args.small, **small}, {"rows": args.large, **large}]
+            ratios = {f"{key} ratio": large[key] / small[key] for key in small}
+            archive = archival(client, runtime)
+            report(
+                f"growth ({backend})",
+                rows,
+                {
+                    "backend": backend,
+                    "small": args.small,
+                    "large": args.large,
+                    **ratios,
+                    **{f"archival {k}": v for k, v in archive.items()},
+                    "archival p99 ratio": archive["during page p99 ms"]
+                    / archive["idle page p99 ms"],
+                },
+            )
+            runtime.database.dispose()
+
+
+if __name__ == "__main__":
+    main()

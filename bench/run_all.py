@@ -1,0 +1,35 @@
+"""`make bench`: every benchmark in turn (pass `--quick` for small sizes, a smoke run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+FULL = [
+    ["bench.throughput", "--jobs", "20000", "--rounds", "3"],
+    ["bench.api_create", "--seconds", "10", "--rounds", "3"],
+    ["bench.latency", "--jobs", "300"],
+    ["bench.growth", "--large", "1000000"],
+    ["bench.memory", "--large", "100000"],
+]
+QUICK = [
+    ["bench.throughput", "--jobs", "2000", "--rounds", "1"],
+    ["bench.api_create", "--seconds", "3", "--rounds", "1", "--batches", "3"],
+    ["bench.latency", "--jobs", "50"],
+    ["bench.growth", "--large", "50000", "--requests", "100"],
+    ["bench.memory", "--large", "10000"],
+]
+
+
+def main() -> int:
+    plan = QUICK if "--quick" in sys.argv else FULL
+    for module, *args in plan:
+        print(f"\n### python -m {module} {' '.join(args)}", flush=True)
+        code = subprocess.call([sys.executable, "-m", module, *args])
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

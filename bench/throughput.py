@@ -1,0 +1,155 @@
+"""Worker throughput: drain N pre-created no-op jobs with `prefork -c 2`.
+
+Three contenders, each with late acks and prefetch 1, in every round:
+- orchestrator: jobs recorded in the database, dispatched to Redis, claimed, fenced, recorded;
+- raw Celery: N no-op tasks, no result backend;
+- Celery + SQLAlchemy result backend (`result_extended`): how people keep task state in a
+  database today.
+The clock starts when an idle, warmed-up worker is told to consume the queue, and stops when
+the last job is done. Ratios are taken within each round; medians across rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+from celery import Celery
+
+from bench.harness import (
+    Servers,
+    celery_worker,
+    median,
+    orchestrator_settings,
+    report,
+    servers,
+    settings_env,
+    wait_ping,
+)
+from orchestrator.dispatch.celery import create_celery_app
+from orchestrator.models import Job
+from orchestrator.runtime import Runtime
+from orchestrator.service import NewJob
+
+CHUNK = 1000
+
+
+def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> float:
+    settings = orchestrator_settings(env.database_url(backend), env.redis_url(1))
+    runtime = Runtime.build(settings)
+    for start in range(0, jobs, CHUNK):
+        runtime.service.create_batch(
+            [
+                NewJob(tenant_id=f"t{i % 50}", type="BENCH_NOOP")
+                for i in range(start, min(start + CHUNK, jobs))
+            ]
+        )
+    node = f"orch-{uuid.uuid4().hex[:6]}@bench"
+    worker = celery_worker("tasks.worker", settings_env(settings), folder / "orch.log", node)
+    app = create_celery_app(settings)
+    try:
+        wait_ping(app, node)
+        started = time.perf_counter()
+        app.control.add_consumer("default", destination=[node], reply=True)
+        _wait(lambda: _succeeded(runtime) >= jobs)
+        return jobs / (time.perf_counter() - started)
+    finally:
+        worker.stop()
+        runtime.database.dispose()
+
+
+def raw_rate(env: Servers, jobs: int, folder: Path, backend_url: str | None) -> float:
+    broker = env.redis_url(2)
+    os.environ["BENCH_BROKER"] = broker  # the app module reads it at import
+    app = Celery("rawbench", broker=broker)
+    counter = redis.Redis.from_url(broker)
+    with app.producer_or_acquire() as producer:
+        for _ in range(jobs):
+            app.send_task("raw.noop", producer=producer)
+    node = f"raw-{uuid.uuid4().hex[:6]}@bench"
+    env_vars = {
+        **os.environ,
+        "BENCH_BROKER": broker,
+        "BENCH_COUNT": "1",
+        "BENCH_BACKEND": backend_url or "",
+    }
+    worker = celery_worker("bench.rawcelery", env_vars, folder / "raw.log", node)
+    try:
+        wait_ping(app, node)
+        started = time.perf_counter()
+        app.control.add_consumer("celery", destination=[node], reply=True)
+        _wait(lambda: int(counter.get("bench:raw:done") or 0) >= jobs)
+        return jobs / (time.perf_counter() - started)
+    finally:
+        worker.stop()
+
+
+def _succeeded(runtime: Runtime) -> int:
+    with runtime.database.session() as session:
+        return (
+            session.scalar(
+                sa.select(sa.func.count()).select_from(Job).where(Job.status == "succeeded")
+            )
+            or 0
+        )
+
+
+def _wait(done: object, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish")
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", default="postgresql,sqlite")
+    parser.add_argument(
+        "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
+    )
+    args = parser.parse_args()
+    with servers(args.folder) as env:
+        for backend in args.backends.split(","):
+            rows = []
+            for number in range(1, args.rounds + 1):
+                db_backend = f"db+{env.database_url(backend)}"
+                raw = raw_rate(env, args.jobs, args.folder, None)
+                raw_db = raw_rate(env, args.jobs, args.folder, db_backend)
+                ours = orchestrator_rate(env, backend, args.jobs, args.folder)
+                rows.append(
+                    {
+                        "round": number,
+                        "orchestrator/s": ours,
+                        "raw celery/s": raw,
+                        "celery+db backend/s": raw_db,
+                        "vs raw": ours / raw,
+                        "vs db backend": ours / raw_db,
+                    }
+                )
+            report(
+                f"worker throughput ({backend}, {args.jobs} jobs, prefork -c 2)",
+                rows,
+                {
+                    "backend": backend,
+                    "jobs": args.jobs,
+                    "rounds": args.rounds,
+                    "orchestrator_per_s": median([r["orchestrator/s"] for r in rows]),
+                    "raw_per_s": median([r["raw celery/s"] for r in rows]),
+                    "db_backend_per_s": median([r["celery+db backend/s"] for r in rows]),
+                    "ratio_vs_raw": median([r["vs raw"] for r in rows]),
+                    "ratio_vs_db_backend": median([r["vs db backend"] for r in rows]),
+                },
+            )
+
+
+if __name__ == "__main__":
+    main()
