@@ -1,4 +1,5 @@
-"""`GET /metrics` in Prometheus' text format (service credentials outside development)."""
+"""`GET /metrics` in Prometheus' text format, for callers with the service credentials
+(`X-Service-Auth`, or the secret as a bearer token; `dev-secret` under `make run`)."""
 
 from __future__ import annotations
 

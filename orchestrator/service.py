@@ -164,7 +164,10 @@ class JobService:
             for tenant_id in {request.tenant_id for request in requests}:
                 self._remember_tenant(session, tenant_id, now)
             transitions.insert_pipeline(session, [s for steps in pipelines for s in steps], now)
-        log.info("%d jobs created in a batch", len(pipelines), extra={"action": "created"})
+        if log.isEnabledFor(logging.INFO):  # one line per job, so a grep finds each one
+            for steps in pipelines:
+                for step in steps:
+                    log.info("job created (batch)", extra={**_ids(step), "action": "created"})
         self.send_many([steps for steps in pipelines if steps[0].run_at is None])
         return [JobDetails(job=steps[0], steps=steps) for steps in pipelines]
 
