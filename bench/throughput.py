@@ -50,6 +50,10 @@ def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> fl
                 for i in range(start, min(start + CHUNK, jobs))
             ]
         )
+    # Planner statistics, as autovacuum would have them on a live system: without them
+    # PostgreSQL may read the claim through the status index instead of the primary key.
+    with runtime.database.transaction() as session:
+        session.execute(sa.text("ANALYZE jobs"))
     node = f"orch-{uuid.uuid4().hex[:6]}@bench"
     worker = celery_worker("tasks.worker", settings_env(settings), folder / "orch.log", node)
     app = create_celery_app(settings)
