@@ -11,6 +11,7 @@ FULL = [
     ["bench.latency", "--jobs", "300"],
     ["bench.growth", "--large", "1000000"],
     ["bench.memory", "--large", "100000"],
+    ["bench.fairness", "--flood", "5000"],
 ]
 QUICK = [
     ["bench.throughput", "--jobs", "2000", "--rounds", "1"],
@@ -18,6 +19,7 @@ QUICK = [
     ["bench.latency", "--jobs", "50"],
     ["bench.growth", "--large", "50000", "--requests", "100"],
     ["bench.memory", "--large", "10000"],
+    ["bench.fairness", "--flood", "500"],
 ]
 
 

@@ -128,27 +128,43 @@ class Runner:
     def _claim(self, job_id: str, delivery: dict[str, Any] | None) -> Claimed | Skipped:
         now = self.clock()
         with self.database.transaction() as session:
-            existing = session.get(Job, job_id)
-            if existing is None:
-                return Skipped(f"unknown job {job_id}")
-            job_type = self.registry.get(existing.type)
-            if self._over_limit(session, existing, now):
-                return Skipped("tenant at its running limit; the job waits its turn")
-            job = transitions.claim(
-                session,
-                existing,
-                worker=self.worker,
-                now=now,
-                lease_seconds=self.settings.lease_seconds,
-                delivery=delivery,
+            seen = None
+            if self.settings.tenant_max_running:  # the limit needs the row before claiming
+                seen = session.get(Job, job_id)
+                if seen is not None and self._over_limit(session, seen, now):
+                    return Skipped("tenant at its running limit; the job waits its turn")
+            job = (
+                None
+                if (self.settings.tenant_max_running and seen is None)
+                else (
+                    transitions.claim(
+                        session,
+                        job_id,
+                        worker=self.worker,
+                        now=now,
+                        lease_seconds=self.settings.lease_seconds,
+                        delivery=delivery,
+                        seen=seen,
+                    )
+                )
             )
             if job is None:
-                reason = f"duplicate delivery skipped (status {existing.status})"
-                transitions.note_skipped_delivery(session, existing, reason, now, delivery)
-                log.info(reason, extra={**_log_extra(existing), "action": "skipped"})
-                return Skipped(reason)
+                return self._skip(session, job_id, now, delivery)
             upstream = session.get(Job, job.parent_id) if job.parent_id else None
+            job_type = self.registry.get(job.type)
             return Claimed(job, job_type, upstream.result if upstream else None)
+
+    def _skip(
+        self, session: Session, job_id: str, now: datetime, delivery: dict[str, Any] | None
+    ) -> Skipped:
+        """A delivery that could not claim: note why in the job's events (if it exists)."""
+        existing = session.get(Job, job_id, populate_existing=True)
+        if existing is None:
+            return Skipped(f"unknown job {job_id}")
+        reason = f"duplicate delivery skipped (status {existing.status})"
+        transitions.note_skipped_delivery(session, existing, reason, now, delivery)
+        log.info(reason, extra={**_log_extra(existing), "action": "skipped"})
+        return Skipped(reason)
 
     def _over_limit(self, session: Session, job: Job, now: datetime) -> bool:
         """Per-tenant fairness: a job of a tenant at `ORCH_TENANT_MAX_RUNNING` is parked."""

@@ -95,10 +95,27 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
     """Record a new pipeline: the first step `queued`, the ones after it `waiting`."""
     for step in steps:
         assert step.status in (JobStatus.QUEUED, JobStatus.WAITING)
-    session.add_all(steps)
-    session.flush()
-    session.add_all(
-        _event(s.id, s.tenant_id, 0, now, target=s.status, message="created") for s in steps
+    # Core multi-row INSERTs (parents before children): a batch of a thousand jobs is a few
+    # statements, not a unit-of-work flush per object. The Job objects stay as built.
+    columns = [column.key for column in Job.__table__.columns]
+    session.execute(sa.insert(Job), [{key: getattr(s, key) for key in columns} for s in steps])
+    session.execute(
+        sa.insert(JobEvent),
+        [
+            {
+                "job_id": s.id,
+                "tenant_id": s.tenant_id,
+                "attempt": 0,
+                "at": now,
+                "kind": "transition",
+                "from_status": None,
+                "to_status": s.status,
+                "level": None,
+                "message": "created",
+                "data": None,
+            }
+            for s in steps
+        ],
     )
     for step in steps:
         metrics.count(session, "created", step.type)
@@ -106,60 +123,82 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
 
 def claim(
     session: Session,
-    job: Job,
+    job_id: str,
     *,
     worker: str,
     lease_seconds: float,
     now: datetime,
     delivery: dict[str, Any] | None = None,
+    seen: Job | None = None,
 ) -> Job | None:
-    """Start a new attempt of `job` (as just read) if it is claimable and due; `None` for
-    a duplicate delivery.
+    """Start a new attempt if the job is claimable and due; `None` for a duplicate delivery.
 
-    The UPDATE bumps `attempt` and matches on the status and attempt read, so of two
-    concurrent deliveries exactly one wins; RETURNING hands back the claimed row in the
-    same round trip.
+    One conditional UPDATE per source state bumps `attempt` and hands back the row
+    (RETURNING): of concurrent deliveries exactly one wins, and the usual case (a queued
+    job) takes one round trip. `seen`, a row the caller already read, narrows it to that
+    row's state and attempt.
     """
     _check(CLAIMABLE, JobStatus.RUNNING)
-    job_id = job.id
-    if job.status not in CLAIMABLE or job.archived_at is not None:
-        return None
-    if job.run_at is not None and job.run_at > now + CLOCK_SKEW:
-        return None
-    source, attempt = job.status, job.attempt + 1
-    due = job.run_at or job.updated_at  # when it became ready to run
-    claimed: Job | None = session.scalar(
+    sources = [seen.status] if seen is not None else [JobStatus.QUEUED, JobStatus.RETRYING]
+    for source in sources:
+        where = [
+            Job.id == job_id,
+            Job.status == source,
+            Job.archived_at.is_(None),
+            sa.or_(Job.run_at.is_(None), Job.run_at <= now + CLOCK_SKEW),
+        ]
+        if seen is not None:
+            where.append(Job.attempt == seen.attempt)
+        job = _claim_row(session, where, worker=worker, lease_seconds=lease_seconds, now=now)
+        if job is not None:
+            metrics.count(session, "started", job.type, _waited(job, now))
+            session.add(
+                _event(
+                    job_id,
+                    job.tenant_id,
+                    job.attempt,
+                    now,
+                    source=source,
+                    target=JobStatus.RUNNING,
+                    data={"worker": worker, **({"delivery": delivery} if delivery else {})},
+                )
+            )
+            return job
+    return None
+
+
+def _claim_row(
+    session: Session,
+    where: Sequence[sa.ColumnElement[bool]],
+    *,
+    worker: str,
+    lease_seconds: float,
+    now: datetime,
+) -> Job | None:
+    job: Job | None = session.scalar(
         sa.update(Job)
-        .where(Job.id == job_id, Job.status == source, Job.attempt == job.attempt)
+        .where(*where)
         .values(
             status=JobStatus.RUNNING,
-            attempt=attempt,
+            attempt=Job.attempt + 1,
             worker=worker,
             started_at=now,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
-            run_at=None,
+            # run_at stays: when the job was due (queue wait, and the API's runAt).
             dispatch_due_at=None,
-            dispatched_at=job.dispatched_at or now,
+            dispatched_at=sa.func.coalesce(Job.dispatched_at, now),
             updated_at=now,
         )
         .returning(Job),
         execution_options={"populate_existing": True},
     )
-    if claimed is None:
-        return None
-    metrics.count(session, "started", job.type, max((now - due).total_seconds(), 0.0))
-    session.add(
-        _event(
-            job_id,
-            job.tenant_id,
-            attempt,
-            now,
-            source=source,
-            target=JobStatus.RUNNING,
-            data={"worker": worker, **({"delivery": delivery} if delivery else {})},
-        )
-    )
-    return claimed
+    return job
+
+
+def _waited(job: Job, now: datetime) -> float:
+    """Queue wait: from when the job was due (its run_at, else its last change) to now."""
+    due = job.run_at or job.created_at
+    return max((now - due).total_seconds(), 0.0)
 
 
 def tenant_at_limit(session: Session, tenant_id: str, limit: int) -> bool:
@@ -584,7 +623,7 @@ def requeue(
         max_attempts=job.attempt + extra_attempts,
         requeues=Job.requeues + 1,
         finished_at=None,
-        run_at=None,
+        run_at=now,  # due now: queue-wait metrics count from here
         cancel_requested_at=None,
         dispatch_due_at=dispatch_due,
         updated_at=now,
@@ -661,6 +700,7 @@ def _release_next_step(session: Session, run: Attempt, now: datetime, due: datet
         (Job.id == nxt.id, Job.status == JobStatus.WAITING),
         status=JobStatus.QUEUED,
         updated_at=now,
+        run_at=now,  # due now that its upstream is done
         dispatch_due_at=due,
         dispatched_at=None,
     ):
