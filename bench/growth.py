@@ -5,27 +5,32 @@ API's p99 while it runs versus before it)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import random
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 import api
-from bench.harness import orchestrator_settings, percentile, report, servers
-from orchestrator.archival import Archiver
+from bench.harness import ROOT, orchestrator_settings, percentile, report, servers, settings_env
 from orchestrator.ids import new_job_id
 from orchestrator.models import Job, Tenant
 from orchestrator.runtime import Runtime
 
+CLI = str(Path(sys.executable).with_name("orchestrator"))
 TENANTS = 1000
 PROBE_TENANT = "t0"
+PROBE_JOBS = 100
 
 
 def fill(runtime: Runtime, total: int, finished_days_ago: float) -> None:
@@ -41,7 +46,8 @@ def fill(runtime: Runtime, total: int, finished_days_ago: float) -> None:
         batch.append(
             {
                 "id": job_id,
-                "tenant_id": f"t{index % TENANTS}",
+                # The probe tenant's first page is full at every size: like for like.
+                "tenant_id": PROBE_TENANT if index < PROBE_JOBS else f"t{index % TENANTS}",
                 "type": "BENCH_NOOP",
                 "subject": None,
                 "input": {},
@@ -101,7 +107,9 @@ def read_latencies(client: FlaskClient, runtime: Runtime, count: int) -> dict[st
     }
 
 
-def archival(client: FlaskClient, runtime: Runtime) -> dict[str, float]:
+def archival(client: FlaskClient, runtime: Runtime, env: dict[str, str]) -> dict[str, float]:
+    """The CLI's archival in its own process (as a worker would run it), while this process
+    reads the API: the API's p99 during the run versus before it, and the run's peak RSS."""
     idle = read_latencies(client, runtime, 200)
     during: list[float] = []
     done = threading.Event()
@@ -114,19 +122,29 @@ def archival(client: FlaskClient, runtime: Runtime) -> dict[str, float]:
             during.append((time.perf_counter() - started) * 1000)
 
     prober = threading.Thread(target=probe)
-    tracemalloc.start()
-    started = time.perf_counter()
     prober.start()
-    report_ = Archiver(runtime.database, runtime.settings).run()
+    started = time.perf_counter()
+    archive = subprocess.Popen(
+        [CLI, "maintenance", "archive", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    watched = psutil.Process(archive.pid)
+    peak = 0
+    while archive.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, watched.memory_info().rss)
+        time.sleep(0.05)
     seconds = time.perf_counter() - started
     done.set()
     prober.join()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    output = json.loads((archive.stdout.read() if archive.stdout else b"") or b"{}")
     return {
-        "archived": report_.total,
+        "archived": output.get("archived", -1),
         "seconds": seconds,
-        "peak traced MB": peak / 2**20,
+        "peak RSS MB": peak / 2**20,
         "idle page p99 ms": idle["page p99 ms"],
         "during page p99 ms": percentile(during, 0.99),
     }
@@ -159,7 +177,7 @@ def main() -> None:
             large = read_latencies(client, runtime, args.requests)
             rows = [{"rows": args.small, **small}, {"rows": args.large, **large}]
             ratios = {f"{key} ratio": large[key] / small[key] for key in small}
-            archive = archival(client, runtime)
+            archive = archival(client, runtime, settings_env(settings))
             report(
                 f"growth ({backend})",
                 rows,
