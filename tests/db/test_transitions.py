@@ -51,9 +51,7 @@ def _pipeline(service: JobService, tenant: str = "t1") -> list[Job]:
 
 def _claim(database: Database, job_id: str, worker: str = "w1") -> Job | None:
     with database.transaction() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return transitions.claim(session, job, worker=worker, lease_seconds=60, now=utcnow())
+        return transitions.claim(session, job_id, worker=worker, lease_seconds=60, now=utcnow())
 
 
 def _status(database: Database, job_id: str) -> tuple[JobStatus, int]:
