@@ -87,17 +87,7 @@ class Maintenance:
             return
         stale = now - timedelta(seconds=self.settings.lease_seconds)
         with self.database.transaction() as session:
-            session.execute(
-                sa.update(Job)
-                .where(
-                    Job.status.in_(CLAIMABLE),
-                    Job.dispatch_due_at.is_(None),
-                    Job.archived_at.is_(None),
-                    Job.updated_at < stale,
-                )
-                .values(dispatch_due_at=now, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
+            transitions.unpark_stale(session, stale, now)
 
     def _take(self, job_id: str, seen_due: datetime, now: datetime) -> list[Step]:
         """Reserve the entry, and collect the job with the waiting steps after it."""

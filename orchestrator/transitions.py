@@ -228,6 +228,22 @@ def defer(session: Session, job: Job, now: datetime) -> bool:
     )
 
 
+def unpark_stale(session: Session, older_than: datetime, now: datetime) -> None:
+    """Give parked jobs whose release went missing (a crash) their outbox entry back; a
+    tenant still at its limit parks them again on delivery."""
+    session.execute(
+        sa.update(Job)
+        .where(
+            Job.status.in_(CLAIMABLE),
+            Job.dispatch_due_at.is_(None),
+            Job.archived_at.is_(None),
+            Job.updated_at < older_than,
+        )
+        .values(dispatch_due_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def release_deferred(session: Session, tenant_id: str, now: datetime, count: int = 1) -> int:
     """Give the tenant's oldest parked jobs their outbox entry back, due now."""
     parked = (
@@ -340,18 +356,41 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
     _check([JobStatus.WAITING], JobStatus.CANCELLED)
     job = session.get(Job, job_id)
     assert job is not None
-    for step in later_steps(session, job, JobStatus.WAITING):
+    _move_later_steps(
+        session,
+        job,
+        JobStatus.WAITING,
+        JobStatus.CANCELLED,
+        now,
+        message=reason,
+        finished_at=now,
+        dispatch_due_at=None,
+    )
+
+
+def _move_later_steps(
+    session: Session,
+    job: Job,
+    source: JobStatus,
+    target: JobStatus,
+    now: datetime,
+    *,
+    message: str,
+    **values: Any,
+) -> list[Job]:
+    """Move the steps after `job` that are in `source` to `target`, each with its event."""
+    moved = []
+    for step in later_steps(session, job, source):
         if _update(
             session,
-            (Job.id == step.id, Job.status == JobStatus.WAITING),
-            status=JobStatus.CANCELLED,
-            finished_at=now,
+            (Job.id == step.id, Job.status == source),
+            status=target,
             updated_at=now,
-            dispatch_due_at=None,
+            **values,
         ):
-            _note(
-                session, _run_of(step), now, JobStatus.WAITING, JobStatus.CANCELLED, message=reason
-            )
+            _note(session, _run_of(step), now, source, target, message=message)
+            moved.append(step)
+    return moved
 
 
 def later_steps(session: Session, job: Job, status: JobStatus) -> list[Job]:
@@ -637,24 +676,16 @@ def requeue(
         JobStatus.QUEUED,
         message="retried by request",
     )
-    later = later_steps(session, job, JobStatus.CANCELLED)
-    for step in later:
-        if _update(
-            session,
-            (Job.id == step.id, Job.status == JobStatus.CANCELLED),
-            status=JobStatus.WAITING,
-            finished_at=None,
-            cancel_requested_at=None,
-            updated_at=now,
-        ):
-            _note(
-                session,
-                _run_of(step),
-                now,
-                JobStatus.CANCELLED,
-                JobStatus.WAITING,
-                message=f"upstream {job.id} retried",
-            )
+    later = _move_later_steps(
+        session,
+        job,
+        JobStatus.CANCELLED,
+        JobStatus.WAITING,
+        now,
+        message=f"upstream {job.id} retried",
+        finished_at=None,
+        cancel_requested_at=None,
+    )
     session.flush()
     steps = [job, *later]
     for step in steps:

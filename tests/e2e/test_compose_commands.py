@@ -30,11 +30,11 @@ import psycopg
 import pytest
 import requests
 from psycopg import sql
-from ruamel.yaml import YAML
 
 from orchestrator.dispatch.celery import create_celery_app
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.settings import load_settings
+from tests.compose import argv_of, interpolate_all, load_compose
 from tests.servers import SUPERUSER, PostgresServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,44 +47,9 @@ SECRETS = {"ORCH_SERVICE_AUTH_SECRET": "x" * 32, "ORCH_FLOWER_BASIC_AUTH": "ops:
 HOST_ONLY = re.compile(r"^(ORCH_.*|PORT|FLOWER_.*|PROMETHEUS_MULTIPROC_DIR|CELERY_.*)$")
 
 
-def interpolate(value: str, variables: dict[str, str]) -> str:
-    """Compose's interpolation: `$$` is `$`; `${VAR}`, `${VAR:?msg}`, `${VAR:-x}`, `$VAR`."""
-    pattern = re.compile(
-        r"\$\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-        r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
-    )
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("braced") or match.group("bare")
-        op, arg = match.group("op") or "", match.group("arg") or ""
-        value = variables.get(name)
-        unset = value is None or (op.startswith(":") and value == "")
-        if op.endswith("?") and unset:
-            raise AssertionError(f"compose needs {name}: {arg}")
-        if op.endswith("-") and unset:
-            return arg
-        if op.endswith("+"):
-            return "" if unset else arg
-        return value or ""
-
-    return pattern.sub(replace, value)
-
-
-def interpolate_all(node: Any, variables: dict[str, str]) -> Any:
-    if isinstance(node, str):
-        return interpolate(node, variables)
-    if isinstance(node, list):
-        return [interpolate_all(item, variables) for item in node]
-    if isinstance(node, dict):
-        return {key: interpolate_all(value, variables) for key, value in node.items()}
-    return node
-
-
-def load_compose() -> dict[str, Any]:
-    data = YAML(typ="safe", pure=True).load((ROOT / "docker-compose.yml").read_text())
-    return interpolate_all(data, SECRETS)  # type: ignore[no-any-return]
+def compose_with_secrets() -> dict[str, Any]:
+    result: dict[str, Any] = interpolate_all(load_compose(), SECRETS)
+    return result
 
 
 def dockerfile_environment() -> dict[str, str]:
@@ -117,10 +82,6 @@ def image_folders(state_dir: Path) -> list[Path]:
                     if path == image_state or image_state in path.parents:
                         folders.append(state_dir / path.relative_to(image_state))
     return folders
-
-
-def argv_of(command: str | list[str]) -> list[str]:
-    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
 
 
 def seconds(duration: str) -> float:
@@ -266,7 +227,7 @@ def deployment(
     postgres_server: PostgresServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    compose = load_compose()
+    compose = compose_with_secrets()
     workdir = tmp_path_factory.mktemp("compose")
     shared = compose["services"]["migrate"]["environment"]
     database = re.fullmatch(

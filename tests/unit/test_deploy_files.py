@@ -19,14 +19,13 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
-from ruamel.yaml import YAML
 
 from orchestrator import processes
 from orchestrator.cli import main
 from orchestrator.settings import Settings, load_settings
+from tests.compose import COMPOSE_FILE, argv_of, interpolate, load_compose
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROCFILE = ROOT / "Procfile"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -45,39 +44,6 @@ INTERPOLATION_VALUES = {
 # --- helpers ----------------------------------------------------------------------------
 
 
-def load_compose() -> dict[str, Any]:
-    """The compose file with anchors and merge keys (`<<:`) resolved."""
-    data = YAML(typ="safe", pure=True).load(COMPOSE_FILE.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def interpolate(value: str, variables: dict[str, str]) -> str:
-    """Compose's interpolation: `$$` is a literal `$`; `${VAR}`, `${VAR:?msg}`,
-    `${VAR:-default}` and `$VAR` take the variable's value."""
-    pattern = re.compile(
-        r"\$\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-        r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
-    )
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("braced") or match.group("bare")
-        op, arg = match.group("op") or "", match.group("arg") or ""
-        value = variables.get(name)
-        unset = value is None or (op.startswith(":") and value == "")
-        if op.endswith("?") and unset:
-            raise AssertionError(f"compose needs {name}: {arg}")
-        if op.endswith("-") and unset:
-            return arg
-        if op.endswith("+"):
-            return "" if unset else arg
-        return value or ""
-
-    return pattern.sub(replace, value)
-
-
 def service_environment(service: dict[str, Any]) -> dict[str, str]:
     environment = service.get("environment") or {}
     if isinstance(environment, list):
@@ -85,10 +51,6 @@ def service_environment(service: dict[str, Any]) -> dict[str, str]:
             item.split("=", 1) if "=" in item else (item, "") for item in environment
         )
     return {str(k): "" if v is None else str(v) for k, v in environment.items()}
-
-
-def argv_of(command: str | list[str]) -> list[str]:
-    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
 
 
 def depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
