@@ -25,8 +25,13 @@ def limited(
     database_url = f"sqlite:///{folder / 'fair.db'}"
     migrate.upgrade(database_url)
     redis_url = f"{redis_server.url.rsplit('/', 1)[0]}/11"
+    # A slow refill (one token per 10 s), so no token comes back while the test runs.
     settings = stack_settings(
-        database_url, redis_url, tenant_max_running=1, tenant_create_rate=5, tenant_create_burst=10
+        database_url,
+        redis_url,
+        tenant_max_running=1,
+        tenant_create_rate=0.1,
+        tenant_create_burst=10,
     )
     stack = Stack.build(settings, folder)
     yield stack.start()
