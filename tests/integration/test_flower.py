@@ -31,11 +31,13 @@ def test_flower_sees_the_worker_and_a_finished_pipeline(
     try:
         _wait_until_up(f"{base}/api/workers", flower)
         assert requests.get(f"{base}/api/workers", timeout=5).status_code == 401
+        # Flower knows a task's name from its "received" event: wait until it is connected
+        # to the broker (it lists the worker) before any task of ours is sent.
+        workers = _workers_seen(base, stack.worker.nodename)
         created = stack.create(tenant, {"type": "TEST_FLAKY"})
         report_id = stack.wait_for(tenant, created["id"])["pipeline"]["steps"][1]["id"]
         stack.wait_for(tenant, report_id)
         tasks = _tasks_seen(base, {created["id"], report_id})
-        workers = requests.get(f"{base}/api/workers?refresh=1", auth=AUTH, timeout=20).json()
     finally:
         flower.stop()
     assert stack.worker.nodename in workers
@@ -54,6 +56,15 @@ def _wait_until_up(url: str, flower: Worker, timeout: float = 30) -> None:
         except requests.RequestException:
             time.sleep(0.2)
     raise AssertionError(f"flower did not start:\n{flower.log_tail()}")
+
+
+def _workers_seen(base: str, node: str, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    workers: dict[str, object] = {}
+    while time.monotonic() < deadline and node not in workers:
+        workers = requests.get(f"{base}/api/workers?refresh=1", auth=AUTH, timeout=20).json()
+    time.sleep(1)  # the event receiver starts beside the inspector
+    return workers
 
 
 def _tasks_seen(base: str, job_ids: set[str], timeout: float = 20) -> dict[str, dict[str, str]]:
