@@ -23,10 +23,12 @@ timezone = "UTC"
 enable_utc = True
 
 task_default_queue = "default"
-# Task events and sent events feed Flower's view of every task.
-worker_send_task_events = True
-task_send_sent_event = True
-task_track_started = True
+# Task events feed Flower's view of every task. They cost the worker a publish per task
+# state, so they are off until a monitor asks: Flower switches them on in every worker
+# while it runs (its `enable_events` option, on by default), and `celery control
+# enable_events` does the same by hand.
+worker_send_task_events = False
+task_send_sent_event = False
 
 broker_connection_retry_on_startup = True
 # A web request must not hang on a dead broker: fail fast and let the outbox sweeper resend.

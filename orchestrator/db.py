@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,15 +12,22 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import metrics
 from orchestrator.settings import Settings
 
+T = TypeVar("T")
+
 
 class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.engine = create_engine(url, echo=echo)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # Metrics count only what committed (see orchestrator.metrics).
-        sa.event.listen(self._sessions, "after_commit", metrics.apply_pending)
-        sa.event.listen(self._sessions, "after_rollback", metrics.drop_pending)
+        self._sessions = _sessions(self.engine)
+        self._autocommit: sa.Engine | None = None
+        self._statement_sessions = self._sessions
+        if not url.startswith("sqlite"):
+            # Its own small pool: no pre-ping, and no BEGIN or COMMIT to send.
+            self._autocommit = sa.create_engine(
+                url, echo=echo, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=4
+            )
+            self._statement_sessions = _sessions(self._autocommit)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -38,9 +45,36 @@ class Database:
     def session(self) -> Session:
         return self._sessions()
 
+    def statement(self, work: Callable[[Session], T]) -> T:
+        """Run `work`, which must be atomic by itself: one statement on PostgreSQL, where it
+        runs in autocommit (its own transaction, without the round trips of BEGIN, COMMIT
+        and a pre-ping); on SQLite a transaction like any other.
+
+        This is the workers' hot path (a claim, a success). A connection the server dropped
+        fails the statement and leaves the pool; the work then runs once more on a new one.
+        """
+        for retry in (False, True):
+            try:
+                with self._statement_sessions() as session, session.begin():
+                    return work(session)
+            except sa.exc.DBAPIError as exc:
+                if retry or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
     def dispose(self) -> None:
         """Drop pooled connections (after a fork, or at shutdown)."""
         self.engine.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()
+
+
+def _sessions(engine: sa.Engine) -> sessionmaker[Session]:
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    # Metrics count only what committed (see orchestrator.metrics).
+    sa.event.listen(sessions, "after_commit", metrics.apply_pending)
+    sa.event.listen(sessions, "after_rollback", metrics.drop_pending)
+    return sessions
 
 
 def create_engine(url: str, *, echo: bool = False) -> sa.Engine:

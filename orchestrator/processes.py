@@ -57,7 +57,6 @@ def worker(settings: Settings) -> list[str]:
         f"--loglevel={settings.log_level}",
         f"--concurrency={settings.worker_concurrency}",
         f"--queues={','.join(settings.worker_queues)}",
-        "--task-events",
         "--without-gossip",
         "--without-mingle",
     ]

@@ -127,32 +127,50 @@ class Runner:
 
     def _claim(self, job_id: str, delivery: dict[str, Any] | None) -> Claimed | Skipped:
         now = self.clock()
-        with self.database.transaction() as session:
-            seen = None
-            if self.settings.tenant_max_running:  # the limit needs the row before claiming
-                seen = session.get(Job, job_id)
-                if seen is not None and self._over_limit(session, seen, now):
-                    return Skipped("tenant at its running limit; the job waits its turn")
-            job = (
-                None
-                if (self.settings.tenant_max_running and seen is None)
-                else (
-                    transitions.claim(
-                        session,
-                        job_id,
-                        worker=self.worker,
-                        now=now,
-                        lease_seconds=self.settings.lease_seconds,
-                        delivery=delivery,
-                        seen=seen,
-                    )
-                )
+        if self.settings.tenant_max_running:
+            return self._claim_within_limit(job_id, delivery, now)
+        started = self.database.statement(
+            lambda session: transitions.claim(
+                session,
+                job_id,
+                worker=self.worker,
+                now=now,
+                lease_seconds=self.settings.lease_seconds,
+                delivery=delivery,
             )
-            if job is None:
+        )
+        if started is None:
+            with self.database.transaction() as session:
                 return self._skip(session, job_id, now, delivery)
-            upstream = session.get(Job, job.parent_id) if job.parent_id else None
-            job_type = self.registry.get(job.type)
-            return Claimed(job, job_type, upstream.result if upstream else None)
+        return self._claimed(started)
+
+    def _claim_within_limit(
+        self, job_id: str, delivery: dict[str, Any] | None, now: datetime
+    ) -> Claimed | Skipped:
+        """The claim under a per-tenant running limit, which needs the row before claiming
+        (and, on PostgreSQL, the tenant's lock), so it is a transaction of its own."""
+        with self.database.transaction() as session:
+            seen = session.get(Job, job_id)
+            if seen is None:
+                return self._skip(session, job_id, now, delivery)
+            if self._over_limit(session, seen, now):
+                return Skipped("tenant at its running limit; the job waits its turn")
+            started = transitions.claim(
+                session,
+                job_id,
+                worker=self.worker,
+                now=now,
+                lease_seconds=self.settings.lease_seconds,
+                delivery=delivery,
+                seen=seen,
+            )
+            if started is None:
+                return self._skip(session, job_id, now, delivery)
+            return self._claimed(started)
+
+    def _claimed(self, started: transitions.Started) -> Claimed:
+        job = started.job
+        return Claimed(job, self.registry.get(job.type), started.upstream_result)
 
     def _skip(
         self, session: Session, job_id: str, now: datetime, delivery: dict[str, Any] | None
@@ -210,6 +228,18 @@ class Runner:
 
     def _record(self, claimed: Claimed, outcome: Outcome) -> bool:
         run, now = claimed.run, self.clock()
+        if isinstance(outcome, Succeeded) and not self.settings.tenant_max_running:
+            # The common case, one statement (see Database.statement).
+            return self.database.statement(
+                lambda session: transitions.succeed(
+                    session,
+                    run,
+                    outcome.result,
+                    now,
+                    next_due=now + self._grace,
+                    has_next=claimed.job_type.then is not None,
+                )
+            )
         with self.database.transaction() as session:
             if self.settings.tenant_max_running:
                 # This run's slot frees up: the tenant's oldest parked job may go.

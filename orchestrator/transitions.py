@@ -4,6 +4,9 @@ This is the only module that writes `jobs.status`. Each function runs inside the
 transaction, checks its row count, and records an event row beside the change, so the
 event log and the job row can never disagree.
 
+The two transitions on every job's path, a claim and a success, run prebuilt statements
+from `orchestrator.statements` (on PostgreSQL a single statement each, events included).
+
 Writes made on behalf of a running attempt are fenced: they match on `attempt` as well as
 `status`, so a worker whose lease was taken over cannot overwrite the newer attempt.
 """
@@ -19,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator import metrics
+from orchestrator import metrics, statements
 from orchestrator.models import Job, JobEvent
 from orchestrator.states import ALLOWED, CLAIMABLE, JobStatus
 
@@ -121,6 +124,14 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
         metrics.count(session, "created", step.type)
 
 
+@dataclass(frozen=True)
+class Started:
+    """A claimed job, and the result of the pipeline step before it (its input too)."""
+
+    job: Job
+    upstream_result: Any
+
+
 def claim(
     session: Session,
     job_id: str,
@@ -130,69 +141,73 @@ def claim(
     now: datetime,
     delivery: dict[str, Any] | None = None,
     seen: Job | None = None,
-) -> Job | None:
+) -> Started | None:
     """Start a new attempt if the job is claimable and due; `None` for a duplicate delivery.
 
     One conditional UPDATE per source state bumps `attempt` and hands back the row
     (RETURNING): of concurrent deliveries exactly one wins, and the usual case (a queued
-    job) takes one round trip. `seen`, a row the caller already read, narrows it to that
+    job) takes one statement, which on PostgreSQL also writes the event and reads the
+    upstream result. `seen`, a row the caller already read, narrows the claim to that
     row's state and attempt.
     """
     _check(CLAIMABLE, JobStatus.RUNNING)
     sources = [seen.status] if seen is not None else [JobStatus.QUEUED, JobStatus.RETRYING]
+    params = {
+        "b_job_id": job_id,
+        "b_attempt": seen.attempt if seen is not None else None,
+        "b_due_by": now + CLOCK_SKEW,
+        "b_claimer": worker,
+        "b_now": now,
+        "b_lease_until": now + timedelta(seconds=lease_seconds),
+        "b_event_data": {"worker": worker, **({"delivery": delivery} if delivery else {})},
+    }
+    claim_one = _claim_in_one_statement if _is_postgresql(session) else _claim_in_steps
     for source in sources:
-        where = [
-            Job.id == job_id,
-            Job.status == source,
-            Job.archived_at.is_(None),
-            sa.or_(Job.run_at.is_(None), Job.run_at <= now + CLOCK_SKEW),
-        ]
-        if seen is not None:
-            where.append(Job.attempt == seen.attempt)
-        job = _claim_row(session, where, worker=worker, lease_seconds=lease_seconds, now=now)
-        if job is not None:
-            metrics.count(session, "started", job.type, _waited(job, now))
-            session.add(
-                _event(
-                    job_id,
-                    job.tenant_id,
-                    job.attempt,
-                    now,
-                    source=source,
-                    target=JobStatus.RUNNING,
-                    data={"worker": worker, **({"delivery": delivery} if delivery else {})},
-                )
-            )
-            return job
+        started = claim_one(session, {**params, "b_source": source}, narrowed=seen is not None)
+        if started is not None:
+            metrics.count(session, "started", started.job.type, _waited(started.job, now))
+            return started
     return None
 
 
-def _claim_row(
-    session: Session,
-    where: Sequence[sa.ColumnElement[bool]],
-    *,
-    worker: str,
-    lease_seconds: float,
-    now: datetime,
-) -> Job | None:
+def _claim_in_one_statement(
+    session: Session, params: dict[str, Any], *, narrowed: bool
+) -> Started | None:
+    row = session.execute(
+        statements.claim_postgresql(narrowed),
+        params,
+        execution_options={"populate_existing": True},
+    ).first()
+    return None if row is None else Started(row[0], row[1])
+
+
+def _claim_in_steps(session: Session, params: dict[str, Any], *, narrowed: bool) -> Started | None:
     job: Job | None = session.scalar(
-        sa.update(Job)
-        .where(*where)
-        .values(
-            status=JobStatus.RUNNING,
-            attempt=Job.attempt + 1,
-            worker=worker,
-            started_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            # run_at stays: when the job was due (queue wait, and the API's runAt).
-            dispatch_due_at=None,
-            dispatched_at=sa.func.coalesce(Job.dispatched_at, now),
-            updated_at=now,
-        )
-        .returning(Job),
+        statements.claim_update(narrowed),
+        params,
         execution_options={"populate_existing": True},
     )
-    return job
+    if job is None:
+        return None
+    now = params["b_now"]
+    source, data = params["b_source"], params["b_event_data"]
+    session.add(
+        _event(
+            job.id,
+            job.tenant_id,
+            job.attempt,
+            now,
+            source=source,
+            target=JobStatus.RUNNING,
+            data=data,
+        )
+    )
+    upstream = session.get(Job, job.parent_id) if job.parent_id else None
+    return Started(job, upstream.result if upstream else None)
+
+
+def _is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _waited(job: Job, now: datetime) -> float:
@@ -280,20 +295,60 @@ def succeed(
     """Record the result; the next pipeline step, if any, becomes `queued`.
 
     `next_due` is the next step's outbox entry: the dispatcher sends it sooner (Celery's
-    chain, or the runner), and the sweeper sends it then if nobody did.
+    chain, or the runner), and the sweeper sends it then if nobody did. On PostgreSQL the
+    whole change (both rows and their events) is one statement. A job with no step after
+    it (`has_next` false) saves the look-up.
     """
-    # A success clears the error an earlier attempt left; the events keep the history.
-    done = {
-        "result": result,
-        "progress": 1.0,
-        "error_type": None,
-        "error_message": None,
-        "error_traceback": None,
+    _check([JobStatus.RUNNING], JobStatus.SUCCEEDED)
+    _check([JobStatus.WAITING], JobStatus.QUEUED)
+    params = {
+        "b_job_id": run.job_id,
+        "b_attempt": run.attempt,
+        "b_now": now,
+        "b_outcome": result,
+        "b_next_due": next_due,
+        "b_next_message": f"upstream {run.job_id} succeeded",
     }
-    if not _finish_running(session, run, JobStatus.SUCCEEDED, now, **done):
+    if _is_postgresql(session):
+        won = bool(session.scalar(statements.succeed_postgresql(has_next), params) == 1)
+    else:
+        won = _succeed_in_steps(session, run, params, has_next=has_next)
+    if won:
+        ran = (now - run.started_at).total_seconds() if run.started_at else None
+        metrics.count(session, "succeeded", run.job_type, ran)
+    return won
+
+
+def _succeed_in_steps(
+    session: Session, run: Attempt, params: dict[str, Any], *, has_next: bool
+) -> bool:
+    now, message = params["b_now"], params["b_next_message"]
+    finished = session.execute(statements.succeed_update(), params)
+    if finished.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    if has_next:  # a job with no step after it saves the look-up
-        _release_next_step(session, run, now, next_due)
+    session.add(
+        _event(
+            run.job_id,
+            run.tenant_id,
+            run.attempt,
+            now,
+            source=JobStatus.RUNNING,
+            target=JobStatus.SUCCEEDED,
+        )
+    )
+    released = session.execute(statements.release_next_step(), params).all() if has_next else []
+    for step in released:
+        session.add(
+            _event(
+                step.id,
+                step.tenant_id,
+                step.attempt,
+                now,
+                source=JobStatus.WAITING,
+                target=JobStatus.QUEUED,
+                message=message,
+            )
+        )
     return True
 
 
@@ -716,33 +771,6 @@ def _note(
     )
     if target in COUNTED:
         metrics.count(session, COUNTED[target], run.job_type)
-
-
-def _release_next_step(session: Session, run: Attempt, now: datetime, due: datetime) -> None:
-    _check([JobStatus.WAITING], JobStatus.QUEUED)
-    nxt = session.scalar(
-        sa.select(Job).where(Job.parent_id == run.job_id, Job.status == JobStatus.WAITING)
-    )
-    if nxt is None:
-        return
-    # The outbox entry covers a worker that dies before Celery sends the chain's next task.
-    if _update(
-        session,
-        (Job.id == nxt.id, Job.status == JobStatus.WAITING),
-        status=JobStatus.QUEUED,
-        updated_at=now,
-        run_at=now,  # due now that its upstream is done
-        dispatch_due_at=due,
-        dispatched_at=None,
-    ):
-        _note(
-            session,
-            _run_of(nxt),
-            now,
-            JobStatus.WAITING,
-            JobStatus.QUEUED,
-            message=f"upstream {run.job_id} succeeded",
-        )
 
 
 def _finish_running(

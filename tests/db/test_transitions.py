@@ -50,8 +50,13 @@ def _pipeline(service: JobService, tenant: str = "t1") -> list[Job]:
 
 
 def _claim(database: Database, job_id: str, worker: str = "w1") -> Job | None:
-    with database.transaction() as session:
-        return transitions.claim(session, job_id, worker=worker, lease_seconds=60, now=utcnow())
+    """A claim as the workers make it: one statement (autocommit on PostgreSQL)."""
+    started = database.statement(
+        lambda session: transitions.claim(
+            session, job_id, worker=worker, lease_seconds=60, now=utcnow()
+        )
+    )
+    return started.job if started else None
 
 
 def _status(database: Database, job_id: str) -> tuple[JobStatus, int]:
@@ -177,6 +182,75 @@ def test_every_transition_leaves_an_event(service: JobService, database: Databas
         (head.id, JobStatus.RUNNING, JobStatus.SUCCEEDED),
         (nxt.id, JobStatus.WAITING, JobStatus.QUEUED),
     ]
+
+
+def test_a_claim_hands_over_the_upstream_result(service: JobService, database: Database) -> None:
+    head, nxt = _pipeline(service)
+    _claim(database, head.id)
+    database.statement(
+        lambda session: transitions.succeed(
+            session, Attempt(head.id, "t1", 1), {"found": 3}, utcnow(), next_due=utcnow()
+        )
+    )
+    started = database.statement(
+        lambda session: transitions.claim(
+            session, nxt.id, worker="w1", lease_seconds=60, now=utcnow()
+        )
+    )
+    assert started is not None
+    assert started.upstream_result == {"found": 3}
+    assert (started.job.id, started.job.status, started.job.attempt) == (
+        nxt.id,
+        JobStatus.RUNNING,
+        1,
+    )
+
+
+def test_a_claim_within_a_transaction_sees_the_row_first(
+    service: JobService, database: Database
+) -> None:
+    """The claim under a tenant limit reads the row, then claims only that attempt."""
+    job_id = _pipeline(service)[0].id
+    with database.transaction() as session:
+        seen = session.get(Job, job_id)
+        assert seen is not None
+        started = transitions.claim(
+            session, job_id, worker="w1", lease_seconds=60, now=utcnow(), seen=seen
+        )
+        assert started is not None and started.job.attempt == 1
+    with database.transaction() as session:
+        stale = session.get(Job, job_id)
+        assert stale is not None
+        stale.attempt = 0  # what a reader saw before that claim
+        session.expunge(stale)
+        assert (
+            transitions.claim(
+                session, job_id, worker="w2", lease_seconds=60, now=utcnow(), seen=stale
+            )
+            is None
+        )
+    assert _status(database, job_id) == (JobStatus.RUNNING, 1)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_hot_statements_survive_a_dropped_connection(
+    service: JobService, database: Database
+) -> None:
+    """The hot path has no pre-ping: a connection the server closed is replaced and the
+    statement runs again, once."""
+    first, second = _pipeline(service)[0].id, _pipeline(service)[0].id
+    assert _claim(database, first) is not None  # a pooled connection now exists
+    with database.transaction() as session:
+        killed = session.scalar(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    assert killed
+    claimed = _claim(database, second)
+    assert claimed is not None and claimed.attempt == 1
+    assert _status(database, second) == (JobStatus.RUNNING, 1)
 
 
 def test_listing_is_tenant_scoped_newest_first_and_paginates(service: JobService) -> None:

@@ -1,0 +1,191 @@
+"""The statements of the workers' hot path (a claim, a success), built once.
+
+Building a SQLAlchemy statement costs more than running it: a claim's CTE took about a
+millisecond of Python to put together. These are built on first use with bind parameters
+and then reused, so a run only binds its values and finds the compiled form in the cache.
+
+On PostgreSQL each is a single statement: data-modifying CTEs write the event rows beside
+the job rows (and a claim reads the upstream step's result), so a claim and a success take
+one round trip each. SQLite, which has no data-modifying CTEs, runs the job-row statements
+here and `orchestrator.transitions` adds the events in the same transaction.
+
+Only `orchestrator.transitions` executes these: it stays the one module that changes status.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import aliased
+
+from orchestrator.models import Job, JobEvent, UTCDateTime
+from orchestrator.states import JobStatus
+
+JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
+EVENTS: sa.Table = JobEvent.__table__  # type: ignore[assignment]
+
+# Bind parameters, named apart from the columns (SQLAlchemy reserves those in SET clauses);
+# callers pass their values under these names.
+JOB_ID = sa.bindparam("b_job_id", type_=JOBS.c.id.type)
+ATTEMPT = sa.bindparam("b_attempt", type_=JOBS.c.attempt.type)
+SOURCE = sa.bindparam("b_source", type_=JOBS.c.status.type)
+NOW = sa.bindparam("b_now", type_=UTCDateTime())
+DUE_BY = sa.bindparam("b_due_by", type_=UTCDateTime())
+LEASE_UNTIL = sa.bindparam("b_lease_until", type_=UTCDateTime())
+NEXT_DUE = sa.bindparam("b_next_due", type_=UTCDateTime())
+WORKER = sa.bindparam("b_claimer", type_=JOBS.c.worker.type)
+RESULT = sa.bindparam("b_outcome", type_=JOBS.c.result.type)
+EVENT_DATA = sa.bindparam("b_event_data", type_=EVENTS.c.data.type)
+NEXT_MESSAGE = sa.bindparam("b_next_message", type_=EVENTS.c.message.type)
+
+_CHANGED = (JOBS.c.id, JOBS.c.tenant_id, JOBS.c.attempt)
+
+
+def _claim_where(narrowed: bool) -> list[sa.ColumnElement[bool]]:
+    where = [
+        JOBS.c.id == JOB_ID,
+        JOBS.c.status == SOURCE,
+        JOBS.c.archived_at.is_(None),
+        sa.or_(JOBS.c.run_at.is_(None), JOBS.c.run_at <= DUE_BY),
+    ]
+    if narrowed:  # the caller read the row: only that attempt may be claimed
+        where.append(JOBS.c.attempt == ATTEMPT)
+    return where
+
+
+_CLAIM_VALUES: dict[str, Any] = {
+    "status": JobStatus.RUNNING,
+    "attempt": JOBS.c.attempt + 1,
+    "worker": WORKER,
+    "started_at": NOW,
+    "lease_expires_at": LEASE_UNTIL,
+    # run_at stays: when the job was due (queue wait, and the API's runAt).
+    "dispatch_due_at": None,
+    "dispatched_at": sa.func.coalesce(JOBS.c.dispatched_at, NOW),
+    "updated_at": NOW,
+}
+
+SUCCESS_VALUES: dict[str, Any] = {
+    "status": JobStatus.SUCCEEDED,
+    "finished_at": NOW,
+    "updated_at": NOW,
+    "lease_expires_at": None,
+    "result": RESULT,
+    "progress": 1.0,
+    # A success clears the error an earlier attempt left; the events keep the history.
+    "error_type": None,
+    "error_message": None,
+    "error_traceback": None,
+}
+
+_FENCE = (JOBS.c.id == JOB_ID, JOBS.c.attempt == ATTEMPT, JOBS.c.status == JobStatus.RUNNING)
+
+# The step after a succeeded run: waiting -> queued, due now that its upstream is done. Its
+# outbox entry (next_due) covers a worker that dies before the dispatcher sends it.
+_NEXT_STEP_WHERE = (JOBS.c.parent_id == JOB_ID, JOBS.c.status == JobStatus.WAITING)
+_NEXT_STEP_VALUES: dict[str, Any] = {
+    "status": JobStatus.QUEUED,
+    "updated_at": NOW,
+    "run_at": NOW,
+    "dispatch_due_at": NEXT_DUE,
+    "dispatched_at": None,
+}
+
+
+@cache
+def claim_postgresql(narrowed: bool) -> sa.Select[Any]:
+    """Claim, write the event, read the upstream result: rows of (Job, upstream result)."""
+    claimed = (
+        sa.update(JOBS)
+        .where(*_claim_where(narrowed))
+        .values(**_CLAIM_VALUES)
+        .returning(*JOBS.c)
+        .cte("claimed")
+    )
+    event = _event_rows(claimed, SOURCE, JobStatus.RUNNING, data=EVENT_DATA)
+    job, upstream = aliased(Job, claimed), aliased(Job, name="upstream")
+    return (
+        sa.select(job, upstream.result)
+        .outerjoin(upstream, upstream.id == job.parent_id)
+        .add_cte(_insert_events(event))
+    )
+
+
+@cache
+def claim_update(narrowed: bool) -> sa.Update:
+    """The claim alone (SQLite); RETURNING the claimed Job."""
+    return sa.update(Job).where(*_claim_where(narrowed)).values(**_CLAIM_VALUES).returning(Job)
+
+
+@cache
+def succeed_postgresql(has_next: bool) -> sa.Select[Any]:
+    """Finish the fenced run, queue the next step, write both events: one row, the count
+    of runs finished (1, or 0 for a superseded attempt)."""
+    done = sa.update(JOBS).where(*_FENCE).values(**SUCCESS_VALUES).returning(*_CHANGED).cte("done")
+    events = [_event_rows(done, JobStatus.RUNNING, JobStatus.SUCCEEDED)]
+    if has_next:
+        # Runs only if the fenced update won: `done` is empty otherwise.
+        step = (
+            sa.update(JOBS)
+            .where(*_NEXT_STEP_WHERE, sa.exists(sa.select(done.c.id)))
+            .values(**_NEXT_STEP_VALUES)
+            .returning(*_CHANGED)
+            .cte("next_step")
+        )
+        events.append(_event_rows(step, JobStatus.WAITING, JobStatus.QUEUED, message=NEXT_MESSAGE))
+    return sa.select(sa.func.count()).select_from(done).add_cte(_insert_events(*events))
+
+
+@cache
+def succeed_update() -> sa.Update:
+    """The fenced success alone (SQLite)."""
+    return sa.update(JOBS).where(*_FENCE).values(**SUCCESS_VALUES)
+
+
+@cache
+def release_next_step() -> sa.Update:
+    """The next step alone (SQLite); RETURNING the rows that need an event."""
+    return sa.update(JOBS).where(*_NEXT_STEP_WHERE).values(**_NEXT_STEP_VALUES).returning(*_CHANGED)
+
+
+def _event_rows(
+    changed: sa.CTE,
+    source: JobStatus | sa.BindParameter[Any],
+    target: JobStatus,
+    *,
+    message: sa.BindParameter[Any] | None = None,
+    data: sa.BindParameter[Any] | None = None,
+) -> sa.Select[Any]:
+    """One transition event per row that `changed` (an `UPDATE ... RETURNING`) returned."""
+    columns = EVENTS.c
+
+    def typed(value: Any, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+        if isinstance(value, sa.BindParameter):
+            return sa.type_coerce(value, column.type)
+        return sa.literal(value, column.type)
+
+    return sa.select(
+        changed.c.id.label("job_id"),
+        changed.c.tenant_id,
+        changed.c.attempt,
+        typed(NOW, columns.at).label("at"),
+        sa.literal("transition", columns.kind.type).label("kind"),
+        typed(source, columns.from_status).label("from_status"),
+        typed(target, columns.to_status).label("to_status"),
+        typed(message, columns.message).label("message"),
+        typed(data, columns.data).label("data"),
+    )
+
+
+def _insert_events(*rows: sa.Select[Any]) -> sa.CTE:
+    """`INSERT ... SELECT` of event rows, as a CTE; their ids follow the order given."""
+    if len(rows) == 1:
+        ordered: sa.Select[Any] = rows[0]
+    else:
+        numbered = [r.add_columns(sa.literal(n).label("n")) for n, r in enumerate(rows)]
+        union = sa.union_all(*numbered).subquery()
+        ordered = sa.select(*[c for c in union.c if c.key != "n"]).order_by(union.c.n)
+    names = [str(c.key) for c in ordered.selected_columns]
+    return sa.insert(EVENTS).from_select(names, ordered).cte("events")
