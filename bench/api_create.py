@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import requests
 from celery import Celery
 
+from bench import loadgen
 from bench.harness import (
     Process,
     Servers,
@@ -29,27 +29,21 @@ from tests.servers import free_port
 
 
 def http_rate(base: str, clients: int, seconds: float) -> float:
-    created = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def client(index: int) -> None:
-        http = requests.Session()  # keep-alive: one connection per client
-        while time.monotonic() < stop:
-            answer = http.post(
-                f"{base}/v1/jobs",
-                json={"type": "BENCH_NOOP"},
-                headers={"X-Tenant-ID": f"t{index}"},
-                timeout=30,
+    """Jobs created per second by `clients` keep-alive connections (one tenant each)."""
+    port = int(base.rsplit(":", 1)[1])
+    requests = [
+        [
+            loadgen.encode_post(
+                "127.0.0.1", port, "/v1/jobs", {"type": "BENCH_NOOP"}, {"X-Tenant-ID": f"t{i}"}
             )
-            created[index] += answer.status_code == 201
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(created) / (time.perf_counter() - started)
+        ]
+        for i in range(clients)
+    ]
+    result = loadgen.run("127.0.0.1", port, requests, seconds)
+    unexpected = {status: n for status, n in result.statuses.items() if status != 201}
+    if unexpected:
+        raise RuntimeError(f"creation answered {unexpected}; see the web log")
+    return result.rate(201)
 
 
 def batch_rate(base: str, batches: int, size: int = 1000) -> float:

@@ -13,7 +13,8 @@ from celery.signals import setup_logging, worker_process_init, worker_ready
 from orchestrator import metrics
 from orchestrator.beat import CATCH_UP_TASK, FIRE_TASK, MAINTENANCE_QUEUE, cron_entry
 from orchestrator.cron import CronRegistry, crons
-from orchestrator.dispatch.celery import create_celery_app, task_name
+from orchestrator.dispatch.celery import create_celery_app
+from orchestrator.dispatch.celery_messages import task_name
 from orchestrator.logs import configure_logging
 from orchestrator.registry import JobType, Registry, load_job_modules
 from orchestrator.runner import Failed, RetryLater, Succeeded

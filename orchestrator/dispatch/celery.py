@@ -6,14 +6,14 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from celery import Celery, chain
+import redis
+from celery import Celery
 from celery.canvas import Signature
-from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from orchestrator.dispatch.base import DispatchError, Step
+from orchestrator.dispatch.celery_messages import encode, task_name
 from orchestrator.settings import Settings
-
-TASK_PREFIX = "jobs."
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -29,14 +29,14 @@ def create_celery_app(settings: Settings) -> Celery:
     return app
 
 
-def task_name(job_type: str) -> str:
-    return f"{TASK_PREFIX}{job_type}"
-
-
 class CeleryDispatcher:
-    """Sends pipelines to Redis. After the broker refuses a send, further sends fail at once
-    for `backoff` seconds: the jobs are safe in the outbox, and requests stay fast while
-    Redis is down instead of each waiting out the client's connection retries."""
+    """Sends pipelines to Redis as Celery task messages, a chain of per-type tasks each.
+
+    The messages are written straight into the queues' lists (see `celery_messages`): all
+    of a call's messages in one round trip. After the broker refuses a send, further sends
+    fail at once for `backoff` seconds: the jobs are safe in the outbox, and requests stay
+    fast while Redis is down instead of each waiting out the client's timeouts.
+    """
 
     mode = "celery"
     drives_pipelines = True
@@ -45,12 +45,14 @@ class CeleryDispatcher:
         self.app = app
         self.backoff = backoff
         self._down_until = 0.0
+        timeout = float(app.conf.broker_connection_timeout or 2)
+        self._redis = redis.Redis.from_url(
+            app.conf.broker_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
 
     def signature(self, step: Step) -> Signature:
-        # Immutable: each step reads its upstream's result from the database, so the
-        # message stays a job id however large the result is.
-        # The task id carries the job id, so Celery's own log lines (and Flower) can be
-        # found by grepping for the job.
+        """The step as a Celery signature: what `celery_messages` writes, for tests and
+        tools that send through Celery itself."""
         return self.app.signature(
             task_name(step.type),
             args=(step.job_id,),
@@ -68,14 +70,16 @@ class CeleryDispatcher:
     def _send(self, pipelines: Sequence[Sequence[Step]], not_before: datetime | None) -> None:
         if time.monotonic() < self._down_until:
             raise DispatchError("broker unavailable (recent send failed); left to the sweeper")
+        queues: dict[str, list[bytes]] = {}
+        for steps in pipelines:
+            queue, message = encode(steps, eta=not_before)
+            queues.setdefault(queue, []).append(message)
         try:
-            with self.app.producer_or_acquire() as producer:
-                for steps in pipelines:
-                    self._canvas(steps).apply_async(retry=False, eta=not_before, producer=producer)
-        except (OperationalError, OSError) as exc:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for queue, messages in queues.items():
+                    # LPUSH adds in order at the head, and workers pop from the tail: FIFO.
+                    pipe.lpush(queue, *messages)
+                pipe.execute()
+        except (RedisError, OSError) as exc:
             self._down_until = time.monotonic() + self.backoff
             raise DispatchError(f"broker refused the job: {exc}") from exc
-
-    def _canvas(self, steps: Sequence[Step]) -> Signature:
-        signatures = [self.signature(step) for step in steps]
-        return signatures[0] if len(signatures) == 1 else chain(*signatures)

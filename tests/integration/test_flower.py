@@ -34,6 +34,9 @@ def test_flower_sees_the_worker_and_a_finished_pipeline(
         # Flower knows a task's name from its "received" event: wait until it is connected
         # to the broker (it lists the worker) before any task of ours is sent.
         workers = _workers_seen(base, stack.worker.nodename)
+        # Workers send no task events until Flower switches them on (celeryconfig): the
+        # housekeeping tasks beat sends show when it has.
+        _tasks_seen(base, set())
         created = stack.create(tenant, {"type": "TEST_FLAKY"})
         report_id = stack.wait_for(tenant, created["id"])["pipeline"]["steps"][1]["id"]
         stack.wait_for(tenant, report_id)
@@ -73,7 +76,7 @@ def _tasks_seen(base: str, job_ids: set[str], timeout: float = 20) -> dict[str, 
     while time.monotonic() < deadline:
         tasks = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=10).json()
         done = {t["uuid"].split("-a")[0] for t in tasks.values() if t.get("state") == "SUCCESS"}
-        if job_ids <= done:
+        if done and job_ids <= done:
             return tasks
         time.sleep(0.3)
     raise AssertionError(f"flower saw {tasks}")
