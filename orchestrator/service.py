@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.dispatch import Dispatcher, DispatchError, Step
+from orchestrator.dispatch_marks import DispatchMarks
 from orchestrator.errors import (
     FieldError,
     IdempotencyConflict,
@@ -117,6 +118,10 @@ class JobService:
         self.settings = settings
         self.clock = clock
         self._known_tenants: set[str] = set()
+        # Which jobs the broker accepted, written in the background (see dispatch_marks).
+        self.marks = DispatchMarks(
+            database, redispatch_after=settings.redispatch_after_seconds, clock=clock
+        )
 
     # -- create ------------------------------------------------------------------------
 
@@ -133,10 +138,9 @@ class JobService:
             return earlier
         now = self.clock()
         steps = self._build_pipeline(request, now)
+        self._remember_tenant(request.tenant_id, now)
         try:
-            with self.database.transaction() as session:
-                self._remember_tenant(session, request.tenant_id, now)
-                transitions.insert_pipeline(session, steps, now)
+            self.database.statement(lambda s: transitions.insert_pipeline(s, steps, now))
         except IntegrityError:
             # A concurrent request with the same key won the race; answer with its job.
             if request.idempotency_key and (earlier := self._earlier(request)) is not None:
@@ -160,10 +164,10 @@ class JobService:
             raise InvalidInput(problems)
         now = self.clock()
         pipelines = [self._build_pipeline(request, now) for request in requests]
-        with self.database.transaction() as session:
-            for tenant_id in {request.tenant_id for request in requests}:
-                self._remember_tenant(session, tenant_id, now)
-            transitions.insert_pipeline(session, [s for steps in pipelines for s in steps], now)
+        for tenant_id in {request.tenant_id for request in requests}:
+            self._remember_tenant(tenant_id, now)
+        rows = [step for steps in pipelines for step in steps]
+        self.database.statement(lambda s: transitions.insert_pipeline(s, rows, now))
         if log.isEnabledFor(logging.INFO):  # one line per job, so a grep finds each one
             for steps in pipelines:
                 for step in steps:
@@ -182,15 +186,21 @@ class JobService:
             return [FieldError("type", str(exc))]
         return input_problems(request.input, self.settings)
 
-    def _remember_tenant(self, session: sa.orm.Session, tenant_id: str, now: datetime) -> None:
-        """Record a tenant the first time it is seen (its tier decides its retention)."""
+    def _remember_tenant(self, tenant_id: str, now: datetime) -> None:
+        """Record a tenant the first time it is seen (its tier decides its retention).
+
+        A statement of its own: it may be repeated, so it need not share the jobs'."""
         if tenant_id in self._known_tenants:
             return
-        dialect = session.get_bind().dialect.name
-        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
-        session.execute(
-            insert(Tenant).values(id=tenant_id, created_at=now).on_conflict_do_nothing()
-        )
+
+        def remember(session: sa.orm.Session) -> None:
+            dialect = session.get_bind().dialect.name
+            insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+            session.execute(
+                insert(Tenant).values(id=tenant_id, created_at=now).on_conflict_do_nothing()
+            )
+
+        self.database.statement(remember)
         if len(self._known_tenants) >= KNOWN_TENANTS_CACHE:
             self._known_tenants.clear()
         self._known_tenants.add(tenant_id)
@@ -405,7 +415,8 @@ class JobService:
 
     def send(self, steps: Sequence[Job], *, not_before: datetime | None = None) -> None:
         """Dispatch `steps`; once the backend has them, the outbox entry only guards against
-        a lost message. A failed dispatch is logged and left to the sweeper."""
+        a lost message (`self.marks` moves it on). A failed dispatch is logged and left to
+        the sweeper."""
         try:
             self.dispatcher.dispatch([Step.of(step) for step in steps], not_before=not_before)
         except DispatchError as exc:
@@ -415,14 +426,11 @@ class JobService:
                 extra={**_ids(steps[0]), "action": "dispatch_failed"},
             )
             return
-        now = self.clock()
-        resend_at = now + timedelta(seconds=self.settings.redispatch_after_seconds)
-        with self.database.transaction() as session:
-            transitions.mark_dispatched(session, [steps[0].id], now, resend_at=resend_at)
+        self.marks.add([steps[0].id])
 
     def send_many(self, pipelines: Sequence[Sequence[Job]]) -> None:
-        """Dispatch many pipelines at once (one broker connection), then settle their
-        outbox entries in one statement."""
+        """Dispatch many pipelines at once (one broker round trip); their outbox entries
+        are settled in the background like `send`'s."""
         if not pipelines:
             return
         try:
@@ -434,12 +442,7 @@ class JobService:
                 extra={"action": "dispatch_failed"},
             )
             return
-        now = self.clock()
-        resend_at = now + timedelta(seconds=self.settings.redispatch_after_seconds)
-        with self.database.transaction() as session:
-            transitions.mark_dispatched(
-                session, [steps[0].id for steps in pipelines], now, resend_at=resend_at
-            )
+        self.marks.add([steps[0].id for steps in pipelines])
 
     @property
     def _grace(self) -> timedelta:

@@ -13,6 +13,7 @@ Writes made on behalf of a running attempt are fenced: they match on `attempt` a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -95,33 +96,47 @@ def _event(
 
 
 def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> None:
-    """Record a new pipeline: the first step `queued`, the ones after it `waiting`."""
+    """Record a new pipeline: the first step `queued`, the ones after it `waiting`.
+
+    Parents come before children. On PostgreSQL the rows travel as one JSON array and the
+    events are written beside them: one statement whatever the count. Elsewhere, Core
+    multi-row INSERTs: a few statements, not a unit-of-work flush per object. The Job
+    objects stay as built.
+    """
     for step in steps:
         assert step.status in (JobStatus.QUEUED, JobStatus.WAITING)
-    # Core multi-row INSERTs (parents before children): a batch of a thousand jobs is a few
-    # statements, not a unit-of-work flush per object. The Job objects stay as built.
-    columns = [column.key for column in Job.__table__.columns]
-    session.execute(sa.insert(Job), [{key: getattr(s, key) for key in columns} for s in steps])
-    session.execute(
-        sa.insert(JobEvent),
-        [
-            {
-                "job_id": s.id,
-                "tenant_id": s.tenant_id,
-                "attempt": 0,
-                "at": now,
-                "kind": "transition",
-                "from_status": None,
-                "to_status": s.status,
-                "level": None,
-                "message": "created",
-                "data": None,
-            }
-            for s in steps
-        ],
-    )
+    rows = [{column: getattr(step, column) for column in _JOB_COLUMNS} for step in steps]
+    if _is_postgresql(session):
+        encoded = json.dumps(rows, default=_to_json)
+        session.execute(statements.create_postgresql(), {"b_rows": encoded, "b_now": now})
+    else:
+        session.execute(sa.insert(Job), rows)
+        session.execute(
+            sa.insert(JobEvent),
+            [
+                {
+                    "job_id": s.id,
+                    "tenant_id": s.tenant_id,
+                    "attempt": 0,
+                    "at": now,
+                    "kind": "transition",
+                    "to_status": s.status,
+                    "message": "created",
+                }
+                for s in steps
+            ],
+        )
     for step in steps:
         metrics.count(session, "created", step.type)
+
+
+_JOB_COLUMNS = [column.key for column in Job.__table__.columns]
+
+
+def _to_json(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -75,6 +76,18 @@ def test_create_records_the_pipeline_and_dispatches_after_commit(
     dispatcher = service.dispatcher
     assert isinstance(dispatcher, RecordingDispatcher)
     assert [[s.job_id for s in sent] for sent in dispatcher.sent] == [[s.id for s in steps]]
+    with database.session() as session:
+        head = session.get(Job, steps[0].id)
+        assert head is not None and head.dispatched_at is None  # marked in the background
+        grace = (head.dispatch_due_at - head.created_at).total_seconds()  # type: ignore[operator]
+        assert grace == service.settings.dispatch_grace_seconds
+    deadline = time.monotonic() + 5
+    while service.marks.flush() == 0 and head.dispatched_at is None:
+        with database.session() as session:
+            head = session.get(Job, steps[0].id)
+            assert head is not None
+        assert time.monotonic() < deadline, "the dispatched mark was never written"
+        time.sleep(0.01)
     with database.session() as session:
         head = session.get(Job, steps[0].id)
         assert head is not None
@@ -267,3 +280,26 @@ def test_listing_is_tenant_scoped_newest_first_and_paginates(service: JobService
     assert seen == sorted(mine, reverse=True)
     queued = service.list_jobs("alice", JobFilter(status=JobStatus.QUEUED))
     assert {j.id for j in queued.jobs} == set(mine)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_idle_connection_the_server_dropped_is_replaced(
+    service: JobService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections are pinged when they were idle (not on every checkout): one the server
+    closed meanwhile is swapped for a new one before the transaction starts."""
+    monkeypatch.setattr("orchestrator.db.PING_AFTER_IDLE_SECONDS", 0.2)
+    job_id = _pipeline(service)[0].id
+    assert _status(database, job_id) == (JobStatus.QUEUED, 0)  # the pool now holds one
+    outsider = sa.create_engine(database.url, poolclass=sa.pool.NullPool)
+    with outsider.begin() as connection:
+        killed = connection.scalar(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    outsider.dispose()
+    assert killed
+    time.sleep(0.3)
+    assert _status(database, job_id) == (JobStatus.QUEUED, 0)
