@@ -114,8 +114,12 @@ class Worker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
-            if app.control.ping(destination=[self.nodename], timeout=0.5):
-                return
+            # A connection of its own: a test that restarted Redis leaves pooled ones stale.
+            with app.connection_for_write() as connection:
+                if app.control.ping(
+                    destination=[self.nodename], timeout=0.5, connection=connection
+                ):
+                    return
         raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
 
     def kill(self) -> None:
