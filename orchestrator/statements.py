@@ -18,7 +18,6 @@ from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased
 
 from orchestrator.models import Job, JobEvent, UTCDateTime
 from orchestrator.states import JobStatus
@@ -94,21 +93,39 @@ _NEXT_STEP_VALUES: dict[str, Any] = {
 }
 
 
+# What a claim hands back: what the runner and the job's context read, and `_waited`.
+CLAIMED_COLUMNS = (
+    "id",
+    "tenant_id",
+    "type",
+    "subject",
+    "input",
+    "status",
+    "attempt",
+    "max_attempts",
+    "parent_id",
+    "run_at",
+    "created_at",
+    "started_at",
+)
+
+
 @cache
 def claim_postgresql(narrowed: bool) -> sa.Select[Any]:
-    """Claim, write the event, read the upstream result: rows of (Job, upstream result)."""
+    """Claim, write the event, read the upstream result: one row of `CLAIMED_COLUMNS` and
+    `upstream_result`, or none."""
     claimed = (
         sa.update(JOBS)
         .where(*_claim_where(narrowed))
         .values(**_CLAIM_VALUES)
-        .returning(*JOBS.c)
+        .returning(*(JOBS.c[name] for name in CLAIMED_COLUMNS))
         .cte("claimed")
     )
     event = _event_rows(claimed, SOURCE, JobStatus.RUNNING, data=EVENT_DATA)
-    job, upstream = aliased(Job, claimed), aliased(Job, name="upstream")
+    upstream = JOBS.alias("upstream")
     return (
-        sa.select(job, upstream.result)
-        .outerjoin(upstream, upstream.id == job.parent_id)
+        sa.select(claimed, upstream.c.result.label("upstream_result"))
+        .outerjoin(upstream, upstream.c.id == claimed.c.parent_id)
         .add_cte(_insert_events(event))
     )
 

@@ -188,12 +188,13 @@ def claim(
 def _claim_in_one_statement(
     session: Session, params: dict[str, Any], *, narrowed: bool
 ) -> Started | None:
-    row = session.execute(
-        statements.claim_postgresql(narrowed),
-        params,
-        execution_options={"populate_existing": True},
-    ).first()
-    return None if row is None else Started(row[0], row[1])
+    row = session.execute(statements.claim_postgresql(narrowed), params).first()
+    if row is None:
+        return None
+    # A detached Job of the columns the run needs: no identity map, no full row.
+    values = row._mapping
+    job = Job(**{name: values[name] for name in statements.CLAIMED_COLUMNS})
+    return Started(job, values["upstream_result"])
 
 
 def _claim_in_steps(session: Session, params: dict[str, Any], *, narrowed: bool) -> Started | None:
