@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
-from orchestrator.models import Job, utcnow
+from orchestrator.models import LIVE_STATES, Job, utcnow
 from orchestrator.states import JobStatus
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -108,11 +108,10 @@ class DatabaseGauges(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        live = [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.WAITING]
         with self.session() as session:
             by_state = session.execute(
                 sa.select(Job.status, Job.queue, sa.func.count(), sa.func.min(Job.updated_at))
-                .where(Job.status.in_(live))
+                .where(Job.status.in_(LIVE_STATES))
                 .group_by(Job.status, Job.queue)
             ).all()
         depth = GaugeMetricFamily(
@@ -127,7 +126,7 @@ class DatabaseGauges(Collector):
             "orchestrator_oldest_queued_job_age_seconds",
             "Age of the job queued longest (0 when none is).",
         )
-        per_state: dict[str, int] = dict.fromkeys((str(s) for s in live), 0)
+        per_state: dict[str, int] = dict.fromkeys((str(s) for s in LIVE_STATES), 0)
         oldest_at: datetime | None = None
         for status, queue, total, earliest in by_state:
             per_state[str(status)] += total

@@ -68,6 +68,15 @@ def status_type(*, checked: bool) -> sa.Enum:
     )
 
 
+# The states a job can leave (the gauges' filter, and their index's).
+LIVE_STATES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.WAITING)
+LIVE_STATES_SQL = "status IN ('queued', 'running', 'retrying', 'waiting')"
+
+
+def _partial(name: str, columns: list[str], where: str) -> sa.Index:
+    return sa.Index(name, *columns, postgresql_where=sa.text(where), sqlite_where=sa.text(where))
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -117,19 +126,19 @@ class Job(Base):
         sa.Index("ix_jobs_tenant_id_status_id", "tenant_id", "status", "id"),
         # A pipeline's steps, read with every job.
         sa.Index("ix_jobs_pipeline_id_step_index", "pipeline_id", "step_index"),
+        # The four below are partial: they hold only the rows their scan can want, so the
+        # updates on every job's path (claim, success) write fewer index entries.
         # The outbox sweeper's scan stays proportional to what is overdue.
-        sa.Index("ix_jobs_dispatch_due_at", "dispatch_due_at"),
+        _partial("ix_jobs_dispatch_due_at", ["dispatch_due_at"], "dispatch_due_at IS NOT NULL"),
         # The lease reaper's scan, likewise.
-        sa.Index("ix_jobs_lease_expires_at", "lease_expires_at"),
+        _partial("ix_jobs_lease_expires_at", ["lease_expires_at"], "lease_expires_at IS NOT NULL"),
         # Metrics' gauges (queue depth, oldest queued job) read live states only.
-        sa.Index("ix_jobs_status_updated_at", "status", "updated_at"),
+        _partial("ix_jobs_status_updated_at", ["status", "updated_at"], LIVE_STATES_SQL),
         # Nightly archival walks finished, unarchived jobs oldest first.
-        sa.Index(
+        _partial(
             "ix_jobs_finished_at_unarchived",
-            "finished_at",
-            "id",
-            postgresql_where=sa.text("archived_at IS NULL"),
-            sqlite_where=sa.text("archived_at IS NULL"),
+            ["finished_at", "id"],
+            "archived_at IS NULL AND finished_at IS NOT NULL",
         ),
         sa.UniqueConstraint("tenant_id", "idempotency_key"),
     )
