@@ -105,7 +105,8 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
     """
     for step in steps:
         assert step.status in (JobStatus.QUEUED, JobStatus.WAITING)
-    rows = [{column: getattr(step, column) for column in _JOB_COLUMNS} for step in steps]
+    # Fresh objects hold every value they were given in __dict__ (the rest are None).
+    rows = [{column: vars(step).get(column) for column in _JOB_COLUMNS} for step in steps]
     if _is_postgresql(session):
         encoded = json.dumps(rows, default=_to_json)
         session.execute(statements.create_postgresql(), {"b_rows": encoded, "b_now": now})
