@@ -277,8 +277,8 @@ def test_partitioned_worker_is_replaced_and_its_late_result_refused(
             }
         )
         stale = Worker(inside, tmp_path / "stale-worker.log", prefix=net.command([]))
-        stale.start(chaos.runtime)
         try:
+            stale.start(chaos.runtime)  # inside the try: a worker that never got ready dies too
             created = chaos.create(
                 tenant,
                 {
