@@ -118,9 +118,7 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, job: Job, steps: list[Job] | None = None) -> JobOut:
-        # The values come typed from our own rows: constructed without re-validation,
-        # which a batch of a thousand jobs would otherwise pay a thousand times.
-        return cls.model_construct(
+        return cls(
             id=job.id,
             tenantId=job.tenant_id,
             type=job.type,
@@ -142,11 +140,9 @@ class JobOut(BaseModel):
             upstreamId=job.parent_id,
             pipeline=None
             if steps is None
-            else PipelineOut.model_construct(
+            else PipelineOut(
                 id=job.pipeline_id,
-                steps=[
-                    StepOut.model_construct(id=s.id, type=s.type, status=s.status) for s in steps
-                ],
+                steps=[StepOut(id=s.id, type=s.type, status=s.status) for s in steps],
             ),
         )
 

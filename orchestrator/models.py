@@ -119,6 +119,18 @@ class Job(Base):
     dispatch_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    @classmethod
+    def fresh(cls, **values: Any) -> Job:
+        """A new row that is written with Core INSERTs and only read afterwards, built
+        without the ORM's change tracking: setting its three dozen attributes one event at
+        a time cost about half a batch creation's Python time."""
+        mapper = sa.inspect(cls)
+        if not mapper.configured:  # what the ORM's own constructor would check first
+            sa.orm.configure_mappers()
+        job: Job = mapper.class_manager.new_instance()
+        job.__dict__.update(values)
+        return job
+
     __table_args__ = (
         # Listing a tenant's jobs newest first (ids sort by creation time).
         sa.Index("ix_jobs_tenant_id_id", "tenant_id", "id"),

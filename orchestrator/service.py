@@ -493,7 +493,7 @@ def _step_row(
     now: datetime,
 ) -> Job:
     first = index == 0
-    return Job(
+    return Job.fresh(
         id=job_id,
         tenant_id=request.tenant_id,
         type=job_type.name,

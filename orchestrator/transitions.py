@@ -194,7 +194,7 @@ def _claim_in_one_statement(
         return None
     # A detached Job of the columns the run needs: no identity map, no full row.
     values = row._mapping
-    job = Job(**{name: values[name] for name in statements.CLAIMED_COLUMNS})
+    job = Job.fresh(**{name: values[name] for name in statements.CLAIMED_COLUMNS})
     return Started(job, values["upstream_result"])
 
 
