@@ -88,9 +88,7 @@ def main() -> None:
     with servers(args.folder) as env:
         for backend in args.backends.split(","):
             port = free_port()
-            settings = orchestrator_settings(
-                env.database_url(backend), env.redis_url(7), port=port, web_workers=2, web_threads=8
-            )
+            settings = orchestrator_settings(env.database_url(backend), env.redis_url(7), port=port)
             web = Process(
                 processes.command("web", settings), settings_env(settings), args.folder / "api.log"
             ).start()
