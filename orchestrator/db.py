@@ -24,9 +24,11 @@ class Database:
         self._autocommit: sa.Engine | None = None
         self._statement_sessions = self._sessions
         if not url.startswith("sqlite"):
-            # Its own small pool: no pre-ping, and no BEGIN or COMMIT to send.
+            # Its own pool (as large as the main one: a pool too small for the threads that
+            # share it opens and closes a connection per statement): no pre-ping, and no
+            # BEGIN or COMMIT to send.
             self._autocommit = sa.create_engine(
-                url, echo=echo, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=4
+                url, echo=echo, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=10
             )
             self._statement_sessions = _sessions(self._autocommit)
 
