@@ -96,6 +96,7 @@ def main() -> None:
             rows = []
             try:
                 _wait_http(f"{base}/healthz")
+                http_rate(base, args.clients, 1)  # warm-up: connections, prepared statements
                 for number in range(1, args.rounds + 1):
                     ours = http_rate(base, args.clients, args.seconds)
                     raw = raw_rate(env, args.seconds)

@@ -118,9 +118,12 @@ class JobService:
         self.settings = settings
         self.clock = clock
         self._known_tenants: set[str] = set()
-        # Which jobs the broker accepted, written in the background (see dispatch_marks).
+        # Which jobs the broker accepted, written late and in bulk (see dispatch_marks).
         self.marks = DispatchMarks(
-            database, redispatch_after=settings.redispatch_after_seconds, clock=clock
+            database,
+            redispatch_after=settings.redispatch_after_seconds,
+            delay=settings.dispatch_grace_seconds / 2,
+            clock=clock,
         )
 
     # -- create ------------------------------------------------------------------------

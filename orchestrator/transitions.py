@@ -564,10 +564,22 @@ def mark_dispatched(
     session: Session, job_ids: Sequence[str], now: datetime, *, resend_at: datetime
 ) -> None:
     """The broker accepted these jobs: send them again only if nobody claims them by
-    `resend_at` (a broker that lost its messages)."""
+    `resend_at` (a broker that lost its messages).
+
+    Marks come late (see `dispatch_marks`), so only a row nobody touched since it was
+    created takes one: a claim, a park and its release, a cancel or a sweep owns the
+    outbox entry from then on. (A job sent again later, a retry by hand say, keeps its
+    entry and may be sent once more from a backlog; the claim skips the copy.)
+    """
     session.execute(
         sa.update(Job)
-        .where(Job.id.in_(job_ids), Job.dispatch_due_at.is_not(None), Job.status.in_(CLAIMABLE))
+        .where(
+            Job.id.in_(job_ids),
+            Job.dispatch_due_at.is_not(None),
+            Job.dispatched_at.is_(None),
+            Job.updated_at == Job.created_at,
+            Job.status.in_(CLAIMABLE),
+        )
         .values(dispatch_due_at=resend_at, dispatched_at=now)
         .execution_options(synchronize_session=False)
     )

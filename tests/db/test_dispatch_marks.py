@@ -28,15 +28,19 @@ def _job(database: Database, job_id: str) -> Job:
         return job
 
 
-def test_marks_are_written_by_the_background_thread(database_url: str) -> None:
+def test_marks_are_written_by_the_background_thread_before_the_grace_ends(
+    database_url: str,
+) -> None:
     database = Database(database_url)
     try:
         service = _service(database)
+        grace = service.settings.dispatch_grace_seconds
         job_id = service.create(NewJob(tenant_id="t1", type="TEST_FLAKY")).details.job.id
-        deadline = time.monotonic() + 5
+        assert _job(database, job_id).dispatched_at is None  # not at once: most get claimed
+        deadline = time.monotonic() + grace
         while (job := _job(database, job_id)).dispatched_at is None:
-            assert time.monotonic() < deadline, "no mark within 5 s"
-            time.sleep(0.02)
+            assert time.monotonic() < deadline, "no mark within the grace period"
+            time.sleep(0.05)
         assert job.dispatch_due_at is not None
         resend = (job.dispatch_due_at - job.dispatched_at).total_seconds()
         assert resend == service.settings.redispatch_after_seconds
@@ -53,9 +57,30 @@ def test_a_late_mark_leaves_a_claimed_job_alone(database_url: str) -> None:
         database.statement(
             lambda s: transitions.claim(s, job_id, worker="w", lease_seconds=60, now=utcnow())
         )
-        marks = DispatchMarks(database, redispatch_after=900, interval=60)
+        marks = DispatchMarks(database, redispatch_after=900, delay=60, interval=60)
         marks.add([job_id])
         assert marks.flush() == 1
         assert _job(database, job_id).dispatch_due_at is None  # no outbox entry came back
+    finally:
+        database.dispose()
+
+
+def test_a_late_mark_leaves_a_released_job_due(database_url: str) -> None:
+    """Parked at a tenant's limit and released before the mark came: the release's entry
+    (due now) stands, or the sweeper would not send the job for a quarter of an hour."""
+    database = Database(database_url)
+    try:
+        service = _service(database)
+        job_id = service.create(NewJob(tenant_id="t1", type="TEST_FLAKY")).details.job.id
+        with database.transaction() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            assert transitions.defer(session, job, utcnow())
+        with database.transaction() as session:
+            assert transitions.release_deferred(session, "t1", utcnow()) == 1
+        released = _job(database, job_id).dispatch_due_at
+        assert service.marks.flush() == 1
+        after = _job(database, job_id)
+        assert after.dispatch_due_at == released and after.dispatched_at is None
     finally:
         database.dispose()
