@@ -130,14 +130,7 @@ class Runner:
         if self.settings.tenant_max_running:
             return self._claim_within_limit(job_id, delivery, now)
         started = self.database.statement(
-            lambda session: transitions.claim(
-                session,
-                job_id,
-                worker=self.worker,
-                now=now,
-                lease_seconds=self.settings.lease_seconds,
-                delivery=delivery,
-            )
+            lambda session: self._start(session, job_id, delivery, now)
         )
         if started is None:
             with self.database.transaction() as session:
@@ -155,18 +148,29 @@ class Runner:
                 return self._skip(session, job_id, now, delivery)
             if self._over_limit(session, seen, now):
                 return Skipped("tenant at its running limit; the job waits its turn")
-            started = transitions.claim(
-                session,
-                job_id,
-                worker=self.worker,
-                now=now,
-                lease_seconds=self.settings.lease_seconds,
-                delivery=delivery,
-                seen=seen,
-            )
+            started = self._start(session, job_id, delivery, now, seen=seen)
             if started is None:
                 return self._skip(session, job_id, now, delivery)
             return self._claimed(started)
+
+    def _start(
+        self,
+        session: Session,
+        job_id: str,
+        delivery: dict[str, Any] | None,
+        now: datetime,
+        *,
+        seen: Job | None = None,
+    ) -> transitions.Started | None:
+        return transitions.claim(
+            session,
+            job_id,
+            worker=self.worker,
+            now=now,
+            lease_seconds=self.settings.lease_seconds,
+            delivery=delivery,
+            seen=seen,
+        )
 
     def _claimed(self, started: transitions.Started) -> Claimed:
         job = started.job
@@ -228,31 +232,23 @@ class Runner:
 
     def _record(self, claimed: Claimed, outcome: Outcome) -> bool:
         run, now = claimed.run, self.clock()
+
+        def succeed(session: Session, result: Any) -> bool:
+            has_next = claimed.job_type.then is not None
+            next_due = now + self._grace
+            return transitions.succeed(
+                session, run, result, now, next_due=next_due, has_next=has_next
+            )
+
         if isinstance(outcome, Succeeded) and not self.settings.tenant_max_running:
             # The common case, one statement (see Database.statement).
-            return self.database.statement(
-                lambda session: transitions.succeed(
-                    session,
-                    run,
-                    outcome.result,
-                    now,
-                    next_due=now + self._grace,
-                    has_next=claimed.job_type.then is not None,
-                )
-            )
+            return self.database.statement(lambda session: succeed(session, outcome.result))
         with self.database.transaction() as session:
             if self.settings.tenant_max_running:
                 # This run's slot frees up: the tenant's oldest parked job may go.
                 transitions.release_deferred(session, run.tenant_id, now)
             if isinstance(outcome, Succeeded):
-                return transitions.succeed(
-                    session,
-                    run,
-                    outcome.result,
-                    now,
-                    next_due=now + self._grace,
-                    has_next=claimed.job_type.then is not None,
-                )
+                return succeed(session, outcome.result)
             if isinstance(outcome, RetryLater):
                 run_at = now + timedelta(seconds=outcome.delay)
                 # A retry the broker holds is swept only if it goes missing; one the

@@ -343,29 +343,11 @@ def _succeed_in_steps(
     finished = session.execute(statements.succeed_update(), params)
     if finished.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    session.add(
-        _event(
-            run.job_id,
-            run.tenant_id,
-            run.attempt,
-            now,
-            source=JobStatus.RUNNING,
-            target=JobStatus.SUCCEEDED,
-        )
-    )
+    _note(session, run, now, JobStatus.RUNNING, JobStatus.SUCCEEDED)
     released = session.execute(statements.release_next_step(), params).all() if has_next else []
     for step in released:
-        session.add(
-            _event(
-                step.id,
-                step.tenant_id,
-                step.attempt,
-                now,
-                source=JobStatus.WAITING,
-                target=JobStatus.QUEUED,
-                message=message,
-            )
-        )
+        nxt = Attempt(step.id, step.tenant_id, step.attempt)
+        _note(session, nxt, now, JobStatus.WAITING, JobStatus.QUEUED, message=message)
     return True
 
 
@@ -784,7 +766,7 @@ def _note(
     source: JobStatus,
     target: JobStatus,
     *,
-    message: str,
+    message: str | None = None,
 ) -> None:
     """The event row of a transition, and its metric once it commits."""
     session.add(
