@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, request, url_for
 from pydantic import BaseModel
 
 from api.errors import Problem
@@ -51,9 +51,9 @@ def json_body(*, optional: bool = False) -> Any:
 
 
 def json_response(model: BaseModel, status: int = 200) -> Response:
-    response = jsonify(model.model_dump(mode="json"))
-    response.status_code = status
-    return response
+    # Straight to JSON in pydantic's serializer: a batch's answer of a thousand jobs took
+    # a tenth of its request as Python dicts through Flask's sorting encoder.
+    return Response(model.model_dump_json(), status=status, mimetype="application/json")
 
 
 def _idempotency_key(body: CreateJob) -> str | None:
