@@ -52,8 +52,10 @@ def json_body(*, optional: bool = False) -> Any:
 
 def json_response(model: BaseModel, status: int = 200) -> Response:
     # Straight to JSON in pydantic's serializer: a batch's answer of a thousand jobs took
-    # a tenth of its request as Python dicts through Flask's sorting encoder.
-    return Response(model.model_dump_json(), status=status, mimetype="application/json")
+    # a tenth of its request as Python dicts through Flask's sorting encoder. The newline,
+    # as jsonify's, keeps answers apart on a terminal (the README's curl examples).
+    body = model.model_dump_json() + "\n"
+    return Response(body, status=status, mimetype="application/json")
 
 
 def _idempotency_key(body: CreateJob) -> str | None:
