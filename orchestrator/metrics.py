@@ -28,8 +28,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
-from orchestrator.models import LIVE_STATES, Job, utcnow
-from orchestrator.states import JobStatus
+from orchestrator.models import Job, utcnow
+from orchestrator.states import LIVE, JobStatus
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 JOB_EVENTS = ("created", "started", "succeeded", "failed", "retried", "cancelled")
@@ -111,7 +111,7 @@ class DatabaseGauges(Collector):
         with self.session() as session:
             by_state = session.execute(
                 sa.select(Job.status, Job.queue, sa.func.count(), sa.func.min(Job.updated_at))
-                .where(Job.status.in_(LIVE_STATES))
+                .where(Job.status.in_(LIVE))
                 .group_by(Job.status, Job.queue)
             ).all()
         depth = GaugeMetricFamily(
@@ -126,7 +126,7 @@ class DatabaseGauges(Collector):
             "orchestrator_oldest_queued_job_age_seconds",
             "Age of the job queued longest (0 when none is).",
         )
-        per_state: dict[str, int] = dict.fromkeys((str(s) for s in LIVE_STATES), 0)
+        per_state: dict[str, int] = dict.fromkeys((str(s) for s in LIVE), 0)
         oldest_at: datetime | None = None
         for status, queue, total, earliest in by_state:
             per_state[str(status)] += total

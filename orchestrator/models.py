@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from orchestrator.states import JobStatus
+from orchestrator.states import LIVE, JobStatus
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 
@@ -68,9 +68,8 @@ def status_type(*, checked: bool) -> sa.Enum:
     )
 
 
-# The states a job can leave (the gauges' filter, and their index's).
-LIVE_STATES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.WAITING)
-LIVE_STATES_SQL = "status IN ('queued', 'running', 'retrying', 'waiting')"
+# The gauges' index holds live jobs only (`states.LIVE`).
+LIVE_STATES_SQL = f"status IN ({', '.join(repr(status.value) for status in LIVE)})"
 
 
 def _partial(name: str, columns: list[str], where: str) -> sa.Index:

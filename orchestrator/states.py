@@ -25,6 +25,9 @@ class JobStatus(StrEnum):
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
+# The states a job can still leave, in declaration order (the gauges, and their index).
+LIVE = tuple(status for status in JobStatus if status not in TERMINAL)
+
 # The states a delivery may claim a job from.
 CLAIMABLE = frozenset({JobStatus.QUEUED, JobStatus.RETRYING})
 

@@ -4,8 +4,9 @@ This is the only module that writes `jobs.status`. Each function runs inside the
 transaction, checks its row count, and records an event row beside the change, so the
 event log and the job row can never disagree.
 
-The two transitions on every job's path, a claim and a success, run prebuilt statements
-from `orchestrator.statements` (on PostgreSQL a single statement each, events included).
+The two transitions on every job's path, a claim and a success, and the creation of jobs,
+run prebuilt statements kept in `orchestrator.transition_statements`, which only this
+module executes (on PostgreSQL a single statement each, events included).
 
 Writes made on behalf of a running attempt are fenced: they match on `attempt` as well as
 `status`, so a worker whose lease was taken over cannot overwrite the newer attempt.
@@ -23,7 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator import metrics, statements
+from orchestrator import metrics
+from orchestrator import transition_statements as statements
 from orchestrator.models import Job, JobEvent
 from orchestrator.states import ALLOWED, CLAIMABLE, JobStatus
 

@@ -9,7 +9,8 @@ the job rows (and a claim reads the upstream step's result), so a claim and a su
 one round trip each. SQLite, which has no data-modifying CTEs, runs the job-row statements
 here and `orchestrator.transitions` adds the events in the same transaction.
 
-Only `orchestrator.transitions` executes these: it stays the one module that changes status.
+Only `orchestrator.transitions` executes these (hence the name): it stays the one module
+that changes status.
 """
 
 from __future__ import annotations
