@@ -38,11 +38,7 @@ def http_rate(base: str, clients: int, seconds: float) -> float:
         ]
         for i in range(clients)
     ]
-    result = loadgen.run("127.0.0.1", port, requests, seconds)
-    unexpected = {status: n for status, n in result.statuses.items() if status != 201}
-    if unexpected:
-        raise RuntimeError(f"creation answered {unexpected}; see the web log")
-    return result.rate(201)
+    return _created_per_second(loadgen.run("127.0.0.1", port, requests, seconds))
 
 
 def batch_rate(base: str, clients: int, seconds: float, size: int = 1000) -> float:
@@ -53,11 +49,17 @@ def batch_rate(base: str, clients: int, seconds: float, size: int = 1000) -> flo
     request = loadgen.encode_post(
         "127.0.0.1", port, "/v1/jobs:batch", body, {"X-Tenant-ID": "batch"}
     )
-    result = loadgen.run("127.0.0.1", port, [[request]] * clients, seconds)
+    return (
+        _created_per_second(loadgen.run("127.0.0.1", port, [[request]] * clients, seconds)) * size
+    )
+
+
+def _created_per_second(result: loadgen.LoadResult) -> float:
+    """Requests answered 201 per second; any other answer stops the benchmark."""
     unexpected = {status: n for status, n in result.statuses.items() if status != 201}
     if unexpected:
-        raise RuntimeError(f"batch creation answered {unexpected}; see the web log")
-    return result.rate(201) * size
+        raise RuntimeError(f"creation answered {unexpected}; see the web log")
+    return result.rate(201)
 
 
 def raw_rate(env: Servers, seconds: float) -> float:
