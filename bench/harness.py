@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import sqlalchemy as sa
 
 from orchestrator import migrate
 from orchestrator.embedded_redis import EmbeddedRedis
@@ -50,6 +51,24 @@ class Servers:
             url = self.postgres.url(name)
         migrate.upgrade(url)
         return url
+
+    def quiesce(self, timeout: float = 60) -> None:
+        """Let PostgreSQL finish what earlier contenders left it (a checkpoint for their WAL,
+        autovacuum of their tables), so that it does not land in the next one's run."""
+        if self.postgres is None:
+            return
+        engine = sa.create_engine(self.postgres.url("postgres"), poolclass=sa.pool.NullPool)
+        busy = sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+        )
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                deadline = time.monotonic() + timeout
+                while connection.scalar(busy) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                connection.execute(sa.text("CHECKPOINT"))
+        finally:
+            engine.dispose()
 
 
 @contextmanager

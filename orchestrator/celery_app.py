@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -23,6 +24,8 @@ from orchestrator.settings import Settings, get_settings
 
 # Celery's hard limit fires this long after the soft one, which the handler sees as an error.
 HARD_LIMIT_GRACE_SECONDS = 15
+
+log = logging.getLogger("orchestrator.worker")
 
 
 class JobFailed(Exception):
@@ -139,9 +142,16 @@ def _configure_worker_logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
 
 
-def _forget_parent_connections(**_: Any) -> None:
+def _start_pool_process(**_: Any) -> None:
     # A forked child must not share the parent's database sockets.
     Runtime.reset()
+    # Build the child's runtime (imports, engines, job modules) now, not in its first
+    # job's time: that cost a fresh worker a few hundred milliseconds per process. It
+    # opens no connection; a failure here is the first job's to report.
+    try:
+        Runtime.current()
+    except Exception:
+        log.exception("could not build the runtime; the first job will try again")
 
 
 def _serve_worker_metrics(**_: Any) -> None:
@@ -156,4 +166,4 @@ def _serve_worker_metrics(**_: Any) -> None:
 
 setup_logging.connect(_configure_worker_logging)
 worker_ready.connect(_serve_worker_metrics)
-worker_process_init.connect(_forget_parent_connections)
+worker_process_init.connect(_start_pool_process)

@@ -78,11 +78,16 @@ def count(session: Session, event: str, job_type: str, seconds: float | None = N
 
 def apply_pending(session: Session) -> None:
     for event, job_type, seconds in session.info.pop(PENDING_KEY, []):
-        JOBS[event].labels(type=job_type).inc()
-        if seconds is not None and event == "started":
-            QUEUE_WAIT.labels(type=job_type).observe(seconds)
-        elif seconds is not None:
-            DURATION.labels(type=job_type).observe(seconds)
+        record(event, job_type, seconds)
+
+
+def record(event: str, job_type: str, seconds: float | None = None) -> None:
+    """Count a committed change now (what `count` does when its session commits)."""
+    JOBS[event].labels(type=job_type).inc()
+    if seconds is not None and event == "started":
+        QUEUE_WAIT.labels(type=job_type).observe(seconds)
+    elif seconds is not None:
+        DURATION.labels(type=job_type).observe(seconds)
 
 
 def drop_pending(session: Session) -> None:

@@ -129,8 +129,13 @@ class Runner:
         now = self.clock()
         if self.settings.tenant_max_running:
             return self._claim_within_limit(job_id, delivery, now)
-        started = self.database.statement(
-            lambda session: self._start(session, job_id, delivery, now)
+        started = transitions.claim_alone(
+            self.database,
+            job_id,
+            worker=self.worker,
+            now=now,
+            lease_seconds=self.settings.lease_seconds,
+            delivery=delivery,
         )
         if started is None:
             with self.database.transaction() as session:
@@ -148,29 +153,18 @@ class Runner:
                 return self._skip(session, job_id, now, delivery)
             if self._over_limit(session, seen, now):
                 return Skipped("tenant at its running limit; the job waits its turn")
-            started = self._start(session, job_id, delivery, now, seen=seen)
+            started = transitions.claim(
+                session,
+                job_id,
+                worker=self.worker,
+                now=now,
+                lease_seconds=self.settings.lease_seconds,
+                delivery=delivery,
+                seen=seen,
+            )
             if started is None:
                 return self._skip(session, job_id, now, delivery)
             return self._claimed(started)
-
-    def _start(
-        self,
-        session: Session,
-        job_id: str,
-        delivery: dict[str, Any] | None,
-        now: datetime,
-        *,
-        seen: Job | None = None,
-    ) -> transitions.Started | None:
-        return transitions.claim(
-            session,
-            job_id,
-            worker=self.worker,
-            now=now,
-            lease_seconds=self.settings.lease_seconds,
-            delivery=delivery,
-            seen=seen,
-        )
 
     def _claimed(self, started: transitions.Started) -> Claimed:
         job = started.job
@@ -233,22 +227,20 @@ class Runner:
     def _record(self, claimed: Claimed, outcome: Outcome) -> bool:
         run, now = claimed.run, self.clock()
 
-        def succeed(session: Session, result: Any) -> bool:
-            has_next = claimed.job_type.then is not None
-            next_due = now + self._grace
-            return transitions.succeed(
-                session, run, result, now, next_due=next_due, has_next=has_next
-            )
-
+        has_next, next_due = claimed.job_type.then is not None, now + self._grace
         if isinstance(outcome, Succeeded) and not self.settings.tenant_max_running:
-            # The common case, one statement (see Database.statement).
-            return self.database.statement(lambda session: succeed(session, outcome.result))
+            # The common case, one statement (see transitions.succeed_alone).
+            return transitions.succeed_alone(
+                self.database, run, outcome.result, now, next_due=next_due, has_next=has_next
+            )
         with self.database.transaction() as session:
             if self.settings.tenant_max_running:
                 # This run's slot frees up: the tenant's oldest parked job may go.
                 transitions.release_deferred(session, run.tenant_id, now)
             if isinstance(outcome, Succeeded):
-                return succeed(session, outcome.result)
+                return transitions.succeed(
+                    session, run, outcome.result, now, next_due=next_due, has_next=has_next
+                )
             if isinstance(outcome, RetryLater):
                 run_at = now + timedelta(seconds=outcome.delay)
                 # A retry the broker holds is swept only if it goes missing; one the

@@ -139,8 +139,8 @@ def claim_update(narrowed: bool) -> sa.Update:
 
 @cache
 def succeed_postgresql(has_next: bool) -> sa.Select[Any]:
-    """Finish the fenced run, queue the next step, write both events: one row, the count
-    of runs finished (1, or 0 for a superseded attempt)."""
+    """Finish the fenced run, queue the next step, write both events: one row, `finished`,
+    the count of runs finished (1, or 0 for a superseded attempt)."""
     done = sa.update(JOBS).where(*_FENCE).values(**SUCCESS_VALUES).returning(*_CHANGED).cte("done")
     events = [_event_rows(done, JobStatus.RUNNING, JobStatus.SUCCEEDED)]
     if has_next:
@@ -153,7 +153,11 @@ def succeed_postgresql(has_next: bool) -> sa.Select[Any]:
             .cte("next_step")
         )
         events.append(_event_rows(step, JobStatus.WAITING, JobStatus.QUEUED, message=NEXT_MESSAGE))
-    return sa.select(sa.func.count()).select_from(done).add_cte(_insert_events(*events))
+    return (
+        sa.select(sa.func.count().label("finished"))
+        .select_from(done)
+        .add_cte(_insert_events(*events))
+    )
 
 
 @cache

@@ -15,7 +15,7 @@ Writes made on behalf of a running attempt are fenced: they match on `attempt` a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import metrics
 from orchestrator import transition_statements as statements
+from orchestrator.db import Database
 from orchestrator.models import Job, JobEvent
 from orchestrator.states import ALLOWED, CLAIMABLE, JobStatus
 
@@ -168,17 +169,10 @@ def claim(
     upstream result. `seen`, a row the caller already read, narrows the claim to that
     row's state and attempt.
     """
-    _check(CLAIMABLE, JobStatus.RUNNING)
     sources = [seen.status] if seen is not None else [JobStatus.QUEUED, JobStatus.RETRYING]
-    params = {
-        "b_job_id": job_id,
-        "b_attempt": seen.attempt if seen is not None else None,
-        "b_due_by": now + CLOCK_SKEW,
-        "b_claimer": worker,
-        "b_now": now,
-        "b_lease_until": now + timedelta(seconds=lease_seconds),
-        "b_event_data": {"worker": worker, **({"delivery": delivery} if delivery else {})},
-    }
+    params = _claim_params(job_id, worker, lease_seconds, now, delivery)
+    if seen is not None:
+        params["b_attempt"] = seen.attempt
     claim_one = _claim_in_one_statement if _is_postgresql(session) else _claim_in_steps
     for source in sources:
         started = claim_one(session, {**params, "b_source": source}, narrowed=seen is not None)
@@ -188,14 +182,62 @@ def claim(
     return None
 
 
+def claim_alone(
+    database: Database,
+    job_id: str,
+    *,
+    worker: str,
+    lease_seconds: float,
+    now: datetime,
+    delivery: dict[str, Any] | None = None,
+) -> Started | None:
+    """`claim` as a worker makes it, in a transaction of its own: on PostgreSQL one
+    prebuilt statement on the driver's connection (`Database.first_row`)."""
+    if database.dialect != "postgresql":
+        return database.statement(
+            lambda session: claim(
+                session,
+                job_id,
+                worker=worker,
+                lease_seconds=lease_seconds,
+                now=now,
+                delivery=delivery,
+            )
+        )
+    params = _claim_params(job_id, worker, lease_seconds, now, delivery)
+    for source in (JobStatus.QUEUED, JobStatus.RETRYING):
+        row = database.first_row(statements.claim_postgresql(False), {**params, "b_source": source})
+        if row is not None:
+            started = _started(row)
+            metrics.record("started", started.job.type, _waited(started.job, now))
+            return started
+    return None
+
+
+def _claim_params(
+    job_id: str, worker: str, lease_seconds: float, now: datetime, delivery: dict[str, Any] | None
+) -> dict[str, Any]:
+    _check(CLAIMABLE, JobStatus.RUNNING)
+    return {
+        "b_job_id": job_id,
+        "b_attempt": None,
+        "b_due_by": now + CLOCK_SKEW,
+        "b_claimer": worker,
+        "b_now": now,
+        "b_lease_until": now + timedelta(seconds=lease_seconds),
+        "b_event_data": {"worker": worker, **({"delivery": delivery} if delivery else {})},
+    }
+
+
 def _claim_in_one_statement(
     session: Session, params: dict[str, Any], *, narrowed: bool
 ) -> Started | None:
     row = session.execute(statements.claim_postgresql(narrowed), params).first()
-    if row is None:
-        return None
+    return None if row is None else _started(dict(row._mapping))
+
+
+def _started(values: Mapping[str, Any]) -> Started:
     # A detached Job of the columns the run needs: no identity map, no full row.
-    values = row._mapping
     job = Job.fresh(**{name: values[name] for name in statements.CLAIMED_COLUMNS})
     return Started(job, values["upstream_result"])
 
@@ -318,9 +360,43 @@ def succeed(
     whole change (both rows and their events) is one statement. A job with no step after
     it (`has_next` false) saves the look-up.
     """
+    params = _success_params(run, result, now, next_due)
+    if _is_postgresql(session):
+        won = bool(session.scalar(statements.succeed_postgresql(has_next), params) == 1)
+    else:
+        won = _succeed_in_steps(session, run, params, has_next=has_next)
+    if won:
+        metrics.count(session, "succeeded", run.job_type, _ran(run, now))
+    return won
+
+
+def succeed_alone(
+    database: Database,
+    run: Attempt,
+    result: Any,
+    now: datetime,
+    *,
+    next_due: datetime,
+    has_next: bool = True,
+) -> bool:
+    """`succeed` as a worker records it, in a transaction of its own: on PostgreSQL one
+    prebuilt statement on the driver's connection (`Database.first_row`)."""
+    if database.dialect != "postgresql":
+        return database.statement(
+            lambda session: succeed(session, run, result, now, next_due=next_due, has_next=has_next)
+        )
+    params = _success_params(run, result, now, next_due)
+    row = database.first_row(statements.succeed_postgresql(has_next), params)
+    won = row is not None and row["finished"] == 1
+    if won:
+        metrics.record("succeeded", run.job_type, _ran(run, now))
+    return won
+
+
+def _success_params(run: Attempt, result: Any, now: datetime, next_due: datetime) -> dict[str, Any]:
     _check([JobStatus.RUNNING], JobStatus.SUCCEEDED)
     _check([JobStatus.WAITING], JobStatus.QUEUED)
-    params = {
+    return {
         "b_job_id": run.job_id,
         "b_attempt": run.attempt,
         "b_now": now,
@@ -328,14 +404,10 @@ def succeed(
         "b_next_due": next_due,
         "b_next_message": f"upstream {run.job_id} succeeded",
     }
-    if _is_postgresql(session):
-        won = bool(session.scalar(statements.succeed_postgresql(has_next), params) == 1)
-    else:
-        won = _succeed_in_steps(session, run, params, has_next=has_next)
-    if won:
-        ran = (now - run.started_at).total_seconds() if run.started_at else None
-        metrics.count(session, "succeeded", run.job_type, ran)
-    return won
+
+
+def _ran(run: Attempt, now: datetime) -> float | None:
+    return (now - run.started_at).total_seconds() if run.started_at else None
 
 
 def _succeed_in_steps(
@@ -806,7 +878,7 @@ def _finish_running(
         **values,
     )
     if won:
-        ran = (now - run.started_at).total_seconds() if run.started_at else None
+        ran = _ran(run, now)
         metrics.count(session, str(target), run.job_type, ran)
         session.add(
             _event(

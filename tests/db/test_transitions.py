@@ -52,10 +52,8 @@ def _pipeline(service: JobService, tenant: str = "t1") -> list[Job]:
 
 def _claim(database: Database, job_id: str, worker: str = "w1") -> Job | None:
     """A claim as the workers make it: one statement (autocommit on PostgreSQL)."""
-    started = database.statement(
-        lambda session: transitions.claim(
-            session, job_id, worker=worker, lease_seconds=60, now=utcnow()
-        )
+    started = transitions.claim_alone(
+        database, job_id, worker=worker, lease_seconds=60, now=utcnow()
     )
     return started.job if started else None
 
@@ -200,16 +198,10 @@ def test_every_transition_leaves_an_event(service: JobService, database: Databas
 def test_a_claim_hands_over_the_upstream_result(service: JobService, database: Database) -> None:
     head, nxt = _pipeline(service)
     _claim(database, head.id)
-    database.statement(
-        lambda session: transitions.succeed(
-            session, Attempt(head.id, "t1", 1), {"found": 3}, utcnow(), next_due=utcnow()
-        )
+    assert transitions.succeed_alone(
+        database, Attempt(head.id, "t1", 1), {"found": 3}, utcnow(), next_due=utcnow()
     )
-    started = database.statement(
-        lambda session: transitions.claim(
-            session, nxt.id, worker="w1", lease_seconds=60, now=utcnow()
-        )
-    )
+    started = transitions.claim_alone(database, nxt.id, worker="w1", lease_seconds=60, now=utcnow())
     assert started is not None
     assert started.upstream_result == {"found": 3}
     assert (started.job.id, started.job.status, started.job.attempt) == (
@@ -264,6 +256,71 @@ def test_hot_statements_survive_a_dropped_connection(
     claimed = _claim(database, second)
     assert claimed is not None and claimed.attempt == 1
     assert _status(database, second) == (JobStatus.RUNNING, 1)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_driver_path_writes_what_sqlalchemy_writes(
+    service: JobService, database: Database
+) -> None:
+    """A worker's claim and success run on the driver's connection (`first_row`), with
+    SQLAlchemy's conversions applied by hand: the rows they write and the job they hand
+    back must be exactly what the same transitions write through a session."""
+    by_session, by_driver = _pipeline(service)[0].id, _pipeline(service)[0].id
+    now = utcnow()
+    with database.transaction() as session:
+        started = transitions.claim(session, by_session, worker="w", lease_seconds=60, now=now)
+        assert started is not None
+        from_session = started
+    from_driver = transitions.claim_alone(
+        database, by_driver, worker="w", lease_seconds=60, now=now
+    )
+    assert from_driver is not None
+    for started in (from_session, from_driver):
+        assert type(started.job.status) is JobStatus
+        assert started.job.created_at.tzinfo is not None
+    assert _claimed_view(from_driver) == {**_claimed_view(from_session), "id": by_driver}
+    result = {"rooms": [1, 2], "none": None}
+    with database.transaction() as session:
+        run = Attempt(by_session, "t1", 1)
+        assert transitions.succeed(session, run, result, now, next_due=now)
+    assert transitions.succeed_alone(
+        database, Attempt(by_driver, "t1", 1), result, now, next_due=now
+    )
+    assert _written(database, by_driver) == _written(database, by_session)
+
+
+def _claimed_view(started: transitions.Started) -> dict[str, object]:
+    job = started.job
+    names = ("id", "tenant_id", "type", "input", "status", "attempt", "max_attempts")
+    return {
+        **{name: getattr(job, name) for name in names},
+        "started_at": job.started_at,
+        "upstream_result": started.upstream_result,
+    }
+
+
+def _written(database: Database, job_id: str) -> list[tuple[object, ...]]:
+    """Every column of the job row and its events as PostgreSQL renders them (JSON null
+    and SQL NULL told apart), the job's own ids and creation aside."""
+    with database.session() as session:
+        job = session.execute(
+            sa.text(
+                "SELECT to_jsonb(jobs) - 'id' - 'pipeline_id' - 'created_at' "
+                "FROM jobs WHERE id = :id"
+            ),
+            {"id": job_id},
+        ).scalar_one()
+        events = session.execute(
+            sa.text(
+                # the creation event's time is the job's creation, set apart above
+                "SELECT to_jsonb(e) - 'id' - 'job_id' "
+                "- CASE WHEN from_status IS NULL THEN 'at' ELSE '' END, "
+                "data IS NULL, jsonb_typeof(data) "
+                "FROM job_events e WHERE job_id = :id ORDER BY id"
+            ),
+            {"id": job_id},
+        ).all()
+    return [(job,), *(tuple(row) for row in events)]
 
 
 def test_listing_is_tenant_scoped_newest_first_and_paginates(service: JobService) -> None:
