@@ -4,12 +4,18 @@
 `db+...` SQLAlchemy URL with `result_extended`, which is how people keep task state in a
 database today. `BENCH_COUNTER` counts executions in Redis, so throughput runs can tell
 when the queue is drained without a result backend.
+
+`BENCH_ROUND_TRIPS`, a PostgreSQL URL, makes each task send two `SELECT 1` on its own
+connection: the least that any design which records a start before the work and an
+outcome after it must pay (the floor the throughput benchmark can show beside us).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
+import psycopg
 import redis
 from celery import Celery
 
@@ -32,8 +38,16 @@ app.conf.update(
 _counter = redis.Redis.from_url(BROKER)
 
 
+_round_trips: list[Any] = []
+
+
 @app.task(name="raw.noop")  # type: ignore[untyped-decorator]
 def noop() -> None:
+    if url := os.environ.get("BENCH_ROUND_TRIPS"):
+        if not _round_trips:
+            _round_trips.append(psycopg.connect(url, autocommit=True))
+        for _ in range(2):
+            _round_trips[0].execute("SELECT 1").fetchone()
     if os.environ.get("BENCH_COUNT"):
         _counter.incr(COUNTER)
 

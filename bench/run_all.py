@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 FULL = [
-    ["bench.throughput", "--jobs", "20000", "--rounds", "3"],
+    ["bench.throughput", "--jobs", "20000", "--rounds", "3", "--floor"],
     ["bench.api_create", "--seconds", "10", "--rounds", "3"],
     ["bench.latency", "--jobs", "300"],
     ["bench.growth", "--large", "1000000"],

@@ -77,7 +77,9 @@ def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> fl
         runtime.database.dispose()
 
 
-def raw_rate(env: Servers, jobs: int, folder: Path, backend_url: str | None) -> float:
+def raw_rate(
+    env: Servers, jobs: int, folder: Path, backend_url: str | None, round_trips: str = ""
+) -> float:
     broker = env.redis_url(2)
     os.environ["BENCH_BROKER"] = broker  # the app module reads it at import
     app = Celery("rawbench", broker=broker)
@@ -91,6 +93,7 @@ def raw_rate(env: Servers, jobs: int, folder: Path, backend_url: str | None) -> 
         "BENCH_BROKER": broker,
         "BENCH_COUNT": "1",
         "BENCH_BACKEND": backend_url or "",
+        "BENCH_ROUND_TRIPS": round_trips,
     }
     worker = celery_worker("bench.rawcelery", env_vars, folder / "raw.log", node)
     env.quiesce()
@@ -135,56 +138,64 @@ def _wait(done: object, timeout: float = 900) -> None:
         time.sleep(0.1)
 
 
+def one_round(env: Servers, args: argparse.Namespace, backend: str, number: int) -> dict[str, Any]:
+    """Every contender once, ratios within the round."""
+    jobs, folder = args.jobs, args.folder
+    contenders: dict[str, Callable[[], float]] = {
+        "raw celery/s": partial(raw_rate, env, jobs, folder, None),
+        "celery+db backend/s": partial(
+            raw_rate, env, jobs, folder, f"db+{env.database_url(backend)}"
+        ),
+        "orchestrator/s": partial(orchestrator_rate, env, backend, jobs, folder),
+    }
+    if args.floor and backend == "postgresql":
+        plain = env.database_url(backend).replace("postgresql+psycopg", "postgresql")
+        contenders["celery+2 round trips/s"] = partial(raw_rate, env, jobs, folder, None, plain)
+    # The machine's speed drifts over minutes: each round starts with another contender,
+    # so that none always runs at the same point of a round.
+    names = list(contenders)
+    first = number % len(names)
+    order = names[first:] + names[:first]
+    rate = {name: contenders[name]() for name in order}
+    ours = rate["orchestrator/s"]
+    row: dict[str, Any] = {"round": number, "first": order[0].split("/")[0], **rate}
+    row["vs raw"] = ours / rate["raw celery/s"]
+    row["vs db backend"] = ours / rate["celery+db backend/s"]
+    if "celery+2 round trips/s" in rate:
+        row["floor vs raw"] = rate["celery+2 round trips/s"] / rate["raw celery/s"]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backends", default="postgresql,sqlite")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run raw Celery whose task makes two PostgreSQL round trips (SELECT 1)",
+    )
+    parser.add_argument(
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
     )
     args = parser.parse_args()
     with servers(args.folder) as env:
         for backend in args.backends.split(","):
-            rows: list[dict[str, Any]] = []
-            for number in range(1, args.rounds + 1):
-                db_backend = f"db+{env.database_url(backend)}"
-                contenders: dict[str, Callable[[], float]] = {
-                    "raw": partial(raw_rate, env, args.jobs, args.folder, None),
-                    "db": partial(raw_rate, env, args.jobs, args.folder, db_backend),
-                    "ours": partial(orchestrator_rate, env, backend, args.jobs, args.folder),
-                }
-                # The machine's speed drifts over minutes: each round starts with another
-                # contender, so that none always runs at the same point of a round.
-                names = list(contenders)
-                order = names[number % 3 :] + names[: number % 3]
-                rate = {name: contenders[name]() for name in order}
-                raw, raw_db, ours = rate["raw"], rate["db"], rate["ours"]
-                rows.append(
-                    {
-                        "round": number,
-                        "order": ",".join(order),
-                        "orchestrator/s": ours,
-                        "raw celery/s": raw,
-                        "celery+db backend/s": raw_db,
-                        "vs raw": ours / raw,
-                        "vs db backend": ours / raw_db,
-                    }
-                )
-            report(
-                f"worker throughput ({backend}, {args.jobs} jobs, prefork -c 2)",
-                rows,
-                {
-                    "backend": backend,
-                    "jobs": args.jobs,
-                    "rounds": args.rounds,
-                    "orchestrator_per_s": median([r["orchestrator/s"] for r in rows]),
-                    "raw_per_s": median([r["raw celery/s"] for r in rows]),
-                    "db_backend_per_s": median([r["celery+db backend/s"] for r in rows]),
-                    "ratio_vs_raw": median([r["vs raw"] for r in rows]),
-                    "ratio_vs_db_backend": median([r["vs db backend"] for r in rows]),
-                },
-            )
+            rows = [one_round(env, args, backend, n) for n in range(1, args.rounds + 1)]
+            summary = {
+                "backend": backend,
+                "jobs": args.jobs,
+                "rounds": args.rounds,
+                "orchestrator_per_s": median([r["orchestrator/s"] for r in rows]),
+                "raw_per_s": median([r["raw celery/s"] for r in rows]),
+                "db_backend_per_s": median([r["celery+db backend/s"] for r in rows]),
+                "ratio_vs_raw": median([r["vs raw"] for r in rows]),
+                "ratio_vs_db_backend": median([r["vs db backend"] for r in rows]),
+            }
+            if "floor vs raw" in rows[0]:
+                summary["floor_ratio_vs_raw"] = median([r["floor vs raw"] for r in rows])
+            report(f"worker throughput ({backend}, {args.jobs} jobs, prefork -c 2)", rows, summary)
 
 
 if __name__ == "__main__":
