@@ -55,7 +55,8 @@ class Database:
         runs in autocommit (its own transaction, without the round trips of BEGIN, COMMIT
         and a pre-ping); on SQLite a transaction like any other.
 
-        This is the workers' hot path (a claim, a success). A connection the server dropped
+        Creations, dispatched marks, and the workers' claims and successes on SQLite run
+        here (on PostgreSQL those two take `first_row`). A connection the server dropped
         fails the statement and leaves the pool; the work then runs once more on a new one.
         """
         for retry in (False, True):

@@ -37,6 +37,8 @@ COUNTED = {
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "cancelled",
 }
+# The states a delivery claims from, the usual one first (`CLAIMABLE`, in order).
+CLAIM_SOURCES = (JobStatus.QUEUED, JobStatus.RETRYING)
 # Hosts' clocks differ a little: a delivery this close to a job's due time may claim it.
 CLOCK_SKEW = timedelta(seconds=2)
 
@@ -169,7 +171,7 @@ def claim(
     upstream result. `seen`, a row the caller already read, narrows the claim to that
     row's state and attempt.
     """
-    sources = [seen.status] if seen is not None else [JobStatus.QUEUED, JobStatus.RETRYING]
+    sources = [seen.status] if seen is not None else CLAIM_SOURCES
     params = _claim_params(job_id, worker, lease_seconds, now, delivery)
     if seen is not None:
         params["b_attempt"] = seen.attempt
@@ -205,7 +207,7 @@ def claim_alone(
             )
         )
     params = _claim_params(job_id, worker, lease_seconds, now, delivery)
-    for source in (JobStatus.QUEUED, JobStatus.RETRYING):
+    for source in CLAIM_SOURCES:
         row = database.first_row(statements.claim_postgresql(False), {**params, "b_source": source})
         if row is not None:
             started = _started(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.states import ALLOWED, CLAIMABLE, TERMINAL, JobStatus, sources_of
+from orchestrator.transitions import CLAIM_SOURCES
 
 S = JobStatus
 # Jobs come into being in these states (the first pipeline step, and the ones after it).
@@ -110,3 +111,7 @@ def test_sources_of_examples() -> None:
     assert sources_of(S.RETRYING) == {S.RUNNING}
     assert sources_of(S.SUCCEEDED) == {S.RUNNING}
     assert sources_of(S.CANCELLED) == {S.WAITING, S.QUEUED, S.RETRYING, S.RUNNING}
+
+
+def test_a_claim_tries_every_claimable_state() -> None:
+    assert set(CLAIM_SOURCES) == CLAIMABLE and len(CLAIM_SOURCES) == len(CLAIMABLE)
