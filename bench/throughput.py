@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,9 @@ from orchestrator.service import NewJob
 CHUNK = 1000
 
 
-def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> float:
-    settings = orchestrator_settings(env.database_url(backend), env.redis_url(1))
+def record_jobs(env: Servers, database_url: str, jobs: int) -> Runtime:
+    """`jobs` no-op jobs recorded (and sent to the orchestrator's queue), settled."""
+    settings = orchestrator_settings(database_url, env.redis_url(1))
     runtime = Runtime.build(settings)
     for start in range(0, jobs, CHUNK):
         runtime.service.create_batch(
@@ -62,6 +63,12 @@ def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> fl
     with runtime.database.transaction() as session:
         session.execute(sa.text("ANALYZE jobs"))
     env.quiesce()
+    return runtime
+
+
+def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> float:
+    runtime = record_jobs(env, env.database_url(backend), jobs)
+    settings = runtime.settings
     node = f"orch-{uuid.uuid4().hex[:6]}@bench"
     worker = celery_worker("tasks.worker", settings_env(settings), folder / "orch.log", node)
     app = create_celery_app(settings)
@@ -77,15 +84,38 @@ def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> fl
         runtime.database.dispose()
 
 
+def statements_rate(env: Servers, jobs: int, folder: Path) -> float:
+    """Raw Celery running the orchestrator's claim and success for recorded jobs, with no
+    runner: what the two statements cost by themselves."""
+    url = env.database_url("postgresql")
+    runtime = record_jobs(env, url, jobs)
+    with runtime.database.session() as session:
+        job_ids = list(session.scalars(sa.select(Job.id)))
+    runtime.database.dispose()
+    return raw_rate(env, jobs, folder, None, round_trips=_driver_url(url), job_ids=job_ids)
+
+
+def _driver_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
 def raw_rate(
-    env: Servers, jobs: int, folder: Path, backend_url: str | None, round_trips: str = ""
+    env: Servers,
+    jobs: int,
+    folder: Path,
+    backend_url: str | None,
+    *,
+    round_trips: str = "",
+    job_ids: Sequence[str] = (),
 ) -> float:
     broker = env.redis_url(2)
     os.environ["BENCH_BROKER"] = broker  # the app module reads it at import
     app = Celery("rawbench", broker=broker)
     counter = redis.Redis.from_url(broker)
     with app.producer_or_acquire() as producer:
-        for _ in range(jobs):
+        for job_id in job_ids:
+            app.send_task("raw.statements", args=[job_id], producer=producer)
+        for _ in range(jobs - len(job_ids)):
             app.send_task("raw.noop", producer=producer)
     node = f"raw-{uuid.uuid4().hex[:6]}@bench"
     env_vars = {
@@ -149,8 +179,11 @@ def one_round(env: Servers, args: argparse.Namespace, backend: str, number: int)
         "orchestrator/s": partial(orchestrator_rate, env, backend, jobs, folder),
     }
     if args.floor and backend == "postgresql":
-        plain = env.database_url(backend).replace("postgresql+psycopg", "postgresql")
-        contenders["celery+2 round trips/s"] = partial(raw_rate, env, jobs, folder, None, plain)
+        plain = _driver_url(env.database_url(backend))
+        contenders["celery+2 round trips/s"] = partial(
+            raw_rate, env, jobs, folder, None, round_trips=plain
+        )
+        contenders["celery+our 2 statements/s"] = partial(statements_rate, env, jobs, folder)
     # The machine's speed drifts over minutes: each round starts with another contender,
     # so that none always runs at the same point of a round.
     names = list(contenders)
@@ -163,6 +196,7 @@ def one_round(env: Servers, args: argparse.Namespace, backend: str, number: int)
     row["vs db backend"] = ours / rate["celery+db backend/s"]
     if "celery+2 round trips/s" in rate:
         row["floor vs raw"] = rate["celery+2 round trips/s"] / rate["raw celery/s"]
+        row["statements vs raw"] = rate["celery+our 2 statements/s"] / rate["raw celery/s"]
     return row
 
 
@@ -195,6 +229,7 @@ def main() -> None:
             }
             if "floor vs raw" in rows[0]:
                 summary["floor_ratio_vs_raw"] = median([r["floor vs raw"] for r in rows])
+                summary["statements_ratio_vs_raw"] = median([r["statements vs raw"] for r in rows])
             report(f"worker throughput ({backend}, {args.jobs} jobs, prefork -c 2)", rows, summary)
 
 
