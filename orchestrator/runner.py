@@ -77,8 +77,7 @@ class Claimed:
 
     @property
     def run(self) -> Attempt:
-        job = self.job
-        return Attempt(job.id, job.tenant_id, job.attempt, job.type, job.started_at)
+        return Attempt.of(self.job)
 
 
 class Runner:
@@ -226,7 +225,6 @@ class Runner:
 
     def _record(self, claimed: Claimed, outcome: Outcome) -> bool:
         run, now = claimed.run, self.clock()
-
         has_next, next_due = claimed.job_type.then is not None, now + self._grace
         if isinstance(outcome, Succeeded) and not self.settings.tenant_max_running:
             # The common case, one statement (see transitions.succeed_alone).

@@ -54,6 +54,11 @@ class Attempt:
     job_type: str = "unknown"
     started_at: datetime | None = None
 
+    @classmethod
+    def of(cls, job: Job) -> Attempt:
+        """The attempt a claimed job's row holds."""
+        return cls(job.id, job.tenant_id, job.attempt, job.type, job.started_at)
+
 
 class LeaseState(Enum):
     HELD = "held"
@@ -283,7 +288,7 @@ def tenant_at_limit(session: Session, tenant_id: str, limit: int) -> bool:
     """Whether the tenant already runs `limit` jobs. On PostgreSQL this also takes a lock
     per tenant until the transaction ends, so concurrent claims count one at a time (SQLite
     serialises writers anyway)."""
-    if session.get_bind().dialect.name == "postgresql":
+    if _is_postgresql(session):
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(tenant_id))))
     running = session.scalar(
         sa.select(sa.func.count())
@@ -518,7 +523,7 @@ def _move_later_steps(
             updated_at=now,
             **values,
         ):
-            _note(session, _run_of(step), now, source, target, message=message)
+            _note(session, Attempt.of(step), now, source, target, message=message)
             moved.append(step)
     return moved
 
@@ -536,10 +541,6 @@ def later_steps(session: Session, job: Job, status: JobStatus) -> list[Job]:
             .order_by(Job.step_index)
         )
     )
-
-
-def _run_of(job: Job) -> Attempt:
-    return Attempt(job.id, job.tenant_id, job.attempt, job.type, job.started_at)
 
 
 def report_progress(
@@ -769,7 +770,7 @@ def cancel(session: Session, job: Job, now: datetime) -> JobStatus:
         return job.status
     _note(
         session,
-        _run_of(job),
+        Attempt.of(job),
         now,
         job.status,
         JobStatus.CANCELLED,
@@ -812,7 +813,7 @@ def requeue(
         return []
     _note(
         session,
-        _run_of(job),
+        Attempt.of(job),
         now,
         job.status,
         JobStatus.QUEUED,
