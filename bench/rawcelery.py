@@ -8,24 +8,23 @@ when the queue is drained without a result backend.
 `BENCH_ROUND_TRIPS`, a PostgreSQL URL, makes each task send two `SELECT 1` on its own
 connection: the least that any design which records a start before the work and an
 outcome after it must pay (the floor the throughput benchmark can show beside us).
-`raw.statements` runs the orchestrator's own claim and success for a job id on such a
-connection, with no runner around them: what those two statements cost by themselves.
+`raw.statements` runs the orchestrator's own claim and success for a job id, on the
+database at `BENCH_DATABASE_URL`, with no runner around them: what those two transitions
+cost by themselves.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from functools import cache
 from typing import Any
 
 import psycopg
 import redis
 from celery import Celery
-from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 
-from orchestrator import transition_statements as statements
-from orchestrator.db import PreparedStatement
+from orchestrator import transitions
+from orchestrator.db import Database
 from orchestrator.models import utcnow
 
 BROKER = os.environ["BENCH_BROKER"]
@@ -66,33 +65,21 @@ def noop() -> None:
 
 
 @cache
-def _hot_statements() -> tuple[PreparedStatement, PreparedStatement]:
-    dialect = postgresql_psycopg.dialect()  # type: ignore[no-untyped-call]
-    return (
-        PreparedStatement.compile(statements.claim_postgresql(False), dialect),
-        PreparedStatement.compile(statements.succeed_postgresql(False), dialect),
-    )
+def _database() -> Database:
+    return Database(os.environ["BENCH_DATABASE_URL"])
 
 
 @app.task(name="raw.statements")  # type: ignore[untyped-decorator]
 def claim_and_succeed(job_id: str) -> None:
-    claim, succeed = _hot_statements()
-    now = utcnow()
-    params = {
-        "b_job_id": job_id,
-        "b_source": "queued",
-        "b_attempt": None,
-        "b_due_by": now,
-        "b_claimer": "raw",
-        "b_now": now,
-        "b_lease_until": now + timedelta(seconds=30),
-        "b_event_data": {"worker": "raw"},
-    }
-    row = _connection().execute(claim.sql, claim.bind(params)).fetchone()
-    assert row is not None, f"{job_id} was not claimable"
-    attempt = claim.row(row)["attempt"]
-    done = {"b_job_id": job_id, "b_attempt": attempt, "b_now": utcnow(), "b_outcome": None}
-    _connection().execute(succeed.sql, succeed.bind(done)).fetchone()
+    # The worker's own two transitions, with none of the runner around them (no
+    # heartbeat, context, input validation or outcome mapping).
+    database = _database()
+    started = transitions.claim_alone(
+        database, job_id, worker="raw", lease_seconds=30, now=utcnow()
+    )
+    assert started is not None, f"{job_id} was not claimable"
+    run, now = transitions.Attempt.of(started.job), utcnow()
+    assert transitions.succeed_alone(database, run, None, now, next_due=now, has_next=False)
     _counter.incr(COUNTER)
 
 

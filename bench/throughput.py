@@ -86,13 +86,13 @@ def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> fl
 
 def statements_rate(env: Servers, jobs: int, folder: Path) -> float:
     """Raw Celery running the orchestrator's claim and success for recorded jobs, with no
-    runner: what the two statements cost by themselves."""
+    runner: what the two transitions cost by themselves."""
     url = env.database_url("postgresql")
     runtime = record_jobs(env, url, jobs)
     with runtime.database.session() as session:
         job_ids = list(session.scalars(sa.select(Job.id)))
     runtime.database.dispose()
-    return raw_rate(env, jobs, folder, None, round_trips=_driver_url(url), job_ids=job_ids)
+    return raw_rate(env, jobs, folder, None, database_url=url, job_ids=job_ids)
 
 
 def _driver_url(url: str) -> str:
@@ -106,6 +106,7 @@ def raw_rate(
     backend_url: str | None,
     *,
     round_trips: str = "",
+    database_url: str = "",
     job_ids: Sequence[str] = (),
 ) -> float:
     broker = env.redis_url(2)
@@ -124,6 +125,7 @@ def raw_rate(
         "BENCH_COUNT": "1",
         "BENCH_BACKEND": backend_url or "",
         "BENCH_ROUND_TRIPS": round_trips,
+        "BENCH_DATABASE_URL": database_url,
     }
     worker = celery_worker("bench.rawcelery", env_vars, folder / "raw.log", node)
     env.quiesce()

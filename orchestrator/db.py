@@ -24,7 +24,7 @@ class Database:
         self._sessions = _sessions(self.engine)
         self._autocommit: sa.Engine | None = None
         self._statement_sessions = self._sessions
-        self._prepared: dict[int, PreparedStatement] = {}
+        self._prepared: dict[int, _Prepared] = {}
         if not url.startswith("sqlite"):
             # Its own pool (as large as the main one: a pool too small for the threads that
             # share it opens and closes a connection per statement): no pre-ping, and no
@@ -90,7 +90,7 @@ class Database:
             raise RuntimeError(f"first_row needs PostgreSQL, not {self.dialect}")
         prepared = self._prepared.get(id(statement))
         if prepared is None:
-            prepared = PreparedStatement.compile(statement, engine.dialect)
+            prepared = _Prepared.compile(statement, engine.dialect)
             self._prepared[id(statement)] = prepared
         values = prepared.bind(params)
         for retry in (False, True):
@@ -123,7 +123,7 @@ class Database:
 
 
 @dataclass(frozen=True)
-class PreparedStatement:
+class _Prepared:
     """A statement compiled for one dialect: its SQL, its default parameter values, and
     the conversions SQLAlchemy applies to parameters and result columns (enums, JSON,
     UTC timestamps), found once through the types' own processors."""
@@ -136,7 +136,7 @@ class PreparedStatement:
     results: tuple[Callable[[Any], Any] | None, ...]
 
     @classmethod
-    def compile(cls, statement: sa.Select[Any], dialect: sa.Dialect) -> PreparedStatement:
+    def compile(cls, statement: sa.Select[Any], dialect: sa.Dialect) -> _Prepared:
         compiled = statement.compile(dialect=dialect)
         binds = {
             name: processor
