@@ -128,6 +128,10 @@ def test_stale_attempt_cannot_write(service: JobService, database: Database) -> 
     second = _claim(database, job_id, worker="w2")
     assert second is not None and second.attempt == 2
 
+    # The worker's own path (on PostgreSQL, the driver's connection) is fenced too.
+    assert not transitions.succeed_alone(
+        database, stale, {"late": True}, utcnow(), next_due=utcnow()
+    )
     with database.transaction() as session:
         assert not transitions.succeed(session, stale, {"late": True}, utcnow(), next_due=utcnow())
         assert not transitions.fail(session, stale, ErrorInfo("E", "late"), utcnow())
@@ -268,9 +272,8 @@ def test_the_driver_path_writes_what_sqlalchemy_writes(
     by_session, by_driver = _pipeline(service)[0].id, _pipeline(service)[0].id
     now = utcnow()
     with database.transaction() as session:
-        started = transitions.claim(session, by_session, worker="w", lease_seconds=60, now=now)
-        assert started is not None
-        from_session = started
+        from_session = transitions.claim(session, by_session, worker="w", lease_seconds=60, now=now)
+        assert from_session is not None
     from_driver = transitions.claim_alone(
         database, by_driver, worker="w", lease_seconds=60, now=now
     )
