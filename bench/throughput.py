@@ -62,7 +62,6 @@ def record_jobs(env: Servers, database_url: str, jobs: int) -> Runtime:
     # PostgreSQL may read the claim through the status index instead of the primary key.
     with runtime.database.transaction() as session:
         session.execute(sa.text("ANALYZE jobs"))
-    env.quiesce()
     return runtime
 
 
@@ -73,6 +72,7 @@ def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> fl
     worker = celery_worker("tasks.worker", settings_env(settings), folder / "orch.log", node)
     app = create_celery_app(settings)
     try:
+        env.quiesce()
         wait_ping(app, node)
         started = time.perf_counter()
         app.control.add_consumer("default", destination=[node], reply=True)
@@ -128,8 +128,8 @@ def raw_rate(
         "BENCH_DATABASE_URL": database_url,
     }
     worker = celery_worker("bench.rawcelery", env_vars, folder / "raw.log", node)
-    env.quiesce()
     try:
+        env.quiesce()
         wait_ping(app, node)
         started = time.perf_counter()
         app.control.add_consumer("celery", destination=[node], reply=True)
