@@ -1,6 +1,7 @@
 """Growth: reading a job and the first page of a tenant's list with a small and a large jobs
-table (many tenants), and the nightly archival of a large table (time, peak memory, and the
-API's p99 while it runs versus before it)."""
+table (many tenants); a pipeline step's claim and success with few and many pipelines in
+flight; and the nightly archival of a large table (time, peak memory, and the API's p99
+while it runs versus before it)."""
 
 from __future__ import annotations
 
@@ -23,61 +24,108 @@ from flask.testing import FlaskClient
 
 import api
 from bench.harness import ROOT, orchestrator_settings, percentile, report, servers, settings_env
+from orchestrator import transitions
 from orchestrator.ids import new_job_id
-from orchestrator.models import Job, Tenant
+from orchestrator.models import Job, Tenant, utcnow
 from orchestrator.runtime import Runtime
+from orchestrator.transitions import Attempt
 
 CLI = str(Path(sys.executable).with_name("orchestrator"))
 TENANTS = 1000
 PROBE_TENANT = "t0"
 PROBE_JOBS = 100
+PROBE_STEPS = 300
 
 
 def fill(runtime: Runtime, total: int, finished_days_ago: float) -> None:
-    """Bring the jobs table up to `total` rows, spread over TENANTS tenants."""
+    """Bring the jobs table up to `total` finished rows, spread over TENANTS tenants."""
     with runtime.database.session() as session:
-        present = session.scalar(sa.select(sa.func.count()).select_from(Job)) or 0
+        present = (
+            session.scalar(
+                sa.select(sa.func.count()).where(
+                    Job.type == "BENCH_NOOP", Job.status == "succeeded"
+                )
+            )
+            or 0
+        )
     now = datetime.now(UTC)
     finished = now - timedelta(days=finished_days_ago)
-    batch: list[dict[str, Any]] = []
+    rows = []
     for index in range(present, total):
         stamp = int((now - timedelta(seconds=total - index)).timestamp() * 1000)
         job_id = new_job_id(now_ms=stamp)
-        batch.append(
-            {
-                "id": job_id,
-                # The probe tenant's first page is full at every size: like for like.
-                "tenant_id": PROBE_TENANT if index < PROBE_JOBS else f"t{index % TENANTS}",
-                "type": "BENCH_NOOP",
-                "subject": None,
-                "input": {},
-                "status": "succeeded",
-                "priority": 0,
-                "queue": "default",
-                "attempt": 1,
-                "max_attempts": 3,
-                "pipeline_id": job_id,
-                "step_index": 0,
-                "created_at": finished,
-                "updated_at": finished,
-                "started_at": finished,
-                "finished_at": finished,
-                "requeues": 0,
-                "result": None,
-            }
+        # The probe tenant's first page is full at every size: like for like.
+        tenant = PROBE_TENANT if index < PROBE_JOBS else f"t{index % TENANTS}"
+        rows.append(
+            _row(job_id, tenant, "succeeded", finished, started_at=finished, finished_at=finished)
         )
-        if len(batch) == 10_000:
-            _insert(runtime, batch)
-            batch = []
-    if batch:
-        _insert(runtime, batch)
+    _insert(runtime, rows)
+
+
+def add_pipelines(runtime: Runtime, count: int, head_status: str) -> list[str]:
+    """`count` two-step pipelines, each a head in `head_status` and its successor waiting
+    for it; the heads' ids."""
+    now = datetime.now(UTC)
+    heads, rows = [], []
+    for index in range(count):
+        head, then = new_job_id(), new_job_id()
+        tenant = f"p{index % TENANTS}"  # the probe tenant's list stays as it was
+        rows.append(_row(head, tenant, head_status, now, type="BENCH_PIPELINE", pipeline_id=head))
+        rows.append(
+            _row(then, tenant, "waiting", now, pipeline_id=head, parent_id=head, step_index=1)
+        )
+        heads.append(head)
+    _insert(runtime, rows)
+    return heads
+
+
+def _row(job_id: str, tenant: str, status: str, at: datetime, **values: Any) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "tenant_id": tenant,
+        "type": "BENCH_NOOP",
+        "subject": None,
+        "input": {},
+        "status": status,
+        "priority": 0,
+        "queue": "default",
+        "attempt": 1 if status == "succeeded" else 0,
+        "max_attempts": 3,
+        "pipeline_id": job_id,
+        "parent_id": None,
+        "step_index": 0,
+        "created_at": at,
+        "updated_at": at,
+        "started_at": None,
+        "finished_at": None,
+        "requeues": 0,
+        "result": None,
+        **values,
+    }
+
+
+def _insert(runtime: Runtime, rows: list[dict[str, Any]]) -> None:
+    for start in range(0, len(rows), 10_000):
+        with runtime.database.transaction() as session:
+            session.execute(sa.insert(Job), rows[start : start + 10_000])
     with runtime.database.transaction() as session:
         session.execute(sa.text("ANALYZE"))  # fresh planner statistics, as autovacuum keeps
 
 
-def _insert(runtime: Runtime, rows: list[dict[str, Any]]) -> None:
-    with runtime.database.transaction() as session:
-        session.execute(sa.insert(Job), rows)
+def step_latencies(runtime: Runtime, count: int) -> dict[str, float]:
+    """A worker's claim and success of a pipeline's first step (which releases the next),
+    for `count` new pipelines, one after another."""
+    database, samples = runtime.database, []
+    for head in add_pipelines(runtime, count, "queued"):
+        started = time.perf_counter()
+        claimed = transitions.claim_alone(
+            database, head, worker="bench", lease_seconds=60, now=utcnow()
+        )
+        assert claimed is not None, f"{head} was not claimable"
+        now = utcnow()
+        assert transitions.succeed_alone(database, Attempt.of(claimed.job), None, now, next_due=now)
+        samples.append((time.perf_counter() - started) * 1000)
+    return {"step p50 ms": percentile(samples, 0.5), "step p99 ms": percentile(samples, 0.99)}
 
 
 def read_latencies(client: FlaskClient, runtime: Runtime, count: int) -> dict[str, float]:
@@ -155,6 +203,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument(
+        "--waiting", type=int, default=100_000, help="pipelines in flight in the large table"
+    )
     parser.add_argument("--backends", default="postgresql")
     parser.add_argument(
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
@@ -173,9 +224,16 @@ def main() -> None:
             client = api.create_app(runtime=runtime).test_client()
             fill(runtime, args.small, finished_days_ago=400)
             small = read_latencies(client, runtime, args.requests)
+            add_pipelines(runtime, args.small, "running")
+            small |= step_latencies(runtime, PROBE_STEPS)
             fill(runtime, args.large, finished_days_ago=400)
             large = read_latencies(client, runtime, args.requests)
-            rows = [{"rows": args.small, **small}, {"rows": args.large, **large}]
+            add_pipelines(runtime, args.waiting - args.small, "running")
+            large |= step_latencies(runtime, PROBE_STEPS)
+            rows = [
+                {"rows": args.small, "waiting pipelines": args.small, **small},
+                {"rows": args.large, "waiting pipelines": args.waiting, **large},
+            ]
             ratios = {f"{key} ratio": large[key] / small[key] for key in small}
             archive = archival(client, runtime, settings_env(settings))
             report(

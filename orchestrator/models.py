@@ -137,6 +137,10 @@ class Job(Base):
         sa.Index("ix_jobs_tenant_id_status_id", "tenant_id", "status", "id"),
         # A pipeline's steps, read with every job.
         sa.Index("ix_jobs_pipeline_id_step_index", "pipeline_id", "step_index"),
+        # A step's successor, released (or dispatched) when the step succeeds. Without it
+        # that lookup scanned every waiting job: a step's success cost more the more
+        # pipelines were in flight. Partial: single-step jobs, most of them, have no parent.
+        _partial("ix_jobs_parent_id", ["parent_id"], "parent_id IS NOT NULL"),
         # The four below are partial: they hold only the rows their scan can want, so the
         # updates on every job's path (claim, success) write fewer index entries.
         # The outbox sweeper's scan stays proportional to what is overdue.

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from orchestrator import transition_statements as statements
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.dispatch import Step
@@ -30,6 +31,9 @@ class RecordingDispatcher:
 
     def dispatch(self, steps: list[Step], *, not_before: datetime | None = None) -> None:
         self.sent.append(list(steps))
+
+    def dispatch_many(self, pipelines: list[list[Step]]) -> None:
+        self.sent.extend(list(steps) for steps in pipelines)
 
 
 @pytest.fixture
@@ -177,6 +181,43 @@ def test_success_releases_next_step_and_failure_cancels_it(
         transitions.fail(session, Attempt(bad_head.id, "t1", 1), ErrorInfo("E", "no"), utcnow())
     assert _status(database, ok_next.id) == (JobStatus.QUEUED, 0)
     assert _status(database, bad_next.id) == (JobStatus.CANCELLED, 0)
+
+
+def test_a_steps_successor_is_found_through_its_parent(
+    service: JobService, database: Database
+) -> None:
+    """A step's success finds its successor by the parent's index, not by scanning every
+    waiting (or queued) job: without the index a success cost 7 ms with 20,000 pipelines
+    waiting, and grew with their number."""
+    service.create_batch([NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(400)])
+    head = _pipeline(service)[0]
+    with database.transaction() as session:
+        session.execute(sa.text("ANALYZE"))
+    released = (
+        statements.succeed_postgresql(True)
+        if database.dialect == "postgresql"
+        else statements.release_next_step()
+    )
+    dispatched = sa.select(Job).where(Job.parent_id == head.id, Job.status == JobStatus.QUEUED)
+    for statement in (released, dispatched):
+        plan = _plan(database, statement, {"b_job_id": head.id, "b_attempt": 1})
+        assert "ix_jobs_parent_id" in plan, plan
+
+
+def _plan(database: Database, statement: sa.Executable, params: dict[str, object]) -> str:
+    """The query plan the database picks for `statement` (unset parameters as NULL)."""
+    compiled = statement.compile(dialect=database.engine.dialect)
+    unset = {name: None for name, value in compiled.params.items() if value is None}
+    values = compiled.construct_params(unset | params)
+    explain = "EXPLAIN" if database.dialect == "postgresql" else "EXPLAIN QUERY PLAN"
+    bound: object = (
+        tuple(values[name] for name in compiled.positiontup or ())
+        if compiled.positional
+        else values
+    )
+    with database.engine.connect() as connection:
+        rows = connection.exec_driver_sql(f"{explain} {compiled}", bound).all()
+    return "\n".join(" ".join(map(str, row)) for row in rows)
 
 
 def test_every_transition_leaves_an_event(service: JobService, database: Database) -> None:
