@@ -6,8 +6,12 @@ database today. `BENCH_COUNTER` counts executions in Redis, so throughput runs c
 when the queue is drained without a result backend.
 
 `BENCH_ROUND_TRIPS`, a PostgreSQL URL, makes each task send two `SELECT 1` on its own
-connection: the least that any design which records a start before the work and an
-outcome after it must pay (the floor the throughput benchmark can show beside us).
+connection: the round trips that any design which records a start before the work and an
+outcome after it must pay. `BENCH_WRITES` (a PostgreSQL URL) makes each task record its
+start and its end instead, each a transaction of its own (an insert, then an update by
+primary key, on a two-column table): the least such a design writes, with no status,
+fencing, events or indexes of ours (the floors the throughput benchmark can show beside
+us).
 `raw.statements` runs the orchestrator's own claim and success for a job id, on the
 database at `BENCH_DATABASE_URL`, with no runner around them: what those two transitions
 cost by themselves.
@@ -16,6 +20,7 @@ cost by themselves.
 from __future__ import annotations
 
 import os
+import uuid
 from functools import cache
 from typing import Any
 
@@ -46,20 +51,20 @@ app.conf.update(
 _counter = redis.Redis.from_url(BROKER)
 
 
-_connections: list[psycopg.Connection[Any]] = []
-
-
-def _connection() -> psycopg.Connection[Any]:
-    if not _connections:
-        _connections.append(psycopg.connect(os.environ["BENCH_ROUND_TRIPS"], autocommit=True))
-    return _connections[0]
+@cache
+def _connection(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=True)
 
 
 @app.task(name="raw.noop")  # type: ignore[untyped-decorator]
 def noop() -> None:
-    if os.environ.get("BENCH_ROUND_TRIPS"):
+    if url := os.environ.get("BENCH_ROUND_TRIPS"):
         for _ in range(2):
-            _connection().execute("SELECT 1").fetchone()
+            _connection(url).execute("SELECT 1").fetchone()
+    if url := os.environ.get("BENCH_WRITES"):
+        run = uuid.uuid4()
+        _connection(url).execute("INSERT INTO bench_runs (id) VALUES (%s)", (run,))
+        _connection(url).execute("UPDATE bench_runs SET finished = true WHERE id = %s", (run,))
     if os.environ.get("BENCH_COUNT"):
         _counter.incr(COUNTER)
 

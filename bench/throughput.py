@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import redis
 import sqlalchemy as sa
 from celery import Celery
@@ -41,6 +42,8 @@ from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
 
 CHUNK = 1000
+# The `celery+2 writes` floor's table: a task's start and end, nothing else.
+RUNS_TABLE = "CREATE TABLE IF NOT EXISTS bench_runs (id uuid PRIMARY KEY, finished boolean)"
 
 
 def record_jobs(env: Servers, database_url: str, jobs: int) -> Runtime:
@@ -106,6 +109,7 @@ def raw_rate(
     backend_url: str | None,
     *,
     round_trips: str = "",
+    writes: str = "",
     database_url: str = "",
     job_ids: Sequence[str] = (),
 ) -> float:
@@ -125,8 +129,13 @@ def raw_rate(
         "BENCH_COUNT": "1",
         "BENCH_BACKEND": backend_url or "",
         "BENCH_ROUND_TRIPS": round_trips,
+        "BENCH_WRITES": writes,
         "BENCH_DATABASE_URL": database_url,
     }
+    if writes:
+        with psycopg.connect(writes, autocommit=True) as connection:
+            connection.execute(RUNS_TABLE)
+            connection.execute("TRUNCATE bench_runs")
     worker = celery_worker("bench.rawcelery", env_vars, folder / "raw.log", node)
     try:
         env.quiesce()
@@ -185,6 +194,7 @@ def one_round(env: Servers, args: argparse.Namespace, backend: str, number: int)
         contenders["celery+2 round trips/s"] = partial(
             raw_rate, env, jobs, folder, None, round_trips=plain
         )
+        contenders["celery+2 writes/s"] = partial(raw_rate, env, jobs, folder, None, writes=plain)
         contenders["celery+our 2 statements/s"] = partial(statements_rate, env, jobs, folder)
     # The machine's speed drifts over minutes: each round starts with another contender,
     # so that none always runs at the same point of a round.
@@ -198,6 +208,8 @@ def one_round(env: Servers, args: argparse.Namespace, backend: str, number: int)
     row["vs db backend"] = ours / rate["celery+db backend/s"]
     if "celery+2 round trips/s" in rate:
         row["floor vs raw"] = rate["celery+2 round trips/s"] / rate["raw celery/s"]
+        row["writes vs raw"] = rate["celery+2 writes/s"] / rate["raw celery/s"]
+        row["vs writes"] = ours / rate["celery+2 writes/s"]
         row["statements vs raw"] = rate["celery+our 2 statements/s"] / rate["raw celery/s"]
     return row
 
@@ -210,7 +222,8 @@ def main() -> None:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="also run raw Celery whose task makes two PostgreSQL round trips (SELECT 1)",
+        help="also run raw Celery whose task makes two PostgreSQL round trips (SELECT 1), "
+        "two PostgreSQL writes, or the orchestrator's own two statements",
     )
     parser.add_argument(
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
@@ -231,6 +244,8 @@ def main() -> None:
             }
             if "floor vs raw" in rows[0]:
                 summary["floor_ratio_vs_raw"] = median([r["floor vs raw"] for r in rows])
+                summary["writes_ratio_vs_raw"] = median([r["writes vs raw"] for r in rows])
+                summary["ratio_vs_writes"] = median([r["vs writes"] for r in rows])
                 summary["statements_ratio_vs_raw"] = median([r["statements vs raw"] for r in rows])
             report(f"worker throughput ({backend}, {args.jobs} jobs, prefork -c 2)", rows, summary)
 
