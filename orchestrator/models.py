@@ -6,6 +6,7 @@ Rows are read by the service and written by `orchestrator.transitions`; nothing 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from orchestrator.states import LIVE, JobStatus
+from orchestrator.states import CLAIMABLE, LIVE, JobStatus
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 
@@ -68,8 +69,17 @@ def status_type(*, checked: bool) -> sa.Enum:
     )
 
 
+def _status_in(states: Iterable[JobStatus]) -> str:
+    return f"status IN ({', '.join(sorted(repr(status.value) for status in states))})"
+
+
 # The gauges' index holds live jobs only (`states.LIVE`).
-LIVE_STATES_SQL = f"status IN ({', '.join(repr(status.value) for status in LIVE)})"
+LIVE_STATES_SQL = _status_in(LIVE)
+UNARCHIVED_SQL = "archived_at IS NULL"
+# A parked job: claimable, but with no outbox entry, as its tenant was at its running
+# limit (`transitions.defer`). The queries that look for them say so in these very words,
+# so that the index below, which holds nothing else, serves them in any plan.
+PARKED_SQL = f"dispatch_due_at IS NULL AND {_status_in(CLAIMABLE)}"
 
 
 def _partial(name: str, columns: list[str], where: str) -> sa.Index:
@@ -133,8 +143,10 @@ class Job(Base):
     __table_args__ = (
         # Listing a tenant's jobs newest first (ids sort by creation time).
         sa.Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
-        # The same, filtered by status (dead letters are `status = failed`).
-        sa.Index("ix_jobs_tenant_id_status_id", "tenant_id", "status", "id"),
+        # The same, filtered by status (dead letters are `status = failed`), and the counts
+        # per status. Archived jobs are out of it: their number only grows, and nothing that
+        # reads by status wants them (a running job is never archived).
+        _partial("ix_jobs_tenant_id_status_id", ["tenant_id", "status", "id"], UNARCHIVED_SQL),
         # A pipeline's steps, read with every job.
         sa.Index("ix_jobs_pipeline_id_step_index", "pipeline_id", "step_index"),
         # A step's successor, released (or dispatched) when the step succeeds. Without it
@@ -149,6 +161,8 @@ class Job(Base):
         _partial("ix_jobs_lease_expires_at", ["lease_expires_at"], "lease_expires_at IS NOT NULL"),
         # Metrics' gauges (queue depth, oldest queued job) read live states only.
         _partial("ix_jobs_status_updated_at", ["status", "updated_at"], LIVE_STATES_SQL),
+        # A tenant's parked jobs, released oldest first when one of its runs ends.
+        _partial("ix_jobs_parked", ["tenant_id", "id"], PARKED_SQL),
         # Nightly archival walks finished, unarchived jobs oldest first.
         _partial(
             "ix_jobs_finished_at_unarchived",

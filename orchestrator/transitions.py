@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from orchestrator import metrics
 from orchestrator import transition_statements as statements
 from orchestrator.db import Database
-from orchestrator.models import Job, JobEvent
+from orchestrator.models import PARKED_SQL, Job, JobEvent
 from orchestrator.states import ALLOWED, CLAIMABLE, JobStatus
 
 TRACEBACK_LIMIT = 8000
@@ -293,7 +293,10 @@ def tenant_at_limit(session: Session, tenant_id: str, limit: int) -> bool:
     running = session.scalar(
         sa.select(sa.func.count())
         .select_from(Job)
-        .where(Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING)
+        # (A running job is never archived; saying so lets the unarchived index serve this.)
+        .where(
+            Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING, Job.archived_at.is_(None)
+        )
     )
     return (running or 0) >= limit
 
@@ -316,12 +319,7 @@ def unpark_stale(session: Session, older_than: datetime, now: datetime) -> None:
     tenant still at its limit parks them again on delivery."""
     session.execute(
         sa.update(Job)
-        .where(
-            Job.status.in_(CLAIMABLE),
-            Job.dispatch_due_at.is_(None),
-            Job.archived_at.is_(None),
-            Job.updated_at < older_than,
-        )
+        .where(sa.text(PARKED_SQL), Job.archived_at.is_(None), Job.updated_at < older_than)
         .values(dispatch_due_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -331,12 +329,7 @@ def release_deferred(session: Session, tenant_id: str, now: datetime, count: int
     """Give the tenant's oldest parked jobs their outbox entry back, due now."""
     parked = (
         sa.select(Job.id)
-        .where(
-            Job.tenant_id == tenant_id,
-            Job.status.in_(CLAIMABLE),
-            Job.dispatch_due_at.is_(None),
-            Job.archived_at.is_(None),
-        )
+        .where(Job.tenant_id == tenant_id, sa.text(PARKED_SQL), Job.archived_at.is_(None))
         .order_by(Job.id)
         .limit(count)
     )
