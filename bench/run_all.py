@@ -17,7 +17,7 @@ QUICK = [
     ["bench.throughput", "--jobs", "2000", "--rounds", "1"],
     ["bench.api_create", "--seconds", "3", "--rounds", "1", "--batch-seconds", "3"],
     ["bench.latency", "--jobs", "50"],
-    ["bench.growth", "--large", "50000", "--requests", "100"],
+    ["bench.growth", "--large", "50000", "--waiting", "10000", "--requests", "100"],
     ["bench.memory", "--large", "10000"],
     ["bench.fairness", "--flood", "500"],
 ]
