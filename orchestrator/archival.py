@@ -84,16 +84,21 @@ class Archiver:
 
     def _queries(self, now: datetime) -> Iterator[sa.Select[str, str, datetime | None]]:
         """One query per tier: its tenants' finished jobs older than the tier's retention."""
-        known = list(self.settings.retention_days)
+        default = self.settings.default_tier
+        others = [tier for tier in self.settings.retention_days if tier != default]
+        # The tenant's tier is read per candidate, not joined: with a join PostgreSQL could
+        # plan a hash join and a sort of every remaining candidate for each batch (it did,
+        # when its estimate of the keyset range was off), where this keeps the walk in the
+        # index's order and stops at the batch's size.
+        tenant_tier = sa.select(Tenant.tier).where(Tenant.id == Job.tenant_id).scalar_subquery()
         for tier, days in self.settings.retention_days.items():
             cutoff = now - timedelta(days=days)
-            in_tier = Tenant.tier == tier
-            if tier == self.settings.default_tier:
-                in_tier = sa.or_(in_tier, Tenant.tier.is_(None), Tenant.tier.not_in(known))
-            yield (
-                sa.select(Job.id, Job.tenant_id, Job.finished_at)
-                .outerjoin(Tenant, Tenant.id == Job.tenant_id)
-                .where(Job.archived_at.is_(None), Job.finished_at < cutoff, in_tier)
+            in_tier = tenant_tier == tier
+            if tier == default:
+                # No tenant row, no tier or an unknown one: the default tier's retention.
+                in_tier = sa.func.coalesce(tenant_tier, default).not_in(others)
+            yield sa.select(Job.id, Job.tenant_id, Job.finished_at).where(
+                Job.archived_at.is_(None), Job.finished_at < cutoff, in_tier
             )
 
     def _batches(self, now: datetime) -> Iterator[list[tuple[str, str]]]:
