@@ -5,6 +5,9 @@ Three contenders, each with late acks and prefetch 1, in every round:
 - raw Celery: N no-op tasks, no result backend;
 - Celery + SQLAlchemy result backend (`result_extended`): how people keep task state in a
   database today.
+With `--floor` (PostgreSQL), three more, all raw Celery: a task making two `SELECT 1`
+round trips; a task recording its start and its end (two small writes); a task running
+the orchestrator's own claim and success for a recorded job, with no runner around them.
 The clock starts when an idle, warmed-up worker is told to consume the queue, and stops when
 the last job is done. Ratios are taken within each round; medians across rounds.
 """
