@@ -35,6 +35,7 @@ TENANTS = 1000
 PROBE_TENANT = "t0"
 PROBE_JOBS = 100
 PROBE_STEPS = 300
+CHUNK = 10_000  # rows an insert writes (and the most the benchmark holds at once)
 
 
 def fill(runtime: Runtime, total: int, finished_days_ago: float) -> None:
@@ -50,16 +51,17 @@ def fill(runtime: Runtime, total: int, finished_days_ago: float) -> None:
         )
     now = datetime.now(UTC)
     finished = now - timedelta(days=finished_days_ago)
-    rows = []
-    for index in range(present, total):
-        stamp = int((now - timedelta(seconds=total - index)).timestamp() * 1000)
-        job_id = new_job_id(now_ms=stamp)
-        # The probe tenant's first page is full at every size: like for like.
-        tenant = PROBE_TENANT if index < PROBE_JOBS else f"t{index % TENANTS}"
-        rows.append(
-            _row(job_id, tenant, "succeeded", finished, started_at=finished, finished_at=finished)
-        )
-    _insert(runtime, rows)
+    for start in range(present, total, CHUNK):
+        rows = []
+        for index in range(start, min(start + CHUNK, total)):
+            stamp = int((now - timedelta(seconds=total - index)).timestamp() * 1000)
+            job_id = new_job_id(now_ms=stamp)
+            # The probe tenant's first page is full at every size: like for like.
+            tenant = PROBE_TENANT if index < PROBE_JOBS else f"t{index % TENANTS}"
+            finish = {"started_at": finished, "finished_at": finished}
+            rows.append(_row(job_id, tenant, "succeeded", finished, **finish))
+        _insert(runtime, rows, analyze=False)
+    _analyze(runtime)
 
 
 def add_pipelines(runtime: Runtime, count: int, head_status: str) -> list[str]:
@@ -104,10 +106,15 @@ def _row(job_id: str, tenant: str, status: str, at: datetime, **values: Any) -> 
     }
 
 
-def _insert(runtime: Runtime, rows: list[dict[str, Any]]) -> None:
-    for start in range(0, len(rows), 10_000):
+def _insert(runtime: Runtime, rows: list[dict[str, Any]], *, analyze: bool = True) -> None:
+    for start in range(0, len(rows), CHUNK):
         with runtime.database.transaction() as session:
-            session.execute(sa.insert(Job), rows[start : start + 10_000])
+            session.execute(sa.insert(Job), rows[start : start + CHUNK])
+    if analyze:
+        _analyze(runtime)
+
+
+def _analyze(runtime: Runtime) -> None:
     with runtime.database.transaction() as session:
         session.execute(sa.text("ANALYZE"))  # fresh planner statistics, as autovacuum keeps
 

@@ -122,7 +122,12 @@ class Archiver:
         with self.database.transaction() as session:
             session.execute(
                 sa.update(Job)
-                .where(Job.id.in_([job_id for job_id, _ in batch]), Job.archived_at.is_(None))
+                # Still finished: a job retried since the batch was read is not archived.
+                .where(
+                    Job.id.in_([job_id for job_id, _ in batch]),
+                    Job.archived_at.is_(None),
+                    Job.finished_at.is_not(None),
+                )
                 .values(archived_at=now)
                 .execution_options(synchronize_session=False)
             )

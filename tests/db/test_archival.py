@@ -354,6 +354,25 @@ def guarded_progress(calls: list[tuple[int, int]], limit: int = 200) -> Any:
     return progress
 
 
+def test_a_job_retried_after_its_batch_was_read_is_not_archived(database: Database) -> None:
+    """The batch is read, then the update written in another transaction: a job retried
+    in between (queued again, no longer finished) must not come out archived."""
+    add_tenants(database, {"t_free": "free"})
+    row = job_row("t_free", finished_at=NOW - timedelta(days=400), status=JobStatus.FAILED)
+    insert_jobs(database, [row])
+    run = archiver(database)
+    batch = next(run._batches(NOW))
+    assert [job_id for job_id, _ in batch] == [row["id"]]
+    with database.transaction() as session:  # what a retry leaves
+        session.execute(
+            sa.update(Job)
+            .where(Job.id == row["id"])
+            .values(status=JobStatus.QUEUED, finished_at=None)
+        )
+    run._archive(batch, NOW)
+    assert archived_at_by_id(database) == {row["id"]: None}
+
+
 def test_small_batches_archive_everything_exactly_once(
     database: Database, twenty_eligible: dict[str, int]
 ) -> None:

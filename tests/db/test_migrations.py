@@ -46,6 +46,9 @@ def test_the_hot_path_indexes_are_partial(database_url: str) -> None:
         "ix_jobs_lease_expires_at": "lease_expires_at IS NOT NULL",
         "ix_jobs_status_updated_at": "status",
         "ix_jobs_finished_at_unarchived": "finished_at IS NOT NULL",
+        "ix_jobs_parent_id": "parent_id IS NOT NULL",
+        "ix_jobs_parked": "dispatch_due_at IS NULL",
+        "ix_jobs_tenant_id_status_id": "archived_at IS NULL",
     }.items():
         where = (definitions[name] or "").split("WHERE", 1)
         assert len(where) == 2 and predicate in where[1], definitions[name]

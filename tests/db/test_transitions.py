@@ -277,11 +277,14 @@ def _plan(database: Database, statement: sa.Executable, params: dict[str, object
 
 
 def _plans_of(database: Database, action: Callable[[], None]) -> list[str]:
-    """The plans of the statements `action` runs (transaction control aside)."""
+    """The plans of the statements `action` runs (this thread's: the service's background
+    marks may write meanwhile)."""
     ran: list[tuple[str, object]] = []
+    me = threading.get_ident()
 
     def record(*args: object) -> None:
-        ran.append((str(args[2]), args[3]))
+        if threading.get_ident() == me:
+            ran.append((str(args[2]), args[3]))
 
     sa.event.listen(database.engine, "before_cursor_execute", record)
     try:

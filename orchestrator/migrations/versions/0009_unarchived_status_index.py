@@ -24,15 +24,17 @@ UNARCHIVED = "archived_at IS NULL"
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        # Build the new index beside the old one, then swap: dropping first would leave
+        # listings without an index, and hold the table's exclusive lock (reads blocked)
+        # for the whole build instead of the moment of the swap.
+        op.create_index(f"{NAME}_new", "jobs", COLUMNS, postgresql_where=sa.text(UNARCHIVED))
+        op.drop_index(NAME, table_name="jobs")
+        op.execute(f"ALTER INDEX {NAME}_new RENAME TO {NAME}")
+        return
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(NAME)
-        batch_op.create_index(
-            NAME,
-            COLUMNS,
-            unique=False,
-            postgresql_where=sa.text(UNARCHIVED),
-            sqlite_where=sa.text(UNARCHIVED),
-        )
+        batch_op.create_index(NAME, COLUMNS, unique=False, sqlite_where=sa.text(UNARCHIVED))
 
 
 def downgrade() -> None:
