@@ -167,7 +167,7 @@ class Job(Base):
         _partial(
             "ix_jobs_finished_at_unarchived",
             ["finished_at", "id"],
-            "archived_at IS NULL AND finished_at IS NOT NULL",
+            f"{UNARCHIVED_SQL} AND finished_at IS NOT NULL",
         ),
         sa.UniqueConstraint("tenant_id", "idempotency_key"),
     )

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from orchestrator import transitions
 from orchestrator.archival import KIND, Archiver, ArchiveReport, Progress, recent_runs
 from orchestrator.db import Database
 from orchestrator.dispatch import Step
@@ -363,12 +364,10 @@ def test_a_job_retried_after_its_batch_was_read_is_not_archived(database: Databa
     run = archiver(database)
     batch = next(run._batches(NOW))
     assert [job_id for job_id, _ in batch] == [row["id"]]
-    with database.transaction() as session:  # what a retry leaves
-        session.execute(
-            sa.update(Job)
-            .where(Job.id == row["id"])
-            .values(status=JobStatus.QUEUED, finished_at=None)
-        )
+    with database.transaction() as session:  # a manual retry, as the API makes it
+        job = session.get(Job, row["id"])
+        assert job is not None
+        assert transitions.requeue(session, job, 1, NOW, dispatch_due=NOW)
     run._archive(batch, NOW)
     assert archived_at_by_id(database) == {row["id"]: None}
 
