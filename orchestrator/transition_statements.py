@@ -3,6 +3,10 @@
 Building a SQLAlchemy statement costs more than running it: a claim's CTE took about a
 millisecond of Python to put together. These are built on first use with bind parameters
 and then reused, so a run only binds its values and finds the compiled form in the cache.
+Constants (states, kinds) stay bind parameters as well: written into the SQL, a `status =
+'running'` let PostgreSQL plan the success from statistics taken while no job ran and read
+the job through a status index, whose dead entries grow with every run, instead of by its
+primary key (tests/db/test_transitions.py checks the plans it keeps).
 
 On PostgreSQL each is a single statement: data-modifying CTEs write the event rows beside
 the job rows (and a claim reads the upstream step's result), so a claim and a success take
