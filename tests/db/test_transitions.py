@@ -263,6 +263,7 @@ def test_reads_by_status_leave_archived_history_out(
     assert "ix_jobs_tenant_id_status_id" in running or "ix_jobs_status_updated_at" in running
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_hot_statements_find_their_job_by_primary_key(
     service: JobService, database: Database
 ) -> None:
@@ -271,8 +272,6 @@ def test_hot_statements_find_their_job_by_primary_key(
     SQL: with `status = 'running'` written into the success, and statistics taken while no
     job ran, the planner read it through the live-states index, whose dead entries grow
     with every run (worker throughput fell from 0.70x to 0.51x of raw Celery's)."""
-    if database.dialect != "postgresql":
-        pytest.skip("psycopg prepares the hot statements on PostgreSQL only")
     service.create_batch([NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(400)])
     with database.transaction() as session:
         session.execute(sa.text("ANALYZE"))  # no job running: 'running' looks rare
