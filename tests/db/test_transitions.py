@@ -54,6 +54,11 @@ def _pipeline(service: JobService, tenant: str = "t1") -> list[Job]:
     return service.create(NewJob(tenant_id=tenant, type="TEST_FLAKY")).details.steps
 
 
+def _crowd(service: JobService) -> None:
+    """Enough of tenant t1's jobs for a planner to choose between an index and a scan."""
+    service.create_batch([NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(400)])
+
+
 def _claim(database: Database, job_id: str, worker: str = "w1") -> Job | None:
     """A claim as the workers make it: one statement (autocommit on PostgreSQL)."""
     started = transitions.claim_alone(
@@ -189,7 +194,7 @@ def test_a_steps_successor_is_found_through_its_parent(
     """A step's success finds its successor by the parent's index, not by scanning every
     waiting (or queued) job: without the index a success cost 7 ms with 20,000 pipelines
     waiting, and grew with their number."""
-    service.create_batch([NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(400)])
+    _crowd(service)
     head = _pipeline(service)[0]
     with database.transaction() as session:
         session.execute(sa.text("ANALYZE"))
@@ -210,7 +215,7 @@ def test_parked_jobs_are_found_without_walking_the_tenants_history(
     """Under a running limit every finished run looks for its tenant's oldest parked job,
     and the reaper for parked jobs whose release went missing: both read an index of
     parked jobs, not the tenant's history (9.7 ms at 23,000 finished jobs without it)."""
-    service.create_batch([NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(400)])
+    _crowd(service)
     with database.transaction() as session:  # history: finished jobs, no outbox entries
         session.execute(
             sa.update(Job).values(status=JobStatus.SUCCEEDED, dispatch_due_at=None, attempt=1)
@@ -237,7 +242,7 @@ def test_reads_by_status_leave_archived_history_out(
 ) -> None:
     """Dead letters, counts per status and the running limit's count read an index that
     holds no archived job: a tenant's archived history does not slow them down."""
-    service.create_batch([NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(400)])
+    _crowd(service)
     with database.transaction() as session:  # archived history, failed jobs among it
         session.execute(
             sa.update(Job).values(status=JobStatus.FAILED, attempt=1, archived_at=utcnow())
@@ -272,7 +277,7 @@ def test_hot_statements_find_their_job_by_primary_key(
     SQL: with `status = 'running'` written into the success, and statistics taken while no
     job ran, the planner read it through the live-states index, whose dead entries grow
     with every run (worker throughput fell from 0.70x to 0.51x of raw Celery's)."""
-    service.create_batch([NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(400)])
+    _crowd(service)
     with database.transaction() as session:
         session.execute(sa.text("ANALYZE"))  # no job running: 'running' looks rare
     for statement in (
@@ -292,12 +297,12 @@ def _generic_plan(database: Database, statement: sa.Executable) -> str:
     compiled = statement.compile(dialect=dialect)
     nulls = ", ".join(["NULL"] * len(compiled.positiontup or ()))
     with database.engine.connect() as connection:
+        # (No finally: after a failure the transaction refuses DEALLOCATE too, which would
+        # hide the error; the fixture's dispose closes the connection and the statement.)
         connection.exec_driver_sql(f"PREPARE hot AS {compiled}")
-        try:
-            connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-            rows = connection.exec_driver_sql(f"EXPLAIN EXECUTE hot({nulls})").all()
-        finally:
-            connection.exec_driver_sql("DEALLOCATE hot")
+        connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        rows = connection.exec_driver_sql(f"EXPLAIN EXECUTE hot({nulls})").all()
+        connection.exec_driver_sql("DEALLOCATE hot")
     return "\n".join(row[0] for row in rows)
 
 
