@@ -25,7 +25,7 @@ from api.schemas import (
 from orchestrator.errors import FieldError, UnknownJobType
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.runtime import Runtime
-from orchestrator.service import JobFilter, JobService, NewJob
+from orchestrator.service import MAX_BATCH_KEY_LENGTH, JobFilter, JobService, NewJob
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1")
 
@@ -66,9 +66,16 @@ def _idempotency_key(body: CreateJob) -> str | None:
             "Conflicting idempotency keys",
             f"The {IDEMPOTENCY_HEADER} header and idempotencyKey differ.",
         )
-    key = header if header is not None else body.idempotencyKey
-    if key is not None and not 1 <= len(key) <= 256:
-        raise Problem(422, "Invalid idempotency key", "Keys are 1 to 256 characters.")
+    return _checked_key(header if header is not None else body.idempotencyKey, 256)
+
+
+def _checked_key(key: str | None, longest: int) -> str | None:
+    if key is not None and not (1 <= len(key) <= longest and "\x00" not in key):
+        raise Problem(
+            422,
+            "Invalid idempotency key",
+            f"Keys are 1 to {longest} characters, without NUL characters.",
+        )
     return key
 
 
@@ -113,9 +120,11 @@ def create_job() -> Response:
 
 @blueprint.post("/jobs:batch")
 def create_jobs() -> Response:
-    """Up to 1,000 jobs in one transaction and one broker connection; all or none."""
+    """Up to 1,000 jobs in one transaction and one broker connection; all or none. An
+    `Idempotency-Key` header makes a repeat of the batch answer with the jobs it made."""
     identity = current_identity()
     batch = CreateBatch.model_validate(json_body())
+    key = _checked_key(request.headers.get(IDEMPOTENCY_HEADER), MAX_BATCH_KEY_LENGTH)
     _check_rate(identity.tenant_id, cost=len(batch.jobs))
     registry = service().registry
     for index, body in enumerate(batch.jobs):
@@ -125,7 +134,7 @@ def create_jobs() -> Response:
                 "Unknown job type",
                 errors=[FieldError(f"jobs.{index}.type", f"unknown job type {body.type!r}")],
             )
-    created = service().create_batch(
+    outcome = service().create_batch(
         [
             NewJob(
                 tenant_id=identity.tenant_id,
@@ -138,9 +147,11 @@ def create_jobs() -> Response:
                 run_at=body.runAt,
             )
             for body in batch.jobs
-        ]
+        ],
+        idempotency_key=key,
     )
-    return json_response(JobBatch(jobs=[JobOut.of_details(d) for d in created]), 201)
+    jobs = [JobOut.of_details(details) for details in outcome.jobs]
+    return json_response(JobBatch(jobs=jobs), 201 if outcome.created else 200)
 
 
 @blueprint.get("/jobs/<job_id>")

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
+from orchestrator.limits import NUL_PROBLEM
 from orchestrator.models import Job, JobEvent, MaintenanceRun
 from orchestrator.service import JobDetails
 from orchestrator.states import JobStatus
@@ -14,28 +24,51 @@ from orchestrator.states import JobStatus
 # Field names here are the API's, so they are camelCase on purpose.
 # ruff: noqa: N815
 
+# How far ahead a job may be scheduled, either way it is asked for.
+MAX_DELAY = timedelta(days=366)
+# The earliest `runAt` taken: older ones are surely mistakes, and the oldest ones would not
+# even convert to UTC.
+EARLIEST_RUN_AT = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _without_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(NUL_PROBLEM)
+    return value
+
+
+# Text the database stores or compares.
+Text = Annotated[str, AfterValidator(_without_nul)]
+
 
 class CreateJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field(min_length=1, max_length=128)
+    type: Text = Field(min_length=1, max_length=128)
     input: dict[str, Any] = Field(default_factory=dict)
-    subject: str | None = Field(
+    subject: Text | None = Field(
         None,
         min_length=1,
         max_length=256,
         validation_alias=AliasChoices("subject", "inspectionId"),
         description="What the job is about, e.g. an inspection id (`inspectionId` also accepted).",
     )
-    idempotencyKey: str | None = Field(None, min_length=1, max_length=256)
-    delaySeconds: float | None = Field(None, ge=0, le=366 * 24 * 3600)
-    runAt: AwareDatetime | None = None
+    idempotencyKey: Text | None = Field(None, min_length=1, max_length=256)
+    delaySeconds: float | None = Field(None, ge=0, le=MAX_DELAY.total_seconds())
+    runAt: AwareDatetime | None = Field(None, ge=EARLIEST_RUN_AT)
 
     @model_validator(mode="after")
     def _one_delay(self) -> CreateJob:
         if self.delaySeconds is not None and self.runAt is not None:
             raise ValueError("give delaySeconds or runAt, not both")
         return self
+
+    @field_validator("runAt")
+    @classmethod
+    def _within_reach(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value > datetime.now(UTC) + MAX_DELAY:
+            raise ValueError(f"is more than {MAX_DELAY.days} days ahead")
+        return value
 
 
 class CreateBatch(BaseModel):
@@ -47,7 +80,7 @@ class CreateBatch(BaseModel):
 class BulkRetry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: str | None = Field(None, min_length=1, max_length=128)
+    type: Text | None = Field(None, min_length=1, max_length=128)
     limit: int = Field(100, ge=1, le=1000)
 
 
@@ -60,15 +93,15 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: JobStatus | None = None
-    type: str | None = Field(None, min_length=1, max_length=128)
+    type: Text | None = Field(None, min_length=1, max_length=128)
     limit: int = Field(50, ge=1, le=100)
-    cursor: str | None = Field(None, min_length=1, max_length=64)
+    cursor: Text | None = Field(None, min_length=1, max_length=64)
 
 
 class EventsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    after: int = Field(0, ge=0)
+    after: int = Field(0, ge=0, le=2**63 - 1)  # event ids are 64-bit
     limit: int = Field(500, ge=1, le=1000)
 
 

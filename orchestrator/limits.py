@@ -22,6 +22,10 @@ from orchestrator.settings import Settings
 
 log = logging.getLogger("orchestrator.limits")
 
+# PostgreSQL stores no NUL character in text or JSON: refused here, named, rather than by
+# the database as an error the caller could not read.
+NUL_PROBLEM = "contains a NUL character (\\u0000)"
+
 
 def input_problems(data: object, settings: Settings) -> list[FieldError]:
     """Why `data` is too big or too deep for a job input; empty when it is fine."""
@@ -32,18 +36,36 @@ def input_problems(data: object, settings: Settings) -> list[FieldError]:
     stack: list[tuple[object, str, int]] = [(data, "input", 1)]
     while stack and len(problems) < 10:
         value, path, depth = stack.pop()
-        if isinstance(value, dict | list) and depth > settings.max_input_depth:
-            problems.append(FieldError(path, f"nests deeper than {settings.max_input_depth}"))
-            continue
-        if isinstance(value, str) and len(value) > settings.max_string_length:
-            problems.append(FieldError(path, f"is longer than {settings.max_string_length}"))
-        elif isinstance(value, dict | list) and len(value) > settings.max_list_items:
-            problems.append(FieldError(path, f"has more than {settings.max_list_items} items"))
+        if problem := _problem_of(value, depth, settings):
+            problems.append(FieldError(path, problem))
         elif isinstance(value, dict):
             stack.extend((item, f"{path}.{key}", depth + 1) for key, item in value.items())
         elif isinstance(value, list):
             stack.extend((item, f"{path}.{i}", depth + 1) for i, item in enumerate(value))
     return problems
+
+
+def _problem_of(value: object, depth: int, settings: Settings) -> str | None:
+    """What is wrong with one value of an input, its items aside."""
+    if isinstance(value, str):
+        if len(value) > settings.max_string_length:
+            return f"is longer than {settings.max_string_length}"
+        return NUL_PROBLEM if "\x00" in value else None
+    if isinstance(value, dict | list):
+        return _container_problem(value, depth, settings)
+    return None
+
+
+def _container_problem(
+    value: dict[str, object] | list[object], depth: int, settings: Settings
+) -> str | None:
+    if depth > settings.max_input_depth:
+        return f"nests deeper than {settings.max_input_depth}"
+    if len(value) > settings.max_list_items:
+        return f"has more than {settings.max_list_items} items"
+    if isinstance(value, dict) and any("\x00" in key for key in value):
+        return f"has a key that {NUL_PROBLEM}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,7 +75,10 @@ class Verdict:
 
 
 # KEYS[1] bucket; ARGV rate per second, burst, now (seconds), cost. Tokens refill
-# continuously.
+# continuously. A request costing more than the burst (a batch of 1,000 against a burst of
+# 100) could never be let through by a bucket that holds at most `burst`: it goes when the
+# bucket is full and leaves it in debt, so later requests wait until the rate has paid for
+# it and the tenant's average rate still holds.
 _BUCKET = """
 local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
@@ -61,9 +86,9 @@ local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
 tokens = math.min(burst, tokens + (now - at) * rate)
 local allowed = 0
-if tokens >= cost then tokens = tokens - cost; allowed = 1 end
+if tokens >= math.min(cost, burst) then tokens = tokens - cost; allowed = 1 end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+redis.call('EXPIRE', KEYS[1], math.ceil((burst - tokens) / rate) + 1)
 return {allowed, tostring(tokens)}
 """
 
@@ -98,5 +123,5 @@ class CreationRateLimiter:
             return Verdict(True)
         if int(allowed):
             return Verdict(True)
-        missing = cost - float(tokens)
+        missing = min(cost, self.burst) - float(tokens)
         return Verdict(False, retry_after=max(1, math.ceil(missing / self.rate)))

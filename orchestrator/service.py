@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ from orchestrator.errors import (
     JobNotFound,
     UnknownJobType,
 )
-from orchestrator.ids import new_job_id
+from orchestrator.ids import ID_PATTERN, new_job_id
 from orchestrator.limits import input_problems
 from orchestrator.models import Job, JobEvent, Tenant, utcnow
 from orchestrator.registry import JobType, Registry
@@ -88,6 +88,12 @@ class JobDetails:
 class Created:
     details: JobDetails
     created: bool  # False: an idempotent repeat answered with the job it created before
+
+
+@dataclass(frozen=True)
+class BatchCreated:
+    jobs: list[JobDetails]
+    created: bool  # False: a repeat of a keyed batch, answered with the jobs it made before
 
 
 @dataclass(frozen=True)
@@ -155,9 +161,16 @@ class JobService:
             self.send(steps)
         return Created(JobDetails(job=steps[0], steps=steps), created=True)
 
-    def create_batch(self, requests: Sequence[NewJob]) -> list[JobDetails]:
-        """Many jobs in one transaction and one dispatch call (no idempotency keys here:
-        a batch is all or nothing, so repeat the whole request instead)."""
+    def create_batch(
+        self, requests: Sequence[NewJob], *, idempotency_key: str | None = None
+    ) -> BatchCreated:
+        """Many jobs in one transaction and one dispatch call, all or none.
+
+        The jobs carry no keys of their own; `idempotency_key` (one tenant's batch) names
+        the whole batch: each job is recorded under `<key>#<index>`, so a repeat with the
+        same key and the same jobs answers with the jobs made the first time, and one with
+        other jobs is an `IdempotencyConflict`.
+        """
         problems = [
             FieldError(f"jobs.{index}.{error.field}", error.message)
             for index, request in enumerate(requests)
@@ -165,18 +178,59 @@ class JobService:
         ]
         if problems:
             raise InvalidInput(problems)
+        if idempotency_key:
+            requests = _keyed(requests, idempotency_key)
+            if (earlier := self._earlier_batch(requests, idempotency_key)) is not None:
+                return earlier
         now = self.clock()
         pipelines = [self._build_pipeline(request, now) for request in requests]
         for tenant_id in {request.tenant_id for request in requests}:
             self._remember_tenant(tenant_id, now)
         rows = [step for steps in pipelines for step in steps]
-        self.database.statement(lambda s: transitions.insert_pipeline(s, rows, now))
-        if log.isEnabledFor(logging.INFO):  # one line per job, so a grep finds each one
-            for steps in pipelines:
-                for step in steps:
-                    log.info("job created (batch)", extra={**_ids(step), "action": "created"})
+        try:
+            self.database.statement(lambda s: transitions.insert_pipeline(s, rows, now))
+        except IntegrityError:
+            # A concurrent repeat of the keyed batch won the race; answer with its jobs.
+            if idempotency_key and (earlier := self._earlier_batch(requests, idempotency_key)):
+                return earlier
+            raise
+        _log_created(pipelines)
         self.send_many([steps for steps in pipelines if steps[0].run_at is None])
-        return [JobDetails(job=steps[0], steps=steps) for steps in pipelines]
+        return BatchCreated([JobDetails(job=steps[0], steps=steps) for steps in pipelines], True)
+
+    def _earlier_batch(self, requests: Sequence[NewJob], key: str) -> BatchCreated | None:
+        """The jobs a keyed batch made before, or `None` if it made none."""
+        tenant_id = requests[0].tenant_id
+        keys = [request.idempotency_key for request in requests]
+        # One place past the end as well: an earlier batch under the key that was longer.
+        probe = [*keys, _batch_item_key(key, len(keys))]
+        with self.database.session() as session:
+            heads = {
+                job.idempotency_key: job
+                for job in session.scalars(
+                    sa.select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key.in_(probe))
+                )
+            }
+            if not heads:
+                return None
+            if len(heads) != len(requests) or any(
+                request.idempotency_key not in heads
+                or heads[request.idempotency_key].request_digest != request.digest()
+                for request in requests
+            ):
+                raise IdempotencyConflict(key)
+            steps: dict[str, list[Job]] = {}
+            for step in session.scalars(
+                sa.select(Job)
+                .where(
+                    Job.tenant_id == tenant_id,
+                    Job.pipeline_id.in_([head.pipeline_id for head in heads.values()]),
+                )
+                .order_by(Job.pipeline_id, Job.step_index)
+            ):
+                steps.setdefault(step.pipeline_id, []).append(step)
+        details = [JobDetails(job=heads[k], steps=steps[heads[k].pipeline_id]) for k in keys]
+        return BatchCreated(details, created=False)
 
     def _problems_of(self, request: NewJob) -> list[FieldError]:
         if request.idempotency_key:
@@ -389,16 +443,20 @@ class JobService:
         query = query.order_by(Job.id).limit(max(1, min(limit, MAX_BULK_RETRY)))
         retried: list[str] = []
         with self.database.session() as session:
-            candidates = list(session.scalars(query))
-        for done, job in enumerate(candidates, start=1):
+            candidates = list(session.scalars(query.with_only_columns(Job.id)))
+        for done, job_id in enumerate(candidates, start=1):
             try:
+                # The row as it is now: another retry may have taken it since the listing
+                # (the conditional update then refuses it), and no stale copy is written back.
                 with self.database.transaction() as session:
-                    steps = self._requeue(session, session.merge(job))
-            except JobConflict:
-                steps = []  # its upstream step failed too: that one is retried instead
+                    steps = self._requeue(session, _owned(session, tenant_id, job_id))
+            except (JobConflict, JobArchived, UnknownJobType):
+                # Not retryable now: its upstream step failed too (that one is retried
+                # instead), it was archived since the listing, or its type is gone.
+                steps = []
             if steps:
                 self.send(steps)
-                retried.append(job.id)
+                retried.append(job_id)
             if progress is not None:
                 progress(done, len(candidates))
         return retried
@@ -474,8 +532,35 @@ def _filtered(tenant_id: str, filters: JobFilter) -> sa.Select[Job]:
     return query
 
 
+# A keyed batch's jobs are keyed `<key>#<index>`, within the column's 256 characters.
+MAX_BATCH_KEY_LENGTH = 256 - len("#999")
+
+
+def _log_created(pipelines: list[list[Job]]) -> None:
+    if log.isEnabledFor(logging.INFO):  # one line per job, so a grep finds each one
+        for steps in pipelines:
+            for step in steps:
+                log.info("job created (batch)", extra={**_ids(step), "action": "created"})
+
+
+def _keyed(requests: Sequence[NewJob], key: str) -> list[NewJob]:
+    """A keyed batch's jobs, each under the batch's key and its place in the batch."""
+    if len({request.tenant_id for request in requests}) != 1:
+        raise ValueError("a keyed batch belongs to one tenant")
+    return [
+        replace(request, idempotency_key=_batch_item_key(key, index))
+        for index, request in enumerate(requests)
+    ]
+
+
+def _batch_item_key(key: str, index: int) -> str:
+    return f"{key}#{index}"
+
+
 def _owned(session: sa.orm.Session, tenant_id: str, job_id: str) -> Job:
     """The tenant's job: 404 if it is someone else's or unknown, 410 once archived."""
+    if not ID_PATTERN.fullmatch(job_id):  # not an id we made; the database need not look
+        raise JobNotFound(job_id)
     job = session.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
     if job is None:
         raise JobNotFound(job_id)

@@ -28,7 +28,7 @@ from orchestrator import metrics
 from orchestrator import transition_statements as statements
 from orchestrator.db import Database
 from orchestrator.models import PARKED_SQL, Job, JobEvent
-from orchestrator.states import ALLOWED, CLAIMABLE, JobStatus
+from orchestrator.states import ALLOWED, CLAIMABLE, TERMINAL, JobStatus
 
 TRACEBACK_LIMIT = 8000
 # Transitions recorded by `_note` that the job counters count, and under which name.
@@ -176,7 +176,9 @@ def claim(
     upstream result. `seen`, a row the caller already read, narrows the claim to that
     row's state and attempt.
     """
-    sources = [seen.status] if seen is not None else CLAIM_SOURCES
+    if seen is not None and seen.status not in CLAIMABLE:
+        return None  # finished, running or waiting: a duplicate delivery, whatever its attempt
+    sources: Sequence[JobStatus] = CLAIM_SOURCES if seen is None else [seen.status]
     params = _claim_params(job_id, worker, lease_seconds, now, delivery)
     if seen is not None:
         params["b_attempt"] = seen.attempt
@@ -727,26 +729,55 @@ def cancel(session: Session, job: Job, now: datetime) -> JobStatus:
     """Cancel a job that has not finished; a running one is asked to stop.
 
     Returns the job's status after the call: `cancelled`, `running` (the worker will stop
-    it), or the terminal status it already had.
+    it), or the terminal status it already had. `job` may be stale by the time its update
+    runs (a worker claimed it, its run ended): the update then matches nothing, and the
+    job is looked at again as it is now, so a cancel is neither lost nor noted twice.
     """
-    if job.status is JobStatus.RUNNING:
-        _update(
-            session,
-            (Job.id == job.id, Job.status == JobStatus.RUNNING, Job.cancel_requested_at.is_(None)),
-            cancel_requested_at=now,
-            updated_at=now,
+    for _ in range(_CANCEL_LOOKS):
+        if job.status in TERMINAL:
+            return job.status
+        if job.status is JobStatus.RUNNING:
+            if job.cancel_requested_at is not None or _request_stop(session, job, now):
+                return JobStatus.RUNNING
+        elif _cancel_before_run(session, job, now):
+            return JobStatus.CANCELLED
+        session.refresh(job)
+    return job.status
+
+
+# A job moves forward at most a few times (queued, running, finished) while a cancel looks.
+_CANCEL_LOOKS = 4
+
+
+def _request_stop(session: Session, job: Job, now: datetime) -> bool:
+    """Ask the running attempt to stop (its heartbeat notices); False if it is not running."""
+    if not _update(
+        session,
+        (
+            Job.id == job.id,
+            Job.status == JobStatus.RUNNING,
+            Job.attempt == job.attempt,
+            Job.cancel_requested_at.is_(None),
+        ),
+        cancel_requested_at=now,
+        updated_at=now,
+    ):
+        return False
+    session.add(
+        _event(
+            job.id,
+            job.tenant_id,
+            job.attempt,
+            now,
+            kind="cancel",
+            message="cancel requested; waiting for the worker to stop",
         )
-        session.add(
-            _event(
-                job.id,
-                job.tenant_id,
-                job.attempt,
-                now,
-                kind="cancel",
-                message="cancel requested; waiting for the worker to stop",
-            )
-        )
-        return JobStatus.RUNNING
+    )
+    return True
+
+
+def _cancel_before_run(session: Session, job: Job, now: datetime) -> bool:
+    """Cancel a job that waits to run, and the steps after it; False if it no longer waits."""
     source = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.WAITING)
     _check(source, JobStatus.CANCELLED)
     if not _update(
@@ -759,8 +790,7 @@ def cancel(session: Session, job: Job, now: datetime) -> JobStatus:
         dispatch_due_at=None,
         run_at=None,
     ):
-        session.refresh(job)
-        return job.status
+        return False
     _note(
         session,
         Attempt.of(job),
@@ -770,7 +800,7 @@ def cancel(session: Session, job: Job, now: datetime) -> JobStatus:
         message="cancelled",
     )
     cancel_downstream(session, job.id, now, reason=f"upstream {job.id} cancelled")
-    return JobStatus.CANCELLED
+    return True
 
 
 def confirm_cancelled(session: Session, run: Attempt, now: datetime) -> bool:

@@ -16,6 +16,7 @@ from orchestrator.db import Database
 from orchestrator.dispatch import Step
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.registry import load_job_modules
+from orchestrator.runner import Failed, Runner, Skipped, Succeeded
 from orchestrator.service import JobFilter, JobService, NewJob
 from orchestrator.settings import load_settings
 from orchestrator.states import JobStatus
@@ -404,6 +405,125 @@ def test_a_claim_within_a_transaction_sees_the_row_first(
             is None
         )
     assert _status(database, job_id) == (JobStatus.RUNNING, 1)
+
+
+def test_a_redelivery_under_a_tenant_limit_claims_nothing_but_a_waiting_job(
+    database: Database,
+) -> None:
+    """With a running limit the runner reads the row before claiming it; a delivery of a
+    job that finished, runs or was cancelled must not start another attempt of it."""
+    settings = load_settings(env="development", database_url=database.url, tenant_max_running=5)
+    registry = load_job_modules(("tests.jobtypes",))
+    service = JobService(database, registry, RecordingDispatcher(), settings)
+    runner = Runner(database, registry, settings, worker="w-test")
+
+    def job() -> str:
+        return service.create(NewJob(tenant_id="t1", type="TEST_ECHO_UPSTREAM")).details.job.id
+
+    finished, running, cancelled = job(), job(), job()
+    assert isinstance(runner.run(finished), Succeeded)
+    assert _claim(database, running) is not None
+    service.cancel("t1", cancelled)
+    before = {j: _status(database, j) for j in (finished, running, cancelled)}
+    for job_id in before:
+        assert isinstance(runner.run(job_id), Skipped)
+    assert {j: _status(database, j) for j in before} == before
+    assert before[finished] == (JobStatus.SUCCEEDED, 1)
+    assert before[running] == (JobStatus.RUNNING, 1)
+    assert before[cancelled] == (JobStatus.CANCELLED, 0)
+
+
+def test_a_bulk_retry_takes_each_job_as_it_is_when_its_turn_comes(
+    service: JobService, database: Database
+) -> None:
+    """Another retry (a double click, a single retry) can take a listed job first: the bulk
+    retry must leave it as that retry and its worker made it."""
+    runner = Runner(database, service.registry, service.settings, worker="w-test")
+    first, second = (
+        service.create(NewJob(tenant_id="t1", type="TEST_EXPLODES")).details.job.id
+        for _ in range(2)
+    )
+    for job_id in (first, second):
+        assert isinstance(runner.run(job_id), Failed)
+
+    def meanwhile(done: int, total: int) -> None:
+        if done == 1:  # the first is retried; the second is retried and claimed elsewhere
+            service.retry("t1", second)
+            assert _claim(database, second) is not None
+
+    retried = service.retry_failed("t1", JobFilter(), limit=10, progress=meanwhile)
+    assert retried == [first]
+    assert _status(database, first) == (JobStatus.QUEUED, 1)
+    assert _status(database, second) == (JobStatus.RUNNING, 2)
+
+
+def _cancel_as_read_before(database: Database, job_id: str, status: JobStatus) -> JobStatus:
+    """`transitions.cancel` given the job as a reader saw it with `status`, before the
+    change that has committed since (what READ COMMITTED allows on PostgreSQL)."""
+    with database.transaction() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        sa.orm.attributes.set_committed_value(job, "status", status)
+        return transitions.cancel(session, job, utcnow())
+
+
+def _cancel_events(database: Database, job_id: str) -> list[str | None]:
+    with database.session() as session:
+        query = sa.select(JobEvent.message).where(
+            JobEvent.job_id == job_id, JobEvent.kind == "cancel"
+        )
+        return list(session.scalars(query))
+
+
+def test_a_cancel_racing_a_claim_asks_the_new_run_to_stop(
+    service: JobService, database: Database
+) -> None:
+    job_id = _pipeline(service)[0].id
+    assert _claim(database, job_id) is not None  # after the cancel read it as queued
+    assert _cancel_as_read_before(database, job_id, JobStatus.QUEUED) is JobStatus.RUNNING
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.cancel_requested_at is not None
+    assert _cancel_events(database, job_id) == ["cancel requested; waiting for the worker to stop"]
+    # Asked once: a second cancel finds the request and writes nothing more.
+    assert service.cancel("t1", job_id).job.status is JobStatus.RUNNING
+    assert len(_cancel_events(database, job_id)) == 1
+
+
+def test_a_cancel_racing_a_success_reports_the_success(
+    service: JobService, database: Database
+) -> None:
+    job_id = _pipeline(service)[0].id
+    claimed = _claim(database, job_id)
+    assert claimed is not None
+    run = Attempt.of(claimed)
+    assert transitions.succeed_alone(database, run, {"ok": 1}, utcnow(), next_due=utcnow())
+    assert _cancel_as_read_before(database, job_id, JobStatus.RUNNING) is JobStatus.SUCCEEDED
+    assert _cancel_events(database, job_id) == []
+
+
+def test_concurrent_repeats_of_a_keyed_batch_record_it_once(
+    service: JobService, database: Database
+) -> None:
+    batch = [NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(50)]
+    barrier = threading.Barrier(4)
+    answers: list[tuple[bool, list[str]]] = []
+
+    def send() -> None:
+        barrier.wait()
+        outcome = service.create_batch(batch, idempotency_key="import-42")
+        answers.append((outcome.created, [details.job.id for details in outcome.jobs]))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(created for created, _ in answers) == [False, False, False, True]
+    assert len({tuple(ids) for _, ids in answers}) == 1
+    with database.session() as session:
+        pipelines = sa.select(sa.func.count(sa.distinct(Job.pipeline_id)))
+        assert session.scalar(pipelines) == 50
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
