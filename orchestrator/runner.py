@@ -117,12 +117,13 @@ class Runner:
             outcome = self._execute(claimed, watch)
         if watch.stop.is_set() and not isinstance(outcome, Succeeded):
             outcome = Cancelled()
-        if not self._record(claimed, outcome):
+        recorded = self._record(claimed, outcome)
+        if recorded is None:
             self._refused(claimed, outcome)
             return Skipped("attempt was superseded; result refused")
-        action = type(outcome).__name__.lower()
+        action = type(recorded).__name__.lower()
         log.info("job %s", action, extra={**extra, "action": action})
-        return outcome
+        return recorded
 
     def _claim(self, job_id: str, delivery: dict[str, Any] | None) -> Claimed | Skipped:
         now = self.clock()
@@ -223,34 +224,47 @@ class Runner:
         delay = job_type.retry.delay(job.attempt)
         return RetryLater(delay, error, in_broker=delay <= self.settings.broker_delay_limit)
 
-    def _record(self, claimed: Claimed, outcome: Outcome) -> bool:
+    def _record(self, claimed: Claimed, outcome: Outcome) -> Outcome | None:
+        """Write the outcome; what was recorded, or `None` if this attempt was superseded."""
         run, now = claimed.run, self.clock()
         has_next, next_due = claimed.job_type.then is not None, now + self._grace
         if isinstance(outcome, Succeeded) and not self.settings.tenant_max_running:
             # The common case, one statement (see transitions.succeed_alone).
-            return transitions.succeed_alone(
+            won = transitions.succeed_alone(
                 self.database, run, outcome.result, now, next_due=next_due, has_next=has_next
             )
+            return outcome if won else None
         with self.database.transaction() as session:
             if self.settings.tenant_max_running:
                 # This run's slot frees up: the tenant's oldest parked job may go.
                 transitions.release_deferred(session, run.tenant_id, now)
             if isinstance(outcome, Succeeded):
-                return transitions.succeed(
+                won = transitions.succeed(
                     session, run, outcome.result, now, next_due=next_due, has_next=has_next
                 )
-            if isinstance(outcome, RetryLater):
-                run_at = now + timedelta(seconds=outcome.delay)
-                # A retry the broker holds is swept only if it goes missing; one the
-                # database holds is swept when due.
-                due = run_at + self._grace if outcome.in_broker else run_at
-                return transitions.schedule_retry(
-                    session, run, outcome.error, now, run_at=run_at, dispatch_due=due
-                )
-            if isinstance(outcome, Cancelled):
-                return transitions.confirm_cancelled(session, run, now)
-            assert isinstance(outcome, Failed)
-            return transitions.fail(session, run, outcome.error, now)
+            elif isinstance(outcome, RetryLater):
+                return self._retry(session, run, outcome, now)
+            elif isinstance(outcome, Cancelled):
+                won = transitions.confirm_cancelled(session, run, now)
+            else:
+                assert isinstance(outcome, Failed)  # a handler's outcome is never Skipped
+                won = transitions.fail(session, run, outcome.error, now)
+            return outcome if won else None
+
+    def _retry(
+        self, session: Session, run: Attempt, outcome: RetryLater, now: datetime
+    ) -> Outcome | None:
+        run_at = now + timedelta(seconds=outcome.delay)
+        # A retry the broker holds is swept only if it goes missing; one the database holds
+        # is swept when due.
+        due = run_at + self._grace if outcome.in_broker else run_at
+        if transitions.schedule_retry(
+            session, run, outcome.error, now, run_at=run_at, dispatch_due=due
+        ):
+            return outcome
+        # A cancel asked for while the attempt ran (before its heartbeat saw it) wins over
+        # another attempt, as it does when the reaper finds the run's lease expired.
+        return Cancelled() if transitions.confirm_cancelled(session, run, now) else None
 
     def _refused(self, claimed: Claimed, outcome: Outcome) -> None:
         log.warning(

@@ -437,11 +437,12 @@ def schedule_retry(
     dispatch_due: datetime,
 ) -> bool:
     """The attempt failed and another is due at `run_at`; the sweeper sends it at
-    `dispatch_due` unless the broker already holds the retry."""
+    `dispatch_due` unless the broker already holds the retry. False if the attempt was
+    superseded or a cancel was asked for meanwhile (`confirm_cancelled` then applies)."""
     _check([JobStatus.RUNNING], JobStatus.RETRYING)
     won = _update(
         session,
-        _fence(run),
+        (*_fence(run), Job.cancel_requested_at.is_(None)),
         status=JobStatus.RETRYING,
         run_at=run_at,
         dispatch_due_at=dispatch_due,

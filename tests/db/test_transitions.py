@@ -9,14 +9,15 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from pydantic import BaseModel
 
+from orchestrator import JobContext, RetryPolicy, transitions
 from orchestrator import transition_statements as statements
-from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.dispatch import Step
 from orchestrator.models import Job, JobEvent, utcnow
-from orchestrator.registry import load_job_modules
-from orchestrator.runner import Failed, Runner, Skipped, Succeeded
+from orchestrator.registry import Registry, define_job, load_job_modules
+from orchestrator.runner import Cancelled, Failed, Runner, Skipped, Succeeded
 from orchestrator.service import JobFilter, JobService, NewJob
 from orchestrator.settings import load_settings
 from orchestrator.states import JobStatus
@@ -524,6 +525,26 @@ def test_concurrent_repeats_of_a_keyed_batch_record_it_once(
     with database.session() as session:
         pipelines = sa.select(sa.func.count(sa.distinct(Job.pipeline_id)))
         assert session.scalar(pipelines) == 50
+
+
+def test_a_cancel_asked_for_while_an_attempt_fails_wins_over_its_retry(
+    database: Database,
+) -> None:
+    """The attempt fails before its heartbeat has seen the cancel: no further attempt."""
+    registry = Registry()
+    settings = load_settings(env="development", database_url=database.url, cancel_wait_seconds=0)
+    service = JobService(database, registry, RecordingDispatcher(), settings)
+
+    @define_job("TEST_CANCELLED_MIDWAY", retry=RetryPolicy(max_attempts=3), target=registry)
+    def cancelled_midway(ctx: JobContext, data: BaseModel) -> None:
+        service.cancel(ctx.tenant_id, ctx.job_id)
+        raise RuntimeError("failed after its cancel was asked for")
+
+    job_id = service.create(NewJob(tenant_id="t1", type="TEST_CANCELLED_MIDWAY")).details.job.id
+    runner = Runner(database, registry, settings, worker="w-test")
+    assert isinstance(runner.run(job_id), Cancelled)
+    assert _status(database, job_id) == (JobStatus.CANCELLED, 1)
+    assert isinstance(runner.run(job_id), Skipped)  # a retry sent anyway runs nothing
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
