@@ -17,7 +17,7 @@ RUN pip install -r /tmp/requirements.lock && rm /tmp/requirements.lock
 COPY . /tmp/src
 RUN pip install --no-deps /tmp/src && rm -rf /tmp/src
 
-# Not root. ORCH_STATE_DIR (below) holds beat's schedule file; beat creates it.
+# Not root. ORCH_STATE_DIR (below) holds the processes' shared metrics files.
 RUN useradd --system --create-home --home-dir /app --uid 10001 --user-group orchestrator
 USER orchestrator
 WORKDIR /app

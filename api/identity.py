@@ -10,13 +10,13 @@ Two modes (`ORCH_AUTH_MODE`):
 from __future__ import annotations
 
 import hmac
-import re
 from dataclasses import dataclass
 
 from flask import current_app, request, session
 
 from api.errors import Problem
 from orchestrator import apikeys
+from orchestrator.ids import tenant_id_problem
 from orchestrator.runtime import Runtime
 from orchestrator.settings import AuthMode
 
@@ -25,7 +25,6 @@ USER_HEADER = "X-User-ID"
 GATEWAY_HEADER = "X-Gateway-Secret"
 SESSION_TENANT = "tenant_id"
 SESSION_KEY = "api_key_id"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,11 @@ def _from_headers() -> Identity:
     tenant = request.headers.get(TENANT_HEADER, "").strip()
     if not tenant:
         raise Problem(400, "Missing tenant", f"The {TENANT_HEADER} header is required.")
-    if not ID_PATTERN.match(tenant):
-        raise Problem(400, "Invalid tenant", f"{TENANT_HEADER} must match {ID_PATTERN.pattern}.")
+    if problem := tenant_id_problem(tenant):
+        raise Problem(400, "Invalid tenant", f"{TENANT_HEADER} {problem}.")
     user = request.headers.get(USER_HEADER, "").strip() or None
-    if user is not None and not ID_PATTERN.match(user):
-        raise Problem(400, "Invalid user", f"{USER_HEADER} must match {ID_PATTERN.pattern}.")
+    if user is not None and (problem := tenant_id_problem(user)):  # user ids look the same
+        raise Problem(400, "Invalid user", f"{USER_HEADER} {problem}.")
     return Identity(tenant_id=tenant, user_id=user)
 
 

@@ -7,11 +7,13 @@ import os
 import sys
 from typing import Any
 
+import alembic.util
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import migrate, processes
 from orchestrator.cli_jobs import jobs
+from orchestrator.embedded_redis import EmbeddedRedisError
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import ConfigurationError, get_settings
 
@@ -22,8 +24,13 @@ class Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except EmbeddedRedisError as exc:
+            # Its first line says why; the server's log it quotes after that is on disk.
+            raise click.ClickException(str(exc).splitlines()[0]) from None
         except (ConfigurationError, OrchestratorError) as exc:
             raise click.ClickException(str(exc)) from None
+        except alembic.util.CommandError as exc:  # an unknown revision, say
+            raise click.ClickException(f"migrations: {exc}") from None
         except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             raise click.ClickException(f"database error: {detail}") from None

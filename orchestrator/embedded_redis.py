@@ -11,6 +11,7 @@ patches ``redis`` on import.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from orchestrator.errors import OrchestratorError
+
 DEFAULT_STARTUP_TIMEOUT = 10.0
 DEFAULT_STOP_TIMEOUT = 5.0
 _POLL_INTERVAL = 0.05
@@ -31,8 +34,9 @@ _LOG_TAIL_LINES = 30
 LOG_FILE_NAME = "redis-server.log"
 
 
-class EmbeddedRedisError(RuntimeError):
-    """The embedded Redis server could not be located, started or stopped."""
+class EmbeddedRedisError(OrchestratorError):
+    """The embedded Redis server could not be located, started or stopped. The first line
+    of the message says why; the lines after it are the server's log."""
 
 
 def redis_server_binary() -> Path:
@@ -61,6 +65,17 @@ def _log_tail(log_path: Path, lines: int = _LOG_TAIL_LINES) -> str:
         return f"<could not read {log_path}: {exc}>"
     tail = text.splitlines()[-lines:]
     return "\n".join(tail) if tail else "<log is empty>"
+
+
+# redis-server's log prefix: "<pid>:<role> <date> <time> <level mark> ".
+_LOG_PREFIX = re.compile(r"^\d+:[A-Z] .*? [.\-*#] ")
+
+
+def _last_words(tail: str) -> str:
+    """The server's last two log lines without their prefixes: why it stopped (e.g. "bind:
+    Address already in use; Failed listening on port 6379 (TCP), aborting.")."""
+    lines = [_LOG_PREFIX.sub("", line).strip() for line in tail.splitlines() if line.strip()]
+    return "; ".join(lines[-2:])
 
 
 class EmbeddedRedis:
@@ -225,9 +240,10 @@ class EmbeddedRedis:
         return info.get("process_id") == pid
 
     def _failure(self, what: str) -> EmbeddedRedisError:
+        tail = _log_tail(self.log_path)
         return EmbeddedRedisError(
-            f"redis-server on {self.host}:{self.port} {what}; "
-            f"last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+            f"redis-server on {self.host}:{self.port} {what}: {_last_words(tail)} "
+            f"(log: {self.log_path})\n{tail}"
         )
 
     def _terminate(self, timeout: float) -> None:

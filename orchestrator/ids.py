@@ -14,12 +14,22 @@ import time
 
 PREFIX = "job_"
 ID_PATTERN = re.compile(r"job_[0-9a-f]{28}")
+# A tenant's id (and a user's), wherever it is named (a header, an API key, the CLI, Python):
+# it goes into URLs, log lines and metric labels as it is.
+TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}")
 _RANDOM_BITS = 64
 # Room to count up within one millisecond before the random part would overflow.
 _HEADROOM = 1 << 32
 
 _lock = threading.Lock()
 _last: tuple[int, int] = (-1, 0)
+
+
+def tenant_id_problem(tenant_id: str) -> str | None:
+    """Why `tenant_id` cannot name a tenant, or `None` if it can."""
+    if TENANT_ID_PATTERN.fullmatch(tenant_id):
+        return None
+    return f"must match {TENANT_ID_PATTERN.pattern}"
 
 
 def new_job_id(now_ms: int | None = None) -> str:

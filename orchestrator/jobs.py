@@ -20,11 +20,13 @@ def send_job(
     subject: str | None = None,
     created_by: str | None = None,
 ) -> JobDetails:
-    """Record a job (and the pipeline steps after it) and dispatch it."""
+    """Record a job (and the pipeline steps after it) and dispatch it; the job as it is
+    then (inline dispatch has run it already)."""
     request = NewJob(
         tenant_id=tenant_id, type=type, input=input or {}, subject=subject, created_by=created_by
     )
-    return Runtime.current().service.create(request).details
+    service = Runtime.current().service
+    return service.get(tenant_id, service.create(request).details.job.id)
 
 
 def get_job(job_id: str, *, tenant_id: str) -> JobDetails:

@@ -33,7 +33,7 @@ from orchestrator.errors import (
     JobNotFound,
     UnknownJobType,
 )
-from orchestrator.ids import ID_PATTERN, new_job_id
+from orchestrator.ids import ID_PATTERN, new_job_id, tenant_id_problem
 from orchestrator.limits import input_problems
 from orchestrator.models import Job, JobEvent, Tenant, utcnow
 from orchestrator.registry import JobType, Registry
@@ -141,7 +141,7 @@ class JobService:
         down, or a process that dies right after the commit, loses nothing: the job is
         recorded as queued and the outbox sweeper sends it later.
         """
-        if problems := input_problems(request.input, self.settings):
+        if problems := _request_problems(request, self.settings):
             raise InvalidInput(problems)
         if request.idempotency_key and (earlier := self._earlier(request)) is not None:
             return earlier
@@ -241,7 +241,7 @@ class JobService:
             return exc.errors
         except UnknownJobType as exc:
             return [FieldError("type", str(exc))]
-        return input_problems(request.input, self.settings)
+        return _request_problems(request, self.settings)
 
     def _remember_tenant(self, tenant_id: str, now: datetime) -> None:
         """Record a tenant the first time it is seen (its tier decides its retention).
@@ -534,6 +534,13 @@ def _filtered(tenant_id: str, filters: JobFilter) -> sa.Select[Job]:
 
 # A keyed batch's jobs are keyed `<key>#<index>`, within the column's 256 characters.
 MAX_BATCH_KEY_LENGTH = 256 - len("#999")
+
+
+def _request_problems(request: NewJob, settings: Settings) -> list[FieldError]:
+    """What is wrong with a request whichever way it came (API, CLI, Python, cron)."""
+    if problem := tenant_id_problem(request.tenant_id):
+        return [FieldError("tenant", problem)]
+    return input_problems(request.input, settings)
 
 
 def _log_created(pipelines: list[list[Job]]) -> None:

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     )
     state_dir: Path = Field(
         Path(".orchestrator"),
-        description="Folder for local state: beat's schedule file, the embedded Redis's files.",
+        description="Folder for local state: the embedded Redis's files, shared metrics.",
     )
     worker_metrics_port: int | None = Field(
         None,

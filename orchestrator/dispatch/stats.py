@@ -3,6 +3,7 @@ exposes (summed over the host's processes in multiprocess mode)."""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -44,11 +45,40 @@ class DispatchStats:
 
 
 def reset_multiprocess_dir(folder: Path) -> None:
-    """Start counting afresh: called once by the launcher, before any process writes."""
+    """Drop the counters of processes that have ended, when the web starts.
+
+    A process still running (a worker on this host that outlives a restart of the web)
+    keeps its file: it writes on through its open mapping, and a file removed under it
+    would take its counts out of `/metrics` until it restarted. Counting starts afresh,
+    and `since` with it, only when no process of the host is left counting.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
-    (folder / STARTED_FILE).write_text(datetime.now(UTC).isoformat())
+    live = False
+    for counts in folder.glob("*.db"):
+        if _running(_writer_pid(counts)):
+            live = True
+        else:
+            counts.unlink()
+    if not live or not (folder / STARTED_FILE).exists():
+        (folder / STARTED_FILE).write_text(datetime.now(UTC).isoformat())
+
+
+def _writer_pid(counts: Path) -> int | None:
+    """The process that writes `counts` (prometheus_client names it `<kind>_<pid>.db`)."""
+    pid = counts.stem.rpartition("_")[2]
+    return int(pid) if pid.isdigit() else None
+
+
+def _running(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: running
+        return True
+    return True
 
 
 class CountingDispatcher:

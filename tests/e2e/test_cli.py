@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_upgrade_send_and_sweep(env: dict[str, str]) -> None:
     assert sent.returncode == 0, sent.stderr
     job = json.loads(sent.stdout)
     assert job["id"].startswith("job_") and len(job["pipeline"]) == 2
+    assert job["status"] == "succeeded"  # inline dispatch ran it before the answer
     swept = run(env, "maintenance", "sweep")
     assert swept.returncode == 0 and swept.stdout.strip() == "sent 0 job(s)"
     assert run(env, "maintenance", "reap").stdout.strip() == "reaped 0 job(s)"
@@ -68,6 +70,10 @@ def test_upgrade_send_and_sweep(env: dict[str, str]) -> None:
             "Error: invalid configuration: ORCH_WORKER_CONCURRENCY",
         ),
         (("run", "web"), {"ORCH_ENV": "production"}, "Error: ORCH_SERVICE_AUTH_SECRET"),
+        (("db", "upgrade", "--revision", "bogus"), {}, "Error: migrations: "),
+        (("send", "TEST_FLAKY", "--tenant", "bad tenant/.."), {}, "Error: tenant: must match"),
+        (("api-keys", "create", "--tenant", "bad tenant"), {}, "Error: tenant 'bad tenant' must"),
+        (("tenants", "set-tier", "a b", "pro"), {}, "Error: tenant 'a b' must match"),
     ],
 )
 def test_errors_are_one_line(
@@ -130,3 +136,15 @@ def test_a_database_without_tables_is_a_one_line_error(env: dict[str, str]) -> N
     result = run(env, "jobs", "list", "--tenant", "t1")
     assert result.returncode == 1
     assert result.stderr.startswith("Error: database error: no such table: jobs")
+
+
+def test_make_run_with_its_redis_port_taken_is_a_one_line_error(env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run({**env, "ORCH_EMBEDDED_REDIS_PORT": str(port)}, "dev")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: redis-server on 127.0.0.1:{port} "), result.stderr
+    assert "Address already in use" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

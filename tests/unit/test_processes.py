@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from orchestrator import processes
@@ -42,3 +46,31 @@ def test_flower_credentials_stay_out_of_the_command_line() -> None:
     settings = load_settings(env="production", flower_basic_auth="ops:hunter2hunter2")
     assert "hunter2" not in " ".join(processes.command("flower", settings))
     assert processes.environment(settings)["FLOWER_BASIC_AUTH"] == "ops:hunter2hunter2"
+
+
+def test_the_webs_start_keeps_the_counters_of_processes_still_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "metrics"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    settings = load_settings(env="development", state_dir=tmp_path)
+    processes.prepare("web", settings)  # an empty folder: counting starts now
+    since = (folder / "started").read_text()
+    running = folder / f"counter_{os.getpid()}.db"
+    gone = folder / f"counter_{_ended_pid()}.db"
+    running.write_bytes(b"x")
+    gone.write_bytes(b"x")
+
+    processes.prepare("web", settings)
+    assert running.exists() and not gone.exists()
+    assert (folder / "started").read_text() == since  # still counting since then
+
+    running.unlink()
+    processes.prepare("web", settings)
+    assert (folder / "started").read_text() != since  # nobody left: counting afresh
+
+
+def _ended_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
