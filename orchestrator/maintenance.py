@@ -57,7 +57,8 @@ class Maintenance:
 
     def reap_leases(self, batch: int = BATCH) -> int:
         """Take back running jobs whose worker stopped renewing its lease, and give parked
-        jobs of tenants at their limit a fresh chance if their release went missing."""
+        jobs a fresh chance if their release went missing (as many as their tenant has free
+        running slots)."""
         now = self.clock()
         self._unpark_stale(now)
         with self.database.session() as session:
@@ -87,7 +88,7 @@ class Maintenance:
             return
         stale = now - timedelta(seconds=self.settings.lease_seconds)
         with self.database.transaction() as session:
-            transitions.unpark_stale(session, stale, now)
+            transitions.unpark_stale(session, stale, now, limit=self.settings.tenant_max_running)
 
     def _take(self, job_id: str, seen_due: datetime, now: datetime) -> list[Step]:
         """Reserve the entry, and collect the job with the waiting steps after it."""

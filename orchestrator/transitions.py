@@ -292,6 +292,10 @@ def tenant_at_limit(session: Session, tenant_id: str, limit: int) -> bool:
     serialises writers anyway)."""
     if _is_postgresql(session):
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(tenant_id))))
+    return running_jobs(session, tenant_id) >= limit
+
+
+def running_jobs(session: Session, tenant_id: str) -> int:
     running = session.scalar(
         sa.select(sa.func.count())
         .select_from(Job)
@@ -300,7 +304,7 @@ def tenant_at_limit(session: Session, tenant_id: str, limit: int) -> bool:
             Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING, Job.archived_at.is_(None)
         )
     )
-    return (running or 0) >= limit
+    return running or 0
 
 
 def defer(session: Session, job: Job, now: datetime) -> bool:
@@ -316,15 +320,21 @@ def defer(session: Session, job: Job, now: datetime) -> bool:
     )
 
 
-def unpark_stale(session: Session, older_than: datetime, now: datetime) -> None:
-    """Give parked jobs whose release went missing (a crash) their outbox entry back; a
-    tenant still at its limit parks them again on delivery."""
-    session.execute(
-        sa.update(Job)
+def unpark_stale(session: Session, older_than: datetime, now: datetime, *, limit: int) -> int:
+    """Make up for releases that went missing (a crash): a tenant with jobs parked since
+    before `older_than` gets as many of its oldest parked jobs back in the outbox as it has
+    free running slots. One still at its limit keeps them parked: sent, they would only be
+    parked again, after waiting in the queue ahead of other tenants' work."""
+    tenants = session.scalars(
+        sa.select(Job.tenant_id)
         .where(sa.text(PARKED_SQL), Job.archived_at.is_(None), Job.updated_at < older_than)
-        .values(dispatch_due_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+        .distinct()
+    ).all()
+    released = 0
+    for tenant_id in tenants:
+        if (free := limit - running_jobs(session, tenant_id)) > 0:
+            released += release_deferred(session, tenant_id, now, count=free)
+    return released
 
 
 def release_deferred(session: Session, tenant_id: str, now: datetime, count: int = 1) -> int:

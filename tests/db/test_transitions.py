@@ -230,13 +230,51 @@ def test_parked_jobs_are_found_without_walking_the_tenants_history(
 
     def release() -> None:
         with database.transaction() as session:
-            transitions.unpark_stale(session, utcnow() - timedelta(hours=1), utcnow())
+            # Parked a moment ago: not stale, so the reaper's lookup finds no tenant.
+            assert not transitions.unpark_stale(
+                session, utcnow() - timedelta(hours=1), utcnow(), limit=1
+            )
             assert transitions.release_deferred(session, "t1", utcnow()) == 1
 
     plans = [plan for plan in _plans_of(database, release) if "jobs" in plan]
-    assert len(plans) == 3  # the reaper's re-offer, the release's lookup and its update
+    assert len(plans) == 3  # the reaper's lookup, the release's lookup and its update
     for plan in plans[:2]:
         assert "ix_jobs_parked" in plan, plan
+
+
+def test_the_reaper_re_offers_parked_jobs_only_to_free_running_slots(
+    service: JobService, database: Database
+) -> None:
+    """Releases that went missing are made up for, but a tenant still at its limit keeps
+    its backlog parked instead of sending it round the queue again."""
+    running = _pipeline(service)[0].id
+    assert _claim(database, running) is not None
+    parked = [_pipeline(service)[0].id for _ in range(3)]
+    long_ago = utcnow() - timedelta(hours=2)
+    with database.transaction() as session:
+        for job_id in parked:
+            job = session.get(Job, job_id)
+            assert job is not None and transitions.defer(session, job, long_ago)
+
+    def reoffer() -> int:
+        with database.transaction() as session:
+            return transitions.unpark_stale(
+                session, utcnow() - timedelta(hours=1), utcnow(), limit=2
+            )
+
+    def offered() -> list[str]:
+        with database.session() as session:
+            due = sa.select(Job.id).where(Job.id.in_(parked), Job.dispatch_due_at.is_not(None))
+            return sorted(session.scalars(due))
+
+    assert reoffer() == 1  # one slot of two is free: the oldest parked job takes it
+    assert offered() == parked[:1]
+    with database.transaction() as session:
+        assert transitions.succeed(
+            session, Attempt(running, "t1", 1), None, utcnow(), next_due=utcnow()
+        )
+    assert reoffer() == 2  # its release went missing too: both slots are free now
+    assert offered() == parked
 
 
 def test_reads_by_status_leave_archived_history_out(
