@@ -477,7 +477,12 @@ class JobService:
     def send(self, steps: Sequence[Job], *, not_before: datetime | None = None) -> None:
         """Dispatch `steps`; once the backend has them, the outbox entry only guards against
         a lost message (`self.marks` moves it on). A failed dispatch is logged and left to
-        the sweeper."""
+        the sweeper.
+
+        A dispatcher that sends in the background (HTTP push) has handed nothing over when
+        it returns: its jobs keep their entry as it is, due a grace period after creation,
+        so a push that fails is sent again then; the claim clears the entry of one that
+        got through."""
         try:
             self.dispatcher.dispatch([Step.of(step) for step in steps], not_before=not_before)
         except DispatchError as exc:
@@ -487,7 +492,8 @@ class JobService:
                 extra={**_ids(steps[0]), "action": "dispatch_failed"},
             )
             return
-        self.marks.add([steps[0].id])
+        if not self._sends_in_background:
+            self.marks.add([steps[0].id])
 
     def send_many(self, pipelines: Sequence[Sequence[Job]]) -> None:
         """Dispatch many pipelines at once (one broker round trip); their outbox entries
@@ -503,7 +509,12 @@ class JobService:
                 extra={"action": "dispatch_failed"},
             )
             return
-        self.marks.add([steps[0].id for steps in pipelines])
+        if not self._sends_in_background:
+            self.marks.add([steps[0].id for steps in pipelines])
+
+    @property
+    def _sends_in_background(self) -> bool:
+        return bool(getattr(self.dispatcher, "reports_outcomes", False))
 
     @property
     def _grace(self) -> timedelta:

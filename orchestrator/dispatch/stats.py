@@ -90,9 +90,10 @@ class CountingDispatcher:
         self.stats = stats
         self.mode = inner.mode
         self.drives_pipelines = inner.drives_pipelines
+        self.reports_outcomes: bool = getattr(inner, "reports_outcomes", False)
 
     def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
-        if getattr(self.inner, "reports_outcomes", False):
+        if self.reports_outcomes:
             self.inner.dispatch(steps, not_before=not_before)
             return
         try:
