@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.transitions import Attempt, LeaseState
@@ -45,7 +47,8 @@ class Heartbeat:
         self.lease = timedelta(seconds=lease_seconds)
         self.interval = interval
         self.clock = clock
-        self._watches: dict[str, Watch] = {}
+        # By attempt: in a threaded web process two attempts of one job may overlap.
+        self._watches: dict[tuple[str, int], Watch] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -54,15 +57,27 @@ class Heartbeat:
     def watch(self, run: Attempt, *, interruptible: bool = False) -> Iterator[Watch]:
         """Keep `run`'s lease while the block runs; `interruptible` lets us signal it."""
         entry = Watch(run, interruptible=interruptible and _can_interrupt())
+        key = (run.job_id, run.attempt)
         with self._lock:
-            self._watches[run.job_id] = entry
+            self._watches[key] = entry
             self._ensure_thread()
         try:
             yield entry
         finally:
-            with self._lock:
-                self._watches.pop(run.job_id, None)
-                entry.interruptible = False
+            self._forget(key, entry)
+
+    def _forget(self, key: tuple[str, int], entry: Watch) -> None:
+        """Stop watching. The stop signal is sent under the lock, so it can land while this
+        waits for it, just as the handler has returned: the handler is done, so it is let
+        go, and the watch (which would renew the lease for ever) is removed all the same."""
+        while True:
+            try:
+                with self._lock:
+                    entry.interruptible = False
+                    self._watches.pop(key, None)
+                return
+            except SoftTimeLimitExceeded:
+                continue
 
     def beat_once(self) -> None:
         with self._lock:
