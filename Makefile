@@ -11,7 +11,7 @@ EMULATOR_STAMP := $(EMULATOR_VENV)/.installed-$(shell cat requirements-emulator.
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-quick lint format lock clean emulator browser bench bench-quick
+.PHONY: run test test-quick lint format lock clean emulator browser postgres bench bench-quick
 
 $(STAMP): $(LOCKS) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,9 +39,21 @@ browser:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
+## postgres: Debian's PostgreSQL server binaries, which the tests and benchmarks start as
+## clusters of their own (needs root or sudo). No cluster of the package's own is made, so
+## no server is left running.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  echo "installing Debian's PostgreSQL server binaries for the tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO mkdir -p /etc/postgresql-common && \
+	  echo "create_main_cluster = false" | $$SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null && \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+
 ## test: the whole suite, starting real Redis, PostgreSQL, Celery workers, the emulator and
 ## a headless Chromium
-test: $(STAMP) $(EMULATOR_STAMP) browser
+test: $(STAMP) $(EMULATOR_STAMP) browser postgres
 	ORCH_TEST_EMULATOR_PYTHON=$(EMULATOR_VENV)/bin/python ORCH_TEST_CHROMIUM=$(CHROMIUM) \
 	  $(BIN)/python -m pytest
 
@@ -50,10 +62,10 @@ test-quick: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 ## bench: the benchmark suite beside raw Celery (not part of `make test`; see bench/RESULTS.md)
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python -m bench.run_all
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) postgres
 	$(BIN)/python -m bench.run_all --quick
 
 lint: $(STAMP)
