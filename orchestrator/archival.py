@@ -55,10 +55,9 @@ class Archiver:
         try:
             total = self.count_eligible(now)
             for batch in self._batches(now):
-                if not dry_run:
-                    self._archive(batch, now)
-                report.per_tenant.update(tenant for _, tenant in batch)
-                report.total += len(batch)
+                archived = batch if dry_run else self._archive(batch, now)
+                report.per_tenant.update(tenant for _, tenant in archived)
+                report.total += len(archived)
                 if progress is not None:
                     progress(report.total, total)
         except Exception as exc:
@@ -118,9 +117,10 @@ class Archiver:
                 assert last.finished_at is not None
                 after = (last.finished_at, last.id)
 
-    def _archive(self, batch: list[tuple[str, str]], now: datetime) -> None:
+    def _archive(self, batch: list[tuple[str, str]], now: datetime) -> list[tuple[str, str]]:
+        """Archive the batch's jobs; those it did archive (id, tenant)."""
         with self.database.transaction() as session:
-            session.execute(
+            archived = session.execute(
                 sa.update(Job)
                 # Still finished: a job retried since the batch was read is not archived.
                 .where(
@@ -129,8 +129,10 @@ class Archiver:
                     Job.finished_at.is_not(None),
                 )
                 .values(archived_at=now)
+                .returning(Job.id, Job.tenant_id)
                 .execution_options(synchronize_session=False)
             )
+            return [(job_id, tenant_id) for job_id, tenant_id in archived]
 
     def _open_run(self, now: datetime, dry_run: bool, job_id: str | None) -> int:
         with self.database.transaction() as session:
