@@ -114,6 +114,9 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Manual retries so far: part of each delivery's name (see dispatch.base.Step).
     requeues: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    # Times parked under a tenant's running limit: part of each delivery's name too (a
+    # released job is sent anew, and Cloud Tasks keeps a used name reserved for an hour).
+    parks: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     pipeline_id: Mapped[str] = mapped_column(sa.String(40))
     parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("jobs.id"))
     step_index: Mapped[int] = mapped_column(sa.SmallInteger, default=0)

@@ -610,6 +610,7 @@ def _step_row(
         queue=job_type.queue,
         attempt=0,
         requeues=0,
+        parks=0,
         max_attempts=job_type.retry.max_attempts,
         pipeline_id=pipeline_id,
         parent_id=parent_id,

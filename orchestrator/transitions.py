@@ -316,6 +316,7 @@ def defer(session: Session, job: Job, now: datetime) -> bool:
         (Job.id == job.id, Job.status.in_(CLAIMABLE)),
         dispatch_due_at=None,
         dispatched_at=None,
+        parks=Job.parks + 1,  # its release is a new send (see dispatch.base.Step)
         updated_at=now,
     )
 

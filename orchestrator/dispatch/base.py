@@ -14,9 +14,10 @@ from orchestrator.models import Job
 class Step:
     """What goes on the wire for one job: ids, not objects.
 
-    `attempt` is the attempt this delivery is for and `requeues` how often the job was
-    retried by hand: together with the id they name the delivery, so a backend that
-    de-duplicates by name (Cloud Tasks) drops a repeat of the same dispatch.
+    `attempt` is the attempt this delivery is for, `requeues` how often the job was
+    retried by hand and `parks` how often it was parked under a running limit (and sent
+    anew on its release): together with the id they name the delivery, so a backend that
+    de-duplicates by name (Cloud Tasks) drops a repeat of the same dispatch, and only that.
     """
 
     job_id: str
@@ -24,6 +25,7 @@ class Step:
     queue: str
     attempt: int = 1
     requeues: int = 0
+    parks: int = 0
 
     @classmethod
     def of(cls, job: Job) -> Step:
@@ -33,11 +35,13 @@ class Step:
             queue=job.queue,
             attempt=job.attempt + 1,
             requeues=job.requeues,
+            parks=job.parks,
         )
 
     @property
     def delivery_id(self) -> str:
-        return f"{self.job_id}-a{self.attempt}-r{self.requeues}"
+        parked = f"-p{self.parks}" if self.parks else ""  # names of jobs never parked stay
+        return f"{self.job_id}-a{self.attempt}-r{self.requeues}{parked}"
 
 
 class DispatchError(Exception):

@@ -15,6 +15,7 @@ from orchestrator import JobContext, RetryPolicy, transitions
 from orchestrator import transition_statements as statements
 from orchestrator.db import Database
 from orchestrator.dispatch import Step
+from orchestrator.maintenance import Maintenance
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.registry import Registry, define_job, load_job_modules
 from orchestrator.runner import Cancelled, Failed, Runner, Skipped, Succeeded
@@ -275,6 +276,23 @@ def test_the_reaper_re_offers_parked_jobs_only_to_free_running_slots(
         )
     assert reoffer() == 2  # its release went missing too: both slots are free now
     assert offered() == parked
+
+
+def test_a_released_job_is_sent_under_a_new_name(service: JobService, database: Database) -> None:
+    """Cloud Tasks keeps a task's name reserved for an hour after it ran: the send of a job
+    released from the parking lot must not look like a repeat of the send that parked it."""
+    job_id = _pipeline(service)[0].id
+    first = service.dispatcher.sent[-1][0]  # type: ignore[attr-defined]
+    assert first.delivery_id.endswith("-a1-r0")  # the name of a job never parked is as ever
+    with database.transaction() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and transitions.defer(session, job, utcnow())
+        assert transitions.release_deferred(session, "t1", utcnow()) == 1
+    sweeper = Maintenance(database, service.dispatcher, service.settings)
+    assert sweeper.sweep_outbox() == 1
+    again = service.dispatcher.sent[-1][0]  # type: ignore[attr-defined]
+    assert again.job_id == job_id and again.attempt == first.attempt
+    assert again.delivery_id != first.delivery_id
 
 
 def test_reads_by_status_leave_archived_history_out(
