@@ -48,10 +48,12 @@ def create_app(
     app.register_blueprint(dashboard.blueprint)
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(openapi.blueprint)
-    audience = settings.expected_oidc_audience
-    if audience is not None:
+    # OIDC tokens are taken only from the one service account named: any Google account can
+    # mint a token for our audience, so without a name the service secret is the only key.
+    audience, account = settings.expected_oidc_audience, settings.oidc_service_account
+    if audience is not None and account is not None:
         app.extensions["oidc_verifier"] = OidcVerifier(
-            audience, settings.oidc_service_account, oidc_certs or GoogleCerts()
+            audience, account, oidc_certs or GoogleCerts()
         )
     return app
 

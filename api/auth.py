@@ -60,7 +60,7 @@ class GoogleCerts:
 
 
 class OidcVerifier:
-    def __init__(self, audience: str, service_account: str | None, certs: Certs) -> None:
+    def __init__(self, audience: str, service_account: str, certs: Certs) -> None:
         self.audience = audience
         self.service_account = service_account
         self.certs = certs
@@ -74,8 +74,6 @@ class OidcVerifier:
             return False
         if claims.get("iss") not in GOOGLE_ISSUERS:
             return False
-        if self.service_account is None:
-            return True
         return claims.get("email") == self.service_account and bool(claims.get("email_verified"))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -227,3 +228,22 @@ def test_admin_endpoints_accept_a_scheduler_oidc_token(client: FlaskClient) -> N
     assert {f["cron"] for f in response.get_json()["fired"]} >= {"nightly-archival"}
     assert client.post("/admin/maintenance/sweep", headers=bearer(token())).status_code == 200
     assert client.post("/admin/maintenance/reap", headers={}).status_code == 401
+
+
+def test_without_a_named_service_account_no_google_token_gets_in(
+    runtime: Runtime, queued_job: str
+) -> None:
+    """Anyone can have Google sign a token for our audience: with no service account named,
+    only the service secret opens the endpoints."""
+    unnamed = runtime.settings.model_copy(update={"oidc_service_account": None})
+    assert unnamed.expected_oidc_audience == WORKER_URL
+    app = api.create_app(
+        runtime=replace(runtime, settings=unnamed), oidc_certs=lambda: {"k1": GOOGLE_CERT}
+    )
+    client = app.test_client()
+    for anyone in (token(), token(email="stranger@elsewhere.iam.gserviceaccount.com")):
+        refused = client.post(RUN, json={"jobId": queued_job}, headers=bearer(anyone))
+        assert refused.status_code == 401
+        assert client.get("/metrics", headers=bearer(anyone)).status_code == 401
+    pushed = client.post(RUN, json={"jobId": queued_job}, headers={"X-Service-Auth": SECRET})
+    assert pushed.status_code == 200
