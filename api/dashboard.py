@@ -226,8 +226,10 @@ def overview() -> str:
 
 @blueprint.get("/")
 def overview_slash() -> Redirect:
-    query: dict[str, Any] = request.args.to_dict()
-    return redirect(url_for("dashboard.overview", **query), code=308)
+    # The query as it came, not through url_for, which reads keys such as `_method` or
+    # `_external` as its own options.
+    query = request.query_string.decode("latin-1")
+    return redirect(url_for("dashboard.overview") + (f"?{query}" if query else ""), code=308)
 
 
 @blueprint.get("/summary")
@@ -371,13 +373,16 @@ def log_out() -> Redirect:
 
 
 def _safe_next() -> str:
-    """Where to go after login: a dashboard path only, never another site."""
+    """Where to go after login: a dashboard path only, never another site (nor a header
+    broken by a control character or a backslash)."""
     target = request.values.get("next", "")
-    return (
-        target
-        if target.startswith("/dashboard") and "//" not in target
-        else url_for("dashboard.overview")
+    safe = (
+        target.startswith("/dashboard")
+        and "//" not in target
+        and "\\" not in target
+        and target.isprintable()
     )
+    return target if safe else url_for("dashboard.overview")
 
 
 @blueprint.errorhandler(JobNotFound)

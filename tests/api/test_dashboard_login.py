@@ -82,3 +82,16 @@ def test_a_revoked_key_ends_the_session(client: FlaskClient, runtime: Runtime) -
     assert client.get("/dashboard").status_code == 200
     apikeys.revoke_key(runtime.database, issued.id)
     assert client.get("/dashboard").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "target", ["/dashboard\r\nSet-Cookie: x=1", "/dashboard\\\\evil.example", "//evil.example"]
+)
+def test_a_login_never_sends_the_browser_to_a_broken_or_foreign_target(
+    client: FlaskClient, runtime: Runtime, target: str
+) -> None:
+    issued = apikeys.create_key(runtime.database, "acme", "browser")
+    token = token_from(client.get("/dashboard/login").get_data(as_text=True))
+    data = {"api_key": issued.key, "csrf_token": token, "next": target}
+    response = client.post("/dashboard/login", data=data)
+    assert (response.status_code, response.headers["Location"]) == (303, "/dashboard")

@@ -132,6 +132,9 @@ def test_trailing_slash_redirects_to_the_overview(client: FlaskClient, tenant: s
     response = client.get("/dashboard/?status=failed", headers={"X-Tenant-ID": tenant})
     assert response.status_code == 308
     assert response.headers["Location"] == "/dashboard?status=failed"
+    # Keys url_for would take for its own options are just part of the query.
+    odd = client.get("/dashboard/?_method=PUT&_external=1", headers={"X-Tenant-ID": tenant})
+    assert (odd.status_code, odd.headers["Location"]) == (308, "/dashboard?_method=PUT&_external=1")
 
 
 def test_invalid_filter_is_a_400_page(client: FlaskClient, tenant: str) -> None:
