@@ -30,6 +30,7 @@ from api.schemas import (
 )
 from orchestrator.registry import Registry
 from orchestrator.runtime import Runtime
+from orchestrator.service import MAX_BATCH_KEY_LENGTH
 from orchestrator.settings import AuthMode, Settings
 
 blueprint = Blueprint("openapi", __name__)
@@ -78,6 +79,23 @@ class Stats(BaseModel):
     dispatches: dict[str, dict[str, int]] = Field(default_factory=dict)
 
 
+class Swept(BaseModel):
+    sent: int
+
+
+class Reaped(BaseModel):
+    reaped: int
+
+
+class CronFiring(BaseModel):
+    cron: str
+    occurrence: str
+
+
+class CronFired(BaseModel):
+    fired: list[CronFiring]
+
+
 MODELS: list[type[BaseModel]] = [
     CreateJob,
     JobOut,
@@ -96,6 +114,9 @@ MODELS: list[type[BaseModel]] = [
     RunsList,
     PushResult,
     Stats,
+    Swept,
+    Reaped,
+    CronFired,
 ]
 
 
@@ -106,7 +127,7 @@ class Operation:
     summary: str
     tag: str
     security: str | None  # "tenant", "service" or None
-    responses: dict[int, type[BaseModel]]
+    responses: dict[int, type[BaseModel] | None]  # None: plain text (Prometheus')
     body: type[BaseModel] | dict[str, Any] | None = None
     query: type[BaseModel] | None = None
     body_required: bool = True
@@ -128,17 +149,8 @@ def operations() -> list[Operation]:
             "tenant",
             {201: JobOut, 200: JobOut},
             body={"$ref": "#/components/schemas/NewJob"},
-            problems=(400, 401, 409, 413, 415, 422, 429),
-            extra={
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-                    }
-                ]
-            },
+            problems=(400, 401, 409, 413, 422, 429),
+            extra={"parameters": [_idempotency_header(256)]},
         ),
         Operation(
             "post",
@@ -146,9 +158,10 @@ def operations() -> list[Operation]:
             "Create up to 1,000 jobs at once",
             "jobs",
             "tenant",
-            {201: JobBatch},
+            {201: JobBatch, 200: JobBatch},
             body={"$ref": "#/components/schemas/NewBatch"},
-            problems=(400, 401, 413, 422, 429),
+            problems=(400, 401, 409, 413, 422, 429),
+            extra={"parameters": [_idempotency_header(MAX_BATCH_KEY_LENGTH)]},
         ),
         Operation(
             "get",
@@ -251,7 +264,55 @@ def operations() -> list[Operation]:
             {200: Stats},
             problems=(401,),
         ),
+        Operation(
+            "post",
+            "/admin/maintenance/sweep",
+            "Send every job whose dispatch is due (the outbox sweep)",
+            "admin",
+            "service",
+            {200: Swept},
+            body_required=False,
+            problems=(401,),
+        ),
+        Operation(
+            "post",
+            "/admin/maintenance/reap",
+            "Take back runs whose lease expired",
+            "admin",
+            "service",
+            {200: Reaped},
+            body_required=False,
+            problems=(401,),
+        ),
+        Operation(
+            "post",
+            "/admin/cron/tick",
+            "Fire each cron's latest occurrence that has not fired",
+            "admin",
+            "service",
+            {200: CronFired},
+            body_required=False,
+            problems=(401,),
+        ),
+        Operation(
+            "get",
+            "/metrics",
+            "Prometheus metrics (text exposition format)",
+            "operations",
+            "service",
+            {200: None},
+            problems=(401,),
+        ),
     ]
+
+
+def _idempotency_header(longest: int) -> dict[str, Any]:
+    return {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": longest},
+    }
 
 
 def build_document(settings: Settings, registry: Registry) -> dict[str, Any]:
@@ -345,7 +406,9 @@ def _responses(op: Operation) -> dict[str, Any]:
     for code, model in op.responses.items():
         description = "OK" if code < 300 else "See body"
         responses[str(code)] = {"description": description}
-        if model is not None:
+        if model is None:
+            responses[str(code)]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        else:
             schema = {"$ref": REF.format(model=model.__name__)}
             responses[str(code)]["content"] = {"application/json": {"schema": schema}}
     problem = {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}}
