@@ -51,15 +51,16 @@ class CloudTasksDispatcher:
         self.time_limit = time_limit
 
     def task_for(self, step: Step, not_before: datetime | None) -> dict[str, Any]:
+        account = self.target.oidc_service_account
         request: dict[str, Any] = {
             "http_method": tasks_v2.HttpMethod.POST,
             "url": self.target.url,
-            "headers": self.target.headers(),
+            "headers": self.target.headers(oidc_token_attached=account is not None),
             "body": push_body(step),
         }
-        if self.target.oidc_service_account:
+        if account is not None:
             request["oidc_token"] = {
-                "service_account_email": self.target.oidc_service_account,
+                "service_account_email": account,
                 "audience": self.target.oidc_audience or self.target.url,
             }
         deadline = self.time_limit(step.type) + DEADLINE_MARGIN

@@ -22,9 +22,12 @@ class PushTarget:
     oidc_service_account: str | None = None
     oidc_audience: str | None = None
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, *, oidc_token_attached: bool = False) -> dict[str, str]:
+        """A push's headers. The service secret is left out only of a push that carries an
+        OIDC token instead (Cloud Tasks attaches one for `oidc_service_account`), so that
+        the secret is not stored in every task; a plain HTTP push always needs it."""
         headers = {"Content-Type": "application/json"}
-        if self.oidc_service_account is None and self.secret:
+        if self.secret and not oidc_token_attached:
             headers[SERVICE_AUTH_HEADER] = self.secret
         return headers
 
