@@ -93,6 +93,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 
 
 SWEEP_TASK = "orchestrator.sweep_outbox"
+CATCH_UP_SECONDS = 60.0
 REAP_TASK = "orchestrator.reap_leases"
 
 
@@ -130,11 +131,18 @@ def beat_schedule(settings: Settings, definitions: CronRegistry) -> dict[str, di
             "options": {"queue": MAINTENANCE_QUEUE, "expires": seconds},
         }
 
-    return {
+    cron_entries = {f"cron:{d.id}": cron_entry(d) for d in definitions}
+    schedule = {
         "outbox-sweep": every(SWEEP_TASK, settings.sweep_interval),
         "lease-reaper": every(REAP_TASK, settings.reap_interval),
-        **{f"cron:{d.id}": cron_entry(d) for d in definitions},
+        **cron_entries,
     }
+    if cron_entries:
+        # A firing that failed (the database away at 01:00, say) is acknowledged all the
+        # same; this makes it up within a minute, as /admin/cron/tick does on Cloud Run.
+        # Firing is idempotent, so a catch-up that finds the occurrence fired does nothing.
+        schedule["cron-catch-up"] = every(CATCH_UP_TASK, CATCH_UP_SECONDS)
+    return schedule
 
 
 def _configure_worker_logging(**_: Any) -> None:

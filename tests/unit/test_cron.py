@@ -6,8 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from orchestrator.beat import CATCH_UP_TASK
+from orchestrator.celery_app import beat_schedule
 from orchestrator.cron import CronDefinition, CronRegistry, define_cron_job
 from orchestrator.errors import JobDefinitionError
+from orchestrator.settings import load_settings
 
 NIGHTLY = CronDefinition("nightly", "0 1 * * *", "ARCHIVE")
 DAY = 86400.0
@@ -97,3 +100,13 @@ def test_handler_crons_take_their_occurrence_as_input() -> None:
     assert definition.job_type == "cron.with-handler"
     occurrence = at("2026-01-01T00:05:00")
     assert definition.job_input(occurrence) == {"scheduledFor": occurrence.isoformat()}
+
+
+def test_beat_makes_up_a_failed_firing_within_a_minute() -> None:
+    """A firing task that raised is acknowledged; the periodic catch-up fires it again."""
+    settings = load_settings(env="development")
+    definitions = CronRegistry()
+    definitions.add(NIGHTLY)
+    entry = beat_schedule(settings, definitions)["cron-catch-up"]
+    assert entry["task"] == CATCH_UP_TASK and entry["schedule"] <= 60
+    assert "cron-catch-up" not in beat_schedule(settings, CronRegistry())  # no crons, no need
