@@ -38,6 +38,12 @@ class EmptyInput(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+class AnyInput(BaseModel):
+    """Whatever a job of a type this process does not define was given."""
+
+    model_config = {"extra": "allow"}
+
+
 @dataclass(frozen=True)
 class JobType:
     name: str
@@ -125,6 +131,18 @@ def _require_defaults(job_type: JobType) -> None:
         raise JobDefinitionError(
             f"{job_type.name} follows another step, so its input needs defaults for: {exc}"
         ) from None
+
+
+def undefined_job_type(name: str) -> JobType:
+    """What a runner uses for a job it claimed whose type this process does not define (a
+    deploy under way, or ORCH_JOB_MODULES that differ between processes): each run fails
+    as a handler's error does, so the job is retried with backoff, in case another worker
+    knows the type, and fails for good, saying why, once its attempts are spent."""
+
+    def undefined(ctx: JobContext, data: AnyInput) -> None:
+        raise UnknownJobType(name)
+
+    return JobType(name=name, handler=undefined, input_model=AnyInput, public=False)
 
 
 # The registry `define_job` writes to; processes read it after `load_job_modules`.

@@ -23,7 +23,7 @@ from orchestrator.dispatch.inline import InlineDispatcher
 from orchestrator.dispatch.push import PushTarget
 from orchestrator.dispatch.stats import CountingDispatcher, DispatchStats
 from orchestrator.maintenance import Maintenance
-from orchestrator.registry import Registry, load_job_modules
+from orchestrator.registry import Registry, load_job_modules, undefined_job_type
 from orchestrator.runner import Runner
 from orchestrator.schedule import CronFirer
 from orchestrator.service import JobService
@@ -112,6 +112,13 @@ def make_dispatcher(
                 make_client(settings.cloud_tasks_endpoint),
                 settings.cloud_tasks_queue,
                 target,
-                lambda job_type: registry.get(job_type).time_limit,
+                # A type this process does not define still goes out (a worker may know it).
+                lambda job_type: (
+                    (
+                        registry.get(job_type)
+                        if job_type in registry
+                        else undefined_job_type(job_type)
+                    ).time_limit
+                ),
             )
     return CountingDispatcher(inner, stats)

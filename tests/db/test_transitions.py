@@ -18,7 +18,7 @@ from orchestrator.dispatch import Step
 from orchestrator.maintenance import Maintenance
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.registry import Registry, define_job, load_job_modules
-from orchestrator.runner import Cancelled, Failed, Runner, Skipped, Succeeded
+from orchestrator.runner import Cancelled, Failed, RetryLater, Runner, Skipped, Succeeded
 from orchestrator.service import JobFilter, JobService, NewJob
 from orchestrator.settings import load_settings
 from orchestrator.states import JobStatus
@@ -601,6 +601,24 @@ def test_a_cancel_asked_for_while_an_attempt_fails_wins_over_its_retry(
     assert isinstance(runner.run(job_id), Cancelled)
     assert _status(database, job_id) == (JobStatus.CANCELLED, 1)
     assert isinstance(runner.run(job_id), Skipped)  # a retry sent anyway runs nothing
+
+
+def test_a_job_of_a_type_this_worker_does_not_define_is_retried_then_failed(
+    service: JobService, database: Database
+) -> None:
+    """A deploy under way, or job modules that differ: the claim has committed, so the
+    job must not be left running; another worker may know the type, so it is retried."""
+    job_id = _pipeline(service)[0].id  # TEST_FLAKY, four attempts
+    runner = Runner(database, Registry(), service.settings, worker="w-old-revision")
+    for attempt in range(1, 4):
+        outcome = runner.run(job_id)
+        assert isinstance(outcome, RetryLater) and outcome.error.type == "UnknownJobType"
+        assert _status(database, job_id) == (JobStatus.RETRYING, attempt)
+        with database.transaction() as session:  # due now, not after the backoff
+            session.execute(sa.update(Job).where(Job.id == job_id).values(run_at=utcnow()))
+    outcome = runner.run(job_id)
+    assert isinstance(outcome, Failed) and "TEST_FLAKY" in outcome.error.message
+    assert _status(database, job_id) == (JobStatus.FAILED, 4)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
