@@ -70,16 +70,24 @@ class CronDefinition:
 
     def latest(self, now: datetime) -> datetime:
         """The most recent occurrence at or before `now`, in UTC."""
-        local = (now + timedelta(microseconds=1)).astimezone(self.zone)
-        previous: datetime = croniter(self.schedule, local).get_prev(datetime)
+        times = croniter(self.schedule, (now + timedelta(microseconds=1)).astimezone(self.zone))
+        while self._repeated(previous := times.get_prev(datetime)):
+            pass
         return previous.astimezone(UTC)
 
     def following(self, moment: datetime) -> datetime:
         """The first occurrence strictly after `moment`, in UTC."""
-        upcoming: datetime = croniter(self.schedule, moment.astimezone(self.zone)).get_next(
-            datetime
-        )
+        times = croniter(self.schedule, moment.astimezone(self.zone))
+        while self._repeated(upcoming := times.get_next(datetime)):
+            pass
         return upcoming.astimezone(UTC)
+
+    def _repeated(self, occurrence: datetime) -> bool:
+        """The second pass of a wall-clock time, the night clocks go back: no occurrence of
+        a schedule at fixed hours (cron runs `30 1 * * *` once that night), but one of a
+        schedule over every hour (whose runs follow real time)."""
+        fixed_hours = "*" not in self.schedule.split()[1]
+        return fixed_hours and occurrence.astimezone(UTC).astimezone(self.zone).fold == 1
 
     def occurrences(self, start: datetime, end: datetime) -> Iterator[datetime]:
         """Every occurrence in (start, end], in UTC."""

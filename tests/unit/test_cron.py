@@ -110,3 +110,21 @@ def test_beat_makes_up_a_failed_firing_within_a_minute() -> None:
     entry = beat_schedule(settings, definitions)["cron-catch-up"]
     assert entry["task"] == CATCH_UP_TASK and entry["schedule"] <= 60
     assert "cron-catch-up" not in beat_schedule(settings, CronRegistry())  # no crons, no need
+
+
+def test_the_night_clocks_go_back_a_fixed_time_fires_once_and_an_hourly_one_keeps_time() -> None:
+    """As cron does: `30 1 * * *` in New York runs once on 1 November 2026, though 01:30
+    comes twice; a schedule over every hour runs in both passes of the repeated hour."""
+    nightly = CronDefinition("ny-nightly", "30 1 * * *", "ARCHIVE", timezone="America/New_York")
+    start, end = datetime(2026, 10, 31, 12, tzinfo=UTC), datetime(2026, 11, 2, 12, tzinfo=UTC)
+    assert [o.isoformat() for o in nightly.occurrences(start, end)] == [
+        "2026-11-01T05:30:00+00:00",  # 01:30 EDT; 01:30 EST an hour later is no new night
+        "2026-11-02T06:30:00+00:00",
+    ]
+    assert nightly.latest(datetime(2026, 11, 1, 6, 45, tzinfo=UTC)).hour == 5
+    half_hourly = CronDefinition("ny-half", "*/30 * * * *", "ARCHIVE", timezone="America/New_York")
+    repeated_hour = (
+        datetime(2026, 11, 1, 5, 10, tzinfo=UTC),
+        datetime(2026, 11, 1, 6, 50, tzinfo=UTC),
+    )
+    assert len(list(half_hourly.occurrences(*repeated_hour))) == 3  # 05:30, 06:00, 06:30 UTC
