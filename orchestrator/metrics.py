@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
-from orchestrator.models import Job, utcnow
+from orchestrator.models import Job, UTCDateTime, utcnow
 from orchestrator.states import LIVE, JobStatus
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -113,15 +113,26 @@ class DatabaseGauges(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.clock()
+        # A delayed job is queued but no worker may take it before its runAt: it is no
+        # backlog, and it waits from its runAt, not from its creation.
+        due = sa.or_(Job.run_at.is_(None), Job.run_at <= now)
+        waiting_since = sa.case((due, sa.func.coalesce(Job.run_at, Job.updated_at)))
         with self.session() as session:
             by_state = session.execute(
-                sa.select(Job.status, Job.queue, sa.func.count(), sa.func.min(Job.updated_at))
+                sa.select(
+                    Job.status,
+                    Job.queue,
+                    sa.func.count(),
+                    sa.func.count(waiting_since),
+                    sa.func.min(sa.type_coerce(waiting_since, UTCDateTime())),
+                )
                 .where(Job.status.in_(LIVE))
                 .group_by(Job.status, Job.queue)
             ).all()
         depth = GaugeMetricFamily(
             "orchestrator_queue_depth",
-            "Jobs queued and waiting for a worker, by queue.",
+            "Jobs queued, due and waiting for a worker, by queue.",
             labels=["queue"],
         )
         states = GaugeMetricFamily(
@@ -129,18 +140,18 @@ class DatabaseGauges(Collector):
         )
         oldest = GaugeMetricFamily(
             "orchestrator_oldest_queued_job_age_seconds",
-            "Age of the job queued longest (0 when none is).",
+            "How long the due job queued longest has waited (0 when none is).",
         )
         per_state: dict[str, int] = dict.fromkeys((str(s) for s in LIVE), 0)
         oldest_at: datetime | None = None
-        for status, queue, total, earliest in by_state:
+        for status, queue, total, due_total, earliest in by_state:
             per_state[str(status)] += total
             if status is JobStatus.QUEUED:
-                depth.add_metric([queue], total)
+                depth.add_metric([queue], due_total)
                 oldest_at = min(filter(None, (oldest_at, earliest)), default=None)
         for name, total in per_state.items():
             states.add_metric([name], total)
-        age = (self.clock() - oldest_at).total_seconds() if oldest_at else 0.0
+        age = (now - oldest_at).total_seconds() if oldest_at else 0.0
         oldest.add_metric([], max(age, 0.0))
         yield from (depth, states, oldest)
 

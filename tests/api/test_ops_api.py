@@ -107,6 +107,20 @@ def test_queue_gauges_come_from_the_database(
     assert sample(text, "orchestrator_jobs_in_state", status="waiting") == 1
     assert sample(text, "orchestrator_oldest_queued_job_age_seconds") >= 299
 
+    # A job delayed by a day is queued, but no backlog yet: it does not age the queue.
+    runtime.service.create(
+        NewJob(
+            tenant_id=tenant,
+            type="TEST_PARKED",
+            input={"effectFile": "/dev/null"},
+            delay_seconds=86400,
+        )
+    )
+    text = metrics_text()  # type: ignore[operator]
+    assert sample(text, "orchestrator_jobs_in_state", status="queued") == 2
+    assert sample(text, "orchestrator_queue_depth", queue="parked") == 1
+    assert 299 <= sample(text, "orchestrator_oldest_queued_job_age_seconds") < 400
+
 
 def test_metrics_need_service_credentials_outside_development(sqlite_url: str) -> None:
     secret = "x" * 32

@@ -16,6 +16,7 @@ from orchestrator import transition_statements as statements
 from orchestrator.db import Database
 from orchestrator.dispatch import Step
 from orchestrator.maintenance import Maintenance
+from orchestrator.metrics import DatabaseGauges
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.registry import Registry, define_job, load_job_modules
 from orchestrator.runner import Cancelled, Failed, RetryLater, Runner, Skipped, Succeeded
@@ -619,6 +620,22 @@ def test_a_job_of_a_type_this_worker_does_not_define_is_retried_then_failed(
     outcome = runner.run(job_id)
     assert isinstance(outcome, Failed) and "TEST_FLAKY" in outcome.error.message
     assert _status(database, job_id) == (JobStatus.FAILED, 4)
+
+
+def test_the_queue_gauges_leave_delayed_jobs_out_on_both_databases(
+    service: JobService, database: Database
+) -> None:
+    service.clock = lambda: utcnow() - timedelta(minutes=5)
+    service.create(NewJob(tenant_id="t1", type="TEST_FLAKY"))
+    service.create(NewJob(tenant_id="t1", type="TEST_FLAKY", delay_seconds=86400))
+    gauges = {
+        (family.name, tuple(sample.labels.values())): sample.value
+        for family in DatabaseGauges(database.session).collect()
+        for sample in family.samples
+    }
+    assert gauges[("orchestrator_jobs_in_state", ("queued",))] == 2
+    assert gauges[("orchestrator_queue_depth", ("default",))] == 1
+    assert 299 <= gauges[("orchestrator_oldest_queued_job_age_seconds", ())] < 400
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
