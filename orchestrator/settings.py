@@ -10,12 +10,14 @@ import functools
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from croniter import croniter
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_SERVICE_SECRET = "dev-secret"  # noqa: S105 - the documented development default
+MIN_SECRET_LENGTH = 16
 
 
 class Environment(StrEnum):
@@ -357,16 +359,33 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 "ORCH_SERVICE_AUTH_SECRET is required outside development (ORCH_ENV=production)"
             )
-        if secret == DEV_SERVICE_SECRET or len(secret) < 16:
+        _require_real("ORCH_SERVICE_AUTH_SECRET", secret)
+        if self.effective_auth_mode is AuthMode.TRUSTED_HEADERS:
+            if not self.gateway_secret:
+                raise ConfigurationError(
+                    "ORCH_AUTH_MODE=trusted-headers needs ORCH_GATEWAY_SECRET outside "
+                    "development (anyone could claim any tenant); or use ORCH_AUTH_MODE=api-key"
+                )
+            _require_real("ORCH_GATEWAY_SECRET", self.gateway_secret)
+        if self.worker_url is not None and not _private_url(self.worker_url):
             raise ConfigurationError(
-                "ORCH_SERVICE_AUTH_SECRET must be a real secret of at least 16 characters "
-                "outside development"
+                "ORCH_WORKER_URL must be https:// outside development (or on this machine): "
+                "pushes carry the service secret"
             )
-        if self.effective_auth_mode is AuthMode.TRUSTED_HEADERS and not self.gateway_secret:
-            raise ConfigurationError(
-                "ORCH_AUTH_MODE=trusted-headers needs ORCH_GATEWAY_SECRET outside development "
-                "(anyone could claim any tenant); or use ORCH_AUTH_MODE=api-key"
-            )
+
+
+def _private_url(url: str) -> bool:
+    """Encrypted, or never leaving the machine."""
+    parsed = urlsplit(url)
+    return parsed.scheme == "https" or parsed.hostname in {"127.0.0.1", "localhost", "::1"}
+
+
+def _require_real(name: str, secret: str) -> None:
+    if secret == DEV_SERVICE_SECRET or len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigurationError(
+            f"{name} must be a real secret of at least {MIN_SECRET_LENGTH} characters "
+            "outside development"
+        )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -209,6 +209,32 @@ def test_production_accepts_a_real_secret(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.service_auth_secret == "s3cr3t-" + "x" * 20
 
 
+@pytest.mark.parametrize("gateway", ["x", "dev-secret", "g" * 15])
+def test_production_refuses_a_weak_gateway_secret(gateway: str) -> None:
+    settings = load_settings(
+        service_auth_secret="s" * 32, auth_mode="trusted-headers", gateway_secret=gateway
+    )
+    with _one_line_error_naming("ORCH_GATEWAY_SECRET"):
+        settings.require_production_secrets()
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://orchestrator.example.com/internal/worker/run", True),
+        ("https://orchestrator.example.com/internal/worker/run", False),
+        ("http://127.0.0.1:8080/internal/worker/run", False),  # never leaves the machine
+    ],
+)
+def test_production_pushes_the_secret_only_over_https(url: str, refused: bool) -> None:
+    settings = load_settings(service_auth_secret="s" * 32, worker_url=url)
+    if refused:
+        with _one_line_error_naming("ORCH_WORKER_URL"):
+            settings.require_production_secrets()
+    else:
+        settings.require_production_secrets()
+
+
 def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError):
