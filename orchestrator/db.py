@@ -30,7 +30,12 @@ class Database:
             # share it opens and closes a connection per statement): no pre-ping, and no
             # BEGIN or COMMIT to send.
             self._autocommit = sa.create_engine(
-                url, echo=echo, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=10
+                url,
+                echo=echo,
+                isolation_level="AUTOCOMMIT",
+                pool_size=5,
+                max_overflow=10,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
             )
             self._statement_sessions = _sessions(self._autocommit)
 
@@ -188,9 +193,20 @@ def create_engine(url: str, *, echo: bool = False) -> sa.Engine:
         sa.event.listen(engine, "connect", _tune_sqlite)
         sa.event.listen(engine, "begin", _begin_immediate)
         return engine
-    engine = sa.create_engine(url, echo=echo, pool_size=5, max_overflow=10)
+    engine = sa.create_engine(
+        url,
+        echo=echo,
+        pool_size=5,
+        max_overflow=10,
+        # A server that does not answer fails the request (and /readyz) in seconds, not
+        # after the operating system's TCP timeout of two minutes.
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
     _ping_when_idle(engine)
     return engine
+
+
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 # A pooled connection unused this long is pinged before it is handed out.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import redis
@@ -31,8 +32,14 @@ def _safely(check: Callable[[Runtime], str], runtime: Runtime) -> str:
         return f"unreachable: {type(exc).__name__}"
 
 
+@functools.cache
+def _newest_migration(url: str) -> str | None:
+    """Read once per process: the migration scripts do not change while it runs."""
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
 def _database_and_migrations(runtime: Runtime) -> str:
-    head = ScriptDirectory.from_config(alembic_config(runtime.database.url)).get_current_head()
+    head = _newest_migration(runtime.database.url)
     with runtime.database.engine.connect() as connection:
         connection.execute(sa.text("SELECT 1"))
         current = MigrationContext.configure(connection).get_current_revision()

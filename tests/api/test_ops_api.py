@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -11,7 +13,9 @@ from flask.testing import FlaskClient
 
 import api
 from orchestrator import migrate
+from orchestrator.db import CONNECT_TIMEOUT_SECONDS
 from orchestrator.models import utcnow
+from orchestrator.readiness import check_readiness
 from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
 from orchestrator.settings import load_settings
@@ -148,3 +152,21 @@ def test_the_openapi_document_has_every_route_the_api_serves(client: FlaskClient
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         served |= {(path, method.lower()) for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert served == documented
+
+
+def test_readyz_answers_in_seconds_when_postgresql_does_not(sqlite_url: str) -> None:
+    """A server that takes the connection and never answers (a hung host, a dropped route
+    would do the same): not ready, within the connect timeout, not the OS's two minutes."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql+psycopg://nobody@127.0.0.1:{silent.getsockname()[1]}/db"
+        settings = load_settings(env="development", database_url=url, dispatch_mode="inline")
+        runtime = Runtime.build(settings)
+        answers: list[dict[str, str]] = []
+        probe = threading.Thread(target=lambda: answers.append(check_readiness(runtime)))
+        probe.daemon = True  # a probe that hangs must not hold the test run
+        probe.start()
+        probe.join(CONNECT_TIMEOUT_SECONDS + 5)
+        assert answers, "the readiness check hung on a database that does not answer"
+        assert answers[0]["database"].startswith("unreachable")
