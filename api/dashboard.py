@@ -33,7 +33,7 @@ from werkzeug.wrappers import Response as Redirect
 from api.dashboard_chart import chart_of
 from api.errors import Problem
 from api.identity import auth_mode, current_identity, log_in_with_key
-from orchestrator.errors import JobArchived, JobConflict, JobNotFound
+from orchestrator.errors import JobArchived, JobConflict, JobNotFound, UnknownJobType
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, JobService
@@ -321,10 +321,13 @@ def retry_dead_letters() -> Redirect:
 
 
 def _log(action: str, tenant: str, job_id: str | None, **extra: Any) -> None:
+    # The JSON lines keep only the context fields; anything else is said in the message.
+    details = "".join(f" {name}={value}" for name, value in extra.items())
     log.info(
-        "dashboard: %s",
+        "dashboard: %s%s",
         action,
-        extra={"action": action, "tenant_id": tenant, "job_id": job_id, **extra},
+        details,
+        extra={"action": action, "tenant_id": tenant, "job_id": job_id},
     )
 
 
@@ -388,6 +391,12 @@ def _safe_next() -> str:
 @blueprint.errorhandler(JobNotFound)
 def _not_found(exc: JobNotFound) -> tuple[str, int]:
     return error_page(404, "Job not found", f"There is no job {exc.job_id} among your jobs.")
+
+
+@blueprint.errorhandler(UnknownJobType)
+def _unknown_type(exc: UnknownJobType) -> tuple[str, int]:
+    # A job whose type this deployment no longer defines cannot be retried from here.
+    return error_page(409, "Unknown job type", f"{exc} is not defined here any more.")
 
 
 @blueprint.errorhandler(JobArchived)
