@@ -125,7 +125,6 @@ def create_jobs() -> Response:
     identity = current_identity()
     batch = CreateBatch.model_validate(json_body())
     key = _checked_key(request.headers.get(IDEMPOTENCY_HEADER), MAX_BATCH_KEY_LENGTH)
-    _check_rate(identity.tenant_id, cost=len(batch.jobs))
     registry = service().registry
     for index, body in enumerate(batch.jobs):
         if body.type not in registry or not registry.get(body.type).public:
@@ -134,22 +133,24 @@ def create_jobs() -> Response:
                 "Unknown job type",
                 errors=[FieldError(f"jobs.{index}.type", f"unknown job type {body.type!r}")],
             )
-    outcome = service().create_batch(
-        [
-            NewJob(
-                tenant_id=identity.tenant_id,
-                type=body.type,
-                input=body.input,
-                subject=body.subject,
-                created_by=identity.user_id,
-                idempotency_key=body.idempotencyKey,
-                delay_seconds=body.delaySeconds,
-                run_at=body.runAt,
-            )
-            for body in batch.jobs
-        ],
-        idempotency_key=key,
-    )
+    requests = [
+        NewJob(
+            tenant_id=identity.tenant_id,
+            type=body.type,
+            input=body.input,
+            subject=body.subject,
+            created_by=identity.user_id,
+            idempotency_key=body.idempotencyKey,
+            delay_seconds=body.delaySeconds,
+            run_at=body.runAt,
+        )
+        for body in batch.jobs
+    ]
+    # A repeat of a keyed batch creates nothing, so it costs no tokens.
+    outcome = service().earlier_batch(requests, key) if key else None
+    if outcome is None:
+        _check_rate(identity.tenant_id, cost=len(batch.jobs))
+        outcome = service().create_batch(requests, idempotency_key=key)
     jobs = [JobOut.of_details(details) for details in outcome.jobs]
     return json_response(JobBatch(jobs=jobs), 201 if outcome.created else 200)
 

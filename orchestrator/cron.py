@@ -84,10 +84,16 @@ class CronDefinition:
 
     def _repeated(self, occurrence: datetime) -> bool:
         """The second pass of a wall-clock time, the night clocks go back: no occurrence of
-        a schedule at fixed hours (cron runs `30 1 * * *` once that night), but one of a
-        schedule over every hour (whose runs follow real time)."""
-        fixed_hours = "*" not in self.schedule.split()[1]
-        return fixed_hours and occurrence.astimezone(UTC).astimezone(self.zone).fold == 1
+        a schedule at fixed times (cron runs `30 1 * * *` once that night), but one of a
+        schedule over every hour or minute (whose runs follow real time)."""
+        return self._at_fixed_times and occurrence.astimezone(UTC).astimezone(self.zone).fold == 1
+
+    @property
+    def _at_fixed_times(self) -> bool:
+        """Neither the minute nor the hour is a wildcard (`*`, `*/n`), macros (`@daily`)
+        read as the fields they stand for: cron's test for what runs once in that hour."""
+        minute, hour = croniter(self.schedule).expressions[:2]
+        return not (minute.startswith("*") or hour.startswith("*"))
 
     def occurrences(self, start: datetime, end: datetime) -> Iterator[datetime]:
         """Every occurrence in (start, end], in UTC."""

@@ -60,7 +60,6 @@ class Maintenance:
         jobs a fresh chance if their release went missing (as many as their tenant has free
         running slots)."""
         now = self.clock()
-        self._unpark_stale(now)
         with self.database.session() as session:
             expired = session.execute(
                 sa.select(Job.id, Job.tenant_id, Job.attempt, Job.max_attempts, Job.type)
@@ -81,6 +80,8 @@ class Maintenance:
                     "action": "lease_expired",
                 },
             )
+        # After the expiries: a dead worker's runs no longer hold their tenant's slots.
+        self._unpark_stale(now)
         return len(expired)
 
     def _unpark_stale(self, now: datetime) -> None:
@@ -92,7 +93,7 @@ class Maintenance:
 
     def _take(self, job_id: str, seen_due: datetime, now: datetime) -> list[Step]:
         """Reserve the entry, and collect the job with the waiting steps after it."""
-        resend_at = now + timedelta(seconds=self._resend_after)
+        resend_at = now + timedelta(seconds=self.settings.redispatch_after_seconds)
         with self.database.transaction() as session:
             if not transitions.take_outbox_entry(
                 session, job_id, seen_due, now, resend_at=resend_at
@@ -102,16 +103,6 @@ class Maintenance:
             assert job is not None
             later = transitions.later_steps(session, job, JobStatus.WAITING)
             return [Step.of(step) for step in (job, *later)]
-
-    @property
-    def _resend_after(self) -> float:
-        """How long a sent job's entry waits before the next send: for a broker that took
-        the message, long (it would only be lost); for a push still on its way in the
-        background (it may fail), a grace period, as after a creation. A claim clears the
-        entry either way."""
-        if getattr(self.dispatcher, "reports_outcomes", False):
-            return self.settings.dispatch_grace_seconds
-        return self.settings.redispatch_after_seconds
 
     def _send(self, steps: list[Step], now: datetime) -> bool:
         try:

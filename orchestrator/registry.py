@@ -87,6 +87,11 @@ class Registry:
         except KeyError:
             raise UnknownJobType(name) from None
 
+    def resolve(self, name: str) -> JobType:
+        """The type, or `undefined_job_type(name)` for one this process does not define."""
+        found = self._types.get(name)
+        return found if found is not None else undefined_job_type(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._types
 

@@ -23,7 +23,7 @@ from orchestrator.db import Database
 from orchestrator.errors import InvalidInput, PermanentError
 from orchestrator.heartbeat import Heartbeat, Watch
 from orchestrator.models import Job, utcnow
-from orchestrator.registry import JobType, Registry, undefined_job_type
+from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
 from orchestrator.states import CLAIMABLE
 from orchestrator.transitions import Attempt, ErrorInfo
@@ -168,8 +168,7 @@ class Runner:
 
     def _claimed(self, started: transitions.Started) -> Claimed:
         job = started.job
-        job_type = self.registry.get(job.type) if job.type in self.registry else None
-        return Claimed(job, job_type or undefined_job_type(job.type), started.upstream_result)
+        return Claimed(job, self.registry.resolve(job.type), started.upstream_result)
 
     def _skip(
         self, session: Session, job_id: str, now: datetime, delivery: dict[str, Any] | None

@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import ClassVar
 
+from orchestrator import transitions
 from orchestrator.cron import crons
 from orchestrator.db import Database
 from orchestrator.delivery import PushDelivery
-from orchestrator.dispatch import Dispatcher
+from orchestrator.dispatch import Dispatcher, Step
 from orchestrator.dispatch.celery import CeleryDispatcher, create_celery_app
 from orchestrator.dispatch.cloud_tasks import CloudTasksDispatcher, make_client
 from orchestrator.dispatch.http import HttpDispatcher
@@ -23,7 +26,8 @@ from orchestrator.dispatch.inline import InlineDispatcher
 from orchestrator.dispatch.push import PushTarget
 from orchestrator.dispatch.stats import CountingDispatcher, DispatchStats
 from orchestrator.maintenance import Maintenance
-from orchestrator.registry import Registry, load_job_modules, undefined_job_type
+from orchestrator.models import utcnow
+from orchestrator.registry import Registry, load_job_modules
 from orchestrator.runner import Runner
 from orchestrator.schedule import CronFirer
 from orchestrator.service import JobService
@@ -56,7 +60,7 @@ class Runtime:
         database = Database.from_settings(settings)
         runner = Runner(database, registry, settings, worker=worker_name())
         stats = DispatchStats()
-        dispatcher = make_dispatcher(settings, runner, registry, stats)
+        dispatcher = make_dispatcher(settings, runner, registry, stats, database)
         service = JobService(database, registry, dispatcher, settings)
         maintenance = Maintenance(database, dispatcher, settings)
         return cls(
@@ -88,8 +92,27 @@ class Runtime:
             cls._current = None
 
 
+def resend_soon(database: Database, settings: Settings) -> Callable[[Step], None]:
+    """For a push that failed after it left (HTTP push sends in the background): the
+    sweeper sends the job again after the grace period, not after the long resend of a
+    job a backend took."""
+    grace = timedelta(seconds=settings.dispatch_grace_seconds)
+
+    def failed(step: Step) -> None:
+        now = utcnow()
+        database.statement(
+            lambda session: transitions.resend_soon(session, step.job_id, now + grace, now)
+        )
+
+    return failed
+
+
 def make_dispatcher(
-    settings: Settings, runner: Runner, registry: Registry, stats: DispatchStats
+    settings: Settings,
+    runner: Runner,
+    registry: Registry,
+    stats: DispatchStats,
+    database: Database,
 ) -> Dispatcher:
     mode = settings.dispatch_mode
     if mode is DispatchMode.INLINE:
@@ -105,7 +128,7 @@ def make_dispatcher(
             oidc_audience=settings.expected_oidc_audience,
         )
         if mode is DispatchMode.HTTP:
-            inner = HttpDispatcher(target, stats)
+            inner = HttpDispatcher(target, stats, failed=resend_soon(database, settings))
         else:
             assert settings.cloud_tasks_queue is not None
             inner = CloudTasksDispatcher(
@@ -113,12 +136,6 @@ def make_dispatcher(
                 settings.cloud_tasks_queue,
                 target,
                 # A type this process does not define still goes out (a worker may know it).
-                lambda job_type: (
-                    (
-                        registry.get(job_type)
-                        if job_type in registry
-                        else undefined_job_type(job_type)
-                    ).time_limit
-                ),
+                lambda job_type: registry.resolve(job_type).time_limit,
             )
     return CountingDispatcher(inner, stats)

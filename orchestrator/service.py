@@ -198,6 +198,13 @@ class JobService:
         self.send_many([steps for steps in pipelines if steps[0].run_at is None])
         return BatchCreated([JobDetails(job=steps[0], steps=steps) for steps in pipelines], True)
 
+    def earlier_batch(self, requests: Sequence[NewJob], key: str) -> BatchCreated | None:
+        """What a keyed batch made before (see `create_batch`), or `None`; an
+        `IdempotencyConflict` if the key was used for other jobs."""
+        if any(request.idempotency_key for request in requests):
+            return None  # refused by create_batch: jobs in a batch carry no keys
+        return self._earlier_batch(_keyed(requests, key), key)
+
     def _earlier_batch(self, requests: Sequence[NewJob], key: str) -> BatchCreated | None:
         """The jobs a keyed batch made before, or `None` if it made none."""
         tenant_id = requests[0].tenant_id
@@ -477,12 +484,8 @@ class JobService:
     def send(self, steps: Sequence[Job], *, not_before: datetime | None = None) -> None:
         """Dispatch `steps`; once the backend has them, the outbox entry only guards against
         a lost message (`self.marks` moves it on). A failed dispatch is logged and left to
-        the sweeper.
-
-        A dispatcher that sends in the background (HTTP push) has handed nothing over when
-        it returns: its jobs keep their entry as it is, due a grace period after creation,
-        so a push that fails is sent again then; the claim clears the entry of one that
-        got through."""
+        the sweeper. (A push that fails in the background brings the entry forward again:
+        see `runtime.resend_soon`.)"""
         try:
             self.dispatcher.dispatch([Step.of(step) for step in steps], not_before=not_before)
         except DispatchError as exc:
@@ -492,8 +495,7 @@ class JobService:
                 extra={**_ids(steps[0]), "action": "dispatch_failed"},
             )
             return
-        if not self._sends_in_background:
-            self.marks.add([steps[0].id])
+        self.marks.add([steps[0].id])
 
     def send_many(self, pipelines: Sequence[Sequence[Job]]) -> None:
         """Dispatch many pipelines at once (one broker round trip); their outbox entries
@@ -509,12 +511,7 @@ class JobService:
                 extra={"action": "dispatch_failed"},
             )
             return
-        if not self._sends_in_background:
-            self.marks.add([steps[0].id for steps in pipelines])
-
-    @property
-    def _sends_in_background(self) -> bool:
-        return bool(getattr(self.dispatcher, "reports_outcomes", False))
+        self.marks.add([steps[0].id for steps in pipelines])
 
     @property
     def _grace(self) -> timedelta:

@@ -663,6 +663,18 @@ def take_outbox_entry(
     )
 
 
+def resend_soon(session: Session, job_id: str, due: datetime, now: datetime) -> None:
+    """A push that failed in the background: its entry comes due at `due`, whatever long
+    resend a mark or a sweep gave it. The row counts as touched, so a mark still to come
+    leaves it alone."""
+    _update(
+        session,
+        (Job.id == job_id, Job.status.in_(CLAIMABLE), Job.dispatch_due_at.is_not(None)),
+        dispatch_due_at=due,
+        updated_at=now,
+    )
+
+
 def postpone_outbox_entry(session: Session, job_id: str, due: datetime) -> None:
     """The broker refused the sweeper's send: try again at `due`."""
     _update(session, (Job.id == job_id, Job.status.in_(CLAIMABLE)), dispatch_due_at=due)
@@ -737,6 +749,10 @@ def expire_lease(session: Session, run: Attempt, max_attempts: int, now: datetim
     return JobStatus.RETRYING
 
 
+# A job moves forward at most a few times (queued, running, finished) while a cancel looks.
+_CANCEL_LOOKS = 4
+
+
 def cancel(session: Session, job: Job, now: datetime) -> JobStatus:
     """Cancel a job that has not finished; a running one is asked to stop.
 
@@ -755,10 +771,6 @@ def cancel(session: Session, job: Job, now: datetime) -> JobStatus:
             return JobStatus.CANCELLED
         session.refresh(job)
     return job.status
-
-
-# A job moves forward at most a few times (queued, running, finished) while a cancel looks.
-_CANCEL_LOOKS = 4
 
 
 def _request_stop(session: Session, job: Job, now: datetime) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -35,10 +35,14 @@ class HttpDispatcher:
         *,
         timeout: float = 600.0,
         workers: int = 8,
+        failed: Callable[[Step], None] | None = None,
     ) -> None:
         self.target = target
         self.stats = stats
         self.timeout = timeout
+        # Told of a push that failed after dispatch() returned, when the job's outbox entry
+        # already waits for the long resend of a job handed over.
+        self.failed = failed
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http-dispatch")
         self._session = requests.Session()
 
@@ -69,8 +73,21 @@ class HttpDispatcher:
                 exc,
                 extra={"job_id": step.job_id, "action": "dispatch_failed"},
             )
+            self._report_failure(step)
             return
         self.stats.record(self.mode, "succeeded")
+
+    def _report_failure(self, step: Step) -> None:
+        if self.failed is None:
+            return
+        try:
+            self.failed(step)
+        except Exception:  # the sweeper still resends it, only later
+            log.exception(
+                "could not bring %s's resend forward",
+                step.delivery_id,
+                extra={"job_id": step.job_id, "action": "dispatch_failed"},
+            )
 
     def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
         for steps in pipelines:

@@ -3,18 +3,19 @@ outbox entry."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from orchestrator import transitions
 from orchestrator.db import Database
-from orchestrator.dispatch.http import HttpDispatcher
-from orchestrator.dispatch.push import PushTarget
-from orchestrator.dispatch.stats import CountingDispatcher, DispatchStats
 from orchestrator.dispatch_marks import DispatchMarks
-from orchestrator.maintenance import Maintenance
 from orchestrator.models import Job, utcnow
 from orchestrator.registry import load_job_modules
+from orchestrator.runtime import Runtime
 from orchestrator.service import JobService, NewJob
 from orchestrator.settings import load_settings
 from tests.db.test_transitions import RecordingDispatcher
@@ -95,28 +96,78 @@ def test_a_late_mark_leaves_a_released_job_due(database_url: str) -> None:
 def test_a_push_that_fails_in_the_background_is_sent_again_after_the_grace(
     database_url: str,
 ) -> None:
-    """HTTP push sends after `dispatch` returned: nothing has taken the job then, so no
-    mark may move its entry to the long resend, and nor may the sweeper's own send."""
-    database = Database(database_url)
+    """HTTP push sends after `dispatch` returned, when the job's entry has been given (or
+    will be given, by its mark) the long resend of a job a backend took: a failure brings
+    it forward, the sweeper's send too."""
+    runtime = _http_runtime(database_url, f"http://127.0.0.1:{free_port()}/internal/worker/run")
+    database = runtime.database
     try:
-        settings = load_settings(env="development", database_url=database.url)
-        stats = DispatchStats()
-        nobody = PushTarget(url=f"http://127.0.0.1:{free_port()}/internal/worker/run")
-        dispatcher = CountingDispatcher(HttpDispatcher(nobody, stats, timeout=2), stats)
-        registry = load_job_modules(("tests.jobtypes",))
-        service = JobService(database, registry, dispatcher, settings)
-        job = service.create(NewJob(tenant_id="t1", type="TEST_FLAKY")).details.job
-        deadline = time.monotonic() + 10
-        while stats.snapshot()["dispatches"].get("http", {}).get("failed", 0) < 1:
-            assert time.monotonic() < deadline, "the push did not fail"
-            time.sleep(0.05)
-        service.marks.flush()
-        grace = timedelta(seconds=settings.dispatch_grace_seconds)
-        assert _job(database, job.id).dispatch_due_at == job.created_at + grace
+        grace = timedelta(seconds=runtime.settings.dispatch_grace_seconds)
+        job = runtime.service.create(NewJob(tenant_id="t1", type="TEST_FLAKY")).details.job
+        _wait_for(lambda: _job(database, job.id).updated_at > job.created_at)
+        runtime.service.marks.flush()  # a mark comes late: it must not undo that
+        assert _job(database, job.id).dispatch_due_at <= utcnow() + grace
 
-        later = job.created_at + 2 * grace
-        sweeper = Maintenance(database, dispatcher, settings, clock=lambda: later)
-        assert sweeper.sweep_outbox() == 1
-        assert _job(database, job.id).dispatch_due_at == later + grace
+        later = utcnow() + 2 * grace
+        runtime.maintenance.clock = lambda: later
+        assert runtime.maintenance.sweep_outbox() == 1  # its entry: `later` + 15 minutes
+        _wait_for(lambda: _job(database, job.id).dispatch_due_at < later + 2 * grace)
     finally:
         database.dispose()
+
+
+def test_a_push_still_on_its_way_keeps_the_long_resend(database_url: str) -> None:
+    """A busy worker answers a push only when the job has run: meanwhile the sweeper must
+    not send it again every grace period."""
+    with _slow_worker() as url:
+        runtime = _http_runtime(database_url, url)
+        try:
+            service = runtime.service
+            job = service.create(NewJob(tenant_id="t1", type="TEST_FLAKY")).details.job
+            service.marks.flush()
+            resend = _job(runtime.database, job.id).dispatch_due_at - job.created_at
+            assert resend.total_seconds() >= runtime.settings.redispatch_after_seconds
+        finally:
+            runtime.database.dispose()
+
+
+def _http_runtime(database_url: str, worker_url: str) -> Runtime:
+    settings = load_settings(
+        env="development",
+        database_url=database_url,
+        dispatch_mode="http",
+        worker_url=worker_url,
+        job_modules="tests.jobtypes",
+    )
+    return Runtime.build(settings)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@contextmanager
+def _slow_worker() -> Iterator[str]:
+    """A worker URL that takes pushes and answers only after the test is done."""
+    release = threading.Event()
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            release.wait(10)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/internal/worker/run"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

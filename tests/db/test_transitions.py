@@ -296,6 +296,27 @@ def test_a_released_job_is_sent_under_a_new_name(service: JobService, database: 
     assert again.delivery_id != first.delivery_id
 
 
+def test_a_dead_workers_run_frees_its_tenants_slot_in_the_same_reap(
+    service: JobService, database: Database
+) -> None:
+    """The reaper takes back expired leases first, then re-offers parked jobs: the dead
+    worker's run no longer counts against its tenant's limit."""
+    settings = service.settings.model_copy(update={"tenant_max_running": 1})
+    dead = _pipeline(service)[0].id
+    assert _claim(database, dead) is not None
+    parked = _pipeline(service)[0].id
+    long_ago = utcnow() - timedelta(hours=2)
+    with database.transaction() as session:
+        job = session.get(Job, parked)
+        assert job is not None and transitions.defer(session, job, long_ago)
+        session.execute(sa.update(Job).where(Job.id == dead).values(lease_expires_at=long_ago))
+    reaper = Maintenance(database, service.dispatcher, settings)
+    assert reaper.reap_leases() == 1
+    with database.session() as session:
+        job = session.get(Job, parked)
+        assert job is not None and job.dispatch_due_at is not None
+
+
 def test_reads_by_status_leave_archived_history_out(
     service: JobService, database: Database
 ) -> None:

@@ -128,3 +128,15 @@ def test_the_night_clocks_go_back_a_fixed_time_fires_once_and_an_hourly_one_keep
         datetime(2026, 11, 1, 6, 50, tzinfo=UTC),
     )
     assert len(list(half_hourly.occurrences(*repeated_hour))) == 3  # 05:30, 06:00, 06:30 UTC
+
+
+def test_macros_and_minute_wildcards_through_the_repeated_hour() -> None:
+    """`@daily` reads as `0 0 * * *` (fixed); `*/15 1 * * *` runs every quarter of an hour
+    in both passes of the repeated 01:00 hour, as cron runs a minute wildcard."""
+    daily = CronDefinition("daily", "@daily", "ARCHIVE", timezone="America/New_York")
+    assert daily.latest(datetime(2026, 11, 1, 12, tzinfo=UTC)).isoformat() == (
+        "2026-11-01T04:00:00+00:00"
+    )
+    quarters = CronDefinition("quarters", "*/15 1 * * *", "ARCHIVE", timezone="America/New_York")
+    night = (datetime(2026, 11, 1, 4, tzinfo=UTC), datetime(2026, 11, 1, 8, tzinfo=UTC))
+    assert len(list(quarters.occurrences(*night))) == 8  # 01:00-01:45, twice
