@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, request, url_for
 from pydantic import BaseModel
 
 from api.errors import Problem
-from api.identity import current_identity
+from api.identity import Identity, current_identity
 from api.schemas import (
     BulkRetry,
     BulkRetryResult,
@@ -79,6 +79,24 @@ def _checked_key(key: str | None, longest: int) -> str | None:
     return key
 
 
+def _is_public(job_type: str) -> bool:
+    registry = service().registry
+    return job_type in registry and registry.get(job_type).public
+
+
+def _new_job(identity: Identity, body: CreateJob, idempotency_key: str | None) -> NewJob:
+    return NewJob(
+        tenant_id=identity.tenant_id,
+        type=body.type,
+        input=body.input,
+        subject=body.subject,
+        created_by=identity.user_id,
+        idempotency_key=idempotency_key,
+        delay_seconds=body.delaySeconds,
+        run_at=body.runAt,
+    )
+
+
 def _check_rate(tenant_id: str, cost: int = 1) -> None:
     limiter: CreationRateLimiter | None = current_app.extensions.get("rate_limiter")
     if limiter is None:
@@ -98,20 +116,9 @@ def create_job() -> Response:
     identity = current_identity()
     _check_rate(identity.tenant_id)
     body = CreateJob.model_validate(json_body())
-    if body.type not in service().registry or not service().registry.get(body.type).public:
+    if not _is_public(body.type):
         raise UnknownJobType(body.type)  # system job types are not the public's to create
-    outcome = service().create(
-        NewJob(
-            tenant_id=identity.tenant_id,
-            type=body.type,
-            input=body.input,
-            subject=body.subject,
-            created_by=identity.user_id,
-            idempotency_key=_idempotency_key(body),
-            delay_seconds=body.delaySeconds,
-            run_at=body.runAt,
-        )
-    )
+    outcome = service().create(_new_job(identity, body, _idempotency_key(body)))
     # 201 for a new job; 200 when an idempotent repeat returns the job made before.
     response = json_response(JobOut.of_details(outcome.details), 201 if outcome.created else 200)
     response.headers["Location"] = url_for("jobs.get_job", job_id=outcome.details.job.id)
@@ -125,27 +132,14 @@ def create_jobs() -> Response:
     identity = current_identity()
     batch = CreateBatch.model_validate(json_body())
     key = _checked_key(request.headers.get(IDEMPOTENCY_HEADER), MAX_BATCH_KEY_LENGTH)
-    registry = service().registry
     for index, body in enumerate(batch.jobs):
-        if body.type not in registry or not registry.get(body.type).public:
+        if not _is_public(body.type):
             raise Problem(
                 422,
                 "Unknown job type",
                 errors=[FieldError(f"jobs.{index}.type", f"unknown job type {body.type!r}")],
             )
-    requests = [
-        NewJob(
-            tenant_id=identity.tenant_id,
-            type=body.type,
-            input=body.input,
-            subject=body.subject,
-            created_by=identity.user_id,
-            idempotency_key=body.idempotencyKey,
-            delay_seconds=body.delaySeconds,
-            run_at=body.runAt,
-        )
-        for body in batch.jobs
-    ]
+    requests = [_new_job(identity, body, body.idempotencyKey) for body in batch.jobs]
     # A repeat of a keyed batch creates nothing, so it costs no tokens.
     outcome = service().earlier_batch(requests, key) if key else None
     if outcome is None:

@@ -98,28 +98,24 @@ def test_queue_gauges_come_from_the_database(
 ) -> None:
     clock_now = utcnow()
     runtime.service.clock = lambda: clock_now - timedelta(minutes=5)
-    runtime.service.create(
-        NewJob(
+
+    def parked(delay_seconds: float) -> None:
+        request = NewJob(
             tenant_id=tenant,
             type="TEST_PARKED",
             input={"effectFile": "/dev/null"},
-            delay_seconds=0.001,
+            delay_seconds=delay_seconds,
         )
-    )
+        runtime.service.create(request)
+
+    parked(0.001)
     text = metrics_text()  # type: ignore[operator]
     assert sample(text, "orchestrator_queue_depth", queue="parked") == 1
     assert sample(text, "orchestrator_jobs_in_state", status="waiting") == 1
     assert sample(text, "orchestrator_oldest_queued_job_age_seconds") >= 299
 
     # A job delayed by a day is queued, but no backlog yet: it does not age the queue.
-    runtime.service.create(
-        NewJob(
-            tenant_id=tenant,
-            type="TEST_PARKED",
-            input={"effectFile": "/dev/null"},
-            delay_seconds=86400,
-        )
-    )
+    parked(86400)
     text = metrics_text()  # type: ignore[operator]
     assert sample(text, "orchestrator_jobs_in_state", status="queued") == 2
     assert sample(text, "orchestrator_queue_depth", queue="parked") == 1
