@@ -64,7 +64,9 @@ def reset_multiprocess_dir(folder: Path) -> None:
 
 
 def _writer_pid(counts: Path) -> int | None:
-    """The process that writes `counts` (prometheus_client names it `<kind>_<pid>.db`)."""
+    """The process that writes `counts` (prometheus_client names it `<kind>_<pid>.db`).
+    A pid reused after a restart (a container with a kept state folder) keeps an old file
+    counted: the counts are then too high, never lost."""
     pid = counts.stem.rpartition("_")[2]
     return int(pid) if pid.isdigit() else None
 
