@@ -149,7 +149,7 @@ class JobService:
         steps = self._build_pipeline(request, now)
         self._remember_tenant(request.tenant_id, now)
         try:
-            self.database.statement(lambda s: transitions.insert_pipeline(s, steps, now))
+            self._insert(steps, now)
         except IntegrityError:
             # A concurrent request with the same key won the race; answer with its job.
             if request.idempotency_key and (earlier := self._earlier(request)) is not None:
@@ -188,7 +188,7 @@ class JobService:
             self._remember_tenant(tenant_id, now)
         rows = [step for steps in pipelines for step in steps]
         try:
-            self.database.statement(lambda s: transitions.insert_pipeline(s, rows, now))
+            self._insert(rows, now)
         except IntegrityError:
             # A concurrent repeat of the keyed batch won the race; answer with its jobs.
             if idempotency_key and (earlier := self._earlier_batch(requests, idempotency_key)):
@@ -197,6 +197,22 @@ class JobService:
         _log_created(pipelines)
         self.send_many([steps for steps in pipelines if steps[0].run_at is None])
         return BatchCreated([JobDetails(job=steps[0], steps=steps) for steps in pipelines], True)
+
+    def _insert(self, rows: list[Job], now: datetime) -> None:
+        """Record the rows, once. `Database.statement` runs the insert again on a new
+        connection when the first was dropped; if the first had committed (the connection
+        lost inside its COMMIT), the second fails on the rows' own ids, which are there:
+        what was asked for is done."""
+        try:
+            self.database.statement(lambda s: transitions.insert_pipeline(s, rows, now))
+        except IntegrityError:
+            with self.database.session() as session:
+                if session.get(Job, rows[0].id) is None:
+                    raise
+            log.warning(
+                "insert found its rows recorded by an earlier try",
+                extra={**_ids(rows[0]), "action": "created"},
+            )
 
     def earlier_batch(self, requests: Sequence[NewJob], key: str) -> BatchCreated | None:
         """What a keyed batch made before (see `create_batch`), or `None`; an
@@ -226,6 +242,8 @@ class JobService:
                 for request in requests
             ):
                 raise IdempotencyConflict(key)
+            if archived := [head.id for head in heads.values() if head.archived_at is not None]:
+                raise JobArchived(archived[0])  # as a single create's repeat answers
             steps: dict[str, list[Job]] = {}
             for step in session.scalars(
                 sa.select(Job)

@@ -17,7 +17,7 @@ from werkzeug.test import TestResponse
 
 import api
 from orchestrator.ids import looks_like_job_id, new_job_id
-from orchestrator.models import Job, JobEvent
+from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.runtime import Runtime
 from orchestrator.settings import ConfigurationError, load_settings
 
@@ -680,3 +680,14 @@ def test_a_batch_key_leaves_room_for_the_jobs_places(
     )
     assert_problem(response, 422, "/v1/jobs:batch")
     assert row_counts(runtime) == (0, 0)
+
+
+def test_a_repeat_of_a_keyed_batch_whose_jobs_were_archived_is_gone(
+    client: FlaskClient, runtime: Runtime, tenant: str
+) -> None:
+    keyed = tenant_headers(tenant, **{"Idempotency-Key": "old-import"})
+    body = {"jobs": [{"type": "TEST_FLAKY"}]}
+    assert client.post("/v1/jobs:batch", json=body, headers=keyed).status_code == 201
+    with runtime.database.transaction() as session:
+        session.execute(sa.update(Job).values(archived_at=utcnow()))
+    assert_problem(client.post("/v1/jobs:batch", json=body, headers=keyed), 410, "/v1/jobs:batch")

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -657,6 +658,26 @@ def test_the_queue_gauges_leave_delayed_jobs_out_on_both_databases(
     assert gauges[("orchestrator_jobs_in_state", ("queued",))] == 2
     assert gauges[("orchestrator_queue_depth", ("default",))] == 1
     assert 299 <= gauges[("orchestrator_oldest_queued_job_age_seconds", ())] < 400
+
+
+def test_a_creation_run_again_after_its_commit_is_no_error(
+    service: JobService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Database.statement runs its work again when the connection dropped; if that was
+    inside the COMMIT, the first run is recorded and the second meets its own ids."""
+    once = database.statement
+
+    def dropped_in_commit(work: Callable[[Any], Any]) -> Any:
+        once(work)  # committed; the answer was lost with the connection
+        return once(work)
+
+    monkeypatch.setattr(database, "statement", dropped_in_commit)
+    single = service.create(NewJob(tenant_id="t1", type="TEST_FLAKY"))
+    batch = service.create_batch([NewJob(tenant_id="t1", type="TEST_FLAKY") for _ in range(3)])
+    assert single.created and batch.created and len(batch.jobs) == 3
+    with database.session() as session:
+        pipelines = sa.select(sa.func.count(sa.distinct(Job.pipeline_id)))
+        assert session.scalar(pipelines) == 4
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
