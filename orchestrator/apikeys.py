@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from orchestrator.db import Database
 from orchestrator.errors import OrchestratorError
-from orchestrator.ids import tenant_id_problem
+from orchestrator.ids import require_tenant_id
 from orchestrator.models import ApiKey, utcnow
 
 PREFIX = "ork_"
@@ -36,8 +36,7 @@ def _digest(key: str) -> str:
 
 
 def create_key(database: Database, tenant_id: str, name: str) -> IssuedKey:
-    if problem := tenant_id_problem(tenant_id):
-        raise OrchestratorError(f"tenant {tenant_id!r} {problem}")
+    require_tenant_id(tenant_id)
     key_id = secrets.token_hex(6)
     key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     with database.transaction() as session:

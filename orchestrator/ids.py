@@ -12,6 +12,8 @@ import re
 import threading
 import time
 
+from orchestrator.errors import OrchestratorError
+
 PREFIX = "job_"
 ID_PATTERN = re.compile(r"job_[0-9a-f]{28}")
 # A tenant's id (and a user's), wherever it is named (a header, an API key, the CLI, Python):
@@ -30,6 +32,12 @@ def tenant_id_problem(tenant_id: str) -> str | None:
     if TENANT_ID_PATTERN.fullmatch(tenant_id):
         return None
     return f"must match {TENANT_ID_PATTERN.pattern}"
+
+
+def require_tenant_id(tenant_id: str) -> None:
+    """`OrchestratorError` unless `tenant_id` can name a tenant (keys, tiers: one line)."""
+    if problem := tenant_id_problem(tenant_id):
+        raise OrchestratorError(f"tenant {tenant_id!r} {problem}")
 
 
 def new_job_id(now_ms: int | None = None) -> str:

@@ -6,14 +6,13 @@ import sqlalchemy as sa
 
 from orchestrator.db import Database
 from orchestrator.errors import OrchestratorError
-from orchestrator.ids import tenant_id_problem
+from orchestrator.ids import require_tenant_id
 from orchestrator.models import Tenant, utcnow
 from orchestrator.settings import Settings
 
 
 def set_tier(database: Database, settings: Settings, tenant_id: str, tier: str) -> None:
-    if problem := tenant_id_problem(tenant_id):
-        raise OrchestratorError(f"tenant {tenant_id!r} {problem}")
+    require_tenant_id(tenant_id)
     if tier not in settings.retention_days:
         known = ", ".join(sorted(settings.retention_days))
         raise OrchestratorError(f"unknown tier {tier!r}; ORCH_RETENTION_DAYS has {known}")
