@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import metrics
+from orchestrator.prepared import PreparedStatement, StatementPool
 from orchestrator.settings import Settings
 
 T = TypeVar("T")
@@ -24,7 +25,8 @@ class Database:
         self._sessions = _sessions(self.engine)
         self._autocommit: sa.Engine | None = None
         self._statement_sessions = self._sessions
-        self._prepared: dict[int, _Prepared] = {}
+        self._hot: StatementPool | None = None
+        self._prepared: dict[int, PreparedStatement] = {}
         if not url.startswith("sqlite"):
             # Its own pool (as large as the main one: a pool too small for the threads that
             # share it opens and closes a connection per statement): no pre-ping, and no
@@ -38,6 +40,7 @@ class Database:
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
             )
             self._statement_sessions = _sessions(self._autocommit)
+            self._hot = StatementPool(partial(_own_connection, self._autocommit))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -83,100 +86,37 @@ class Database:
         """Run one prebuilt statement by itself (PostgreSQL, autocommit) and return its
         first row by column name, or `None`.
 
-        The workers' hot path (a claim, a success): the statement is compiled once and then
-        run on the driver's own connection, with the type conversions SQLAlchemy would
-        apply, but without its per-execution work (session, compiled-cache lookup, result
-        objects), which cost more CPU than the statement itself. psycopg prepares it on the
-        server after a few runs. A connection the server dropped is replaced and the
-        statement run once more, as `statement` does.
+        The workers' hot path (a claim, a success): the statement is compiled once,
+        prepared on the server once per connection and run through libpq, with the type
+        conversions SQLAlchemy would apply but without its per-execution work (pool
+        checkout, session, compiled-cache lookup, result objects), which cost more CPU
+        than the statement itself (see `prepared`). A connection the server dropped is
+        replaced and the statement run once more, as `statement` does.
         """
-        engine = self._autocommit
-        if engine is None:
+        if self._hot is None or self._autocommit is None:
             raise RuntimeError(f"first_row needs PostgreSQL, not {self.dialect}")
         prepared = self._prepared.get(id(statement))
         if prepared is None:
-            prepared = _Prepared.compile(statement, engine.dialect)
+            prepared = PreparedStatement.compile(statement, self._autocommit.dialect)
             self._prepared[id(statement)] = prepared
-        values = prepared.bind(params)
-        for retry in (False, True):
-            connection = engine.raw_connection()
-            try:
-                driver: Any = connection.driver_connection
-                row = driver.execute(prepared.sql, values).fetchone()
-                return None if row is None else prepared.row(row)
-            except engine.dialect.loaded_dbapi.Error as exc:
-                dropped = engine.dialect.is_disconnect(exc, connection.dbapi_connection, None)
-                if dropped:
-                    connection.invalidate(exc)
-                if retry or not dropped:
-                    raise sa.exc.DBAPIError.instance(
-                        prepared.sql,
-                        values,
-                        exc,
-                        engine.dialect.loaded_dbapi.Error,
-                        connection_invalidated=dropped,
-                    ) from exc
-            finally:
-                connection.close()
-        raise AssertionError("unreachable")
+        return self._hot.first_row(prepared, params)
 
     def dispose(self) -> None:
         """Drop pooled connections (after a fork, or at shutdown)."""
         self.engine.dispose()
         if self._autocommit is not None:
             self._autocommit.dispose()
+        if self._hot is not None:
+            self._hot.dispose()
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A statement compiled for one dialect: its SQL, its default parameter values, and
-    the conversions SQLAlchemy applies to parameters and result columns (enums, JSON,
-    UTC timestamps), found once through the types' own processors."""
-
-    statement: sa.Select[Any]  # kept alive: the cache is keyed by its id
-    sql: str
-    defaults: dict[str, Any]
-    binds: Mapping[str, Callable[[Any], Any]]
-    names: tuple[str, ...]
-    results: tuple[Callable[[Any], Any] | None, ...]
-
-    @classmethod
-    def compile(cls, statement: sa.Select[Any], dialect: sa.Dialect) -> _Prepared:
-        compiled = statement.compile(dialect=dialect)
-        binds = {
-            name: processor
-            for bind, name in compiled.bind_names.items()
-            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect))
-        }
-        defaults = {
-            name: binds[name](value) if name in binds else value
-            for name, value in compiled.params.items()
-        }
-        columns = list(statement.selected_columns)
-        return cls(
-            statement,
-            compiled.string,
-            defaults,
-            binds,
-            tuple(str(column.key) for column in columns),
-            tuple(
-                column.type.dialect_impl(dialect).result_processor(dialect, None)
-                for column in columns
-            ),
-        )
-
-    def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        values = dict(self.defaults)
-        for name, value in params.items():
-            processor = self.binds.get(name)
-            values[name] = processor(value) if processor else value
-        return values
-
-    def row(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        return {
-            name: process(value) if process else value
-            for name, process, value in zip(self.names, self.results, row, strict=True)
-        }
+def _own_connection(engine: sa.Engine) -> Any:
+    """A new autocommit driver connection, set up as the engine sets up its own (connect
+    arguments, adapters), but outside its pool: the caller owns and closes it."""
+    pooled = engine.raw_connection()
+    connection = pooled.driver_connection
+    pooled.detach()
+    return connection
 
 
 def _sessions(engine: sa.Engine) -> sessionmaker[Session]:
