@@ -9,9 +9,12 @@ prepared on each connection once, under a name of its own, and run with `PQexecP
 psycopg's adapters (a `Transformer` of the connection) convert its parameters and results,
 so values come out as they would through a cursor.
 
-libpq's call blocks until the server answers (it releases the GIL): a signal that lands
-meanwhile, Celery's soft time limit or the heartbeat's stop, is handled once the
-statement has answered, so a claim or a success is never abandoned half-way.
+libpq's call blocks until the server answers (it releases the GIL). A signal that lands
+meanwhile (Celery's soft time limit, the heartbeat's stop) is handled once the statement
+has answered, not inside psycopg's wait as before; so a statement that hangs (a lock held
+for long, a network partition) is ended by the hard time limit, which kills the pool
+process, not by the soft one. A statement interrupted that way may have committed, like
+one whose connection dropped: the lease expires and the reaper takes the job back.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class PreparedStatement:
     @classmethod
     def compile(cls, statement: sa.Select[Any], dialect: sa.Dialect) -> PreparedStatement:
         compiled = statement.compile(dialect=dialect)
+        if compiled.escaped_bind_names or compiled.post_compile_params:
+            # Renamed binds and expanding IN lists are not `%(name)s` in the SQL.
+            raise ValueError("escaped or expanding bind parameters cannot be prepared here")
         sql, order = _numbered(compiled.string)
         binds = {
             name: processor
@@ -113,15 +119,19 @@ def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
 
 class StatementPool:
     """Autocommit connections that run prepared statements, one per concurrent caller (a
-    Celery pool process uses one; a threaded web process one per thread running jobs).
+    Celery pool process uses one; a threaded web process one per thread running jobs), of
+    which `keep` stay open when idle.
 
     `connect` makes a new autocommit connection. A connection the server dropped is
     replaced and the statement run once more (there is no pre-ping: it would cost a round
-    trip per statement). After a fork the parent's connections are left alone.
+    trip per statement). A connection whose statement did not answer normally is closed,
+    not reused: what it holds (a statement prepared or not, a plan a migration made stale)
+    is unknown. After a fork the parent's connections are left alone.
     """
 
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], *, keep: int = 5) -> None:
         self._connect = connect
+        self._keep = keep
         self._lock = threading.Lock()
         self._idle: list[_Connection] = []
         self._generation = 0
@@ -137,9 +147,9 @@ class StatementPool:
             connection = self._checkout()
             try:
                 row = connection.run(statement, values)
-                return None if row is None else statement.row(row)
             except psycopg.Error as exc:
-                dropped = connection.broken
+                dropped = connection.dropped
+                connection.close()
                 if retry or not dropped:
                     raise sa.exc.DBAPIError.instance(
                         statement.sql.decode(),
@@ -148,8 +158,12 @@ class StatementPool:
                         psycopg.Error,
                         connection_invalidated=dropped,
                     ) from exc
-            finally:
-                self._checkin(connection)
+                continue
+            except BaseException:  # a signal's exception, raised as the statement answered
+                connection.close()
+                raise
+            self._checkin(connection)
+            return None if row is None else statement.row(row)
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:
@@ -171,9 +185,7 @@ class StatementPool:
 
     def _checkin(self, connection: _Connection) -> None:
         with self._lock:
-            if self._pid != os.getpid():
-                return  # forked while it ran: it belongs to the parent
-            if connection.generation == self._generation and not connection.broken:
+            if connection.generation == self._generation and len(self._idle) < self._keep:
                 self._idle.append(connection)
                 return
         connection.close()
@@ -196,18 +208,21 @@ class _Connection:
         self._prepared: set[bytes] = set()
 
     @property
-    def broken(self) -> bool:
-        return self.connection.broken or self.connection.closed
+    def dropped(self) -> bool:
+        """Whether the server ended the session (the connection is unusable)."""
+        return self.connection.pgconn.status == pq.ConnStatus.BAD
 
     def run(self, statement: PreparedStatement, values: list[Any]) -> tuple[Any, ...] | None:
         pgconn = self.connection.pgconn
         if statement.name not in self._prepared:
-            _checked(pgconn.prepare(statement.name, statement.sql), pq.ExecStatus.COMMAND_OK)
+            self._checked(pgconn.prepare(statement.name, statement.sql), pq.ExecStatus.COMMAND_OK)
             self._prepared.add(statement.name)
         transformer = self._transformer
         # `None` stands for NULL, as in psycopg's own cursors (the stub leaves it out).
         params: Any = transformer.dump_sequence(values, statement.formats)
-        result = _checked(pgconn.exec_prepared(statement.name, params), pq.ExecStatus.TUPLES_OK)
+        result = self._checked(
+            pgconn.exec_prepared(statement.name, params), pq.ExecStatus.TUPLES_OK
+        )
         if result.ntuples == 0:
             return None
         transformer.set_pgresult(result)
@@ -217,16 +232,10 @@ class _Connection:
     def close(self) -> None:
         self.connection.close()
 
-
-def _checked(result: pq.abc.PGresult, expected: pq.ExecStatus) -> pq.abc.PGresult:
-    if result.status == expected:
-        return result
-    message = result.error_message.decode("utf-8", "replace").strip()
-    sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
-    error: type[psycopg.Error] = psycopg.OperationalError
-    if sqlstate:
-        try:
-            error = psycopg.errors.lookup(sqlstate.decode())
-        except KeyError:
-            error = psycopg.DatabaseError
-    raise error(message or f"unexpected result: {pq.ExecStatus(result.status).name}")
+    def _checked(self, result: pq.abc.PGresult, expected: pq.ExecStatus) -> pq.abc.PGresult:
+        if result.status == expected:
+            return result
+        if self.dropped or not result.error_field(pq.DiagnosticField.SQLSTATE):
+            message = result.error_message.decode("utf-8", "replace").strip()
+            raise psycopg.OperationalError(message or "the connection was lost")
+        raise psycopg.errors.error_from_result(result, self.connection.info.encoding)

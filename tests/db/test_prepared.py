@@ -4,7 +4,9 @@ SQLAlchemy's, disposal and forks that leave no connection shared or half-closed.
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,7 +81,7 @@ def test_a_callers_statements_share_one_connection(connects: Connects) -> None:
 
 
 @on_postgresql
-def test_a_failed_statement_raises_sqlalchemys_error_and_keeps_the_connection(
+def test_a_failed_statement_raises_sqlalchemys_error_and_its_connection_is_replaced(
     connects: Connects,
 ) -> None:
     pool = StatementPool(connects)
@@ -87,9 +89,60 @@ def test_a_failed_statement_raises_sqlalchemys_error_and_keeps_the_connection(
     with pytest.raises(sa.exc.DataError) as raised:
         pool.first_row(RATIO, {"by": 0})
     assert isinstance(raised.value.orig, psycopg.errors.DivisionByZero)
+    assert raised.value.orig.diag.sqlstate == "22012"
     assert "division by zero" in str(raised.value)
+    assert connects.opened[0].closed  # not run once more: the error was the statement's
     assert pool.first_row(RATIO, {"by": 3}) == {"ratio": 2}
-    assert _pid(pool) == before and len(connects.opened) == 1
+    assert _pid(pool) != before and len(connects.opened) == 2
+
+
+class Interrupted(Exception):
+    pass
+
+
+@on_postgresql
+def test_a_signal_lands_once_the_statement_answered_and_its_connection_is_replaced(
+    connects: Connects,
+) -> None:
+    """As Celery's soft time limit does: the handler's exception is raised when libpq's
+    call returns, and the connection, whose state is then unknown, is not reused."""
+
+    def interrupt(*_: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        pool = StatementPool(connects)
+        _pid(pool)
+        timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1))
+        started = time.monotonic()
+        timer.start()
+        with pytest.raises(Interrupted):
+            pool.first_row(SLEEP, {"seconds": 0.4})
+        assert time.monotonic() - started >= 0.4
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert connects.opened[0].closed
+    _pid(pool)
+    assert len(connects.opened) == 2
+
+
+@on_postgresql
+def test_idle_connections_beyond_keep_are_closed(connects: Connects) -> None:
+    pool = StatementPool(connects, keep=2)
+    together = threading.Barrier(4)
+
+    def sleep() -> None:
+        together.wait()
+        pool.first_row(SLEEP, {"seconds": 0.3})
+
+    sleepers = [threading.Thread(target=sleep) for _ in range(4)]
+    for sleeper in sleepers:
+        sleeper.start()
+    for sleeper in sleepers:
+        sleeper.join()
+    assert len(connects.opened) == 4
+    assert sum(connection.closed for connection in connects.opened) == 2
 
 
 @on_postgresql
@@ -125,8 +178,8 @@ def test_a_forked_child_neither_uses_nor_ends_the_parents_connection(
     if child == 0:  # pragma: no cover - runs in the child, which reports through the pipe
         code = 1
         try:
-            os.write(writing, str(_pid(pool)).encode())
             pool.dispose()  # as a Celery pool process does when it starts
+            os.write(writing, str(_pid(pool)).encode())
             code = 0
         finally:
             os._exit(code)
