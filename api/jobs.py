@@ -144,7 +144,7 @@ def create_jobs() -> Response:
     outcome = service().earlier_batch(requests, key) if key else None
     if outcome is None:
         _check_rate(identity.tenant_id, cost=len(batch.jobs))
-        outcome = service().create_batch(requests, idempotency_key=key)
+        outcome = service().create_batch(requests, idempotency_key=key, asked_earlier=True)
     jobs = [JobOut.of_details(details) for details in outcome.jobs]
     return json_response(JobBatch(jobs=jobs), 201 if outcome.created else 200)
 

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -88,7 +89,7 @@ class CronDefinition:
         schedule over every hour or minute (whose runs follow real time)."""
         return self._at_fixed_times and occurrence.astimezone(UTC).astimezone(self.zone).fold == 1
 
-    @property
+    @cached_property  # asked for each candidate occurrence; the schedule never changes
     def _at_fixed_times(self) -> bool:
         """Neither the minute nor the hour is a wildcard (`*`, `*/n`), macros (`@daily`)
         read as the fields they stand for: cron's test for what runs once in that hour."""

@@ -32,12 +32,7 @@ class Database:
             # share it opens and closes a connection per statement): no pre-ping, and no
             # BEGIN or COMMIT to send.
             self._autocommit = sa.create_engine(
-                url,
-                echo=echo,
-                isolation_level="AUTOCOMMIT",
-                pool_size=5,
-                max_overflow=10,
-                connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                url, echo=echo, isolation_level="AUTOCOMMIT", **_POSTGRESQL_POOL
             )
             self._statement_sessions = _sessions(self._autocommit)
             self._hot = StatementPool(partial(_own_connection, self._autocommit))
@@ -133,20 +128,20 @@ def create_engine(url: str, *, echo: bool = False) -> sa.Engine:
         sa.event.listen(engine, "connect", _tune_sqlite)
         sa.event.listen(engine, "begin", _begin_immediate)
         return engine
-    engine = sa.create_engine(
-        url,
-        echo=echo,
-        pool_size=5,
-        max_overflow=10,
-        # A server that does not answer fails the request (and /readyz) in seconds, not
-        # after the operating system's TCP timeout of two minutes.
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
-    )
+    engine = sa.create_engine(url, echo=echo, **_POSTGRESQL_POOL)
     _ping_when_idle(engine)
     return engine
 
 
 CONNECT_TIMEOUT_SECONDS = 5
+# Both PostgreSQL engines (sessions, autocommit statements). A server that does not answer
+# fails the request (and /readyz) in seconds, not after the operating system's TCP timeout
+# of two minutes.
+_POSTGRESQL_POOL: dict[str, Any] = {
+    "pool_size": 5,
+    "max_overflow": 10,
+    "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+}
 
 
 # A pooled connection unused this long is pinged before it is handed out.

@@ -162,14 +162,20 @@ class JobService:
         return Created(JobDetails(job=steps[0], steps=steps), created=True)
 
     def create_batch(
-        self, requests: Sequence[NewJob], *, idempotency_key: str | None = None
+        self,
+        requests: Sequence[NewJob],
+        *,
+        idempotency_key: str | None = None,
+        asked_earlier: bool = False,
     ) -> BatchCreated:
         """Many jobs in one transaction and one dispatch call, all or none.
 
         The jobs carry no keys of their own; `idempotency_key` (one tenant's batch) names
         the whole batch: each job is recorded under `<key>#<index>`, so a repeat with the
         same key and the same jobs answers with the jobs made the first time, and one with
-        other jobs is an `IdempotencyConflict`.
+        other jobs is an `IdempotencyConflict`. `asked_earlier`: the caller found no earlier
+        batch under the key just now (`earlier_batch`), so it is not looked up again; a
+        concurrent repeat still answers with its jobs.
         """
         problems = [
             FieldError(f"jobs.{index}.{error.field}", error.message)
@@ -180,7 +186,8 @@ class JobService:
             raise InvalidInput(problems)
         if idempotency_key:
             requests = _keyed(requests, idempotency_key)
-            if (earlier := self._earlier_batch(requests, idempotency_key)) is not None:
+            earlier = None if asked_earlier else self._earlier_batch(requests, idempotency_key)
+            if earlier is not None:
                 return earlier
         now = self.clock()
         pipelines = [self._build_pipeline(request, now) for request in requests]

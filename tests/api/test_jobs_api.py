@@ -691,3 +691,30 @@ def test_a_repeat_of_a_keyed_batch_whose_jobs_were_archived_is_gone(
     with runtime.database.transaction() as session:
         session.execute(sa.update(Job).values(archived_at=utcnow()))
     assert_problem(client.post("/v1/jobs:batch", json=body, headers=keyed), 410, "/v1/jobs:batch")
+
+
+def test_no_201_when_the_database_refuses_the_jobs_rows(
+    client: FlaskClient, runtime: Runtime, tenant: str
+) -> None:
+    """DESIGN.md: the API never answers 201 for a job that is not durably recorded. The
+    database itself refuses the insert here (a trigger, as a full disk or a constraint
+    would), for one job and for a batch: the answer is a problem, and nothing is left."""
+    with runtime.database.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    single = client.post("/v1/jobs", json=README_JOB, headers=tenant_headers(tenant))
+    batch = client.post(
+        "/v1/jobs:batch",
+        json={"jobs": [README_JOB, README_JOB]},
+        headers=tenant_headers(tenant),
+    )
+    for response in (single, batch):
+        assert response.status_code == 500, response.get_json()
+        assert response.mimetype == PROBLEM
+    with runtime.database.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
+        assert session.scalar(sa.select(sa.func.count()).select_from(JobEvent)) == 0

@@ -114,7 +114,9 @@ def test_queue_gauges_come_from_the_database(
     assert sample(text, "orchestrator_jobs_in_state", status="waiting") == 1
     assert sample(text, "orchestrator_oldest_queued_job_age_seconds") >= 299
 
-    # A job delayed by a day is queued, but no backlog yet: it does not age the queue.
+    # A job delayed by a day is queued, but no backlog yet: it does not age the queue
+    # (recorded an hour ago, it would otherwise set the oldest age to an hour).
+    runtime.service.clock = lambda: clock_now - timedelta(hours=1)
     parked(86400)
     text = metrics_text()  # type: ignore[operator]
     assert sample(text, "orchestrator_jobs_in_state", status="queued") == 2

@@ -649,6 +649,9 @@ def test_the_queue_gauges_leave_delayed_jobs_out_on_both_databases(
 ) -> None:
     service.clock = lambda: utcnow() - timedelta(minutes=5)
     service.create(NewJob(tenant_id="t1", type="TEST_FLAKY"))
+    # Older than the due job: counted by its age rather than by its runAt, it would set the
+    # oldest age to an hour.
+    service.clock = lambda: utcnow() - timedelta(hours=1)
     service.create(NewJob(tenant_id="t1", type="TEST_FLAKY", delay_seconds=86400))
     gauges = {
         (family.name, tuple(sample.labels.values())): sample.value
