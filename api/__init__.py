@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 from flask import Flask
+from werkzeug.routing import BaseConverter
 
 from api import admin, dashboard, errors, health, internal, jobs, metrics, openapi
 from api.auth import Certs, GoogleCerts, OidcVerifier
+from api.framing import guard_request_bodies
+from api.identity import session_secret
+from orchestrator.ids import ID_PATTERN
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.logs import configure_logging
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, get_settings
 
 MAX_BODY_BYTES = 1024 * 1024
+
+
+class JobIdConverter(BaseConverter):
+    """`<job:job_id>`: only what a job id looks like, so `/v1/jobs/retry` is never a job's
+    path (and `OPTIONS` on it advertises its own methods, not a job's)."""
+
+    regex = ID_PATTERN.pattern
 
 
 def create_app(
@@ -28,19 +36,17 @@ def create_app(
     settings = runtime.settings if runtime is not None else (settings or get_settings())
     settings.require_production_secrets()
     app = Flask("orchestrator")
-    # Signs the dashboard's session cookie; derived, so the service secret itself never
-    # leaves the process and rotating it logs everyone out.
-    app.secret_key = hmac.new(
-        (settings.service_auth_secret or "").encode(), b"orchestrator-session", hashlib.sha256
-    ).hexdigest()
+    app.secret_key = session_secret(settings)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_SECURE"] = not settings.is_development
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.converters["job"] = JobIdConverter
     app.extensions["orchestrator"] = runtime or Runtime.build(settings)
     app.extensions["rate_limiter"] = CreationRateLimiter.from_settings(settings)
     errors.init_app(app)
+    app.wsgi_app = guard_request_bodies(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(admin.blueprint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, url_for
 
 from api.auth import service_auth_required
-from api.jobs import json_body
+from api.bodies import json_body
 from api.schemas import ArchiveRequest, MaintenanceRunOut
 from orchestrator.archival import recent_runs
 from orchestrator.runtime import Runtime

@@ -33,7 +33,7 @@ from werkzeug.wrappers import Response as Redirect
 from api.dashboard_chart import chart_of
 from api.errors import Problem
 from api.identity import auth_mode, current_identity, log_in_with_key
-from orchestrator.errors import JobArchived, JobConflict, JobNotFound, UnknownJobType
+from orchestrator.errors import JobArchived, JobConflict, JobNotFound
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, JobService
@@ -391,12 +391,6 @@ def _safe_next() -> str:
 @blueprint.errorhandler(JobNotFound)
 def _not_found(exc: JobNotFound) -> tuple[str, int]:
     return error_page(404, "Job not found", f"There is no job {exc.job_id} among your jobs.")
-
-
-@blueprint.errorhandler(UnknownJobType)
-def _unknown_type(exc: UnknownJobType) -> tuple[str, int]:
-    # A job whose type this deployment no longer defines cannot be retried from here.
-    return error_page(409, "Unknown job type", f"{exc} is not defined here any more.")
 
 
 @blueprint.errorhandler(JobArchived)

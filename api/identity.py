@@ -9,7 +9,10 @@ Two modes (`ORCH_AUTH_MODE`):
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
+import secrets
 from dataclasses import dataclass
 
 from flask import current_app, request, session
@@ -18,13 +21,14 @@ from api.errors import Problem
 from orchestrator import apikeys
 from orchestrator.ids import tenant_id_problem
 from orchestrator.runtime import Runtime
-from orchestrator.settings import AuthMode
+from orchestrator.settings import AuthMode, Settings
 
 TENANT_HEADER = "X-Tenant-ID"
 USER_HEADER = "X-User-ID"
 GATEWAY_HEADER = "X-Gateway-Secret"
 SESSION_TENANT = "tenant_id"
 SESSION_KEY = "api_key_id"
+SESSION_SIGNING_FILE = "session.key"
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,17 @@ def _from_api_key() -> Identity:
 
 
 def _from_session() -> Identity:
-    key_id = session.get(SESSION_KEY)
-    if not isinstance(key_id, str) or not apikeys.is_active(_runtime().database, key_id):
-        session.clear()  # the key was revoked: log out
+    """The tenant of a dashboard session, checked on every request against its key: the
+    key must still be active and belong to that very tenant."""
+    key_id, tenant_id = session.get(SESSION_KEY), session.get(SESSION_TENANT)
+    if not (
+        isinstance(key_id, str)
+        and isinstance(tenant_id, str)
+        and apikeys.active_for(_runtime().database, key_id, tenant_id)
+    ):
+        session.clear()  # revoked, or not this tenant's key: log out
         raise Problem(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
-    return Identity(tenant_id=str(session[SESSION_TENANT]), user_id=f"key:{key_id}")
+    return Identity(tenant_id=tenant_id, user_id=f"key:{key_id}")
 
 
 def _from_headers() -> Identity:
@@ -97,3 +107,25 @@ def log_in_with_key(presented: str) -> Identity | None:
     session[SESSION_TENANT] = key.tenant_id
     session[SESSION_KEY] = key.id
     return Identity(tenant_id=key.tenant_id, user_id=f"key:{key.name}")
+
+
+def session_secret(settings: Settings) -> str:
+    """What signs the dashboard's session cookie.
+
+    In production, derived from the service secret: it never leaves the process, and
+    rotating the service secret logs everyone out. In development the service secret is
+    the public `dev-secret`, so anyone could sign a session; there it is a random key kept
+    in the state folder, made once and shared by the web's processes.
+    """
+    if not settings.is_development:
+        secret = (settings.service_auth_secret or "").encode()
+        return hmac.new(secret, b"orchestrator-session", hashlib.sha256).hexdigest()
+    path = settings.state_dir / SESSION_SIGNING_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return path.read_text().strip()

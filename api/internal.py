@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import service_auth_required
+from api.bodies import json_body
 from api.errors import Problem
-from api.jobs import json_body
+from api.schemas import STRICT_BODY, Name
 from orchestrator.ids import ID_PATTERN
+from orchestrator.runner import Skipped
 from orchestrator.runtime import Runtime
 
 log = logging.getLogger("orchestrator.api.internal")
@@ -32,10 +34,10 @@ CLOUD_TASKS_HEADERS = {
 
 
 class WorkerRun(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
-    jobId: str = Field(pattern=ID_PATTERN.pattern)  # noqa: N815 - the wire format's name
-    idempotencyKey: str | None = Field(None, max_length=500)  # noqa: N815
+    jobId: str = Field(pattern=f"^{ID_PATTERN.pattern}$")  # noqa: N815 - the wire format's name
+    idempotencyKey: Name | None = Field(None, max_length=500)  # noqa: N815
 
 
 def runtime() -> Runtime:
@@ -64,7 +66,10 @@ def run_pushed_job() -> Response:
         raise Problem(
             503, "Try again later", "The database did not answer.", headers={"Retry-After": "5"}
         ) from exc
-    return jsonify(jobId=body.jobId, outcome=delivered.name)
+    answer: dict[str, str] = {"jobId": body.jobId, "outcome": delivered.name}
+    if isinstance(delivered.outcome, Skipped):
+        answer["reason"] = delivered.outcome.reason.value
+    return jsonify(answer)
 
 
 @blueprint.get("/stats")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, current_app, request, url_for
-from pydantic import BaseModel
 
+from api.bodies import json_body, json_response
 from api.errors import Problem
 from api.identity import Identity, current_identity
 from api.schemas import (
@@ -21,11 +19,13 @@ from api.schemas import (
     JobOut,
     JobPage,
     ListQuery,
+    RetryRequest,
 )
 from orchestrator.errors import FieldError, UnknownJobType
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.runtime import Runtime
 from orchestrator.service import MAX_BATCH_KEY_LENGTH, JobFilter, JobService, NewJob
+from orchestrator.text import name_problem
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1")
 
@@ -35,27 +35,6 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 def service() -> JobService:
     runtime: Runtime = current_app.extensions["orchestrator"]
     return runtime.service
-
-
-def json_body(*, optional: bool = False) -> Any:
-    """The request body as JSON; malformed (or absurdly nested) bodies are a 400."""
-    if optional and not request.get_data(cache=True):
-        return {}
-    try:
-        body = request.get_json(force=True, silent=True)
-    except RecursionError:
-        body = None
-    if body is None:
-        raise Problem(400, "Malformed JSON", "The request body must be a JSON object.")
-    return body
-
-
-def json_response(model: BaseModel, status: int = 200) -> Response:
-    # Straight to JSON in pydantic's serializer: a batch's answer of a thousand jobs took
-    # a tenth of its request as Python dicts through Flask's sorting encoder. The newline,
-    # as jsonify's, keeps answers apart on a terminal (the README's curl examples).
-    body = model.model_dump_json() + "\n"
-    return Response(body, status=status, mimetype="application/json")
 
 
 def _idempotency_key(body: CreateJob) -> str | None:
@@ -70,11 +49,12 @@ def _idempotency_key(body: CreateJob) -> str | None:
 
 
 def _checked_key(key: str | None, longest: int) -> str | None:
-    if key is not None and not (1 <= len(key) <= longest and "\x00" not in key):
+    if key is not None and not (1 <= len(key) <= longest and name_problem(key) is None):
         raise Problem(
             422,
             "Invalid idempotency key",
-            f"Keys are 1 to {longest} characters, without NUL characters.",
+            f"Keys are 1 to {longest} characters of text, without control characters.",
+            [FieldError(IDEMPOTENCY_HEADER, name_problem(key) or f"is not 1 to {longest} long")],
         )
     return key
 
@@ -149,7 +129,7 @@ def create_jobs() -> Response:
     return json_response(JobBatch(jobs=jobs), 201 if outcome.created else 200)
 
 
-@blueprint.get("/jobs/<job_id>")
+@blueprint.get("/jobs/<job:job_id>")
 def get_job(job_id: str) -> Response:
     identity = current_identity()
     return json_response(JobOut.of_details(service().get(identity.tenant_id, job_id)))
@@ -170,7 +150,7 @@ def list_jobs() -> Response:
     )
 
 
-@blueprint.get("/jobs/<job_id>/events")
+@blueprint.get("/jobs/<job:job_id>/events")
 def job_events(job_id: str) -> Response:
     identity = current_identity()
     query = EventsQuery.model_validate(request.args.to_dict())
@@ -178,19 +158,22 @@ def job_events(job_id: str) -> Response:
     return json_response(EventList(jobId=job_id, events=[EventOut.of(e) for e in events]))
 
 
-@blueprint.post("/jobs/<job_id>/cancel")
+@blueprint.post("/jobs/<job:job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     identity = current_identity()
     details = service().cancel(identity.tenant_id, job_id)
-    # 202: the worker was asked to stop but had not yet when we stopped waiting.
+    # 202: the running job's worker was asked to stop; the job page and its events show
+    # when it did. Nobody waits for it here.
     status = 202 if details.job.status == "running" else 200
     return json_response(JobOut.of_details(details), status)
 
 
-@blueprint.post("/jobs/<job_id>/retry")
+@blueprint.post("/jobs/<job:job_id>/retry")
 def retry_job(job_id: str) -> Response:
     identity = current_identity()
-    return json_response(JobOut.of_details(service().retry(identity.tenant_id, job_id)))
+    body = RetryRequest.model_validate(json_body(optional=True))
+    details = service().retry(identity.tenant_id, job_id, run_now=body.runNow)
+    return json_response(JobOut.of_details(details))
 
 
 @blueprint.post("/jobs/retry")

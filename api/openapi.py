@@ -27,8 +27,10 @@ from api.schemas import (
     JobPage,
     ListQuery,
     MaintenanceRunOut,
+    RetryRequest,
 )
 from orchestrator.registry import Registry
+from orchestrator.runner import SkipReason
 from orchestrator.runtime import Runtime
 from orchestrator.service import MAX_BATCH_KEY_LENGTH
 from orchestrator.settings import AuthMode, Settings
@@ -71,7 +73,12 @@ class RunsList(BaseModel):
 
 class PushResult(BaseModel):
     jobId: str  # noqa: N815
-    outcome: str
+    outcome: str = Field(
+        description="`succeeded`, `retrylater`, `failed`, `cancelled` or `skipped`."
+    )
+    reason: SkipReason | None = Field(
+        None, description="Why a skipped delivery ran nothing (only when `skipped`)."
+    )
 
 
 class Stats(BaseModel):
@@ -102,6 +109,7 @@ MODELS: list[type[BaseModel]] = [
     JobPage,
     JobBatch,
     EventList,
+    RetryRequest,
     BulkRetry,
     BulkRetryResult,
     ArchiveRequest,
@@ -208,7 +216,9 @@ def operations() -> list[Operation]:
             "jobs",
             "tenant",
             {200: JobOut},
-            problems=(*tenant_errors, 409),
+            body=RetryRequest,
+            body_required=False,
+            problems=(*tenant_errors, 409, 413, 422),
         ),
         Operation(
             "post",

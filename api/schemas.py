@@ -10,16 +10,18 @@ from pydantic import (
     AliasChoices,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
-from orchestrator.limits import NUL_PROBLEM
+from orchestrator.ids import ID_PATTERN
 from orchestrator.models import Job, JobEvent, MaintenanceRun
 from orchestrator.service import JobDetails
 from orchestrator.states import JobStatus
+from orchestrator.text import name_problem, text_problem
 
 # Field names here are the API's, so they are camelCase on purpose.
 # ruff: noqa: N815
@@ -31,18 +33,40 @@ MAX_DELAY = timedelta(days=366)
 EARLIEST_RUN_AT = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def _without_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError(NUL_PROBLEM)
+def _storable(value: str) -> str:
+    if problem := text_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+def _a_name(value: str) -> str:
+    if problem := name_problem(value):
+        raise ValueError(problem)
     return value
 
 
 # Text the database stores or compares.
-Text = Annotated[str, AfterValidator(_without_nul)]
+Text = Annotated[str, AfterValidator(_storable)]
+# A key or name: stored, compared and logged, so no control characters either.
+Name = Annotated[str, AfterValidator(_a_name)]
+
+
+def _rfc3339_text(value: object) -> object:
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("must be an RFC 3339 time with a zone, as a string")
+
+
+# A time in a strict body: an RFC 3339 string (converted, the one conversion a strict body
+# makes), never a number taken for seconds since 1970.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+# Request bodies take JSON's own types: `{"dryRun": 0}` or `{"limit": "5"}` is a 422, not
+# a guess. (Query strings are text, so their models convert.)
+STRICT_BODY = ConfigDict(extra="forbid", strict=True)
 
 
 class CreateJob(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     type: Text = Field(min_length=1, max_length=128)
     input: dict[str, Any] = Field(default_factory=dict)
@@ -53,9 +77,9 @@ class CreateJob(BaseModel):
         validation_alias=AliasChoices("subject", "inspectionId"),
         description="What the job is about, e.g. an inspection id (`inspectionId` also accepted).",
     )
-    idempotencyKey: Text | None = Field(None, min_length=1, max_length=256)
+    idempotencyKey: Name | None = Field(None, min_length=1, max_length=256)
     delaySeconds: float | None = Field(None, ge=0, le=MAX_DELAY.total_seconds())
-    runAt: AwareDatetime | None = Field(None, ge=EARLIEST_RUN_AT)
+    runAt: Timestamp | None = Field(None, ge=EARLIEST_RUN_AT, strict=False)
 
     @model_validator(mode="after")
     def _one_delay(self) -> CreateJob:
@@ -72,16 +96,26 @@ class CreateJob(BaseModel):
 
 
 class CreateBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     jobs: list[CreateJob] = Field(min_length=1, max_length=1000)
 
 
 class BulkRetry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     type: Text | None = Field(None, min_length=1, max_length=128)
     limit: int = Field(100, ge=1, le=1000)
+
+
+class RetryRequest(BaseModel):
+    model_config = STRICT_BODY
+
+    runNow: bool = Field(
+        False,
+        description="Run at once, even a job that was cancelled before the `runAt` it still "
+        "has (by default it runs at that time).",
+    )
 
 
 class BulkRetryResult(BaseModel):
@@ -95,7 +129,9 @@ class ListQuery(BaseModel):
     status: JobStatus | None = None
     type: Text | None = Field(None, min_length=1, max_length=128)
     limit: int = Field(50, ge=1, le=100)
-    cursor: Text | None = Field(None, min_length=1, max_length=64)
+    cursor: str | None = Field(
+        None, pattern=f"^{ID_PATTERN.pattern}$", description="`nextCursor` of the page before."
+    )
 
 
 class EventsQuery(BaseModel):
@@ -239,7 +275,7 @@ def _progress(job: Job) -> ProgressOut | None:
 
 
 class ArchiveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     dryRun: bool = False
 

@@ -79,7 +79,9 @@ def revoke_key(database: Database, key_id: str) -> ApiKey:
         return key
 
 
-def is_active(database: Database, key_id: str) -> bool:
+def active_for(database: Database, key_id: str, tenant_id: str) -> bool:
+    """Whether `key_id` names an unrevoked key of `tenant_id` (a session's key and tenant
+    must agree: a session naming another tenant's key opens nothing)."""
     with database.session() as session:
         key = session.get(ApiKey, key_id)
-    return key is not None and key.revoked_at is None
+    return key is not None and key.revoked_at is None and key.tenant_id == tenant_id

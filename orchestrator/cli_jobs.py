@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import click
 
@@ -152,10 +153,22 @@ def show_job(job_id: str, tenant: str, as_json: bool) -> None:
 @jobs.command("cancel")
 @click.argument("job_id")
 @tenant_option
-def cancel_job(job_id: str, tenant: str) -> None:
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for a running job's worker to stop it.",
+)
+def cancel_job(job_id: str, tenant: str, wait: float) -> None:
     """Cancel a job and the steps after it (a running one is stopped by its worker)."""
-    details = _runtime().service.cancel(tenant, job_id)
-    click.echo(f"{job_id}: {details.job.status.value}")
+    service = _runtime().service
+    details = service.cancel(tenant, job_id)
+    if details.job.status is JobStatus.RUNNING and wait > 0:
+        details = service.wait_while_running(tenant, job_id, wait)
+    still = details.job.status is JobStatus.RUNNING
+    note = " (cancel requested; its worker has not stopped it yet)" if still else ""
+    click.echo(f"{job_id}: {details.job.status.value}{note}")
 
 
 @jobs.command("retry")
@@ -164,15 +177,26 @@ def cancel_job(job_id: str, tenant: str) -> None:
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed job (bulk).")
 @click.option("--type", "job_type", default=None, help="With --failed: only this type.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True)
-def retry_jobs(
-    job_id: str | None, tenant: str, all_failed: bool, job_type: str | None, limit: int
+@click.option(
+    "--now", "run_now", is_flag=True, help="Run at once, even a job cancelled before its runAt."
+)
+def retry_jobs(  # noqa: PLR0917 - click passes one argument per option
+    job_id: str | None,
+    tenant: str,
+    all_failed: bool,
+    job_type: str | None,
+    limit: int,
+    run_now: bool,
 ) -> None:
     """Retry one failed or cancelled job, or with --failed the dead letters in bulk."""
     if (job_id is None) == (not all_failed):
         raise click.UsageError("give a JOB_ID or --failed, not both")
     service = _runtime().service
     if job_id is not None:
-        click.echo(f"{job_id}: {service.retry(tenant, job_id).job.status.value}")
+        job = service.retry(tenant, job_id, run_now=run_now).job
+        later = job.run_at is not None and job.run_at > datetime.now(UTC)
+        due = f" (runs at {job.run_at.isoformat()})" if later and job.run_at else ""
+        click.echo(f"{job_id}: {job.status.value}{due}")
         return
     with click.progressbar(length=1, label="retrying", file=sys.stderr) as bar:
 

@@ -16,6 +16,8 @@ from orchestrator.prepared import PreparedStatement, StatementPool
 from orchestrator.settings import Settings
 
 T = TypeVar("T")
+# An execution option that marks a read-only session's connection (see `_begin`).
+READ_ONLY = "orchestrator_read_only"
 
 
 class Database:
@@ -23,6 +25,8 @@ class Database:
         self.url = url
         self.engine = create_engine(url, echo=echo)
         self._sessions = _sessions(self.engine)
+        # Reads need no write lock: on SQLite they begin deferred (see _begin).
+        self._read_sessions = _sessions(self.engine.execution_options(**{READ_ONLY: True}))
         self._autocommit: sa.Engine | None = None
         self._statement_sessions = self._sessions
         self._hot: StatementPool | None = None
@@ -51,7 +55,9 @@ class Database:
             yield session
 
     def session(self) -> Session:
-        return self._sessions()
+        """A session for reading (it never commits): on SQLite it takes no write lock, so
+        reads never queue behind writers (WAL lets them see the last commit)."""
+        return self._read_sessions()
 
     def statement(self, work: Callable[[Session], T]) -> T:
         """Run `work`, which must be atomic by itself: one statement on PostgreSQL, where it
@@ -126,7 +132,7 @@ def create_engine(url: str, *, echo: bool = False) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, echo=echo, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _tune_sqlite)
-        sa.event.listen(engine, "begin", _begin_immediate)
+        sa.event.listen(engine, "begin", _begin)
         return engine
     engine = sa.create_engine(url, echo=echo, **_POSTGRESQL_POOL)
     _ping_when_idle(engine)
@@ -183,7 +189,9 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _begin_immediate(connection: sa.Connection) -> None:
-    # Take the write lock at BEGIN: a deferred transaction that reads and then writes can
-    # fail with "database is locked" without waiting, whatever the busy timeout.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+def _begin(connection: sa.Connection) -> None:
+    # A transaction that may write takes the write lock at BEGIN: a deferred one that reads
+    # and then writes can fail with "database is locked" without waiting, whatever the busy
+    # timeout. A read-only session needs no lock at all.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -79,16 +79,27 @@ def _last_words(tail: str) -> str:
 
 
 class EmbeddedRedis:
-    """A ``redis-server`` child process listening on TCP, with persistence off.
+    """A ``redis-server`` child process listening on TCP.
 
-    The process is a direct child (not daemonized), so the owner can always stop
-    or kill it, and it dies with the owner's process group on Ctrl-C.
+    By default a disposable broker with persistence off (tests, benchmarks). With
+    ``persistent`` it keeps an append-only file in its data folder, so queued messages
+    survive a restart (what ``orchestrator dev`` runs). The process is a direct child (not
+    daemonized), so the owner can always stop or kill it.
     """
 
-    def __init__(self, port: int, host: str, data_dir: Path, *, owns_data_dir: bool) -> None:
+    def __init__(
+        self,
+        port: int,
+        host: str,
+        data_dir: Path,
+        *,
+        owns_data_dir: bool = False,
+        persistent: bool = False,
+    ) -> None:
         self.port = port
         self.host = host
         self.data_dir = data_dir
+        self.persistent = persistent
         self._owns_data_dir = owns_data_dir
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -177,21 +188,31 @@ class EmbeddedRedis:
         state = "running" if self.running else "stopped"
         return f"EmbeddedRedis({self.url!r}, {state})"
 
-    def _command(self) -> list[str]:
-        # `--save ''` and `--appendonly no` keep Redis from writing snapshots:
-        # the embedded server is a disposable broker, never a system of record.
+    def command(self) -> list[str]:
+        """The server's command line. No snapshots either way (`--save ''`); a persistent
+        server logs every write to an append-only file, flushed every second and in full
+        on a clean stop, and replays it at start."""
         return [
             str(redis_server_binary()),
             "--port", str(self.port),
             "--bind", self.host,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "everysec",
             "--dir", str(self.data_dir),
         ]  # fmt: skip
 
+    def stopped_cleanly(self) -> bool:
+        """Whether the server's last run (as its log tells) ended in a clean shutdown,
+        which writes out the whole append-only file; a crash may lose its last second."""
+        if not self.log_path.exists():
+            return True  # never ran here: nothing to lose
+        lines = [line for line in _log_tail(self.log_path, 5).splitlines() if line.strip()]
+        return not lines or lines[-1].endswith("bye bye...")
+
     def _launch(self, startup_timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = self._command()
+        command = self.command()
         # The child keeps its own copy of the log descriptor, so ours can be
         # closed right away instead of being tracked for the process lifetime.
         with self.log_path.open("ab") as log_file:
@@ -210,13 +231,13 @@ class EmbeddedRedis:
         while True:
             if process.poll() is not None:
                 raise self._failure(f"exited with code {process.returncode} during startup")
-            if self._answers_as(process.pid):
+            if self.answers_as(process.pid):
                 return
             if time.monotonic() >= deadline:
                 raise self._failure(f"did not answer PING within {timeout:g}s")
             time.sleep(_POLL_INTERVAL)
 
-    def _answers_as(self, pid: int) -> bool:
+    def answers_as(self, pid: int) -> bool:
         """True once the server on our port answers and is *our* process.
 
         Checking ``process_id`` guards against a stray server already bound to

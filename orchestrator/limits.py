@@ -19,12 +19,9 @@ import redis
 
 from orchestrator.errors import FieldError
 from orchestrator.settings import Settings
+from orchestrator.text import text_problem
 
 log = logging.getLogger("orchestrator.limits")
-
-# PostgreSQL stores no NUL character in text or JSON: refused here, named, rather than by
-# the database as an error the caller could not read.
-NUL_PROBLEM = "contains a NUL character (\\u0000)"
 
 
 def input_problems(data: object, settings: Settings) -> list[FieldError]:
@@ -50,7 +47,7 @@ def _problem_of(value: object, depth: int, settings: Settings) -> str | None:
     if isinstance(value, str):
         if len(value) > settings.max_string_length:
             return f"is longer than {settings.max_string_length}"
-        return NUL_PROBLEM if "\x00" in value else None
+        return text_problem(value)
     if isinstance(value, dict | list):
         return _container_problem(value, depth, settings)
     return None
@@ -63,8 +60,10 @@ def _container_problem(
         return f"nests deeper than {settings.max_input_depth}"
     if len(value) > settings.max_list_items:
         return f"has more than {settings.max_list_items} items"
-    if isinstance(value, dict) and any("\x00" in key for key in value):
-        return f"has a key that {NUL_PROBLEM}"
+    if isinstance(value, dict):
+        for key in value:
+            if problem := text_problem(key):
+                return f"has a key that {problem}"
     return None
 
 

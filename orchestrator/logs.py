@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Attributes a log call may pass in `extra` that belong on every line about a job.
-CONTEXT_FIELDS = ("job_id", "tenant_id", "job_type", "attempt", "action", "worker")
+CONTEXT_FIELDS = ("job_id", "tenant_id", "job_type", "attempt", "action", "reason", "worker")
 
 
 class JsonFormatter(logging.Formatter):

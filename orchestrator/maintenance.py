@@ -34,8 +34,10 @@ class Maintenance:
     clock: Callable[[], datetime] = utcnow
 
     def sweep_outbox(self, batch: int = BATCH) -> int:
-        """Send every job whose dispatch is due: never sent, lost, delayed or backed off."""
+        """Send every job whose dispatch is due: never sent, lost, delayed or backed off.
+        After the broker lost its data set, every job it held is due at once."""
         now = self.clock()
+        self._notice_a_lost_broker(now)
         with self.database.session() as session:
             due = session.execute(
                 sa.select(Job.id, Job.dispatch_due_at)
@@ -54,6 +56,19 @@ class Maintenance:
         if sent:
             log.info("outbox sweep sent %d job(s)", sent, extra={"action": "swept"})
         return sent
+
+    def _notice_a_lost_broker(self, now: datetime) -> None:
+        if not self.dispatcher.lost_messages():
+            return
+        with self.database.transaction() as session:
+            count = transitions.bring_forward_sent(session, now)
+        if count:
+            log.warning(
+                "the broker lost what it held (its epoch marker was gone): "
+                "sending its %d job(s) again",
+                count,
+                extra={"action": "broker_lost"},
+            )
 
     def reap_leases(self, batch: int = BATCH) -> int:
         """Take back running jobs whose worker stopped renewing its lease, and give parked

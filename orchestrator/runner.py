@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
@@ -25,17 +26,31 @@ from orchestrator.heartbeat import Heartbeat, Watch
 from orchestrator.models import Job, utcnow
 from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
-from orchestrator.states import CLAIMABLE
+from orchestrator.states import CLAIMABLE, JobStatus
 from orchestrator.transitions import Attempt, ErrorInfo
 
 log = logging.getLogger("orchestrator.runner")
 
 
+class SkipReason(StrEnum):
+    """Why a delivery ran nothing: said in the push endpoint's answer and the job's events."""
+
+    NOT_FOUND = "not_found"  # no such job (never made, or removed)
+    ARCHIVED = "archived"
+    CANCELLED = "cancelled"
+    NOT_DUE = "not_due"  # early: the job (a delay, a retry's backoff) is due later
+    DUPLICATE = "duplicate"  # another delivery claimed it, or it already finished
+    SUPERSEDED = "superseded"  # this attempt lost its lease; its result was refused
+    TENANT_AT_LIMIT = "tenant_at_limit"  # parked until one of its tenant's runs ends
+
+
 @dataclass(frozen=True)
 class Skipped:
-    """A duplicate or stale delivery: acknowledge it and do nothing."""
+    """A delivery that ran nothing: acknowledge it. `reason` for machines, `detail` for
+    people."""
 
-    reason: str
+    reason: SkipReason
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,7 @@ class Runner:
         recorded = self._record(claimed, outcome)
         if recorded is None:
             self._refused(claimed, outcome)
-            return Skipped("attempt was superseded; result refused")
+            return Skipped(SkipReason.SUPERSEDED, "attempt was superseded; result refused")
         action = type(recorded).__name__.lower()
         log.info("job %s", action, extra={**extra, "action": action})
         return recorded
@@ -152,7 +167,10 @@ class Runner:
             if seen is None:
                 return self._skip(session, job_id, now, delivery)
             if self._over_limit(session, seen, now):
-                return Skipped("tenant at its running limit; the job waits its turn")
+                return Skipped(
+                    SkipReason.TENANT_AT_LIMIT,
+                    "tenant at its running limit; the job waits its turn",
+                )
             started = transitions.claim(
                 session,
                 job_id,
@@ -176,11 +194,17 @@ class Runner:
         """A delivery that could not claim: note why in the job's events (if it exists)."""
         existing = session.get(Job, job_id, populate_existing=True)
         if existing is None:
-            return Skipped(f"unknown job {job_id}")
-        reason = f"duplicate delivery skipped (status {existing.status})"
-        transitions.note_skipped_delivery(session, existing, reason, now, delivery)
-        log.info(reason, extra={**_log_extra(existing), "action": "skipped"})
-        return Skipped(reason)
+            return Skipped(SkipReason.NOT_FOUND, f"unknown job {job_id}")
+        skipped = _why_not_claimed(existing, now)
+        transitions.note_skipped_delivery(
+            session, existing, now, reason=skipped.reason, detail=skipped.detail, delivery=delivery
+        )
+        log.info(
+            "delivery skipped: %s",
+            skipped.detail,
+            extra={**_log_extra(existing), "action": "skipped", "reason": skipped.reason},
+        )
+        return skipped
 
     def _over_limit(self, session: Session, job: Job, now: datetime) -> bool:
         """Per-tenant fairness: a job of a tenant at `ORCH_TENANT_MAX_RUNNING` is parked."""
@@ -279,6 +303,17 @@ class Runner:
     @property
     def _grace(self) -> timedelta:
         return timedelta(seconds=self.settings.dispatch_grace_seconds)
+
+
+def _why_not_claimed(job: Job, now: datetime) -> Skipped:
+    if job.archived_at is not None:
+        return Skipped(SkipReason.ARCHIVED, "job was archived")
+    if job.status is JobStatus.CANCELLED:
+        return Skipped(SkipReason.CANCELLED, "job was cancelled")
+    due = job.run_at
+    if job.status in CLAIMABLE and due is not None and due > now + transitions.CLOCK_SKEW:
+        return Skipped(SkipReason.NOT_DUE, f"delivered early: not due until {due.isoformat()}")
+    return Skipped(SkipReason.DUPLICATE, f"duplicate delivery (job {job.status})")
 
 
 def _json_safe(result: Any) -> Any:

@@ -39,6 +39,7 @@ from orchestrator.models import Job, JobEvent, Tenant, utcnow
 from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
 from orchestrator.states import JobStatus
+from orchestrator.text import name_problem, text_problem
 
 log = logging.getLogger("orchestrator.service")
 
@@ -171,7 +172,7 @@ class JobService:
         """Many jobs in one transaction and one dispatch call, all or none.
 
         The jobs carry no keys of their own; `idempotency_key` (one tenant's batch) names
-        the whole batch: each job is recorded under `<key>#<index>`, so a repeat with the
+        the whole batch: each job is recorded under the key and its index, so a repeat with the
         same key and the same jobs answers with the jobs made the first time, and one with
         other jobs is an `IdempotencyConflict`. `asked_earlier`: the caller found no earlier
         batch under the key just now (`earlier_batch`), so it is not looked up again; a
@@ -427,38 +428,53 @@ class JobService:
     # -- cancel and retry ------------------------------------------------------------------
 
     def cancel(self, tenant_id: str, job_id: str) -> JobDetails:
-        """Cancel the job and the steps after it; a running one is stopped by its worker.
+        """Cancel the job and the steps after it, and answer at once.
 
-        Waits up to `cancel_wait_seconds` for a running job to stop, so that when this
-        returns `cancelled`, no handler of the job is still running.
+        A job that waits is `cancelled` on return. A running one is asked to stop: it is
+        still `running`, with `cancel_requested_at` set, and its worker's heartbeat stops
+        it within a beat; its events say when. Nothing here waits for a worker, so a web
+        thread is never held by a handler that is slow to stop. A repeat of a cancel
+        (however many) only reads.
         """
-        with self.database.transaction() as session:
-            job = _owned(session, tenant_id, job_id)
-            status = transitions.cancel(session, job, self.clock())
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            raise JobConflict(f"job {job_id} already {status}; nothing to cancel")
-        log.info(
-            "job cancel: %s",
-            status,
-            extra={"job_id": job_id, "tenant_id": tenant_id, "action": "cancel"},
-        )
-        deadline = time.monotonic() + self.settings.cancel_wait_seconds
+        details = self.get(tenant_id, job_id)
+        if _cancel_is_news(details.job):
+            with self.database.transaction() as session:
+                job = _owned(session, tenant_id, job_id)
+                status = transitions.cancel(session, job, self.clock())
+            log.info(
+                "job cancel: %s",
+                status,
+                extra={"job_id": job_id, "tenant_id": tenant_id, "action": "cancel"},
+            )
+            details = self.get(tenant_id, job_id)
+        if details.job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise JobConflict(f"job {job_id} already {details.job.status}; nothing to cancel")
+        return details
+
+    def wait_while_running(self, tenant_id: str, job_id: str, timeout: float) -> JobDetails:
+        """The job once it is no longer running, or as it is after `timeout` seconds (for
+        the command line, which may wait for a cancelled run to stop)."""
+        deadline = time.monotonic() + timeout
         details = self.get(tenant_id, job_id)
         while details.job.status is JobStatus.RUNNING and time.monotonic() < deadline:
             time.sleep(CANCEL_POLL_SECONDS)
             details = self.get(tenant_id, job_id)
         return details
 
-    def retry(self, tenant_id: str, job_id: str) -> JobDetails:
-        """Run a failed or cancelled job again, with the steps after it."""
+    def retry(self, tenant_id: str, job_id: str, *, run_now: bool = False) -> JobDetails:
+        """Run a failed or cancelled job again, with the steps after it.
+
+        A job that was cancelled before a `runAt` still ahead keeps it (it runs then)
+        unless `run_now`; any other runs now.
+        """
         with self.database.transaction() as session:
             job = _owned(session, tenant_id, job_id)
-            steps = self._requeue(session, job)
+            steps = self._requeue(session, job, run_now=run_now)
         if not steps:
             raise JobConflict(
                 f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
             )
-        self.send(steps)
+        self._send_when_due(steps)
         return self.get(tenant_id, job_id)
 
     def retry_failed(
@@ -482,27 +498,41 @@ class JobService:
                 # (the conditional update then refuses it), and no stale copy is written back.
                 with self.database.transaction() as session:
                     steps = self._requeue(session, _owned(session, tenant_id, job_id))
-            except (JobConflict, JobArchived, UnknownJobType):
+            except (JobConflict, JobArchived):
                 # Not retryable now: its upstream step failed too (that one is retried
-                # instead), it was archived since the listing, or its type is gone.
+                # instead), or it was archived since the listing.
                 steps = []
             if steps:
-                self.send(steps)
+                self._send_when_due(steps)
                 retried.append(job_id)
             if progress is not None:
                 progress(done, len(candidates))
         return retried
 
-    def _requeue(self, session: sa.orm.Session, job: Job) -> list[Job]:
+    def _requeue(self, session: sa.orm.Session, job: Job, *, run_now: bool = False) -> list[Job]:
+        """Requeue from the rows alone: a type this process does not define (a command
+        line without the job's module) gets the default policy's attempts, and its
+        workers run it."""
         if job.parent_id is not None:
             parent = session.get(Job, job.parent_id)
             if parent is not None and parent.status is not JobStatus.SUCCEEDED:
                 raise JobConflict(f"retry the upstream step {parent.id} instead")
-        job_type = self.registry.get(job.type)
+        attempts = self.registry.resolve(job.type).retry.max_attempts
         now = self.clock()
+        run_at = job.run_at if job.run_at is not None and job.run_at > now and not run_now else now
         return transitions.requeue(
-            session, job, job_type.retry.max_attempts, now, dispatch_due=now + self._grace
+            session,
+            job,
+            attempts,
+            now,
+            run_at=run_at,
+            dispatch_due=run_at if run_at > now else now + self._grace,
         )
+
+    def _send_when_due(self, steps: Sequence[Job]) -> None:
+        """Dispatch requeued steps now if they are due; later ones wait in the outbox."""
+        if steps[0].run_at is None or steps[0].run_at <= self.clock():
+            self.send(steps)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -565,15 +595,25 @@ def _filtered(tenant_id: str, filters: JobFilter) -> sa.Select[Job]:
     return query
 
 
-# A keyed batch's jobs are keyed `<key>#<index>`, within the column's 256 characters.
-MAX_BATCH_KEY_LENGTH = 256 - len("#999")
+# A keyed batch's jobs are keyed `<key>` + BATCH_KEY_SEPARATOR + `<index>`, within the
+# column's 256 characters. The separator is a control character, which no key given for a
+# single job may hold (`text.name_problem`), so the two kinds of keys never meet.
+BATCH_KEY_SEPARATOR = "\x1f"
+MAX_BATCH_KEY_LENGTH = 256 - len(f"{BATCH_KEY_SEPARATOR}999")
 
 
 def _request_problems(request: NewJob, settings: Settings) -> list[FieldError]:
     """What is wrong with a request whichever way it came (API, CLI, Python, cron)."""
     if problem := tenant_id_problem(request.tenant_id):
         return [FieldError("tenant", problem)]
-    return input_problems(request.input, settings)
+    texts = [("type", request.type, text_problem), ("subject", request.subject, text_problem)]
+    texts.append(("idempotencyKey", request.idempotency_key, name_problem))
+    problems = [
+        FieldError(name, problem)
+        for name, value, check in texts
+        if value is not None and (problem := check(value))
+    ]
+    return problems + input_problems(request.input, settings)
 
 
 def _log_created(pipelines: list[list[Job]]) -> None:
@@ -594,7 +634,15 @@ def _keyed(requests: Sequence[NewJob], key: str) -> list[NewJob]:
 
 
 def _batch_item_key(key: str, index: int) -> str:
-    return f"{key}#{index}"
+    return f"{key}{BATCH_KEY_SEPARATOR}{index}"
+
+
+def _cancel_is_news(job: Job) -> bool:
+    """Whether a cancel would change anything: not for a finished job, nor for a running
+    one whose worker was already asked to stop."""
+    if job.status is JobStatus.RUNNING:
+        return job.cancel_requested_at is None
+    return not job.status.is_terminal
 
 
 def _owned(session: sa.orm.Session, tenant_id: str, job_id: str) -> Job:

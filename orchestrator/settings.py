@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_SERVICE_SECRET = "dev-secret"  # noqa: S105 - the documented development default
 MIN_SECRET_LENGTH = 16
+# A random secret of 16 characters or more has many different characters; one with few
+# ("aaaa...", "abab...") was typed, not generated.
+MIN_SECRET_DISTINCT = 8
 
 
 class Environment(StrEnum):
@@ -210,9 +213,6 @@ class Settings(BaseSettings):
         description="Retry delays up to this many seconds wait in the broker (Celery ETA); "
         "longer ones, and every delayed job, wait in the database.",
     )
-    cancel_wait_seconds: float = Field(
-        10.0, ge=0, description="How long a cancel of a running job waits for it to stop."
-    )
     retention_days: Annotated[dict[str, int], NoDecode] = Field(
         {"free": 30, "pro": 365},
         description="Days finished jobs are kept before archival, per tenant tier: "
@@ -381,10 +381,16 @@ def _private_url(url: str) -> bool:
 
 
 def _require_real(name: str, secret: str) -> None:
-    if secret == DEV_SERVICE_SECRET or len(secret) < MIN_SECRET_LENGTH:
+    if (
+        secret == DEV_SERVICE_SECRET
+        or len(secret) < MIN_SECRET_LENGTH
+        or len(set(secret)) < MIN_SECRET_DISTINCT
+        or any(char.isspace() for char in secret)
+    ):
         raise ConfigurationError(
-            f"{name} must be a real secret of at least {MIN_SECRET_LENGTH} characters "
-            "outside development"
+            f"{name} must be a real secret outside development: at least {MIN_SECRET_LENGTH} "
+            f"characters, {MIN_SECRET_DISTINCT} of them different, no spaces (make one with "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
         )
 
 

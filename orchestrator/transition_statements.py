@@ -76,6 +76,7 @@ SUCCESS_VALUES: dict[str, Any] = {
     "finished_at": NOW,
     "updated_at": NOW,
     "lease_expires_at": None,
+    "run_at": None,  # a finished job is due nowhere (it kept its last retry's time)
     "result": RESULT,
     "progress": 1.0,
     # A success clears the error an earlier attempt left; the events keep the history.

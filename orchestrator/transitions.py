@@ -594,8 +594,16 @@ def log(
 
 
 def note_skipped_delivery(
-    session: Session, job: Job, reason: str, now: datetime, delivery: dict[str, Any] | None = None
+    session: Session,
+    job: Job,
+    now: datetime,
+    *,
+    reason: str,
+    detail: str,
+    delivery: dict[str, Any] | None = None,
 ) -> None:
+    """A delivery that ran nothing, and why (`reason`, a `runner.SkipReason`)."""
+    data: dict[str, Any] = {"reason": reason, **({"delivery": delivery} if delivery else {})}
     session.add(
         _event(
             job.id,
@@ -604,8 +612,8 @@ def note_skipped_delivery(
             now,
             kind="delivery",
             level="INFO",
-            message=reason,
-            data={"delivery": delivery} if delivery else None,
+            message=f"delivery skipped: {detail}",
+            data=data,
         )
     )
 
@@ -675,6 +683,24 @@ def resend_soon(session: Session, job_id: str, due: datetime, now: datetime) -> 
     )
 
 
+def bring_forward_sent(session: Session, now: datetime) -> int:
+    """The broker lost what it held: every job it had accepted and nobody claimed comes
+    due for the sweeper now (or at its `run_at`, if that is later), instead of after the
+    long resend of a job handed over. Returns how many."""
+    due = sa.case((Job.run_at > now, Job.run_at), else_=now)
+    result = session.execute(
+        sa.update(Job)
+        .where(
+            Job.dispatch_due_at > now,
+            Job.dispatched_at.is_not(None),
+            Job.status.in_(CLAIMABLE),
+        )
+        .values(dispatch_due_at=due)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def postpone_outbox_entry(session: Session, job_id: str, due: datetime) -> None:
     """The broker refused the sweeper's send: try again at `due`."""
     _update(session, (Job.id == job_id, Job.status.in_(CLAIMABLE)), dispatch_due_at=due)
@@ -709,6 +735,7 @@ def expire_lease(session: Session, run: Attempt, max_attempts: int, now: datetim
         finished_at=now,
         updated_at=now,
         lease_expires_at=None,
+        run_at=None,
     ):
         _note(
             session,
@@ -728,6 +755,7 @@ def expire_lease(session: Session, run: Attempt, max_attempts: int, now: datetim
             finished_at=now,
             updated_at=now,
             lease_expires_at=None,
+            run_at=None,
             **_error_columns(error),
         ):
             return JobStatus.RUNNING
@@ -812,7 +840,7 @@ def _cancel_before_run(session: Session, job: Job, now: datetime) -> bool:
         finished_at=now,
         updated_at=now,
         dispatch_due_at=None,
-        run_at=None,
+        # run_at stays: a retry of a job cancelled before its time runs it at that time.
     ):
         return False
     _note(
@@ -836,9 +864,16 @@ def confirm_cancelled(session: Session, run: Attempt, now: datetime) -> bool:
 
 
 def requeue(
-    session: Session, job: Job, extra_attempts: int, now: datetime, *, dispatch_due: datetime
+    session: Session,
+    job: Job,
+    extra_attempts: int,
+    now: datetime,
+    *,
+    run_at: datetime,
+    dispatch_due: datetime,
 ) -> list[Job]:
-    """Manual retry of a failed or cancelled job, with a fresh budget of attempts.
+    """Manual retry of a failed or cancelled job, with a fresh budget of attempts, due at
+    `run_at` (now, or the time a job cancelled before it ran was scheduled for).
 
     The steps after it that were cancelled wait for it again. Returns the steps to
     dispatch (this one and the waiting ones after it), or [] if the job was not retryable.
@@ -852,7 +887,7 @@ def requeue(
         max_attempts=job.attempt + extra_attempts,
         requeues=Job.requeues + 1,
         finished_at=None,
-        run_at=now,  # due now: queue-wait metrics count from here
+        run_at=run_at,  # queue-wait metrics count from here
         cancel_requested_at=None,
         dispatch_due_at=dispatch_due,
         updated_at=now,
@@ -925,6 +960,7 @@ def _finish_running(
         finished_at=now,
         updated_at=now,
         lease_expires_at=None,
+        run_at=None,  # a finished run is due nowhere
         **values,
     )
     if won:

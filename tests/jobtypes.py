@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel
 
 from orchestrator import JobContext, PermanentError, RetryPolicy, define_job
@@ -121,3 +122,26 @@ def partition(ctx: JobContext, data: PartitionInput) -> dict[str, Any]:
     if ctx.attempt == 1:
         time.sleep(data.firstRunSeconds)
     return {"attempt": ctx.attempt}
+
+
+class SleepInput(BaseModel):
+    seconds: float = 0.05
+    effectFile: str | None = None
+    ignoreCancel: bool = False
+
+
+@define_job("TEST_SLEEP", input=SleepInput, time_limit=120)
+def sleep_for(ctx: JobContext, data: SleepInput) -> dict[str, Any]:
+    """Sleeps, then records its run. With `ignoreCancel` it sleeps through the interrupt a
+    cancel sends: a handler that does not cooperate, which only its time limit ends."""
+    deadline = time.monotonic() + data.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except SoftTimeLimitExceeded:
+            if not data.ignoreCancel:
+                raise
+    if data.effectFile:
+        with Path(data.effectFile).open("a") as handle:
+            handle.write(f"{ctx.job_id} attempt={ctx.attempt}\n")
+    return {"slept": data.seconds}

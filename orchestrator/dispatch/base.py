@@ -62,3 +62,8 @@ class Dispatcher(Protocol):
     def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
         """Send many pipelines at once; a backend may share one connection for them."""
         ...
+
+    def lost_messages(self) -> bool:
+        """Whether the backend lost what it held since the last call (a broker restarted
+        without its data): everything it had accepted must then be sent again."""
+        ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -14,6 +15,31 @@ from redis.exceptions import RedisError
 from orchestrator.dispatch.base import DispatchError, Step
 from orchestrator.dispatch.celery_messages import encode, task_name
 from orchestrator.settings import Settings
+
+# A marker in the broker's own data: it disappears with everything else when Redis loses
+# its data set (a restart without persistence, a flush), which is how that is noticed.
+EPOCH_KEY = "orchestrator:broker-epoch"
+
+
+def forget_broker_epoch(redis_url: str) -> None:
+    """Say that the broker may have lost messages (it crashed, so its append-only file may
+    miss its last second): the next sweep re-sends what it held."""
+    with redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2) as client:
+        client.delete(EPOCH_KEY)
+
+
+def restore_unacked(app: Celery) -> int:
+    """Put every message a worker had taken but not acknowledged back in its queue, as
+    kombu does for a worker that stops cleanly. Only for a broker no worker uses yet (the
+    embedded one, before its workers start): a worker that died holding messages (killed,
+    or stopped after the broker) would otherwise leave them for the visibility timeout."""
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        client = channel.client
+        tags = client.hkeys(channel.unacked_key)
+        for tag in tags:
+            channel.qos.restore_by_tag(tag, client=client)
+    return len(tags)
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -66,6 +92,16 @@ class CeleryDispatcher:
 
     def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
         self._send(pipelines, None)
+
+    def lost_messages(self) -> bool:
+        """True, once, after the broker lost its data set: its epoch marker was missing,
+        and this call set a new one. (Only the sweeper calls this; a send never sets the
+        marker, or a loss followed by a send would go unnoticed.) False when it cannot
+        tell: a broker that does not answer holds nothing new either."""
+        try:
+            return bool(self._redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))
+        except (RedisError, OSError):
+            return False
 
     def _send(self, pipelines: Sequence[Sequence[Step]], not_before: datetime | None) -> None:
         if time.monotonic() < self._down_until:

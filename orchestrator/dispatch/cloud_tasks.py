@@ -85,3 +85,6 @@ class CloudTasksDispatcher:
     def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
         for steps in pipelines:
             self.dispatch(steps)
+
+    def lost_messages(self) -> bool:
+        return False  # Cloud Tasks keeps what it accepted.

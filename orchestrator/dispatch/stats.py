@@ -113,5 +113,8 @@ class CountingDispatcher:
             raise
         self.stats.record(self.mode, "succeeded", len(pipelines))
 
+    def lost_messages(self) -> bool:
+        return self.inner.lost_messages()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -25,10 +25,11 @@ from orchestrator.archival import Archiver
 from orchestrator.models import Job, MaintenanceRun
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, load_settings
+from tests import REAL_SECRET
 
 PROBLEM = "application/problem+json"
 DEV_SECRET = "dev-secret"
-STRONG_SECRET = "s3cr3t-" + "x" * 40
+STRONG_SECRET = REAL_SECRET
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 
@@ -260,6 +261,9 @@ def test_an_empty_or_default_body_is_a_real_run(
         ({"dryrun": True}, "dryrun"),
         ({"dryRun": True, "force": 1}, "force"),
         ({"dryRun": "maybe"}, "dryRun"),
+        ({"dryRun": 0}, "dryRun"),  # not a boolean: not a real archival either
+        ({"dryRun": 1}, "dryRun"),
+        ({"dryRun": "false"}, "dryRun"),
         ({"dryRun": [True]}, "dryRun"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
@@ -13,6 +14,7 @@ import api
 from orchestrator import apikeys
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
+from tests import REAL_SECRET
 
 
 @pytest.fixture
@@ -22,7 +24,7 @@ def runtime(sqlite_url: str) -> Iterator[Runtime]:
         database_url=sqlite_url,
         dispatch_mode="inline",
         job_modules="tests.jobtypes",
-        service_auth_secret="s" * 32,
+        service_auth_secret=REAL_SECRET,
     )
     built = Runtime.build(settings)
     yield built
@@ -95,3 +97,48 @@ def test_a_login_never_sends_the_browser_to_a_broken_or_foreign_target(
     data = {"api_key": issued.key, "csrf_token": token, "next": target}
     response = client.post("/dashboard/login", data=data)
     assert (response.status_code, response.headers["Location"]) == (303, "/dashboard")
+
+
+def test_a_session_naming_another_tenants_key_opens_nothing(
+    client: FlaskClient, runtime: Runtime
+) -> None:
+    """A cookie signed with the app's own key (as anyone could with a known secret) that
+    pairs tenant A with tenant B's key: every request checks the key's tenant."""
+    victim = apikeys.create_key(runtime.database, "victim", "browser")
+    client.post(
+        "/v1/jobs",
+        json={"type": "TEST_EXPLODES"},
+        headers={"Authorization": f"Bearer {victim.key}"},
+    )
+    intruder = apikeys.create_key(runtime.database, "intruder", "browser")
+    with client.session_transaction() as session:
+        session["tenant_id"] = "victim"
+        session["api_key_id"] = intruder.id
+    assert client.get("/dashboard").status_code == 302  # logged out, not victim's page
+    with client.session_transaction() as session:
+        assert "tenant_id" not in session
+
+
+def test_development_signs_sessions_with_a_random_key_kept_in_the_state_folder(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Not one derived from the public `dev-secret`: the same for every web process of the
+    folder, different for another folder, readable by its owner only."""
+    import hashlib  # noqa: PLC0415
+    import hmac  # noqa: PLC0415
+
+    def app_key(folder: Path) -> str:
+        settings = load_settings(
+            env="development", database_url=sqlite_url, dispatch_mode="inline", state_dir=folder
+        )
+        runtime = Runtime.build(settings)
+        try:
+            return str(api.create_app(runtime=runtime).secret_key)
+        finally:
+            runtime.database.dispose()
+
+    first, again, other = app_key(tmp_path / "a"), app_key(tmp_path / "a"), app_key(tmp_path / "b")
+    derived = hmac.new(b"dev-secret", b"orchestrator-session", hashlib.sha256).hexdigest()
+    assert first == again != other
+    assert derived not in (first, other) and len(first) == 64
+    assert (tmp_path / "a" / "session.key").stat().st_mode & 0o077 == 0

@@ -389,15 +389,3 @@ def test_chart_stacks_statuses_per_minute() -> None:
     )
     assert empty.segments == [] and full.segments[0].height == dashboard_chart.PLOT_HEIGHT
     assert chart.ticks == [(full.x + full.width / 2, "12:00")]
-
-
-def test_retry_of_a_job_whose_type_is_gone_is_a_page_that_says_so(
-    client: FlaskClient, runtime: Runtime, tenant: str, gate: Path
-) -> None:
-    failed = gated(client, tenant, gate)
-    with runtime.database.transaction() as session:  # defined by an earlier deployment
-        session.execute(sa.update(Job).where(Job.id == failed["id"]).values(type="GONE"))
-    csrf = token(client, tenant, f"/dashboard/jobs/{failed['id']}")
-    response = post(client, tenant, f"/dashboard/jobs/{failed['id']}/retry", {"csrf_token": csrf})
-    assert response.status_code == 409 and response.mimetype == "text/html"
-    assert "Unknown job type" in response.get_data(as_text=True)

@@ -22,10 +22,11 @@ from google.auth import crypt, jwt
 import api
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, load_settings
+from tests import REAL_SECRET
 
 WORKER_URL = "https://orchestrator.example.run.app/internal/worker/run"
 ACCOUNT = "tasks-invoker@project.iam.gserviceaccount.com"
-SECRET = "s3cret-" * 5
+SECRET = REAL_SECRET
 RUN = "/internal/worker/run"
 
 
@@ -166,7 +167,11 @@ def test_a_push_runs_the_job_and_a_repeat_is_a_duplicate(
     again = client.post(RUN, json={"jobId": queued_job}, headers=auth())
     assert (first.status_code, first.get_json()["outcome"]) == (200, "succeeded")
     assert (again.status_code, again.get_json()["outcome"]) == (200, "skipped")
+    assert again.get_json()["reason"] == "duplicate"
     assert runtime.service.get("t1", queued_job).job.status == "succeeded"
+    [skipped] = [e for e in runtime.service.events("t1", queued_job) if e.kind == "delivery"]
+    assert skipped.data is not None and skipped.data["reason"] == "duplicate"
+    assert skipped.message == "delivery skipped: duplicate delivery (job succeeded)"
 
 
 def test_cloud_tasks_headers_land_in_the_jobs_events(
@@ -201,6 +206,36 @@ def test_an_unknown_job_is_acknowledged_not_retried_forever(client: FlaskClient)
         RUN, json={"jobId": "job_" + "0" * 28}, headers={"X-Service-Auth": SECRET}
     )
     assert (response.status_code, response.get_json()["outcome"]) == (200, "skipped")
+    assert response.get_json()["reason"] == "not_found"
+
+
+def test_an_early_or_cancelled_delivery_says_why_it_ran_nothing(
+    client: FlaskClient, runtime: Runtime
+) -> None:
+    """Each skip names its reason in the answer and in the job's events: an early
+    delivery is not taken for a duplicate."""
+    from orchestrator.service import NewJob  # noqa: PLC0415
+
+    later = runtime.service.create(NewJob(tenant_id="t1", type="TEST_FLAKY", delay_seconds=3600))
+    early = client.post(
+        RUN, json={"jobId": later.details.job.id}, headers={"X-Service-Auth": SECRET}
+    )
+    assert early.get_json() == {
+        "jobId": later.details.job.id,
+        "outcome": "skipped",
+        "reason": "not_due",
+    }
+    runtime.service.cancel("t1", later.details.job.id)
+    gone = client.post(
+        RUN, json={"jobId": later.details.job.id}, headers={"X-Service-Auth": SECRET}
+    )
+    assert gone.get_json()["reason"] == "cancelled"
+    notes = [
+        (e.data or {}).get("reason")
+        for e in runtime.service.events("t1", later.details.job.id)
+        if e.kind == "delivery"
+    ]
+    assert notes == ["not_due", "cancelled"]
 
 
 def test_stats_count_dispatches_per_mode(client: FlaskClient, runtime: Runtime) -> None:

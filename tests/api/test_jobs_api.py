@@ -669,6 +669,35 @@ def test_a_keyed_batch_repeated_answers_with_the_jobs_it_made(
     assert elsewhere.status_code == 201
 
 
+def test_batch_keys_and_single_keys_never_meet(
+    client: FlaskClient, runtime: Runtime, tenant: str
+) -> None:
+    """A single job keyed like a batch's first item is not that batch's repeat, and a
+    single key cannot be written in the batch items' own form."""
+    single = client.post(
+        "/v1/jobs",
+        json={"type": "TEST_FLAKY"},
+        headers=tenant_headers(tenant, **{"Idempotency-Key": "K#0"}),
+    )
+    assert single.status_code == 201
+    batch = client.post(
+        "/v1/jobs:batch",
+        json={"jobs": [{"type": "TEST_FLAKY"}]},
+        headers=tenant_headers(tenant, **{"Idempotency-Key": "K"}),
+    )
+    assert batch.status_code == 201, batch.get_data(as_text=True)
+    assert batch.get_json()["jobs"][0]["id"] != single.get_json()["id"]
+    recorded = row_counts(runtime)
+    for key in ("K\x1f0", "K\n0", "K\u00850"):
+        forged = client.post(
+            "/v1/jobs",
+            json={"type": "TEST_FLAKY", "idempotencyKey": key},
+            headers=tenant_headers(tenant),
+        )
+        assert_problem(forged, 422, "/v1/jobs")
+    assert row_counts(runtime) == recorded
+
+
 @pytest.mark.parametrize("key", ["", "k" * 253])
 def test_a_batch_key_leaves_room_for_the_jobs_places(
     client: FlaskClient, runtime: Runtime, tenant: str, key: str
@@ -718,3 +747,45 @@ def test_no_201_when_the_database_refuses_the_jobs_rows(
     with runtime.database.session() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
         assert session.scalar(sa.select(sa.func.count()).select_from(JobEvent)) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/jobs", {"type": "TEST_FLAKY", "delaySeconds": "5"}, "delaySeconds"),
+        ("/v1/jobs", {"type": "TEST_FLAKY", "delaySeconds": True}, "delaySeconds"),
+        ("/v1/jobs", {"type": "TEST_FLAKY", "subject": 7}, "subject"),
+        ("/v1/jobs/retry", {"limit": "5"}, "limit"),
+        ("/v1/jobs/retry", {"limit": 5.0}, "limit"),
+        (
+            "/v1/jobs:batch",
+            {"jobs": [{"type": "TEST_FLAKY", "delaySeconds": "1"}]},
+            "jobs.0.delaySeconds",
+        ),
+    ],
+)
+def test_bodies_take_json_types_strictly(
+    client: FlaskClient, runtime: Runtime, tenant: str, path: str, body: Any, field: str
+) -> None:
+    """A string for a number, a number for a boolean: a 422 naming the field, not a guess."""
+    problem = assert_problem(
+        client.post(path, json=body, headers=tenant_headers(tenant)), 422, path
+    )
+    assert field in {error["field"] for error in problem["errors"]}
+    assert row_counts(runtime) == (0, 0)
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "job_1", "job_" + "z" * 28, "9" * 40])
+def test_a_cursor_that_is_no_job_id_is_a_422(client: FlaskClient, tenant: str, cursor: str) -> None:
+    response = client.get(
+        "/v1/jobs", headers=tenant_headers(tenant), query_string={"cursor": cursor}
+    )
+    problem = assert_problem(response, 422, "/v1/jobs")
+    assert [error["field"] for error in problem["errors"]] == ["cursor"]
+
+
+def test_options_on_bulk_retry_advertises_post_only(client: FlaskClient, tenant: str) -> None:
+    """`/v1/jobs/retry` is not a job's path: OPTIONS names its own methods only."""
+    response = client.open("/v1/jobs/retry", method="OPTIONS", headers=tenant_headers(tenant))
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"POST", "OPTIONS"}
+    assert client.get("/v1/jobs/retry", headers=tenant_headers(tenant)).status_code == 405

@@ -19,6 +19,7 @@ from orchestrator.readiness import check_readiness
 from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
 from orchestrator.settings import load_settings
+from tests import REAL_SECRET
 from tests.servers import free_port
 
 
@@ -125,7 +126,7 @@ def test_queue_gauges_come_from_the_database(
 
 
 def test_metrics_need_service_credentials_outside_development(sqlite_url: str) -> None:
-    secret = "x" * 32
+    secret = REAL_SECRET
     settings = load_settings(
         env="production",
         database_url=sqlite_url,

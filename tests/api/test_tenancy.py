@@ -17,16 +17,17 @@ import api
 from orchestrator import apikeys
 from orchestrator.runtime import Runtime
 from orchestrator.settings import ConfigurationError, Settings, load_settings
+from tests import REAL_SECRET
 
 SECRET = "service-secret-" + "z" * 24
 
 # Every route of the app, by what guards it. A new route must be added here, with the
 # identity it takes, or this suite fails: nothing ships unscoped by accident.
 TENANT_JOB_ROUTES = {
-    ("GET", "/v1/jobs/<job_id>"),
-    ("GET", "/v1/jobs/<job_id>/events"),
-    ("POST", "/v1/jobs/<job_id>/cancel"),
-    ("POST", "/v1/jobs/<job_id>/retry"),
+    ("GET", "/v1/jobs/<job:job_id>"),
+    ("GET", "/v1/jobs/<job:job_id>/events"),
+    ("POST", "/v1/jobs/<job:job_id>/cancel"),
+    ("POST", "/v1/jobs/<job:job_id>/retry"),
     ("GET", "/dashboard/jobs/<job_id>"),
     ("POST", "/dashboard/jobs/<job_id>/retry"),
     ("POST", "/dashboard/jobs/<job_id>/cancel"),
@@ -125,7 +126,7 @@ def test_another_tenant_gets_404_on_every_job_route(
     assert found, "the dashboard's forms carry a CSRF token"
     form = {"csrf_token": found.group(1)}  # bob's own, valid token: only the tenant differs
     for method, rule in sorted(TENANT_JOB_ROUTES & routes(app)):
-        path = rule.replace("<job_id>", job["id"])
+        path = re.sub(r"<(job:)?job_id>", job["id"], rule)
         data = form if method == "POST" and path.startswith("/dashboard") else None
         response = client.open(path, method=method, headers=bob, data=data)
         assert response.status_code == 404, (method, path, response.status_code)
@@ -196,11 +197,11 @@ def test_trusted_headers_need_a_gateway_secret_outside_development(sqlite_url: s
         dispatch_mode="inline",
         service_auth_secret=SECRET,
         auth_mode="trusted-headers",
-        gateway_secret="gw-" + "g" * 20,
+        gateway_secret=REAL_SECRET[::-1],
     )
     client = api.create_app(runtime=Runtime.build(settings)).test_client()
     assert client.get("/v1/jobs", headers={"X-Tenant-ID": "t"}).status_code == 401
-    ok = client.get("/v1/jobs", headers={"X-Tenant-ID": "t", "X-Gateway-Secret": "gw-" + "g" * 20})
+    ok = client.get("/v1/jobs", headers={"X-Tenant-ID": "t", "X-Gateway-Secret": REAL_SECRET[::-1]})
     assert ok.status_code == 200
 
 

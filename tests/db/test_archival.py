@@ -367,7 +367,7 @@ def test_a_job_retried_after_its_batch_was_read_is_not_archived(database: Databa
     with database.transaction() as session:  # a manual retry, as the API makes it
         job = session.get(Job, row["id"])
         assert job is not None
-        assert transitions.requeue(session, job, 1, NOW, dispatch_due=NOW)
+        assert transitions.requeue(session, job, 1, NOW, run_at=NOW, dispatch_due=NOW)
     assert run._archive(batch, NOW) == []  # and the run's report does not count it
     assert archived_at_by_id(database) == {row["id"]: None}
 

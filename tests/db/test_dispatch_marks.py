@@ -10,9 +10,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import redis
+
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.dispatch_marks import DispatchMarks
+from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.models import Job, utcnow
 from orchestrator.registry import load_job_modules
 from orchestrator.runtime import Runtime
@@ -171,3 +174,37 @@ def _slow_worker() -> Iterator[str]:
         release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_broker_that_lost_its_data_gets_its_jobs_again(
+    database_url: str, redis_server: EmbeddedRedis
+) -> None:
+    """Jobs the broker accepted wait for the long resend; when the broker loses its data
+    set (its epoch marker goes with it), the next sweep sends them again at once, once."""
+    redis_url = f"{redis_server.url.rsplit('/', 1)[0]}/13"
+    settings = load_settings(
+        env="development",
+        database_url=database_url,
+        redis_url=redis_url,
+        job_modules="tests.jobtypes",
+    )
+    runtime = Runtime.build(settings)
+    broker = redis.Redis.from_url(redis_url)
+    try:
+        broker.flushdb()
+        sweep = runtime.maintenance.sweep_outbox
+        assert sweep() == 0  # the first sweep sets the epoch (nothing was sent yet)
+        job_id = runtime.service.create(NewJob(tenant_id="t1", type="TEST_FLAKY")).details.job.id
+        runtime.service.marks.flush()
+        assert broker.llen("default") == 1
+        waiting = _job(runtime.database, job_id)
+        assert waiting.dispatch_due_at is not None and waiting.dispatch_due_at > utcnow()
+        assert sweep() == 0  # the broker holds it: nothing to send
+        broker.flushdb()  # the broker loses everything, its epoch marker included
+        assert sweep() == 1
+        assert broker.llen("default") == 1  # sent again
+        assert sweep() == 0  # once: the entry waits for the long resend again
+        assert _job(runtime.database, job_id).dispatch_due_at > utcnow()  # type: ignore[operator]
+    finally:
+        broker.close()
+        runtime.database.dispose()

@@ -40,6 +40,9 @@ class RecordingDispatcher:
     def dispatch_many(self, pipelines: list[list[Step]]) -> None:
         self.sent.extend(list(steps) for steps in pipelines)
 
+    def lost_messages(self) -> bool:
+        return False
+
 
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
@@ -611,7 +614,7 @@ def test_a_cancel_asked_for_while_an_attempt_fails_wins_over_its_retry(
 ) -> None:
     """The attempt fails before its heartbeat has seen the cancel: no further attempt."""
     registry = Registry()
-    settings = load_settings(env="development", database_url=database.url, cancel_wait_seconds=0)
+    settings = load_settings(env="development", database_url=database.url)
     service = JobService(database, registry, RecordingDispatcher(), settings)
 
     @define_job("TEST_CANCELLED_MIDWAY", retry=RetryPolicy(max_attempts=3), target=registry)
@@ -805,3 +808,57 @@ def test_an_idle_connection_the_server_dropped_is_replaced(
     assert killed
     time.sleep(0.3)
     assert _status(database, job_id) == (JobStatus.QUEUED, 0)
+
+
+def test_retry_needs_only_the_rows_not_the_jobs_module(
+    service: JobService, database: Database
+) -> None:
+    """A command line that did not load the job's module still retries it (its workers
+    know the type): a fresh budget of the default policy's attempts, sent at once."""
+    job_id = _pipeline(service)[0].id
+    with database.transaction() as session:  # a failed job of a type this process lacks
+        session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id)
+            .values(type="DEFINED_ELSEWHERE", status=JobStatus.FAILED, attempt=4, max_attempts=4)
+        )
+    retried = service.retry_failed("t1", JobFilter(type="DEFINED_ELSEWHERE"), limit=10)
+    assert retried == [job_id]
+    job = service.get("t1", job_id).job
+    assert (job.status, job.max_attempts) == (JobStatus.QUEUED, 4 + RetryPolicy().max_attempts)
+    dispatcher = service.dispatcher
+    assert isinstance(dispatcher, RecordingDispatcher)
+    assert dispatcher.sent[-1][0].job_id == job_id
+
+
+def test_a_retried_job_keeps_the_time_it_was_scheduled_for_unless_asked_to_run_now(
+    service: JobService, database: Database
+) -> None:
+    tomorrow = utcnow() + timedelta(days=1)
+    dispatcher = service.dispatcher
+    assert isinstance(dispatcher, RecordingDispatcher)
+    for run_now in (False, True):
+        job = service.create(NewJob(tenant_id="t1", type="TEST_FLAKY", run_at=tomorrow)).details.job
+        assert service.cancel("t1", job.id).job.run_at == tomorrow
+        sent = len(dispatcher.sent)
+        retried = service.retry("t1", job.id, run_now=run_now).job
+        assert retried.status is JobStatus.QUEUED
+        if run_now:
+            assert retried.run_at is not None and retried.run_at < tomorrow
+            assert len(dispatcher.sent) == sent + 1  # sent now
+        else:
+            assert retried.run_at == tomorrow
+            assert len(dispatcher.sent) == sent  # the outbox sends it when due
+            with database.session() as session:
+                assert session.get(Job, job.id).dispatch_due_at == tomorrow  # type: ignore[union-attr]
+
+
+def test_a_finished_job_is_due_nowhere(service: JobService, database: Database) -> None:
+    """A job that succeeded after a retry does not keep its last retry's runAt."""
+    head = _pipeline(service)[0]  # TEST_FLAKY fails twice, then succeeds
+    runner = Runner(database, service.registry, service.settings, worker="w-test")
+    while not isinstance(outcome := runner.run(head.id), Succeeded):
+        assert isinstance(outcome, RetryLater)
+        with database.transaction() as session:  # due now, not after the backoff
+            session.execute(sa.update(Job).where(Job.id == head.id).values(run_at=utcnow()))
+    assert service.get("t1", head.id).job.run_at is None

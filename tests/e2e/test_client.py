@@ -14,6 +14,7 @@ from orchestrator import apikeys, migrate
 from orchestrator.client import ApiError, Client
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
+from tests import REAL_SECRET
 from tests.servers import free_port
 
 
@@ -26,7 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Runt
         database_url=database_url,
         dispatch_mode="inline",
         job_modules="tests.jobtypes",
-        service_auth_secret="c" * 32,
+        service_auth_secret=REAL_SECRET,
     )
     runtime = Runtime.build(settings)
     httpd = make_server("127.0.0.1", free_port(), api.create_app(runtime=runtime), threaded=True)

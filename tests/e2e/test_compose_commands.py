@@ -34,6 +34,7 @@ from psycopg import sql
 from orchestrator.dispatch.celery import create_celery_app
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.settings import load_settings
+from tests import REAL_SECRET
 from tests.compose import argv_of, interpolate_all, load_compose
 from tests.servers import SUPERUSER, PostgresServer, free_port
 
@@ -42,7 +43,7 @@ VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 90
 STOP_TIMEOUT = 30
 PROCESSES = ("web", "worker", "beat", "flower")
-SECRETS = {"ORCH_SERVICE_AUTH_SECRET": "x" * 32, "ORCH_FLOWER_BASIC_AUTH": "ops:pass"}
+SECRETS = {"ORCH_SERVICE_AUTH_SECRET": REAL_SECRET, "ORCH_FLOWER_BASIC_AUTH": "ops:pass"}
 # What the host environment must not leak into a "container".
 HOST_ONLY = re.compile(r"^(ORCH_.*|PORT|FLOWER_.*|PROMETHEUS_MULTIPROC_DIR|CELERY_.*)$")
 

@@ -39,7 +39,6 @@ FAST_TIMING = {
     "sweep_interval": 0.5,
     "reap_interval": 1.0,
     "dispatch_grace_seconds": 2.0,
-    "cancel_wait_seconds": 10.0,
 }
 
 

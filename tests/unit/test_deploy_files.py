@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from orchestrator import processes
 from orchestrator.cli import main
 from orchestrator.settings import Settings, load_settings
+from tests import REAL_SECRET
 from tests.compose import COMPOSE_FILE, argv_of, interpolate, load_compose
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ PROCFILE_NAMES = {"release", *APP_PROCESSES}
 RESTARTING_POLICIES = {"always", "unless-stopped", "on-failure"}
 # What `${VAR:?...}` stands for when the file is used: real-looking values.
 INTERPOLATION_VALUES = {
-    "ORCH_SERVICE_AUTH_SECRET": "s" * 32,
+    "ORCH_SERVICE_AUTH_SECRET": REAL_SECRET,
     "ORCH_FLOWER_BASIC_AUTH": "ops:pass",
 }
 

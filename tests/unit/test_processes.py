@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator import processes
 from orchestrator.settings import ConfigurationError, load_settings
+from tests import REAL_SECRET
 
 
 def test_commands_come_from_the_settings() -> None:
@@ -31,7 +32,7 @@ def test_commands_come_from_the_settings() -> None:
 
 
 def test_production_flower_needs_basic_auth() -> None:
-    settings = load_settings(env="production", service_auth_secret="s" * 32)
+    settings = load_settings(env="production", service_auth_secret=REAL_SECRET)
     with pytest.raises(ConfigurationError, match="ORCH_FLOWER_BASIC_AUTH"):
         processes.prepare("flower", settings)
     processes.prepare("flower", settings.model_copy(update={"flower_basic_auth": "u:p"}))

@@ -17,6 +17,7 @@ from orchestrator.settings import (
     Settings,
     load_settings,
 )
+from tests import REAL_SECRET
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -190,7 +191,10 @@ def test_development_keeps_a_secret_it_is_given() -> None:
     assert settings.service_auth_secret == "x" * 32
 
 
-@pytest.mark.parametrize("secret", [None, "", "dev-secret", "short", "x" * 15])
+@pytest.mark.parametrize(
+    "secret",
+    [None, "", "dev-secret", "short", "x" * 15, "x" * 40, " " * 40, "ab" * 20, REAL_SECRET + " x"],
+)
 def test_production_refuses_a_missing_or_weak_secret(
     monkeypatch: pytest.MonkeyPatch, secret: str | None
 ) -> None:
@@ -203,16 +207,16 @@ def test_production_refuses_a_missing_or_weak_secret(
 
 
 def test_production_accepts_a_real_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ORCH_SERVICE_AUTH_SECRET", "s3cr3t-" + "x" * 20)
+    monkeypatch.setenv("ORCH_SERVICE_AUTH_SECRET", REAL_SECRET)
     settings = load_settings()
     settings.require_production_secrets()
-    assert settings.service_auth_secret == "s3cr3t-" + "x" * 20
+    assert settings.service_auth_secret == REAL_SECRET
 
 
-@pytest.mark.parametrize("gateway", ["x", "dev-secret", "g" * 15])
+@pytest.mark.parametrize("gateway", ["x", "dev-secret", "g" * 15, "g" * 40, "\t" * 20])
 def test_production_refuses_a_weak_gateway_secret(gateway: str) -> None:
     settings = load_settings(
-        service_auth_secret="s" * 32, auth_mode="trusted-headers", gateway_secret=gateway
+        service_auth_secret=REAL_SECRET, auth_mode="trusted-headers", gateway_secret=gateway
     )
     with _one_line_error_naming("ORCH_GATEWAY_SECRET"):
         settings.require_production_secrets()
@@ -227,7 +231,7 @@ def test_production_refuses_a_weak_gateway_secret(gateway: str) -> None:
     ],
 )
 def test_production_pushes_the_secret_only_over_https(url: str, refused: bool) -> None:
-    settings = load_settings(service_auth_secret="s" * 32, worker_url=url)
+    settings = load_settings(service_auth_secret=REAL_SECRET, worker_url=url)
     if refused:
         with _one_line_error_naming("ORCH_WORKER_URL"):
             settings.require_production_secrets()

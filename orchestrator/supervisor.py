@@ -1,0 +1,246 @@
+"""A process supervisor for `orchestrator dev`: start the programs in order, prefix their
+output, restart one that crashes, and stop them all, in reverse order, on Ctrl-C or SIGTERM.
+
+Each program runs in a process group of its own, so that a signal sent to one of them (an
+operator killing the worker's group, say) spares the others, and the supervisor alone
+decides what happens next: a crashed program is started again after a growing pause, and
+only a program that keeps crashing stops the whole system. Each program is also told by
+the kernel to stop when the supervisor dies (`PR_SET_PDEATHSIG`), so a `kill -9` of the
+supervisor, or of its process group, leaves nothing behind holding ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
+
+# How long a program must stay up for its earlier crashes to be forgiven.
+STABLE_SECONDS = 60.0
+# This many crashes of one program within STABLE_SECONDS stop everything.
+MAX_CRASHES = 5
+FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
+STOP_TIMEOUT = 30.0
+_POLL = 0.1
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Program:
+    """One supervised program. `ready(pid)` (if given) is polled after a start until it
+    answers true: the programs after it start only then. `on_ready(restarted)` runs once
+    it is ready, `restarted` true when it came back after a crash."""
+
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str] | None = None
+    ready: Callable[[int], bool] | None = None
+    ready_timeout: float = 30.0
+    on_ready: Callable[[bool], None] | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    started_at: float = 0.0
+    crashes: list[float] = field(default_factory=list, repr=False)
+    restart_at: float | None = None
+
+
+class SupervisorError(Exception):
+    """A program could not start, or kept crashing; the message names it."""
+
+
+class Supervisor:
+    def __init__(self, programs: Sequence[Program], output: IO[str] | None = None) -> None:
+        self.programs = list(programs)
+        self.output = output or sys.stdout
+        self.width = max(len(p.name) for p in self.programs) if self.programs else 6
+        self._print_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.pidfile_hook: Callable[[dict[str, int]], None] | None = None
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything, supervise until asked to stop; 0 after a clean stop, 1 after a
+        program kept crashing (or could not start)."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        try:
+            for program in self.programs:
+                if self._stop.is_set():
+                    break
+                self._start(program)
+            failure = None if self._stop.is_set() else self._supervise()
+        except SupervisorError as exc:
+            failure = str(exc)
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if failure:
+            self.say(f"{failure}; stopped everything")
+            return 1
+        return 0
+
+    def _supervise(self) -> str | None:
+        while not self._stop.wait(_POLL):
+            now = time.monotonic()
+            for program in self.programs:
+                if program.restart_at is not None and now >= program.restart_at:
+                    self._restart(program)
+                elif (
+                    program.restart_at is None
+                    and _exited(program)
+                    and (failure := self._crashed(program, now))
+                ):
+                    return failure
+        return None
+
+    def _crashed(self, program: Program, now: float) -> str | None:
+        assert program.process is not None
+        code = program.process.returncode
+        if now - program.started_at >= STABLE_SECONDS:
+            program.crashes.clear()
+        program.crashes.append(now)
+        if len(program.crashes) >= MAX_CRASHES:
+            return f"{program.name} crashed {len(program.crashes)} times in a row ({_how(code)})"
+        pause = min(FIRST_BACKOFF * 2 ** (len(program.crashes) - 1), MAX_BACKOFF)
+        self.say(f"{program.name} {_how(code)}; restarting it in {pause:g} s")
+        program.restart_at = now + pause
+        return None
+
+    def _restart(self, program: Program) -> None:
+        program.restart_at = None
+        self._start(program, restarted=True)
+        self.say(f"{program.name} restarted (pid {_pid(program)})")
+
+    def _start(self, program: Program, *, restarted: bool = False) -> None:
+        try:
+            program.process = subprocess.Popen(
+                list(program.argv),
+                env=program.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509 - see _child_setup
+            )
+        except OSError as exc:
+            raise SupervisorError(f"{program.name} could not start: {exc}") from exc
+        program.started_at = time.monotonic()
+        threading.Thread(
+            target=self._relay, args=(program.name, program.process), daemon=True
+        ).start()
+        self._record_pids()
+        if program.ready is not None:
+            self._wait_ready(program)
+        if program.on_ready is not None:
+            program.on_ready(restarted)
+
+    def _wait_ready(self, program: Program) -> None:
+        assert program.process is not None and program.ready is not None
+        deadline = time.monotonic() + program.ready_timeout
+        while not program.ready(program.process.pid):
+            if program.process.poll() is not None:
+                raise SupervisorError(
+                    f"{program.name} exited while starting ({_how(program.process.returncode)})"
+                )
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise SupervisorError(
+                    f"{program.name} was not ready after {program.ready_timeout:g} s"
+                )
+            time.sleep(0.05)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if not self._stop.is_set():
+            self.say(f"{signal.Signals(signum).name}: stopping")
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Ask `run` to stop everything (from another thread)."""
+        self._stop.set()
+
+    def _stop_all(self) -> None:
+        """The programs in reverse order of start: the broker outlives its clients."""
+        for program in reversed(self.programs):
+            process = program.process
+            if process is None or process.poll() is not None:
+                continue
+            # The program's own process: gunicorn's master and Celery's main process stop
+            # their children themselves (a warm shutdown lets running jobs finish).
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.say(f"{program.name} did not stop in {STOP_TIMEOUT:g} s; killing it")
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait(5)
+            # What the program left running in its group (a worker's pool) goes with it.
+            _signal_group(process.pid, signal.SIGKILL)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        self._print("dev", message)
+
+    def _relay(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            self._print(name, raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def _print(self, name: str, line: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        with self._print_lock:
+            print(f"{stamp} {name.ljust(self.width)} | {line}", file=self.output, flush=True)
+
+    def _record_pids(self) -> None:
+        if self.pidfile_hook is not None:
+            self.pidfile_hook({p.name: p.process.pid for p in self.programs if p.process})
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _child_setup(parent: int) -> Callable[[], None]:
+    """What runs in a child between fork and exec: a process group of its own, and SIGTERM
+    (a clean stop: Redis writes its append-only file, gunicorn closes its port) when the
+    supervisor dies, however it dies. A supervisor that died before the request took
+    effect is noticed by the parent pid. Only plain system calls here (no Python locks),
+    as the supervisor has threads."""
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+def _exited(program: Program) -> bool:
+    return program.process is not None and program.process.poll() is not None
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(pid, sig)
+
+
+def _pid(program: Program) -> int:
+    return program.process.pid if program.process is not None else 0
+
+
+def _how(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"

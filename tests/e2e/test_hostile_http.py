@@ -1,0 +1,159 @@
+"""Hostile HTTP against the real web server (`make run`'s gunicorn): broken framing over a
+raw socket, and a storm of cancels of running jobs whose handlers ignore the interrupt,
+while another tenant reads. Each gets a 4xx or an answer at once; the others stay fast."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.e2e.devsystem import ROOT, DevSystem
+
+CANCELS = 100
+READER_P99_SECONDS = 0.2
+HEALTHZ_SECONDS = 0.1
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
+    state = tmp_path_factory.mktemp("hostile")
+    system = DevSystem.prepare(state, ORCH_JOB_MODULES="tests.jobtypes").start()
+    yield system
+    system.stop()
+
+
+def _raw(system: DevSystem, request: bytes) -> tuple[int, dict[str, object]]:
+    """Send bytes as they are, half-close, read the whole answer: (status, JSON body)."""
+    port = int(system.env["PORT"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"application/problem+json" in head, answer
+    return status, json.loads(body)
+
+
+HEAD = (
+    b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: tnt_raw\r\n"
+    b"Content-Type: application/json\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",  # a chunk size that is no number
+        HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcXX\r\n0\r\n\r\n",  # no terminator
+        HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nab",  # the connection ends mid-chunk
+        HEAD + b'Content-Length: 100\r\n\r\n{"type":',  # shorter than it said
+    ],
+    ids=["bad-chunk-size", "missing-chunk-terminator", "truncated-chunk", "short-body"],
+)
+def test_broken_framing_is_a_400_problem(system: DevSystem, request_bytes: bytes) -> None:
+    status, body = _raw(system, request_bytes)
+    assert status == 400, body
+    assert body["status"] == 400
+
+
+def _wait_while(system: DevSystem, job_ids: list[str], status: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(system.get("tnt_a", f"/v1/jobs/{j}").json()["status"] == status for j in job_ids):
+        assert time.monotonic() < deadline, system.log_tail()
+        time.sleep(0.05)
+
+
+class Reader(threading.Thread):
+    """Another tenant reading its jobs, and a probe of /healthz, in turn, timing each."""
+
+    def __init__(self, system: DevSystem) -> None:
+        super().__init__()
+        self.system, self.stop = system, threading.Event()
+        self.reads: list[float] = []
+        self.health: list[float] = []
+
+    def run(self) -> None:
+        session, base = requests.Session(), self.system.base_url
+        while not self.stop.is_set():
+            for url, into, headers in (
+                (f"{base}/v1/jobs?limit=20", self.reads, {"X-Tenant-ID": "tnt_b"}),
+                (f"{base}/healthz", self.health, {}),
+            ):
+                started = time.monotonic()
+                assert session.get(url, headers=headers, timeout=30).status_code == 200
+                into.append(time.monotonic() - started)
+
+
+STORM = """
+import json, sys, threading, requests
+urls, gate, answers = json.loads(sys.argv[1]), threading.Barrier(len(json.loads(sys.argv[1]))), []
+def cancel(url):
+    gate.wait()
+    answers.append(requests.post(url, headers={"X-Tenant-ID": "tnt_a"}, timeout=60).status_code)
+threads = [threading.Thread(target=cancel, args=(url,)) for url in urls]
+[t.start() for t in threads]
+[t.join(60) for t in threads]
+print(json.dumps(answers))
+"""
+
+
+def _storm(system: DevSystem, job_ids: list[str]) -> list[int]:
+    """CANCELS concurrent cancels, released together, spread over `job_ids`: from a
+    process of their own, so that the reader's timings are the server's, not those of a
+    client process busy with a hundred threads."""
+    urls = [f"{system.base_url}/v1/jobs/{job_ids[i % len(job_ids)]}/cancel" for i in range(CANCELS)]
+    done = subprocess.run(
+        [sys.executable, "-c", STORM, json.dumps(urls)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    answers: list[int] = json.loads(done.stdout)
+    return answers
+
+
+def test_a_storm_of_cancels_holds_no_thread_and_slows_no_one(system: DevSystem) -> None:
+    """100 concurrent cancels of running jobs whose handlers ignore the interrupt: each is
+    answered at once (202), another tenant's reads stay under 200 ms at p99, /healthz
+    under 100 ms, and the jobs end once their handlers return."""
+    body = {"type": "TEST_SLEEP", "input": {"seconds": 6, "ignoreCancel": True}}
+    jobs = [system.post("tnt_a", "/v1/jobs", body).json()["id"] for _ in range(2)]
+    _wait_while(system, jobs, "queued", 30)
+    reader = Reader(system)
+    reader.start()
+    time.sleep(0.3)  # the reader's pace before the storm
+    started = time.monotonic()
+    answers = _storm(system, jobs)
+    storm_seconds = time.monotonic() - started
+    time.sleep(0.5)
+    reader.stop.set()
+    reader.join(30)
+
+    ordered = sorted(reader.reads)
+    figures = {
+        "cancels": CANCELS,
+        "storm_s": storm_seconds,
+        "reads": len(ordered),
+        "read_p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "read_max_s": ordered[-1],
+        "healthz_max_s": max(reader.health),
+    }
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "cancel-storm.json").write_text(json.dumps(figures))
+    assert sorted(set(answers)) == [202], answers
+    assert figures["read_p99_s"] <= READER_P99_SECONDS, figures
+    assert figures["healthz_max_s"] <= HEALTHZ_SECONDS, figures
+    _wait_while(system, jobs, "running", 30)  # they end when their handlers return

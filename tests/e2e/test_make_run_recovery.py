@@ -1,0 +1,166 @@
+"""`make run` when things go wrong: stopped with work queued (cleanly, or `kill -9` of its
+whole process group), a process that crashes, one that keeps crashing, a second start."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.devsystem import ROOT, DevSystem, alive
+
+JOBS = 200
+RESTART_TARGET_SECONDS = 30
+
+
+def _counts(system: DevSystem, tenant: str) -> dict[str, int]:
+    with sqlite3.connect(system.state / "orchestrator.db") as db:
+        rows = db.execute(
+            "SELECT status, count(*) FROM jobs WHERE tenant_id = ? GROUP BY status", (tenant,)
+        ).fetchall()
+    return dict(rows)
+
+
+def _successes_per_job(system: DevSystem, tenant: str) -> set[int]:
+    with sqlite3.connect(system.state / "orchestrator.db") as db:
+        rows = db.execute(
+            "SELECT count(*) FROM job_events WHERE tenant_id = ? AND to_status = 'succeeded' "
+            "GROUP BY job_id",
+            (tenant,),
+        ).fetchall()
+    return {count for (count,) in rows}
+
+
+def _record(name: str, figures: dict[str, object]) -> None:
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with (artifacts / "recovery.jsonl").open("a") as out:
+        out.write(json.dumps({"test": name, **figures}) + "\n")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill-9-group"])
+def test_queued_jobs_finish_soon_after_make_run_is_stopped_and_started_again(
+    tmp_path: Path, how: str
+) -> None:
+    """200 jobs queued in the embedded Redis when `make run` stops; the next `make run`
+    finishes them within 30 s, each run once (not after the 15-minute resend timer)."""
+    system = DevSystem.prepare(tmp_path, ORCH_JOB_MODULES="tests.jobtypes").start()
+    tenant = "tnt_restart"
+    try:
+        batch = {"jobs": [{"type": "TEST_SLEEP", "input": {"seconds": 0.1}}] * JOBS}
+        assert system.post(tenant, "/v1/jobs:batch", batch).status_code == 201
+        time.sleep(1.0)
+        pids = system.pids()
+        if how == "sigterm":
+            system.stop(signal.SIGTERM)
+        else:
+            system.stop(signal.SIGKILL, group=True)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [name for name, pid in pids.items() if alive(pid)], system.log_tail()
+        left = JOBS - _counts(system, tenant).get("succeeded", 0)
+        assert left > JOBS // 2, "the test must stop the system with most jobs still queued"
+
+        restarted = time.monotonic()
+        system.start(wait=False)
+        while _counts(system, tenant).get("succeeded", 0) < JOBS:
+            elapsed = time.monotonic() - restarted
+            assert elapsed < RESTART_TARGET_SECONDS, (_counts(system, tenant), system.log_tail())
+            time.sleep(0.2)
+        finished_in = time.monotonic() - restarted
+    finally:
+        system.stop()
+    assert _successes_per_job(system, tenant) == {1}  # every job ran once
+    _record(f"restart-{how}", {"queued_at_stop": left, "finished_after_restart_s": finished_in})
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> DevSystem:
+    system = DevSystem.prepare(tmp_path, ORCH_JOB_MODULES="tests.jobtypes").start()
+    yield system
+    system.stop()
+
+
+def _wait_for_line(system: DevSystem, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in system.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{system.log_tail()}"
+        time.sleep(0.1)
+
+
+def _run_one(system: DevSystem, tenant: str, timeout: float = 30) -> float:
+    started = time.monotonic()
+    created = system.post(tenant, "/v1/jobs", {"type": "TEST_SLEEP"})
+    assert created.status_code == 201, created.text
+    while time.monotonic() - started < timeout:
+        job = system.get(tenant, f"/v1/jobs/{created.json()['id']}").json()
+        if job["status"] == "succeeded":
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"job not done after {timeout} s:\n{system.log_tail()}")
+
+
+def test_a_crashed_worker_or_broker_is_restarted_and_the_api_stays_up(
+    running: DevSystem,
+) -> None:
+    tenant = "tnt_crash"
+    worker = running.pids()["worker"]
+    import os  # noqa: PLC0415
+
+    os.killpg(worker, signal.SIGKILL)  # the worker's whole process group: pool included
+    assert requests.get(f"{running.base_url}/healthz", timeout=2).status_code == 200
+    _wait_for_line(running, "worker restarted")
+    _run_one(running, tenant)
+
+    os.kill(running.pids()["redis"], signal.SIGKILL)
+    created = running.post(tenant, "/v1/jobs", {"type": "TEST_SLEEP"})  # the outbox holds it
+    assert created.status_code == 201
+    _wait_for_line(running, "redis restarted")
+    deadline = time.monotonic() + 30
+    while running.get(tenant, f"/v1/jobs/{created.json()['id']}").json()["status"] != "succeeded":
+        assert time.monotonic() < deadline, running.log_tail()
+        time.sleep(0.2)
+    assert requests.get(f"{running.base_url}/readyz", timeout=5).status_code == 200
+    _record("crash-restart", {"job_after_redis_restart_s": _run_one(running, tenant)})
+
+
+def test_a_process_that_keeps_crashing_stops_everything_and_says_which(
+    running: DevSystem,
+) -> None:
+    import os  # noqa: PLC0415
+
+    pids = running.pids()
+    for _ in range(5):
+        beat = running.pids()["beat"]
+        os.kill(beat, signal.SIGKILL)
+        deadline = time.monotonic() + 40
+        while running.pids()["beat"] == beat and running.process.poll() is None:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, running.log_tail()
+            time.sleep(0.1)
+    assert running.process is not None
+    code = running.process.wait(60)
+    assert code != 0
+    assert "beat crashed 5 times in a row" in running.log_path.read_text()
+    time.sleep(1)
+    assert not [name for name, pid in pids.items() if name != "beat" and alive(pid)]
+
+
+def test_a_second_start_from_the_same_folder_says_what_holds_the_ports(
+    running: DevSystem, tmp_path: Path
+) -> None:
+    second = DevSystem(running.state, running.env, tmp_path / "second.log")
+    second.start(wait=False)
+    assert second.process is not None
+    assert second.process.wait(60) != 0
+    errors = [line for line in second.log_path.read_text().splitlines() if "Error" in line]
+    supervisor = running.pids()["supervisor"]
+    assert any(
+        "is still held by an earlier run from this folder" in line and f"kill {supervisor}" in line
+        for line in errors
+    ), second.log_tail()
