@@ -9,6 +9,7 @@ from api import admin, dashboard, errors, health, internal, jobs, metrics, opena
 from api.auth import Certs, GoogleCerts, OidcVerifier
 from api.framing import guard_request_bodies
 from api.identity import session_secret
+from api.tenant_slots import TenantSlots
 from orchestrator.ids import ID_PATTERN
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.logs import configure_logging
@@ -45,6 +46,8 @@ def create_app(
     app.url_map.converters["job"] = JobIdConverter
     app.extensions["orchestrator"] = runtime or Runtime.build(settings)
     app.extensions["rate_limiter"] = CreationRateLimiter.from_settings(settings)
+    # Half a process's threads at most for one tenant's cancels and retries.
+    app.extensions["tenant_slots"] = TenantSlots(settings.web_threads // 2)
     errors.init_app(app)
     app.wsgi_app = guard_request_bodies(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.register_blueprint(health.blueprint)

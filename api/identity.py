@@ -13,7 +13,9 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import current_app, request, session
 
@@ -21,7 +23,7 @@ from api.errors import Problem
 from orchestrator import apikeys
 from orchestrator.ids import tenant_id_problem
 from orchestrator.runtime import Runtime
-from orchestrator.settings import AuthMode, Settings
+from orchestrator.settings import AuthMode, ConfigurationError, Settings
 
 TENANT_HEADER = "X-Tenant-ID"
 USER_HEADER = "X-User-ID"
@@ -120,12 +122,27 @@ def session_secret(settings: Settings) -> str:
     if not settings.is_development:
         secret = (settings.service_auth_secret or "").encode()
         return hmac.new(secret, b"orchestrator-session", hashlib.sha256).hexdigest()
-    path = settings.state_dir / SESSION_SIGNING_FILE
+    return _shared_random_key(settings.state_dir / SESSION_SIGNING_FILE)
+
+
+def _shared_random_key(path: Path) -> str:
+    """The key in `path`, made on first use. The web's processes start together, so the
+    file appears whole or not at all: written aside, then linked into place (a link
+    fails if another process won), never read half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    if not path.exists():
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as draft:
+            draft.write(secrets.token_hex(32))
+            draft.flush()
+            os.fsync(draft.fileno())
+        os.chmod(draft.name, 0o600)
+        try:
+            os.link(draft.name, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            os.unlink(draft.name)
+    key = path.read_text().strip()
+    if len(key) != 64:
+        raise ConfigurationError(f"{path} does not hold a session key; remove it to make one")
+    return key

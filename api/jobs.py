@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from flask import Blueprint, Response, current_app, request, url_for
 
 from api.bodies import json_body, json_response
@@ -21,6 +23,7 @@ from api.schemas import (
     ListQuery,
     RetryRequest,
 )
+from api.tenant_slots import TenantSlots
 from orchestrator.errors import FieldError, UnknownJobType
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.runtime import Runtime
@@ -45,16 +48,24 @@ def _idempotency_key(body: CreateJob) -> str | None:
             "Conflicting idempotency keys",
             f"The {IDEMPOTENCY_HEADER} header and idempotencyKey differ.",
         )
-    return _checked_key(header if header is not None else body.idempotencyKey, 256)
+    if header is not None:
+        return _checked_key(header, 256)
+    return body.idempotencyKey  # the body's key was checked with the body
 
 
 def _checked_key(key: str | None, longest: int) -> str | None:
-    if key is not None and not (1 <= len(key) <= longest and name_problem(key) is None):
+    """The `Idempotency-Key` header's key, or a 422 naming the header."""
+    if key is None:
+        return None
+    problem = name_problem(key) or (
+        None if 1 <= len(key) <= longest else f"is not 1 to {longest} characters long"
+    )
+    if problem:
         raise Problem(
             422,
             "Invalid idempotency key",
             f"Keys are 1 to {longest} characters of text, without control characters.",
-            [FieldError(IDEMPOTENCY_HEADER, name_problem(key) or f"is not 1 to {longest} long")],
+            [FieldError(IDEMPOTENCY_HEADER, problem)],
         )
     return key
 
@@ -158,10 +169,16 @@ def job_events(job_id: str) -> Response:
     return json_response(EventList(jobId=job_id, events=[EventOut.of(e) for e in events]))
 
 
+def _slot(tenant_id: str) -> AbstractContextManager[None]:
+    slots: TenantSlots = current_app.extensions["tenant_slots"]
+    return slots.held(tenant_id)
+
+
 @blueprint.post("/jobs/<job:job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     identity = current_identity()
-    details = service().cancel(identity.tenant_id, job_id)
+    with _slot(identity.tenant_id):
+        details = service().cancel(identity.tenant_id, job_id)
     # 202: the running job's worker was asked to stop; the job page and its events show
     # when it did. Nobody waits for it here.
     status = 202 if details.job.status == "running" else 200
@@ -172,7 +189,8 @@ def cancel_job(job_id: str) -> Response:
 def retry_job(job_id: str) -> Response:
     identity = current_identity()
     body = RetryRequest.model_validate(json_body(optional=True))
-    details = service().retry(identity.tenant_id, job_id, run_now=body.runNow)
+    with _slot(identity.tenant_id):
+        details = service().retry(identity.tenant_id, job_id, run_now=body.runNow)
     return json_response(JobOut.of_details(details))
 
 
@@ -180,7 +198,8 @@ def retry_job(job_id: str) -> Response:
 def retry_failed_jobs() -> Response:
     identity = current_identity()
     body = BulkRetry.model_validate(json_body(optional=True))
-    retried = service().retry_failed(
-        identity.tenant_id, JobFilter(type=body.type), limit=body.limit
-    )
+    with _slot(identity.tenant_id):
+        retried = service().retry_failed(
+            identity.tenant_id, JobFilter(type=body.type), limit=body.limit
+        )
     return json_response(BulkRetryResult(retried=retried, count=len(retried)))

@@ -229,7 +229,7 @@ def operations() -> list[Operation]:
             {200: BulkRetryResult},
             body=BulkRetry,
             body_required=False,
-            problems=(400, 401, 413, 422),
+            problems=(400, 401, 413, 422, 429),
         ),
         Operation("get", "/healthz", "Liveness", "operations", None, {200: Health}),
         Operation(

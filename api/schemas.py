@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -51,10 +52,13 @@ Text = Annotated[str, AfterValidator(_storable)]
 Name = Annotated[str, AfterValidator(_a_name)]
 
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
 def _rfc3339_text(value: object) -> object:
-    if isinstance(value, str | datetime):
+    if isinstance(value, datetime) or (isinstance(value, str) and RFC3339.fullmatch(value)):
         return value
-    raise ValueError("must be an RFC 3339 time with a zone, as a string")
+    raise ValueError("must be an RFC 3339 time with a zone, such as 2026-12-24T18:00:00Z")
 
 
 # A time in a strict body: an RFC 3339 string (converted, the one conversion a strict body

@@ -191,6 +191,8 @@ def retry_jobs(  # noqa: PLR0917 - click passes one argument per option
     """Retry one failed or cancelled job, or with --failed the dead letters in bulk."""
     if (job_id is None) == (not all_failed):
         raise click.UsageError("give a JOB_ID or --failed, not both")
+    if all_failed and run_now:
+        raise click.UsageError("--now is for one job (failed jobs run at once anyway)")
     service = _runtime().service
     if job_id is not None:
         job = service.retry(tenant, job_id, run_now=run_now).job

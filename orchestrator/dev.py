@@ -3,16 +3,21 @@
 An embedded Redis with an append-only file in the state folder (unless `ORCH_REDIS_URL`
 is set), migrations, then web, worker, beat and Flower, each under the supervisor: a
 crashed process is started again, one Ctrl-C or SIGTERM stops them all, and a `kill -9`
-of the whole group leaves nothing behind.
+of the whole group leaves nothing behind. One run per state folder at a time.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from orchestrator import migrate, processes
 from orchestrator.dispatch.celery import create_celery_app, forget_broker_epoch, restore_unacked
@@ -21,54 +26,79 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings, load_settings
 from orchestrator.supervisor import Program, Supervisor
 
-RUN_FILE = "run.json"  # the supervisor's pid and its programs', for the next start to read
+LOCK_FILE = "run.lock"  # held by the supervisor while it runs; names its pid
+RUN_FILE = "run.json"  # its programs' pids, for operators and tests
 
 
 def run_dev() -> int:
     os.environ.setdefault("ORCH_ENV", "development")
     settings = load_settings()
-    redis = None
-    if "ORCH_REDIS_URL" not in os.environ:
-        redis = EmbeddedRedis(
-            settings.embedded_redis_port,
-            "127.0.0.1",
-            settings.state_dir / "redis",
-            persistent=True,
+    with one_run_per_folder(settings.state_dir):
+        redis = None
+        if "ORCH_REDIS_URL" not in os.environ:
+            redis = EmbeddedRedis(
+                settings.embedded_redis_port,
+                "127.0.0.1",
+                settings.state_dir / "redis",
+                persistent=True,
+            )
+            os.environ["ORCH_REDIS_URL"] = redis.url
+            settings = load_settings()
+        check_ports_free(settings, redis)
+        migrate.upgrade(settings.database_url)
+        programs = [redis_program(redis, settings)] if redis is not None else []
+        programs += app_programs(settings)
+        supervisor = Supervisor(programs)
+        supervisor.pids_changed = lambda pids: _write_run_file(settings.state_dir, pids)
+        print(
+            f"web  http://{settings.host}:{settings.port}   "
+            f"flower  http://{settings.flower_address}:{settings.flower_port}",
+            file=sys.stderr,
         )
-        os.environ["ORCH_REDIS_URL"] = redis.url
-        settings = load_settings()
-    check_ports_free(settings, redis)
-    migrate.upgrade(settings.database_url)
-    programs = [redis_program(redis, settings)] if redis is not None else []
-    programs += app_programs(settings)
-    supervisor = Supervisor(programs)
-    supervisor.pidfile_hook = lambda pids: _write_run_file(settings.state_dir, pids)
-    print(
-        f"web  http://{settings.host}:{settings.port}   "
-        f"flower  http://{settings.flower_address}:{settings.flower_port}",
-        file=sys.stderr,
-    )
-    return supervisor.run()
+        code = supervisor.run()
+        (settings.state_dir / RUN_FILE).unlink(missing_ok=True)
+        return code
+
+
+@contextmanager
+def one_run_per_folder(state_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the state folder for the whole run: two runs of one folder
+    would share its database and its broker's file. The kernel drops the lock with the
+    process, however it ends."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OrchestratorError(_already_running(lock, state_dir)) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+def _already_running(lock: IO[str], state_dir: Path) -> str:
+    lock.seek(0)
+    pid = lock.read().strip()
+    hint = f" (pid {pid}; `kill {pid}` stops it)" if pid.isdigit() else ""
+    return f"another run from {state_dir} is still running{hint}"
 
 
 def redis_program(redis: EmbeddedRedis, settings: Settings) -> Program:
     """The embedded broker, with its append-only file: what it held comes back with it.
 
     At start, before any worker runs, messages that the last run's workers had taken but
-    not acknowledged go back to their queues. After a crash (or a start that follows one)
-    its last second of writes may be gone: its epoch is forgotten, so beat's next sweep
-    sends again every job it held (a duplicate is skipped by the claim; a lost one would
-    wait for a timer)."""
+    not acknowledged go back to their queues, and the broker's epoch is forgotten, so
+    beat's first sweep sends again every job it held: a crash may have cost the file its
+    last second of writes, and a copy is skipped by the claim where a lost message would
+    wait for a timer. After a crash of Redis alone, the same."""
     redis.data_dir.mkdir(parents=True, exist_ok=True)
-    clean_before = redis.stopped_cleanly()
 
     def on_ready(restarted: bool) -> None:
-        if restarted or not clean_before:
-            forget_broker_epoch(redis.url)
+        forget_broker_epoch(redis.url)
         if not restarted and (taken := restore_unacked(create_celery_app(settings))):
-            print(
-                f"{taken} message(s) the last run's workers held are queued again", file=sys.stderr
-            )
+            print(f"{taken} message(s) held by the last run's workers are queued again")
 
     # Its own log file, as when tests start it: the terminal gets only its failures.
     argv = [*redis.command(), "--logfile", str(redis.log_path)]
@@ -80,29 +110,26 @@ def app_programs(settings: Settings) -> list[Program]:
     programs = []
     for name in processes.PROCESS_NAMES:
         processes.prepare(name, settings)
-        programs.append(Program(name, processes.command(name, settings), env=env))
+        # A worker outliving its supervisor finishes nothing it should: a cold stop.
+        death = signal.SIGQUIT if name == "worker" else signal.SIGTERM
+        programs.append(
+            Program(name, processes.command(name, settings), env=env, death_signal=death)
+        )
     return programs
 
 
 def check_ports_free(settings: Settings, redis: EmbeddedRedis | None) -> None:
-    """One line naming the port and what holds it, rather than each program's own error
-    (gunicorn's "Connection in use", Redis's "Address already in use") scrolling past."""
+    """One line naming the port and the variable that moves it, rather than each
+    program's own error (gunicorn's "Connection in use") scrolling past."""
     ports = {"PORT": (settings.host, settings.port)}
     ports["ORCH_FLOWER_PORT"] = (settings.flower_address, settings.flower_port)
     if redis is not None:
         ports["ORCH_EMBEDDED_REDIS_PORT"] = (redis.host, redis.port)
     for variable, (host, port) in ports.items():
-        if _free(host, port):
-            continue
-        earlier = _earlier_run(settings.state_dir)
-        if earlier is not None:
+        if not _free(host, port):
             raise OrchestratorError(
-                f"port {port} is still held by an earlier run from this folder ({earlier}); "
-                "stop it first"
+                f"port {port} on {host} is in use by another program; set {variable} to a free one"
             )
-        raise OrchestratorError(
-            f"port {port} on {host} is in use by another program; set {variable} to a free one"
-        )
 
 
 def _free(host: str, port: int) -> bool:
@@ -115,32 +142,9 @@ def _free(host: str, port: int) -> bool:
     return True
 
 
-def _earlier_run(state_dir: Path) -> str | None:
-    """The processes of an earlier run of this folder still alive, as `name pid, ...`."""
-    try:
-        recorded = json.loads((state_dir / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    pids = recorded.get("pids", {})
-    alive = [f"{name} {pid}" for name, pid in pids.items() if isinstance(pid, int) and _alive(pid)]
-    if not alive:
-        return None
-    supervisor = pids.get("supervisor")
-    hint = f"; `kill {supervisor}` stops it" if supervisor and _alive(supervisor) else ""
-    return f"pids: {', '.join(alive)}{hint}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _write_run_file(state_dir: Path, pids: dict[str, int]) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    record = {"pids": {"supervisor": os.getpid(), **pids}}
-    (state_dir / RUN_FILE).write_text(json.dumps(record))
+    """Written aside and renamed into place: a reader never sees half of it."""
+    record = json.dumps({"pids": {"supervisor": os.getpid(), **pids}})
+    draft = state_dir / f".{RUN_FILE}.{os.getpid()}"
+    draft.write_text(record)
+    os.replace(draft, state_dir / RUN_FILE)

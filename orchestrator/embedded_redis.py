@@ -202,14 +202,6 @@ class EmbeddedRedis:
             "--dir", str(self.data_dir),
         ]  # fmt: skip
 
-    def stopped_cleanly(self) -> bool:
-        """Whether the server's last run (as its log tells) ended in a clean shutdown,
-        which writes out the whole append-only file; a crash may lose its last second."""
-        if not self.log_path.exists():
-            return True  # never ran here: nothing to lose
-        lines = [line for line in _log_tail(self.log_path, 5).splitlines() if line.strip()]
-        return not lines or lines[-1].endswith("bye bye...")
-
     def _launch(self, startup_timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = self.command()

@@ -7,6 +7,7 @@ and change each job with its own conditional write, so several sweepers at once 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from orchestrator.models import Job, utcnow
 from orchestrator.settings import Settings
 from orchestrator.states import CLAIMABLE, JobStatus
 from orchestrator.transitions import Attempt
+from orchestrator.workers import gone_from_this_host
 
 log = logging.getLogger("orchestrator.maintenance")
 
@@ -62,6 +64,8 @@ class Maintenance:
             return
         with self.database.transaction() as session:
             count = transitions.bring_forward_sent(session, now)
+        # Only now: had the update failed, the next sweep would still see the loss.
+        self.dispatcher.messages_resent()
         if count:
             log.warning(
                 "the broker lost what it held (its epoch marker was gone): "
@@ -71,20 +75,32 @@ class Maintenance:
             )
 
     def reap_leases(self, batch: int = BATCH) -> int:
-        """Take back running jobs whose worker stopped renewing its lease, and give parked
-        jobs a fresh chance if their release went missing (as many as their tenant has free
-        running slots)."""
+        """Take back running jobs whose worker stopped renewing its lease, or is a process
+        of this host that is gone (a worker killed, and started again, by `make run`), and
+        give parked jobs a fresh chance if their release went missing (as many as their
+        tenant has free running slots)."""
         now = self.clock()
+        columns = (Job.id, Job.tenant_id, Job.attempt, Job.max_attempts, Job.type, Job.worker)
         with self.database.session() as session:
             expired = session.execute(
-                sa.select(Job.id, Job.tenant_id, Job.attempt, Job.max_attempts, Job.type)
+                sa.select(*columns)
                 .where(Job.lease_expires_at < now, Job.status == JobStatus.RUNNING)
                 .limit(batch)
             ).all()
-        for row in expired:
+            here = session.execute(
+                sa.select(*columns).where(
+                    Job.status == JobStatus.RUNNING,
+                    Job.worker.startswith(f"{socket.gethostname()}:", autoescape=True),
+                )
+            ).all()
+        seen = {row.id for row in expired}
+        orphans = [row for row in here if row.id not in seen and gone_from_this_host(row.worker)]
+        for row, orphaned in [(r, False) for r in expired] + [(r, True) for r in orphans]:
             with self.database.transaction() as session:
                 run = Attempt(row.id, row.tenant_id, row.attempt, row.type)
-                status = transitions.expire_lease(session, run, row.max_attempts, now)
+                status = transitions.expire_lease(
+                    session, run, row.max_attempts, now, orphaned=orphaned
+                )
             log.warning(
                 "lease expired: job now %s",
                 status,
@@ -97,7 +113,7 @@ class Maintenance:
             )
         # After the expiries: a dead worker's runs no longer hold their tenant's slots.
         self._unpark_stale(now)
-        return len(expired)
+        return len(expired) + len(orphans)
 
     def _unpark_stale(self, now: datetime) -> None:
         if not self.settings.tenant_max_running:

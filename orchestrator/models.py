@@ -99,6 +99,8 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(sa.String(64))
     attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(sa.Integer)
+    # The attempts its type gave it: what a retry by hand grants again.
+    attempt_budget: Mapped[int | None] = mapped_column(sa.SmallInteger)
     run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     worker: Mapped[str | None] = mapped_column(sa.String(256))

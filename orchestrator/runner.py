@@ -40,6 +40,7 @@ class SkipReason(StrEnum):
     CANCELLED = "cancelled"
     NOT_DUE = "not_due"  # early: the job (a delay, a retry's backoff) is due later
     DUPLICATE = "duplicate"  # another delivery claimed it, or it already finished
+    WAITING = "waiting"  # a pipeline step whose upstream step has not succeeded
     SUPERSEDED = "superseded"  # this attempt lost its lease; its result was refused
     TENANT_AT_LIMIT = "tenant_at_limit"  # parked until one of its tenant's runs ends
 
@@ -313,6 +314,8 @@ def _why_not_claimed(job: Job, now: datetime) -> Skipped:
     due = job.run_at
     if job.status in CLAIMABLE and due is not None and due > now + transitions.CLOCK_SKEW:
         return Skipped(SkipReason.NOT_DUE, f"delivered early: not due until {due.isoformat()}")
+    if job.status is JobStatus.WAITING:
+        return Skipped(SkipReason.WAITING, "its upstream step has not succeeded yet")
     return Skipped(SkipReason.DUPLICATE, f"duplicate delivery (job {job.status})")
 
 

@@ -6,8 +6,6 @@ embedding code build their own with `Runtime.build(settings)` and pass it explic
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +30,7 @@ from orchestrator.runner import Runner
 from orchestrator.schedule import CronFirer
 from orchestrator.service import JobService
 from orchestrator.settings import DispatchMode, Settings, get_settings
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+from orchestrator.workers import worker_name
 
 
 @dataclass

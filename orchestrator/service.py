@@ -31,6 +31,7 @@ from orchestrator.errors import (
     JobArchived,
     JobConflict,
     JobNotFound,
+    OrchestratorError,
     UnknownJobType,
 )
 from orchestrator.ids import ID_PATTERN, new_job_id, tenant_id_problem
@@ -235,6 +236,10 @@ class JobService:
         keys = [request.idempotency_key for request in requests]
         # One place past the end as well: an earlier batch under the key that was longer.
         probe = [*keys, _batch_item_key(key, len(keys))]
+        if len(requests) == 1:
+            legacy = self._legacy_batch_of_one(requests[0], key)
+            if legacy is not None:
+                return legacy
         with self.database.session() as session:
             heads = {
                 job.idempotency_key: job
@@ -264,6 +269,25 @@ class JobService:
                 steps.setdefault(step.pipeline_id, []).append(step)
         details = [JobDetails(job=heads[k], steps=steps[heads[k].pipeline_id]) for k in keys]
         return BatchCreated(details, created=False)
+
+    def _legacy_batch_of_one(self, request: NewJob, key: str) -> BatchCreated | None:
+        """A job keyed `K#0` alone, recorded before migration 0011, could be a batch of one
+        under `K` or a single job under `K#0`: the migration keyed it apart (`K` and
+        LEGACY_ITEM), and the same request either way answers with it."""
+        head = self._legacy_item(request, f"{key}{LEGACY_ITEM}")
+        if head is None:
+            return None
+        return BatchCreated([self.get(request.tenant_id, head.id)], created=False)
+
+    def _legacy_item(self, request: NewJob, legacy_key: str) -> Job | None:
+        with self.database.session() as session:
+            return session.scalar(
+                sa.select(Job).where(
+                    Job.tenant_id == request.tenant_id,
+                    Job.idempotency_key == legacy_key,
+                    Job.request_digest == request.digest(),
+                )
+            )
 
     def _problems_of(self, request: NewJob) -> list[FieldError]:
         if request.idempotency_key:
@@ -303,6 +327,9 @@ class JobService:
                     Job.idempotency_key == request.idempotency_key,
                 )
             )
+        key = request.idempotency_key or ""
+        if job is None and key.endswith("#0"):  # keyed apart by migration 0011
+            job = self._legacy_item(request, f"{key[:-2]}{LEGACY_ITEM}")
         if job is None:
             return None
         if job.request_digest != request.digest():
@@ -510,14 +537,14 @@ class JobService:
         return retried
 
     def _requeue(self, session: sa.orm.Session, job: Job, *, run_now: bool = False) -> list[Job]:
-        """Requeue from the rows alone: a type this process does not define (a command
-        line without the job's module) gets the default policy's attempts, and its
-        workers run it."""
+        """Requeue with a fresh budget of attempts: its type's, or, in a process that does
+        not define the type (a command line without the job's module), the one the job
+        recorded when it was created; the workers run it either way."""
         if job.parent_id is not None:
             parent = session.get(Job, job.parent_id)
             if parent is not None and parent.status is not JobStatus.SUCCEEDED:
                 raise JobConflict(f"retry the upstream step {parent.id} instead")
-        attempts = self.registry.resolve(job.type).retry.max_attempts
+        attempts = _budget(self.registry, job)
         now = self.clock()
         run_at = job.run_at if job.run_at is not None and job.run_at > now and not run_now else now
         return transitions.requeue(
@@ -599,6 +626,9 @@ def _filtered(tenant_id: str, filters: JobFilter) -> sa.Select[Job]:
 # column's 256 characters. The separator is a control character, which no key given for a
 # single job may hold (`text.name_problem`), so the two kinds of keys never meet.
 BATCH_KEY_SEPARATOR = "\x1f"
+# What migration 0011 put in place of `#0` in the key of a job recorded alone under `K#0`
+# (a batch of one, or a single job: see `_legacy_batch_of_one`).
+LEGACY_ITEM = "\x1e0"
 MAX_BATCH_KEY_LENGTH = 256 - len(f"{BATCH_KEY_SEPARATOR}999")
 
 
@@ -635,6 +665,18 @@ def _keyed(requests: Sequence[NewJob], key: str) -> list[NewJob]:
 
 def _batch_item_key(key: str, index: int) -> str:
     return f"{key}{BATCH_KEY_SEPARATOR}{index}"
+
+
+def _budget(registry: Registry, job: Job) -> int:
+    if job.type in registry:
+        return registry.get(job.type).retry.max_attempts
+    if job.attempt_budget is not None:
+        return job.attempt_budget
+    raise OrchestratorError(
+        f"job {job.id} is of type {job.type!r}, which this process does not define, and "
+        "does not record its attempts (it was retried before they were recorded): load "
+        "the module that defines it (ORCH_JOB_MODULES) to retry it"
+    )
 
 
 def _cancel_is_news(job: Job) -> bool:
@@ -682,6 +724,7 @@ def _step_row(
         requeues=0,
         parks=0,
         max_attempts=job_type.retry.max_attempts,
+        attempt_budget=job_type.retry.max_attempts,
         pipeline_id=pipeline_id,
         parent_id=parent_id,
         step_index=index,

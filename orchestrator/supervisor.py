@@ -6,7 +6,7 @@ operator killing the worker's group, say) spares the others, and the supervisor 
 decides what happens next: a crashed program is started again after a growing pause, and
 only a program that keeps crashing stops the whole system. Each program is also told by
 the kernel to stop when the supervisor dies (`PR_SET_PDEATHSIG`), so a `kill -9` of the
-supervisor, or of its process group, leaves nothing behind holding ports.
+supervisor, or of its process group, leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import IO, Any
 
 # How long a program must stay up for its earlier crashes to be forgiven.
 STABLE_SECONDS = 60.0
-# This many crashes of one program within STABLE_SECONDS stop everything.
+# This many crashes of one program, each within STABLE_SECONDS of its start, stop everything.
 MAX_CRASHES = 5
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 STOP_TIMEOUT = 30.0
@@ -34,11 +34,28 @@ _POLL = 0.1
 _PR_SET_PDEATHSIG = 1
 
 
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up now: nothing but the call may happen between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    function: Callable[..., int] = libc.prctl
+    return function
+
+
+_PRCTL = _prctl()
+
+
 @dataclass
 class Program:
-    """One supervised program. `ready(pid)` (if given) is polled after a start until it
-    answers true: the programs after it start only then. `on_ready(restarted)` runs once
-    it is ready, `restarted` true when it came back after a crash."""
+    """One supervised program.
+
+    `ready(pid)` (if given) is polled after a start until it answers true: the programs
+    after it start only then. `on_ready(restarted)` runs once it is ready, `restarted` true
+    when it came back after a crash. `death_signal` is what the kernel sends it when the
+    supervisor dies (a Celery worker takes SIGQUIT, a cold shutdown: it must not go on
+    running jobs for minutes next to the run that replaces it).
+    """
 
     name: str
     argv: Sequence[str]
@@ -46,9 +63,10 @@ class Program:
     ready: Callable[[int], bool] | None = None
     ready_timeout: float = 30.0
     on_ready: Callable[[bool], None] | None = None
+    death_signal: signal.Signals = signal.SIGTERM
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
-    crashes: list[float] = field(default_factory=list, repr=False)
+    crashes: int = 0
     restart_at: float | None = None
 
 
@@ -60,26 +78,26 @@ class Supervisor:
     def __init__(self, programs: Sequence[Program], output: IO[str] | None = None) -> None:
         self.programs = list(programs)
         self.output = output or sys.stdout
-        self.width = max(len(p.name) for p in self.programs) if self.programs else 6
+        self.width = max((len(p.name) for p in self.programs), default=6)
         self._print_lock = threading.Lock()
         self._stop = threading.Event()
-        self.pidfile_hook: Callable[[dict[str, int]], None] | None = None
+        self._signal: int | None = None
+        self.pids_changed: Callable[[dict[str, int]], None] | None = None
 
     # -- running ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Start everything, supervise until asked to stop; 0 after a clean stop, 1 after a
         program kept crashing (or could not start)."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        # Python takes signals on its main thread only; elsewhere `stop()` is the way.
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS if on_main}
+        failure = None
         try:
-            for program in self.programs:
-                if self._stop.is_set():
-                    break
-                self._start(program)
-            failure = None if self._stop.is_set() else self._supervise()
-        except SupervisorError as exc:
-            failure = str(exc)
+            failure = self._start_all() or self._supervise()
         finally:
+            if self._signal is not None:
+                self.say(f"{signal.Signals(self._signal).name}: stopping")
             self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -88,36 +106,45 @@ class Supervisor:
             return 1
         return 0
 
+    def _start_all(self) -> str | None:
+        for program in self.programs:
+            if self._stop.is_set():
+                return None
+            try:
+                self._start(program)
+            except SupervisorError as exc:
+                return None if self._stop.is_set() else str(exc)
+        return None
+
     def _supervise(self) -> str | None:
         while not self._stop.wait(_POLL):
             now = time.monotonic()
             for program in self.programs:
-                if program.restart_at is not None and now >= program.restart_at:
-                    self._restart(program)
-                elif (
-                    program.restart_at is None
-                    and _exited(program)
-                    and (failure := self._crashed(program, now))
-                ):
+                if program.restart_at is not None:
+                    if now >= program.restart_at:
+                        self._restart(program)
+                elif _exited(program) and (failure := self._crashed(program, now)):
                     return failure
         return None
 
     def _crashed(self, program: Program, now: float) -> str | None:
         assert program.process is not None
         code = program.process.returncode
-        if now - program.started_at >= STABLE_SECONDS:
-            program.crashes.clear()
-        program.crashes.append(now)
-        if len(program.crashes) >= MAX_CRASHES:
-            return f"{program.name} crashed {len(program.crashes)} times in a row ({_how(code)})"
-        pause = min(FIRST_BACKOFF * 2 ** (len(program.crashes) - 1), MAX_BACKOFF)
+        program.crashes = 1 if now - program.started_at >= STABLE_SECONDS else program.crashes + 1
+        if program.crashes >= MAX_CRASHES:
+            return f"{program.name} crashed {program.crashes} times in a row ({_how(code)})"
+        pause = min(FIRST_BACKOFF * 2 ** (program.crashes - 1), MAX_BACKOFF)
         self.say(f"{program.name} {_how(code)}; restarting it in {pause:g} s")
         program.restart_at = now + pause
         return None
 
     def _restart(self, program: Program) -> None:
         program.restart_at = None
-        self._start(program, restarted=True)
+        try:
+            self._start(program, restarted=True)
+        except SupervisorError as exc:  # counted as another crash on the next look
+            self.say(str(exc))
+            return
         self.say(f"{program.name} restarted (pid {_pid(program)})")
 
     def _start(self, program: Program, *, restarted: bool = False) -> None:
@@ -128,7 +155,8 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509 - see _child_setup
+                process_group=0,
+                preexec_fn=_dies_with(os.getpid(), program.death_signal),  # noqa: PLW1509
             )
         except OSError as exc:
             raise SupervisorError(f"{program.name} could not start: {exc}") from exc
@@ -136,21 +164,24 @@ class Supervisor:
         threading.Thread(
             target=self._relay, args=(program.name, program.process), daemon=True
         ).start()
-        self._record_pids()
+        self._pids_changed()
         if program.ready is not None:
             self._wait_ready(program)
         if program.on_ready is not None:
-            program.on_ready(restarted)
+            try:
+                program.on_ready(restarted)
+            except Exception as exc:  # its own work failed; the program itself is up
+                self.say(f"{program.name}: after its start: {type(exc).__name__}: {exc}")
 
     def _wait_ready(self, program: Program) -> None:
         assert program.process is not None and program.ready is not None
         deadline = time.monotonic() + program.ready_timeout
         while not program.ready(program.process.pid):
-            if program.process.poll() is not None:
-                raise SupervisorError(
-                    f"{program.name} exited while starting ({_how(program.process.returncode)})"
-                )
-            if time.monotonic() > deadline or self._stop.is_set():
+            if (code := program.process.poll()) is not None:
+                raise SupervisorError(f"{program.name} {_how(code)} while starting")
+            if self._stop.is_set():
+                raise SupervisorError(f"{program.name} was stopped while starting")
+            if time.monotonic() > deadline:
                 raise SupervisorError(
                     f"{program.name} was not ready after {program.ready_timeout:g} s"
                 )
@@ -159,8 +190,10 @@ class Supervisor:
     # -- stopping --------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if not self._stop.is_set():
-            self.say(f"{signal.Signals(signum).name}: stopping")
+        # Only flags here: a handler that printed could land while the main thread holds
+        # the print lock, and wait for itself for ever.
+        if self._signal is None:
+            self._signal = signum
         self._stop.set()
 
     def stop(self) -> None:
@@ -193,34 +226,33 @@ class Supervisor:
 
     def _relay(self, name: str, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
-        for raw in process.stdout:
-            self._print(name, raw.decode("utf-8", "replace").rstrip("\n"))
+        with process.stdout:
+            for raw in process.stdout:
+                self._print(name, raw.decode("utf-8", "replace").rstrip("\n"))
 
     def _print(self, name: str, line: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
         with self._print_lock:
             print(f"{stamp} {name.ljust(self.width)} | {line}", file=self.output, flush=True)
 
-    def _record_pids(self) -> None:
-        if self.pidfile_hook is not None:
-            self.pidfile_hook({p.name: p.process.pid for p in self.programs if p.process})
+    def _pids_changed(self) -> None:
+        if self.pids_changed is not None:
+            self.pids_changed({p.name: p.process.pid for p in self.programs if p.process})
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
-def _child_setup(parent: int) -> Callable[[], None]:
-    """What runs in a child between fork and exec: a process group of its own, and SIGTERM
-    (a clean stop: Redis writes its append-only file, gunicorn closes its port) when the
-    supervisor dies, however it dies. A supervisor that died before the request took
-    effect is noticed by the parent pid. Only plain system calls here (no Python locks),
-    as the supervisor has threads."""
+def _dies_with(parent: int, death_signal: signal.Signals) -> Callable[[], None]:
+    """What runs in a child between fork and exec: the kernel sends it `death_signal`
+    when the supervisor dies, however it dies. A supervisor that died before the request
+    took effect is noticed by the parent pid. Only plain system calls here, as the
+    supervisor has threads (no lookups, no Python locks)."""
+    prctl = _PRCTL
 
     def setup() -> None:
-        os.setpgid(0, 0)
-        if _LIBC is not None:
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if prctl is not None and prctl(_PR_SET_PDEATHSIG, int(death_signal)) != 0:
+            os._exit(126)
         if os.getppid() != parent:
             os._exit(1)
 

@@ -720,13 +720,16 @@ def extend_lease(session: Session, run: Attempt, until: datetime) -> LeaseState:
     return LeaseState.CANCEL_REQUESTED if result[0] is not None else LeaseState.HELD
 
 
-def expire_lease(session: Session, run: Attempt, max_attempts: int, now: datetime) -> JobStatus:
-    """The reaper's decision for a run whose worker stopped heartbeating.
+def expire_lease(
+    session: Session, run: Attempt, max_attempts: int, now: datetime, *, orphaned: bool = False
+) -> JobStatus:
+    """The reaper's decision for a run whose worker stopped heartbeating (or, `orphaned`,
+    is known to be gone, before its lease ran out).
 
     A cancel that was asked for wins; otherwise the job goes back to the queue while it has
     attempts left, and fails (cancelling the steps after it) when it has none.
     """
-    where = (*_fence(run), Job.lease_expires_at < now)
+    where = _fence(run) if orphaned else (*_fence(run), Job.lease_expires_at < now)
     error = ErrorInfo("LeaseExpired", "the worker stopped renewing its lease (crashed or cut off)")
     if _update(
         session,
@@ -840,7 +843,9 @@ def _cancel_before_run(session: Session, job: Job, now: datetime) -> bool:
         finished_at=now,
         updated_at=now,
         dispatch_due_at=None,
-        # run_at stays: a retry of a job cancelled before its time runs it at that time.
+        # A job that never ran keeps its run_at: retried, it runs at the time it was
+        # scheduled for. A retry's backoff is forgotten: retried by hand, it runs now.
+        run_at=sa.case((Job.attempt == 0, Job.run_at), else_=None),
     ):
         return False
     _note(

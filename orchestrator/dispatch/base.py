@@ -64,6 +64,10 @@ class Dispatcher(Protocol):
         ...
 
     def lost_messages(self) -> bool:
-        """Whether the backend lost what it held since the last call (a broker restarted
-        without its data): everything it had accepted must then be sent again."""
+        """Whether the backend lost what it held (a broker restarted without its data):
+        everything it had accepted must then be sent again."""
+        ...
+
+    def messages_resent(self) -> None:
+        """What the backend lost was sent again: `lost_messages` is false from now on."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -94,14 +95,20 @@ class CeleryDispatcher:
         self._send(pipelines, None)
 
     def lost_messages(self) -> bool:
-        """True, once, after the broker lost its data set: its epoch marker was missing,
-        and this call set a new one. (Only the sweeper calls this; a send never sets the
-        marker, or a loss followed by a send would go unnoticed.) False when it cannot
+        """True while the broker's epoch marker is missing: it lost its data set (or this
+        is its first use), and nobody has said since that what it held was sent again.
+        Only the sweeper sets the marker (`messages_resent`), after it did so; a send
+        never does, or a loss followed by a send would go unnoticed. False when it cannot
         tell: a broker that does not answer holds nothing new either."""
         try:
-            return bool(self._redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))
+            return not self._redis.exists(EPOCH_KEY)
         except (RedisError, OSError):
             return False
+
+    def messages_resent(self) -> None:
+        # Unsaid if Redis does not answer: the next sweep sends them once more.
+        with contextlib.suppress(RedisError, OSError):
+            self._redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
 
     def _send(self, pipelines: Sequence[Sequence[Step]], not_before: datetime | None) -> None:
         if time.monotonic() < self._down_until:

@@ -88,3 +88,6 @@ class CloudTasksDispatcher:
 
     def lost_messages(self) -> bool:
         return False  # Cloud Tasks keeps what it accepted.
+
+    def messages_resent(self) -> None:
+        pass

@@ -95,3 +95,6 @@ class HttpDispatcher:
 
     def lost_messages(self) -> bool:
         return False  # A push is answered or reported failed; nothing waits anywhere.
+
+    def messages_resent(self) -> None:
+        pass

@@ -40,3 +40,6 @@ class InlineDispatcher:
 
     def lost_messages(self) -> bool:
         return False  # Nothing waits anywhere: jobs run as they are sent.
+
+    def messages_resent(self) -> None:
+        pass

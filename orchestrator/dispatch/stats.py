@@ -116,5 +116,8 @@ class CountingDispatcher:
     def lost_messages(self) -> bool:
         return self.inner.lost_messages()
 
+    def messages_resent(self) -> None:
+        self.inner.messages_resent()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -142,3 +142,22 @@ def test_development_signs_sessions_with_a_random_key_kept_in_the_state_folder(
     assert first == again != other
     assert derived not in (first, other) and len(first) == 64
     assert (tmp_path / "a" / "session.key").stat().st_mode & 0o077 == 0
+
+
+def _key_in(folder: str) -> str:
+    from api.identity import session_secret  # noqa: PLC0415
+
+    return session_secret(load_settings(env="development", state_dir=folder))
+
+
+def test_web_processes_starting_together_agree_on_the_session_key(tmp_path: Path) -> None:
+    """gunicorn starts its workers at once: each must read the one key, never a file half
+    written (an empty key turns sessions off)."""
+    import multiprocessing  # noqa: PLC0415
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(15):
+        folder = str(tmp_path / f"trial{trial}")
+        with context.Pool(6) as pool:
+            keys = pool.map(_key_in, [folder] * 6)
+        assert len(set(keys)) == 1 and len(keys[0]) == 64, keys

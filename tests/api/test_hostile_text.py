@@ -34,7 +34,15 @@ BASE_BODIES: dict[tuple[str, str], Any] = {
     ("post", "/admin/maintenance/archive"): {"dryRun": True},
     ("post", "/internal/worker/run"): {"jobId": JOB_ID},
 }
-HEADERS = ("X-Tenant-ID", "X-User-ID", "Idempotency-Key", "X-Service-Auth", "Authorization")
+HEADERS = (
+    "X-Tenant-ID",
+    "X-User-ID",
+    "Idempotency-Key",
+    "X-Service-Auth",
+    "Authorization",
+    "X-CloudTasks-TaskName",  # kept in a pushed job's events
+    "X-CloudTasks-TaskRetryCount",
+)
 
 _bad_char = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff", "\x00"])
 # Text around one character no store takes.
@@ -183,4 +191,18 @@ def test_the_python_api_refuses_unstorable_text_naming_the_field(
     with pytest.raises(InvalidInput) as raised:
         runtime.service.create(NewJob(tenant_id="tnt_text", **values))  # type: ignore[arg-type]
     assert [error.field for error in raised.value.errors] == [field]
+    _nothing_written(runtime)
+
+
+@pytest.mark.parametrize("key", ["a\x01b", "tab\there", "\x7f", "x" * 257])
+def test_an_idempotency_key_header_that_is_no_key_is_a_422_naming_it(
+    client: FlaskClient, runtime: Runtime, key: str
+) -> None:
+    response = client.post(
+        "/v1/jobs",
+        json={"type": "TEST_FLAKY"},
+        headers={"X-Tenant-ID": "tnt_text", "Idempotency-Key": key},
+    )
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert [e["field"] for e in response.get_json()["errors"]] == ["Idempotency-Key"]
     _nothing_written(runtime)

@@ -19,6 +19,7 @@ import api
 from orchestrator.ids import looks_like_job_id, new_job_id
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.runtime import Runtime
+from orchestrator.service import NewJob
 from orchestrator.settings import ConfigurationError, load_settings
 
 PROBLEM = "application/problem+json"
@@ -789,3 +790,29 @@ def test_options_on_bulk_retry_advertises_post_only(client: FlaskClient, tenant:
     response = client.open("/v1/jobs/retry", method="OPTIONS", headers=tenant_headers(tenant))
     assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"POST", "OPTIONS"}
     assert client.get("/v1/jobs/retry", headers=tenant_headers(tenant)).status_code == 405
+
+
+def test_a_lone_job_keyed_before_migration_0011_answers_either_repeat(
+    client: FlaskClient, runtime: Runtime, tenant: str
+) -> None:
+    """Migration 0011 keys a job recorded alone under `K#0` apart: it may have been a
+    batch of one under `K` or a single job under `K#0`, and a repeat of either finds it."""
+    body = {"type": "TEST_FLAKY", "input": {"failTimes": 0}}
+    made = client.post("/v1/jobs", json=body, headers=tenant_headers(tenant)).get_json()
+    with runtime.database.transaction() as session:  # as the migration leaves it
+        digest = NewJob(tenant_id=tenant, type="TEST_FLAKY", input={"failTimes": 0}).digest()
+        session.execute(
+            sa.update(Job)
+            .where(Job.id == made["id"])
+            .values(idempotency_key="solo\x1e0", request_digest=digest)
+        )
+    single = client.post(
+        "/v1/jobs", json=body, headers=tenant_headers(tenant, **{"Idempotency-Key": "solo#0"})
+    )
+    batch = client.post(
+        "/v1/jobs:batch",
+        json={"jobs": [body]},
+        headers=tenant_headers(tenant, **{"Idempotency-Key": "solo"}),
+    )
+    assert (single.status_code, single.get_json()["id"]) == (200, made["id"])
+    assert (batch.status_code, batch.get_json()["jobs"][0]["id"]) == (200, made["id"])

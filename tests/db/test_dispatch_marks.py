@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 import redis
 
 from orchestrator import transitions
@@ -177,7 +178,7 @@ def _slow_worker() -> Iterator[str]:
 
 
 def test_a_broker_that_lost_its_data_gets_its_jobs_again(
-    database_url: str, redis_server: EmbeddedRedis
+    database_url: str, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Jobs the broker accepted wait for the long resend; when the broker loses its data
     set (its epoch marker goes with it), the next sweep sends them again at once, once."""
@@ -201,10 +202,18 @@ def test_a_broker_that_lost_its_data_gets_its_jobs_again(
         assert waiting.dispatch_due_at is not None and waiting.dispatch_due_at > utcnow()
         assert sweep() == 0  # the broker holds it: nothing to send
         broker.flushdb()  # the broker loses everything, its epoch marker included
-        assert sweep() == 1
+        with monkeypatch.context() as patched:  # a sweep that fails to bring them forward
+            patched.setattr(transitions, "bring_forward_sent", _refuse)
+            with pytest.raises(RuntimeError):
+                sweep()
+        assert sweep() == 1  # the loss is still noticed
         assert broker.llen("default") == 1  # sent again
         assert sweep() == 0  # once: the entry waits for the long resend again
         assert _job(runtime.database, job_id).dispatch_due_at > utcnow()  # type: ignore[operator]
     finally:
         broker.close()
         runtime.database.dispose()
+
+
+def _refuse(*_: object) -> int:
+    raise RuntimeError("the database went away")

@@ -65,6 +65,7 @@ def test_batch_items_recorded_with_the_old_separator_are_rewritten(database_url:
         ("job_a1", "t1", batch_at, "nightly#1"),
         ("job_s1", "t1", later, "order#1"),  # a single job's own key
         ("job_s2", "t2", batch_at, "nightly#1"),  # another tenant, not a batch from 0
+        ("job_s3", "t3", batch_at, "solo#0"),  # a batch of one, or a single job
     ]
     try:
         with engine.begin() as connection:
@@ -88,4 +89,5 @@ def test_batch_items_recorded_with_the_old_separator_are_rewritten(database_url:
         "job_a1": "nightly\x1f1",
         "job_s1": "order#1",
         "job_s2": "nightly#1",
+        "job_s3": "solo\x1e0",  # keyed apart: a repeat of either request finds it
     }

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -18,6 +18,7 @@ import requests
 from tests.e2e.devsystem import ROOT, DevSystem
 
 CANCELS = 100
+RUNNING = 8
 READER_P99_SECONDS = 0.2
 HEALTHZ_SECONDS = 0.1
 
@@ -25,7 +26,10 @@ HEALTHZ_SECONDS = 0.1
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     state = tmp_path_factory.mktemp("hostile")
-    system = DevSystem.prepare(state, ORCH_JOB_MODULES="tests.jobtypes").start()
+    # Eight worker processes: eight handlers running at once that ignore the interrupt.
+    system = DevSystem.prepare(
+        state, ORCH_JOB_MODULES="tests.jobtypes", ORCH_WORKER_CONCURRENCY=str(RUNNING)
+    ).start()
     yield system
     system.stop()
 
@@ -67,9 +71,13 @@ def test_broken_framing_is_a_400_problem(system: DevSystem, request_bytes: bytes
     assert body["status"] == 400
 
 
-def _wait_while(system: DevSystem, job_ids: list[str], status: str, timeout: float) -> None:
+def _statuses(system: DevSystem, job_ids: list[str]) -> list[str]:
+    return [system.get("tnt_a", f"/v1/jobs/{j}").json()["status"] for j in job_ids]
+
+
+def _wait_until(system: DevSystem, done: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while any(system.get("tnt_a", f"/v1/jobs/{j}").json()["status"] == status for j in job_ids):
+    while not done():
         assert time.monotonic() < deadline, system.log_tail()
         time.sleep(0.05)
 
@@ -82,6 +90,7 @@ class Reader(threading.Thread):
         self.system, self.stop = system, threading.Event()
         self.reads: list[float] = []
         self.health: list[float] = []
+        self.errors: list[str] = []
 
     def run(self) -> None:
         session, base = requests.Session(), self.system.base_url
@@ -91,8 +100,13 @@ class Reader(threading.Thread):
                 (f"{base}/healthz", self.health, {}),
             ):
                 started = time.monotonic()
-                assert session.get(url, headers=headers, timeout=30).status_code == 200
+                try:
+                    answer = str(session.get(url, headers=headers, timeout=30).status_code)
+                except requests.RequestException as exc:
+                    answer = str(exc)
                 into.append(time.monotonic() - started)
+                if answer != "200":
+                    self.errors.append(f"{url}: {answer}")
 
 
 STORM = """
@@ -125,12 +139,15 @@ def _storm(system: DevSystem, job_ids: list[str]) -> list[int]:
 
 
 def test_a_storm_of_cancels_holds_no_thread_and_slows_no_one(system: DevSystem) -> None:
-    """100 concurrent cancels of running jobs whose handlers ignore the interrupt: each is
-    answered at once (202), another tenant's reads stay under 200 ms at p99, /healthz
-    under 100 ms, and the jobs end once their handlers return."""
+    """100 concurrent cancels, each of its own job: eight running, whose handlers ignore
+    the interrupt, and the rest queued behind them (each cancel a write). Each is answered
+    at once (202 for a running job, 200 for a queued one); another tenant's reads stay
+    under 200 ms at p99, /healthz under 100 ms; the jobs end once their handlers return."""
     body = {"type": "TEST_SLEEP", "input": {"seconds": 6, "ignoreCancel": True}}
-    jobs = [system.post("tnt_a", "/v1/jobs", body).json()["id"] for _ in range(2)]
-    _wait_while(system, jobs, "queued", 30)
+    batch = {"jobs": [body] * CANCELS}
+    made = system.post("tnt_a", "/v1/jobs:batch", batch).json()["jobs"]
+    jobs = [job["id"] for job in made]
+    _wait_until(system, lambda: _statuses(system, jobs).count("running") == RUNNING, 30)
     reader = Reader(system)
     reader.start()
     time.sleep(0.3)  # the reader's pace before the storm
@@ -144,6 +161,7 @@ def test_a_storm_of_cancels_holds_no_thread_and_slows_no_one(system: DevSystem) 
     ordered = sorted(reader.reads)
     figures = {
         "cancels": CANCELS,
+        "answered_429": answers.count(429),
         "storm_s": storm_seconds,
         "reads": len(ordered),
         "read_p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
@@ -153,7 +171,16 @@ def test_a_storm_of_cancels_holds_no_thread_and_slows_no_one(system: DevSystem) 
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     (artifacts / "cancel-storm.json").write_text(json.dumps(figures))
-    assert sorted(set(answers)) == [202], answers
+    # Answered at once, each: done, asked of the worker, or (past the tenant's share of
+    # the threads) to be sent again in a second.
+    assert len(answers) == CANCELS and set(answers) <= {200, 202, 429}, answers
+    assert reader.errors == []
     assert figures["read_p99_s"] <= READER_P99_SECONDS, figures
     assert figures["healthz_max_s"] <= HEALTHZ_SECONDS, figures
-    _wait_while(system, jobs, "running", 30)  # they end when their handlers return
+    for job_id in jobs:  # what a client told to come back sends again
+        while (again := system.post("tnt_a", f"/v1/jobs/{job_id}/cancel")).status_code == 429:
+            time.sleep(float(again.headers["Retry-After"]))
+        assert again.status_code in (200, 202), again.text
+    # The running ones end when their handlers return; the rest never ran.
+    _wait_until(system, lambda: "running" not in _statuses(system, jobs), 30)
+    assert _statuses(system, jobs).count("cancelled") >= CANCELS - RUNNING
