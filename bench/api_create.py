@@ -16,6 +16,7 @@ from bench import loadgen
 from bench.harness import (
     Process,
     Servers,
+    add_durability_option,
     median,
     orchestrator_settings,
     report,
@@ -77,6 +78,7 @@ def raw_rate(env: Servers, seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    add_durability_option(parser)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--batch-seconds", type=float, default=6)
@@ -87,7 +89,7 @@ def main() -> None:
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
     )
     args = parser.parse_args()
-    with servers(args.folder) as env:
+    with servers(args.folder, durable=not args.fsync_off) as env:
         for backend in args.backends.split(","):
             port = free_port()
             settings = orchestrator_settings(env.database_url(backend), env.redis_url(7), port=port)

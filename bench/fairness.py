@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from bench.harness import (
     Servers,
+    add_durability_option,
     celery_worker,
     orchestrator_settings,
     percentile,
@@ -86,13 +87,14 @@ def b_waits(env: Servers, flood: int, b_jobs: int, limit: int, folder: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    add_durability_option(parser)
     parser.add_argument("--flood", type=int, default=5000)
     parser.add_argument("--b-jobs", type=int, default=5)
     parser.add_argument(
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
     )
     args = parser.parse_args()
-    with servers(args.folder) as env:
+    with servers(args.folder, durable=not args.fsync_off) as env:
         without = b_waits(env, args.flood, args.b_jobs, 0, args.folder)
         limited = b_waits(env, args.flood, args.b_jobs, 1, args.folder)
     rows = [

@@ -23,7 +23,15 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 import api
-from bench.harness import ROOT, orchestrator_settings, percentile, report, servers, settings_env
+from bench.harness import (
+    ROOT,
+    add_durability_option,
+    orchestrator_settings,
+    percentile,
+    report,
+    servers,
+    settings_env,
+)
 from orchestrator import transitions
 from orchestrator.ids import new_job_id
 from orchestrator.models import Job, Tenant, utcnow
@@ -207,6 +215,7 @@ def archival(client: FlaskClient, runtime: Runtime, env: dict[str, str]) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    add_durability_option(parser)
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=300)
@@ -218,7 +227,7 @@ def main() -> None:
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
     )
     args = parser.parse_args()
-    with servers(args.folder) as env:
+    with servers(args.folder, durable=not args.fsync_off) as env:
         for backend in args.backends.split(","):
             settings = orchestrator_settings(
                 env.database_url(backend), env.redis_url(8), dispatch_mode="inline"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -72,14 +73,24 @@ class Servers:
 
 
 @contextmanager
-def servers(folder: Path, *, postgres: bool = True) -> Iterator[Servers]:
+def servers(folder: Path, *, postgres: bool = True, durable: bool = True) -> Iterator[Servers]:
+    """Redis, and PostgreSQL with production's durability (fsync and synchronous commit
+    on) unless `durable` is false: figures with fsync off are a labelled extra only."""
     folder.mkdir(parents=True, exist_ok=True)
     with EmbeddedRedis.start(port=free_port(), data_dir=folder / "redis") as r:
         if not postgres:
             yield Servers(r, None, folder)
             return
-        with PostgresServer.start() as pg:
+        with PostgresServer.start(durable=durable) as pg:
             yield Servers(r, pg, folder)
+
+
+def add_durability_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fsync-off",
+        action="store_true",
+        help="run PostgreSQL with fsync off (a labelled extra; headline figures keep it on)",
+    )
 
 
 def orchestrator_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:

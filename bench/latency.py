@@ -22,6 +22,7 @@ from celery import Celery, chain
 from bench.harness import (
     Process,
     Servers,
+    add_durability_option,
     celery_worker,
     median,
     orchestrator_settings,
@@ -128,13 +129,14 @@ def _wait_http(url: str, timeout: float = 60) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    add_durability_option(parser)
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--backends", default="postgresql,sqlite")
     parser.add_argument(
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
     )
     args = parser.parse_args()
-    with servers(args.folder) as env:
+    with servers(args.folder, durable=not args.fsync_off) as env:
         for backend in args.backends.split(","):
             rows, summary = [], {"backend": backend, "jobs": args.jobs}
             for label, job_type, chained in (

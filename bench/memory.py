@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from bench.harness import (
     Process,
+    add_durability_option,
     celery_worker,
     orchestrator_settings,
     report,
@@ -31,6 +32,7 @@ from tests.servers import free_port
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    add_durability_option(parser)
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--backend", default="postgresql")
@@ -38,7 +40,7 @@ def main() -> None:
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
     )
     args = parser.parse_args()
-    with servers(args.folder) as env:
+    with servers(args.folder, durable=not args.fsync_off) as env:
         port = free_port()
         settings = orchestrator_settings(
             env.database_url(args.backend), env.redis_url(9), port=port, worker_queues="default"

@@ -31,6 +31,7 @@ from celery import Celery
 
 from bench.harness import (
     Servers,
+    add_durability_option,
     celery_worker,
     median,
     orchestrator_settings,
@@ -219,6 +220,7 @@ def one_round(env: Servers, args: argparse.Namespace, backend: str, number: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    add_durability_option(parser)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backends", default="postgresql,sqlite")
@@ -232,7 +234,7 @@ def main() -> None:
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
     )
     args = parser.parse_args()
-    with servers(args.folder) as env:
+    with servers(args.folder, durable=not args.fsync_off) as env:
         for backend in args.backends.split(","):
             rows = [one_round(env, args, backend, n) for n in range(1, args.rounds + 1)]
             summary = {

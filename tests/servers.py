@@ -112,16 +112,28 @@ def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 class PostgresServer:
-    """A private PostgreSQL cluster on 127.0.0.1, trust auth, fsync off.
+    """A private PostgreSQL cluster on 127.0.0.1, trust auth. Tests run it with fsync off
+    (nothing they do needs a crash to keep its data, and it is faster); benchmarks run it
+    `durable`, with PostgreSQL's own durability defaults (fsync, synchronous_commit and
+    full_page_writes on), as production does.
 
     Layout under ``base_dir``: ``data/`` (the cluster), ``log`` (server log)
     and the Unix socket. Connect as superuser ``postgres`` without a password.
     """
 
-    def __init__(self, base_dir: Path, port: int, bin_dir: Path, *, owns_base_dir: bool) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        port: int,
+        bin_dir: Path,
+        *,
+        owns_base_dir: bool,
+        durable: bool = False,
+    ) -> None:
         self.base_dir = base_dir
         self.port = port
         self.bin_dir = bin_dir
+        self.durable = durable
         self._owns_base_dir = owns_base_dir
         self._running = False
 
@@ -132,6 +144,7 @@ class PostgresServer:
         *,
         port: int | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        durable: bool = False,
     ) -> Self:
         """Create (if needed) and start a cluster; return once it accepts connections.
 
@@ -142,7 +155,7 @@ class PostgresServer:
         owns_base_dir = base_dir is None
         directory = Path(tempfile.mkdtemp(prefix="pg-test-")) if base_dir is None else base_dir
         chosen_port = free_port() if port is None else port
-        server = cls(directory, chosen_port, bin_dir, owns_base_dir=owns_base_dir)
+        server = cls(directory, chosen_port, bin_dir, owns_base_dir=owns_base_dir, durable=durable)
         try:
             _prepare_base_dir(directory)
             server._initdb(timeout)
@@ -242,9 +255,10 @@ class PostgresServer:
     def _pg_ctl_start(self, timeout: float) -> None:
         # pg_ctl hands -o to a shell, so the socket directory must be quoted.
         options = (
-            f"-p {self.port} -k {shlex.quote(str(self.base_dir))} "
-            "-c listen_addresses=127.0.0.1 -c fsync=off"
+            f"-p {self.port} -k {shlex.quote(str(self.base_dir))} -c listen_addresses=127.0.0.1"
         )
+        if not self.durable:
+            options += " -c fsync=off"
         command = [*self._pg_ctl("start", timeout), "-l", str(self.log_path), "-o", options]
         try:
             self._run("pg_ctl start", command, timeout)
