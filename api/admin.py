@@ -6,7 +6,8 @@ from flask import Blueprint, Response, current_app, jsonify, url_for
 
 from api.auth import service_auth_required
 from api.bodies import json_body
-from api.schemas import ArchiveRequest, MaintenanceRunOut
+from api.schemas import ArchiveRequest, MaintenanceRunOut, TenantStandingOut
+from orchestrator import tenant_stats
 from orchestrator.archival import recent_runs
 from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
@@ -50,14 +51,27 @@ def maintenance_runs() -> Response:
     return jsonify(runs=runs)
 
 
-# Housekeeping for deployments without Celery beat (Cloud Run + Cloud Tasks): point Cloud
-# Scheduler at these, every few seconds for the sweep and reaper, every minute for cron.
+@blueprint.get("/tenants/stats")
+@service_auth_required
+def tenant_standings() -> Response:
+    """Each tenant's backlog, running jobs, admissions in the last minute and their share."""
+    admission = runtime().admission
+    found = tenant_stats.standings(runtime().database, admission.limits, admission.counts)
+    return jsonify(tenants=[TenantStandingOut.of(s).model_dump(mode="json") for s in found])
+
+
+# Housekeeping for deployments without a dispatcher process and beat (Cloud Run + Cloud
+# Tasks): point Cloud Scheduler at these, every minute.
 
 
 @blueprint.post("/maintenance/sweep")
 @service_auth_required
 def sweep_outbox() -> Response:
-    return jsonify(sent=runtime().maintenance.sweep_outbox())
+    """The dispatcher's round, once: admit the ready jobs that fit (scheduled ones due
+    within ORCH_SCHEDULE_AHEAD_SECONDS go out with their time), and again those whose
+    delivery went missing."""
+    missing, sent = runtime().admission.tick()
+    return jsonify(sent=sent, missing=missing)
 
 
 @blueprint.post("/maintenance/reap")

@@ -39,6 +39,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, JobService
 from orchestrator.settings import AuthMode
 from orchestrator.states import JobStatus
+from orchestrator.tenant_stats import POSITION_LIMIT
 
 log = logging.getLogger("orchestrator.dashboard")
 
@@ -155,6 +156,7 @@ def _template_helpers() -> dict[str, Any]:
         "retryable": RETRYABLE,
         "cancellable": CANCELLABLE,
         "refresh_seconds": REFRESH_SECONDS,
+        "position_limit": POSITION_LIMIT,
         "tenant": g.get("dashboard_tenant"),
     }
 
@@ -190,6 +192,7 @@ def _summary(tenant: str) -> dict[str, Any]:
     return {
         "counts": {status.value: counts.get(status.value, 0) for status in JobStatus},
         "total": sum(counts.values()),
+        "load": _service().load(tenant),
         "chart": chart_of(_service().finished_per_minute(tenant, CHART_MINUTES)),
     }
 
@@ -251,6 +254,7 @@ def _job(job_id: str) -> dict[str, Any]:
         "job": details.job,
         "steps": details.steps,
         "events": _service().events(tenant, job_id),
+        "place": _service().place_in_line(details.job),
         # The page refreshes itself while any step of the pipeline may still change.
         "live": any(step.status in CANCELLABLE for step in details.steps),
     }

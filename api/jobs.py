@@ -85,6 +85,7 @@ def _new_job(identity: Identity, body: CreateJob, idempotency_key: str | None) -
         idempotency_key=idempotency_key,
         delay_seconds=body.delaySeconds,
         run_at=body.runAt,
+        priority=body.priority,
     )
 
 

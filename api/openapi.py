@@ -28,6 +28,7 @@ from api.schemas import (
     ListQuery,
     MaintenanceRunOut,
     RetryRequest,
+    TenantStandings,
 )
 from orchestrator.registry import Registry
 from orchestrator.runner import SkipReason
@@ -87,7 +88,8 @@ class Stats(BaseModel):
 
 
 class Swept(BaseModel):
-    sent: int
+    sent: int = Field(description="Jobs admitted and sent.")
+    missing: int = Field(description="Admitted jobs the broker no longer held, admitted again.")
 
 
 class Reaped(BaseModel):
@@ -110,6 +112,7 @@ MODELS: list[type[BaseModel]] = [
     JobBatch,
     EventList,
     RetryRequest,
+    TenantStandings,
     BulkRetry,
     BulkRetryResult,
     ArchiveRequest,
@@ -256,6 +259,15 @@ def operations() -> list[Operation]:
             problems=(401,),
         ),
         Operation(
+            "get",
+            "/admin/tenants/stats",
+            "Each tenant's backlog, running jobs and share of admissions",
+            "admin",
+            "service",
+            {200: TenantStandings},
+            problems=(401,),
+        ),
+        Operation(
             "post",
             "/internal/worker/run",
             "Run a pushed job (Cloud Tasks)",
@@ -277,7 +289,7 @@ def operations() -> list[Operation]:
         Operation(
             "post",
             "/admin/maintenance/sweep",
-            "Send every job whose dispatch is due (the outbox sweep)",
+            "The dispatcher's round: admit what fits, again what went missing",
             "admin",
             "service",
             {200: Swept},

@@ -20,8 +20,9 @@ from pydantic import (
 
 from orchestrator.ids import ID_PATTERN
 from orchestrator.models import Job, JobEvent, MaintenanceRun
-from orchestrator.service import JobDetails
+from orchestrator.service import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, JobDetails
 from orchestrator.states import JobStatus
+from orchestrator.tenant_stats import Standing
 from orchestrator.text import name_problem, text_problem
 
 # Field names here are the API's, so they are camelCase on purpose.
@@ -84,6 +85,13 @@ class CreateJob(BaseModel):
     idempotencyKey: Name | None = Field(None, min_length=1, max_length=256)
     delaySeconds: float | None = Field(None, ge=0, le=MAX_DELAY.total_seconds())
     runAt: Timestamp | None = Field(None, ge=EARLIEST_RUN_AT, strict=False)
+    priority: int = Field(
+        DEFAULT_PRIORITY,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="1 to 10, higher runs sooner among the tenant's ready jobs (in its "
+        "queue). Tenants share the workers fairly whatever their jobs' priorities.",
+    )
 
     @model_validator(mode="after")
     def _one_delay(self) -> CreateJob:
@@ -173,6 +181,8 @@ class JobOut(BaseModel):
     type: str
     status: JobStatus
     subject: str | None
+    priority: int
+    queue: str
     attempt: int
     maxAttempts: int
     input: dict[str, Any]
@@ -197,6 +207,8 @@ class JobOut(BaseModel):
             type=job.type,
             status=job.status,
             subject=job.subject,
+            priority=job.priority,
+            queue=job.queue,
             attempt=job.attempt,
             maxAttempts=job.max_attempts,
             input=job.input,
@@ -310,3 +322,36 @@ class MaintenanceRunOut(BaseModel):
             perTenant=run.per_tenant,
             error=run.error,
         )
+
+
+class TenantStandingOut(BaseModel):
+    tenantId: str
+    tier: str
+    weight: int = Field(description="Its share of admissions when tenants contend.")
+    queued: int = Field(description="Due, waiting in the database for admission.")
+    admitted: int = Field(description="Sent to the workers' queues, not yet started.")
+    running: int
+    scheduled: int = Field(description="Due later: a delay, or a retry's backoff.")
+    backlog: int = Field(description="Due and not started: queued + admitted.")
+    admittedLastMinute: int | None = Field(description="Null when the counts are unreadable.")
+    share: float | None = Field(description="Its fraction of all admissions in the last minute.")
+
+    @classmethod
+    def of(cls, standing: Standing) -> TenantStandingOut:
+        load = standing.load
+        return cls(
+            tenantId=load.tenant_id,
+            tier=standing.tier,
+            weight=standing.weight,
+            queued=load.queued,
+            admitted=load.admitted,
+            running=load.running,
+            scheduled=load.scheduled,
+            backlog=load.backlog,
+            admittedLastMinute=standing.admitted_last_minute,
+            share=None if standing.share is None else round(standing.share, 4),
+        )
+
+
+class TenantStandings(BaseModel):
+    tenants: list[TenantStandingOut]

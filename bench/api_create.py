@@ -106,10 +106,6 @@ def main() -> None:
                     raw = raw_rate(env, args.seconds)
                     batch_one = batch_rate(base, 1, args.batch_seconds)
                     batch = batch_rate(base, args.batch_clients, args.batch_seconds)
-                    # No worker drains these jobs, so the web marks every one of them as
-                    # dispatched half a grace period later (orchestrator.dispatch_marks):
-                    # let that finish before the next round measures single creations.
-                    time.sleep(settings.dispatch_grace_seconds / 2 + 2)
                     rows.append(
                         {
                             "round": number,

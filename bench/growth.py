@@ -36,7 +36,7 @@ from orchestrator import transitions
 from orchestrator.ids import new_job_id
 from orchestrator.models import Job, Tenant, utcnow
 from orchestrator.runtime import Runtime
-from orchestrator.transitions import Attempt
+from orchestrator.states import Attempt
 
 CLI = str(Path(sys.executable).with_name("orchestrator"))
 TENANTS = 1000
@@ -97,7 +97,7 @@ def _row(job_id: str, tenant: str, status: str, at: datetime, **values: Any) -> 
         "subject": None,
         "input": {},
         "status": status,
-        "priority": 0,
+        "priority": 5,
         "queue": "default",
         "attempt": 1 if status == "succeeded" else 0,
         "max_attempts": 3,
@@ -110,6 +110,7 @@ def _row(job_id: str, tenant: str, status: str, at: datetime, **values: Any) -> 
         "finished_at": None,
         "requeues": 0,
         "result": None,
+        "ready_since": at if status == "queued" else None,
         **values,
     }
 
@@ -138,7 +139,7 @@ def step_latencies(runtime: Runtime, count: int) -> dict[str, float]:
         )
         assert claimed is not None, f"{head} was not claimable"
         now = utcnow()
-        assert transitions.succeed_alone(database, Attempt.of(claimed.job), None, now, next_due=now)
+        assert transitions.succeed_alone(database, Attempt.of(claimed.job), None, now)
         samples.append((time.perf_counter() - started) * 1000)
     return {"step p50 ms": percentile(samples, 0.5), "step p99 ms": percentile(samples, 0.99)}
 

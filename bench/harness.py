@@ -176,6 +176,30 @@ def celery_worker(
     return Process(argv, env, log).start()
 
 
+def dispatcher(settings: Settings, log: Path, timeout: float = 60) -> Process:
+    """The orchestrator's dispatcher process (`orchestrator run dispatcher`), once it leads:
+    it fills the workers' queues from the database."""
+    from orchestrator import processes  # noqa: PLC0415
+    from orchestrator.db import Database  # noqa: PLC0415
+    from orchestrator.dispatcher import LEASE_NAME  # noqa: PLC0415
+    from orchestrator.leader import current_holder  # noqa: PLC0415
+    from orchestrator.models import utcnow  # noqa: PLC0415
+
+    argv = processes.command("dispatcher", settings)
+    process = Process(argv, settings_env(settings), log).start()
+    database = Database(settings.database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while current_holder(database, LEASE_NAME, utcnow()) is None:
+            assert process.popen is not None
+            if process.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the dispatcher does not lead: see {log}")
+            time.sleep(0.05)
+    finally:
+        database.dispose()
+    return process
+
+
 def wait_ping(app: Any, node: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -31,6 +31,7 @@ from celery import Celery
 from orchestrator import transitions
 from orchestrator.db import Database
 from orchestrator.models import utcnow
+from orchestrator.states import Attempt
 
 BROKER = os.environ["BENCH_BROKER"]
 BACKEND = os.environ.get("BENCH_BACKEND") or None
@@ -83,8 +84,8 @@ def claim_and_succeed(job_id: str) -> None:
         database, job_id, worker="raw", lease_seconds=30, now=utcnow()
     )
     assert started is not None, f"{job_id} was not claimable"
-    run, now = transitions.Attempt.of(started.job), utcnow()
-    assert transitions.succeed_alone(database, run, None, now, next_due=now, has_next=False)
+    run, now = Attempt.of(started.job), utcnow()
+    assert transitions.succeed_alone(database, run, None, now, has_next=False)
     _counter.incr(COUNTER)
 
 

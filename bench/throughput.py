@@ -1,7 +1,8 @@
 """Worker throughput: drain N pre-created no-op jobs with `prefork -c 2`.
 
 Three contenders, each with late acks and prefetch 1, in every round:
-- orchestrator: jobs recorded in the database, dispatched to Redis, claimed, fenced, recorded;
+- orchestrator: jobs recorded in the database, admitted into the broker's window by the
+  dispatcher process as the worker empties it, claimed, fenced, recorded;
 - raw Celery: N no-op tasks, no result backend;
 - Celery + SQLAlchemy result backend (`result_extended`): how people keep task state in a
   database today.
@@ -33,6 +34,7 @@ from bench.harness import (
     Servers,
     add_durability_option,
     celery_worker,
+    dispatcher,
     median,
     orchestrator_settings,
     report,
@@ -41,7 +43,7 @@ from bench.harness import (
     wait_ping,
 )
 from orchestrator.dispatch.celery import create_celery_app
-from orchestrator.models import Job
+from orchestrator.models import LIVE_STATES_SQL, Job
 from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
 
@@ -51,7 +53,7 @@ RUNS_TABLE = "CREATE TABLE IF NOT EXISTS bench_runs (id uuid PRIMARY KEY, finish
 
 
 def record_jobs(env: Servers, database_url: str, jobs: int) -> Runtime:
-    """`jobs` no-op jobs recorded (and sent to the orchestrator's queue), settled."""
+    """`jobs` no-op jobs recorded, ready (the first window's worth sent already)."""
     settings = orchestrator_settings(database_url, env.redis_url(1))
     runtime = Runtime.build(settings)
     for start in range(0, jobs, CHUNK):
@@ -61,10 +63,6 @@ def record_jobs(env: Servers, database_url: str, jobs: int) -> Runtime:
                 for i in range(start, min(start + CHUNK, jobs))
             ]
         )
-    # Pre-created means settled: the broker's acceptance marks, which the web writes a few
-    # seconds after creating jobs that still wait (see dispatch_marks), are written now
-    # rather than in the middle of the drain.
-    runtime.service.marks.flush()
     # Planner statistics, as autovacuum would have them on a live system: without them
     # PostgreSQL may read the claim through the status index instead of the primary key.
     with runtime.database.transaction() as session:
@@ -78,15 +76,20 @@ def orchestrator_rate(env: Servers, backend: str, jobs: int, folder: Path) -> fl
     node = f"orch-{uuid.uuid4().hex[:6]}@bench"
     worker = celery_worker("tasks.worker", settings_env(settings), folder / "orch.log", node)
     app = create_celery_app(settings)
+    feeder = None
     try:
         env.quiesce()
         wait_ping(app, node)
+        feeder = dispatcher(settings, folder / "dispatcher.log")
         started = time.perf_counter()
         app.control.add_consumer("default", destination=[node], reply=True)
-        broker = redis.Redis.from_url(settings.redis_url)
-        _wait(lambda: _drained(broker, "default") and _succeeded(runtime) >= jobs)
-        return jobs / (time.perf_counter() - started)
+        _wait(lambda: _none_live(runtime))
+        elapsed = time.perf_counter() - started
+        assert _succeeded(runtime) == jobs, "jobs were lost or failed"
+        return jobs / elapsed
     finally:
+        if feeder is not None:
+            feeder.stop()
         worker.stop()
         runtime.database.dispose()
 
@@ -152,17 +155,13 @@ def raw_rate(
         worker.stop()
 
 
-def _drained(broker: redis.Redis, queue: str) -> bool:
-    """Whether the broker holds nothing for the worker: its queue is empty and no message
-    is unacknowledged. A worker acknowledges a job only once its outcome is committed, so
-    the jobs are then done (the count confirms it). Polling the broker rather than
-    counting rows keeps the poll off the database under test (a count of 20,000 rows ten
-    times a second cost several percent of a core)."""
-    with broker.pipeline() as pipe:
-        pipe.llen(queue)
-        pipe.hlen("unacked")
-        waiting, unacked = pipe.execute()
-    return bool(waiting == 0 and unacked == 0)
+def _none_live(runtime: Runtime) -> bool:
+    """Whether every job has finished: one probe of the live jobs' index (which holds
+    nothing else), so that polling costs the database under test next to nothing (a count
+    of 20,000 rows ten times a second cost several percent of a core)."""
+    with runtime.database.session() as session:
+        live = sa.select(Job.id).where(sa.text(LIVE_STATES_SQL)).limit(1)
+        return session.execute(live).first() is None
 
 
 def _succeeded(runtime: Runtime) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import prometheus_client
 from celery import Celery, Task
@@ -18,9 +18,9 @@ from orchestrator.dispatch.celery import create_celery_app
 from orchestrator.dispatch.celery_messages import task_name
 from orchestrator.logs import configure_logging
 from orchestrator.registry import JobType, Registry, load_job_modules
-from orchestrator.runner import Failed, RetryLater, Succeeded
+from orchestrator.runner import Failed, Succeeded
 from orchestrator.runtime import Runtime
-from orchestrator.settings import Settings, get_settings
+from orchestrator.settings import DispatchMode, Settings, get_settings
 
 # Celery's hard limit fires this long after the soft one, which the handler sees as an error.
 HARD_LIMIT_GRACE_SECONDS = 15
@@ -29,31 +29,28 @@ log = logging.getLogger("orchestrator.worker")
 
 
 class JobFailed(Exception):
-    """A job failed for good; raising it stops the Celery chain at this step."""
+    """A job failed for good (so Celery and Flower show the task as failed)."""
 
 
 class JobTask(Task):  # type: ignore[misc]
-    """Base of every job task: finds the process's runtime and maps outcomes to Celery."""
+    """Base of every job task: finds the process's runtime and maps outcomes to Celery.
+
+    A message is one attempt of one job. What comes next is the database's: a retry waits
+    there for its backoff, and a pipeline's next step is ready there; the dispatcher admits
+    either when its time comes (it is told at once of a step made ready).
+    """
 
     job_type: JobType
 
     def run_job(self, job_id: str) -> None:
-        outcome = Runtime.current().runner.run(job_id, interruptible=True)
-        if isinstance(outcome, RetryLater) and outcome.in_broker:
-            self._retry_later(outcome)
+        runtime = Runtime.current()
+        outcome = runtime.runner.run(job_id, interruptible=True)
+        if isinstance(outcome, Succeeded) and self.job_type.then is not None:
+            runtime.admission.became_ready()
         if isinstance(outcome, Failed):
             raise JobFailed(f"{outcome.error.type}: {outcome.error.message}")
         if not isinstance(outcome, Succeeded):
-            # Ignore acknowledges the message and stops the chain here: a duplicate must not
-            # send the next step again, a cancelled job has no next step, and a long retry
-            # waits in the database; the sweeper sends it (and the steps after it) when due.
-            raise Ignore()
-
-    def _retry_later(self, outcome: RetryLater) -> NoReturn:
-        # Celery's own retry: the message is re-sent with the chain's remaining steps and
-        # an ETA; the countdown comes from the job type's policy (exponential, linear or
-        # fixed, with jitter). The attempt limit is enforced by the runner, not by Celery.
-        raise self.retry(countdown=outcome.delay, max_retries=None)
+            raise Ignore()  # acknowledged: a duplicate, a cancel, a retry for later
 
 
 def register_job_tasks(app: Celery, registry: Registry) -> None:
@@ -92,17 +89,19 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-SWEEP_TASK = "orchestrator.sweep_outbox"
 CATCH_UP_SECONDS = 60.0
 REAP_TASK = "orchestrator.reap_leases"
+DISPATCH_TICK_TASK = "orchestrator.dispatch_tick"
+# Push modes have no dispatcher process: beat has a worker run its round this often.
+DISPATCH_TICK_SECONDS = 1.0
 
 
 def register_maintenance_tasks(app: Celery) -> None:
-    def sweep_outbox() -> int:
-        return Runtime.current().maintenance.sweep_outbox()
-
     def reap_leases() -> int:
         return Runtime.current().maintenance.reap_leases()
+
+    def dispatch_tick() -> int:
+        return Runtime.current().admission.tick()[1]
 
     def fire_cron(cron_id: str, occurrence: str) -> int:
         return Runtime.current().cron.fire(cron_id, datetime.fromisoformat(occurrence)).created
@@ -110,8 +109,8 @@ def register_maintenance_tasks(app: Celery) -> None:
     def cron_catch_up() -> int:
         return len(Runtime.current().cron.catch_up())
 
-    app.task(sweep_outbox, name=SWEEP_TASK, ignore_result=True)
     app.task(reap_leases, name=REAP_TASK, ignore_result=True)
+    app.task(dispatch_tick, name=DISPATCH_TICK_TASK, ignore_result=True)
     app.task(fire_cron, name=FIRE_TASK, ignore_result=True, acks_late=True)
     app.task(cron_catch_up, name=CATCH_UP_TASK, ignore_result=True, acks_late=True)
 
@@ -120,7 +119,7 @@ def beat_schedule(settings: Settings, definitions: CronRegistry) -> dict[str, di
     """Housekeeping on its own queue, so it never waits behind a backlog of jobs, and one
     entry per cron job.
 
-    Housekeeping entries expire after one period: a sweep that could not run in time is
+    Housekeeping entries expire after one period: a reap that could not run in time is
     dropped, not stacked up behind the next one. Cron firings never expire.
     """
 
@@ -133,10 +132,13 @@ def beat_schedule(settings: Settings, definitions: CronRegistry) -> dict[str, di
 
     cron_entries = {f"cron:{d.id}": cron_entry(d) for d in definitions}
     schedule = {
-        "outbox-sweep": every(SWEEP_TASK, settings.sweep_interval),
         "lease-reaper": every(REAP_TASK, settings.reap_interval),
         **cron_entries,
     }
+    if settings.dispatch_mode is not DispatchMode.CELERY:
+        # Push modes fill in the web's requests; this finds scheduled jobs due and
+        # deliveries gone missing when no request comes.
+        schedule["dispatch-tick"] = every(DISPATCH_TICK_TASK, DISPATCH_TICK_SECONDS)
     if cron_entries:
         # A firing that failed (the database away at 01:00, say) is acknowledged all the
         # same; this makes it up within a minute, as /admin/cron/tick does on Cloud Run.

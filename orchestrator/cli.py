@@ -15,7 +15,8 @@ from orchestrator import migrate, processes
 from orchestrator.cli_jobs import jobs
 from orchestrator.embedded_redis import EmbeddedRedisError
 from orchestrator.errors import OrchestratorError
-from orchestrator.settings import ConfigurationError, get_settings
+from orchestrator.service import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from orchestrator.settings import ConfigurationError, get_settings, load_settings
 
 
 class Commands(click.Group):
@@ -66,9 +67,18 @@ def dev() -> None:
 @main.command("run")
 @click.argument("process", type=click.Choice(processes.PROCESS_NAMES))
 @click.option("--print", "print_only", is_flag=True, help="Print the command instead.")
-def run_process(process: str, print_only: bool) -> None:
+@click.option(
+    "--queues",
+    default=None,
+    help="A worker: the queues it consumes, comma-separated (default ORCH_WORKER_QUEUES).",
+)
+def run_process(process: str, print_only: bool, queues: str | None) -> None:
     """Run one process type with its configured command line (the Procfile uses this)."""
     settings = get_settings()
+    if queues is not None:
+        if process != "worker":
+            raise click.UsageError("--queues is for a worker")
+        settings = load_settings(worker_queues=queues)
     argv = processes.command(process, settings)
     if print_only:
         click.echo(" ".join(argv))
@@ -82,7 +92,14 @@ def run_process(process: str, print_only: bool) -> None:
 @click.option("--tenant", required=True, help="Tenant the job belongs to.")
 @click.option("--input", "input_json", default="{}", help="The job's input as JSON.")
 @click.option("--subject", default=None, help="What the job is about, e.g. an inspection id.")
-def send(job_type: str, tenant: str, input_json: str, subject: str | None) -> None:
+@click.option(
+    "--priority",
+    type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY),
+    default=DEFAULT_PRIORITY,
+    show_default=True,
+    help="Higher runs sooner among the tenant's ready jobs.",
+)
+def send(job_type: str, tenant: str, input_json: str, subject: str | None, priority: int) -> None:
     """Create a job from the shell and print it as JSON."""
     from orchestrator.jobs import send_job  # noqa: PLC0415 - builds the runtime
 
@@ -90,7 +107,7 @@ def send(job_type: str, tenant: str, input_json: str, subject: str | None) -> No
         data = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"--input is not JSON: {exc}") from None
-    details = send_job(job_type, data, tenant_id=tenant, subject=subject)
+    details = send_job(job_type, data, tenant_id=tenant, subject=subject, priority=priority)
     click.echo(
         json.dumps(
             {
@@ -109,10 +126,12 @@ def maintenance() -> None:
 
 @maintenance.command("sweep")
 def maintenance_sweep() -> None:
-    """Send every job whose dispatch is due (the outbox sweep)."""
+    """Admit the ready jobs that fit in the window, and again those gone missing (the
+    dispatcher's round, once)."""
     from orchestrator.runtime import Runtime  # noqa: PLC0415 - builds engines and Celery
 
-    click.echo(f"sent {Runtime.build(get_settings()).maintenance.sweep_outbox()} job(s)")
+    missing, sent = Runtime.build(get_settings()).admission.tick()
+    click.echo(f"sent {sent} job(s); {missing} were missing")
 
 
 @maintenance.command("reap")

@@ -61,9 +61,13 @@ class Client:
         subject: str | None = None,
         idempotency_key: str | None = None,
         delay_seconds: float | None = None,
+        priority: int | None = None,
     ) -> Job:
-        """Create a job; with an idempotency key, a repeat returns the job made before."""
+        """Create a job; with an idempotency key, a repeat returns the job made before.
+        `priority`: 1 to 10 (default 5), higher runs sooner among the tenant's jobs."""
         body: dict[str, Any] = {"type": job_type, "input": dict(job_input or {})}
+        if priority is not None:
+            body["priority"] = priority
         if subject is not None:
             body["subject"] = subject
         if delay_seconds is not None:

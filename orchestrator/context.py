@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestrator import transitions
+from orchestrator import job_events, transitions
 from orchestrator.db import Database
 from orchestrator.errors import JobCancelled
 from orchestrator.settings import Settings
-from orchestrator.transitions import Attempt
+from orchestrator.states import Attempt
 
 logger = logging.getLogger("orchestrator.job")
 
@@ -102,4 +102,4 @@ class JobContext:
 
     def _write_log(self, level: str, message: str) -> None:
         with self._database.transaction() as session:
-            transitions.log(session, self._run, level, message[:4000], self._clock())
+            job_events.log(session, self._run, level, message[:4000], self._clock())

@@ -69,13 +69,23 @@ class Database:
         runs in autocommit (its own transaction, without the round trips of BEGIN, COMMIT
         and a pre-ping); on SQLite a transaction like any other.
 
-        Creations, dispatched marks, and the workers' claims and successes on SQLite run
-        here (on PostgreSQL those two take `first_row`). A connection the server dropped
-        fails the statement and leaves the pool; the work then runs once more on a new one.
+        The workers' claims and successes on SQLite run here (on PostgreSQL those two take
+        `first_row`). A connection the server dropped fails the statement and leaves the
+        pool; the work then runs once more on a new one.
         """
+        return self._once_more_if_dropped(work, self._statement_sessions)
+
+    def unit(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in a transaction of its own, once more on a new connection if the
+        server dropped the first (a creation: its rows and, maybe, their admission)."""
+        return self._once_more_if_dropped(work, self._sessions)
+
+    def _once_more_if_dropped(
+        self, work: Callable[[Session], T], sessions: sessionmaker[Session]
+    ) -> T:
         for retry in (False, True):
             try:
-                with self._writer, self._statement_sessions() as session, session.begin():
+                with self._writer, sessions() as session, session.begin():
                     return work(session)
             except sa.exc.DBAPIError as exc:
                 if retry or not exc.connection_invalidated:

@@ -1,9 +1,9 @@
-"""A pushed delivery (Cloud Tasks or plain HTTP): run the job, then dispatch what follows.
+"""A pushed delivery (Cloud Tasks or plain HTTP): run the job, then fill the window again.
 
-Push backends have no canvas and no retry policy of ours, so after the runner records the
-outcome this dispatches the next pipeline step on success, or the next attempt at its
-backoff time. If that dispatch fails, the outbox entry the transition wrote is still
-there and the sweeper sends it.
+Push backends have no canvas and no retry policy of ours: a run's end frees its place in
+the window and may have made jobs ready (the next pipeline step, a retry due now), so the
+request that ran it fills the window right after (`Admission.pump`), fairly, as the
+dispatcher would.
 """
 
 from __future__ import annotations
@@ -11,12 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
-from orchestrator.models import Job
-from orchestrator.runner import Outcome, RetryLater, Runner, Succeeded
-from orchestrator.service import JobService
-from orchestrator.states import JobStatus
+from orchestrator.admission import Admission
+from orchestrator.runner import Outcome, Runner
 
 
 @dataclass(frozen=True)
@@ -29,23 +25,12 @@ class Delivered:
 
 
 class PushDelivery:
-    def __init__(self, runner: Runner, service: JobService) -> None:
+    def __init__(self, runner: Runner, admission: Admission) -> None:
         self.runner = runner
-        self.service = service
+        self.admission = admission
 
     def handle(self, job_id: str, delivery: dict[str, Any]) -> Delivered:
         outcome = self.runner.run(job_id, delivery=delivery)
-        if self.service.dispatcher.drives_pipelines:
-            return Delivered(outcome)
-        if isinstance(outcome, Succeeded):
-            self._send(Job.parent_id == job_id, JobStatus.QUEUED)
-        elif isinstance(outcome, RetryLater):
-            self._send(Job.id == job_id, JobStatus.RETRYING)
+        if self.admission.in_process:
+            self.admission.pump()
         return Delivered(outcome)
-
-    def _send(self, which: sa.ColumnElement[bool], status: JobStatus) -> None:
-        """Dispatch the job `which` selects if it is in `status`, at its `run_at`."""
-        with self.service.database.session() as session:
-            job = session.scalar(sa.select(Job).where(which, Job.status == status))
-        if job is not None:
-            self.service.send([job], not_before=job.run_at)

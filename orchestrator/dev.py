@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from orchestrator import migrate, processes
-from orchestrator.dispatch.celery import create_celery_app, forget_broker_epoch, restore_unacked
+from orchestrator.dispatch.celery import create_celery_app, restore_unacked
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings, load_settings
@@ -89,14 +89,12 @@ def redis_program(redis: EmbeddedRedis, settings: Settings) -> Program:
     """The embedded broker, with its append-only file: what it held comes back with it.
 
     At start, before any worker runs, messages that the last run's workers had taken but
-    not acknowledged go back to their queues, and the broker's epoch is forgotten, so
-    beat's first sweep sends again every job it held: a crash may have cost the file its
-    last second of writes, and a copy is skipped by the claim where a lost message would
-    wait for a timer. After a crash of Redis alone, the same."""
+    not acknowledged go back to their queues. What the broker lost all the same (a crash
+    may cost the file its last second of writes) the dispatcher finds missing and admits
+    again within seconds."""
     redis.data_dir.mkdir(parents=True, exist_ok=True)
 
     def on_ready(restarted: bool) -> None:
-        forget_broker_epoch(redis.url)
         if not restarted and (taken := restore_unacked(create_celery_app(settings))):
             print(f"{taken} message(s) held by the last run's workers are queued again")
 
@@ -108,7 +106,7 @@ def redis_program(redis: EmbeddedRedis, settings: Settings) -> Program:
 def app_programs(settings: Settings) -> list[Program]:
     env = processes.environment(settings)
     programs = []
-    for name in processes.PROCESS_NAMES:
+    for name in processes.needed(settings):
         processes.prepare(name, settings)
         # A worker outliving its supervisor finishes nothing it should: a cold stop.
         death = signal.SIGQUIT if name == "worker" else signal.SIGTERM

@@ -21,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from orchestrator import transitions
 from orchestrator.db import Database
-from orchestrator.transitions import Attempt, LeaseState
+from orchestrator.states import Attempt, LeaseState
 
 log = logging.getLogger("orchestrator.heartbeat")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.runtime import Runtime
-from orchestrator.service import JobDetails, NewJob
+from orchestrator.service import DEFAULT_PRIORITY, JobDetails, NewJob
 
 
 def send_job(
@@ -19,11 +19,18 @@ def send_job(
     tenant_id: str,
     subject: str | None = None,
     created_by: str | None = None,
+    priority: int = DEFAULT_PRIORITY,
 ) -> JobDetails:
     """Record a job (and the pipeline steps after it) and dispatch it; the job as it is
-    then (inline dispatch has run it already)."""
+    then (inline dispatch has run it already). `priority`: 1 to 10, higher runs sooner
+    among the tenant's ready jobs."""
     request = NewJob(
-        tenant_id=tenant_id, type=type, input=input or {}, subject=subject, created_by=created_by
+        tenant_id=tenant_id,
+        type=type,
+        input=input or {},
+        subject=subject,
+        created_by=created_by,
+        priority=priority,
     )
     service = Runtime.current().service
     return service.get(tenant_id, service.create(request).details.job.id)

@@ -10,7 +10,8 @@ gunicorn and Celery process on the host writes its counts there and `/metrics` a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
-from orchestrator.models import Job, UTCDateTime, utcnow
-from orchestrator.states import LIVE, JobStatus
+from orchestrator import tenant_stats
+from orchestrator.models import LIVE_STATES_SQL, Job, utcnow
+from orchestrator.states import CLAIMABLE, LIVE, JobStatus
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 JOB_EVENTS = ("created", "started", "succeeded", "failed", "retried", "cancelled")
@@ -105,8 +107,9 @@ def collect_counters() -> Iterator[Any]:
 
 
 class DatabaseGauges(Collector):
-    """Queue depth, jobs per live state, and the oldest queued job's age, read at scrape
-    time through the (status, updated_at) index: cost follows the live jobs, not history."""
+    """Queue depth, jobs per live state, the oldest due job's wait, and each tenant's jobs
+    by where they stand in dispatch, read at scrape time from the live jobs only (through
+    the live states' index): cost follows the live jobs, not history."""
 
     def __init__(self, session: Callable[[], Session], clock: Callable[[], datetime] = utcnow):
         self.session = session
@@ -114,25 +117,24 @@ class DatabaseGauges(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self.clock()
-        # A delayed job is queued but no worker may take it before its runAt: it is no
-        # backlog, and it waits from its runAt, not from its creation.
-        due = sa.or_(Job.run_at.is_(None), Job.run_at <= now)
-        waiting_since = sa.case((due, sa.func.coalesce(Job.run_at, Job.updated_at)))
+        # A job delayed or backing off is queued, but no worker may take it yet: it is no
+        # backlog until it is ready, and it waits from then (`ready_since`).
         with self.session() as session:
             by_state = session.execute(
                 sa.select(
                     Job.status,
                     Job.queue,
                     sa.func.count(),
-                    sa.func.count(waiting_since),
-                    sa.func.min(sa.type_coerce(waiting_since, UTCDateTime())),
+                    sa.func.count(Job.ready_since),
+                    sa.func.min(Job.ready_since),
                 )
-                .where(Job.status.in_(LIVE))
+                .where(sa.text(LIVE_STATES_SQL))
                 .group_by(Job.status, Job.queue)
             ).all()
+            tenants = tenant_stats.loads(session)
         depth = GaugeMetricFamily(
             "orchestrator_queue_depth",
-            "Jobs queued, due and waiting for a worker, by queue.",
+            "Jobs due and waiting for a worker (admitted or not), by queue.",
             labels=["queue"],
         )
         states = GaugeMetricFamily(
@@ -143,17 +145,33 @@ class DatabaseGauges(Collector):
             "How long the due job queued longest has waited (0 when none is).",
         )
         per_state: dict[str, int] = dict.fromkeys((str(s) for s in LIVE), 0)
+        per_queue: Tally[str] = Tally()
         oldest_at: datetime | None = None
-        for status, queue, total, due_total, earliest in by_state:
+        for status, queue, total, ready, earliest in by_state:
             per_state[str(status)] += total
-            if status is JobStatus.QUEUED:
-                depth.add_metric([queue], due_total)
+            if JobStatus(status) in CLAIMABLE:
+                per_queue[queue] += ready
                 oldest_at = min(filter(None, (oldest_at, earliest)), default=None)
+        for queue, total in per_queue.items():
+            depth.add_metric([queue], total)
         for name, total in per_state.items():
             states.add_metric([name], total)
         age = (now - oldest_at).total_seconds() if oldest_at else 0.0
         oldest.add_metric([], max(age, 0.0))
-        yield from (depth, states, oldest)
+        yield from (depth, states, oldest, _tenant_gauge(tenants.values()))
+
+
+def _tenant_gauge(loads: Iterable[tenant_stats.TenantLoad]) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(
+        "orchestrator_tenant_jobs",
+        "Each tenant's live jobs by where they stand: queued (due, waiting for admission), "
+        "admitted (in the workers' queues), running, scheduled (due later).",
+        labels=["tenant", "place"],
+    )
+    for load in loads:
+        for place in ("queued", "admitted", "running", "scheduled"):
+            gauge.add_metric([load.tenant_id, place], getattr(load, place))
+    return gauge
 
 
 class _Counters(Collector):

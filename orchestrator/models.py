@@ -76,13 +76,15 @@ def _status_in(states: Iterable[JobStatus]) -> str:
 # The gauges' index holds live jobs only (`states.LIVE`).
 LIVE_STATES_SQL = _status_in(LIVE)
 UNARCHIVED_SQL = "archived_at IS NULL"
-# A parked job: claimable, but with no outbox entry, as its tenant was at its running
-# limit (`transitions.defer`). The queries that look for them say so in these very words,
-# so that the index below, which holds nothing else, serves them in any plan.
-PARKED_SQL = f"dispatch_due_at IS NULL AND {_status_in(sorted(CLAIMABLE))}"
+# A ready job: claimable and due, waiting for the dispatcher to admit it into the broker's
+# window (`orchestrator.admission`). A scheduled one: claimable, due later (a delay, a
+# retry's backoff) until the dispatcher finds it due. The queries that look for them say
+# so in these very words, so that the index holding nothing else serves them in any plan.
+READY_SQL = f"ready_since IS NOT NULL AND {_status_in(sorted(CLAIMABLE))}"
+SCHEDULED_SQL = f"ready_since IS NULL AND {_status_in(sorted(CLAIMABLE))}"
 
 
-def _partial(name: str, columns: list[str], where: str) -> sa.Index:
+def _partial(name: str, columns: list[Any], where: str) -> sa.Index:
     return sa.Index(name, *columns, postgresql_where=sa.text(where), sqlite_where=sa.text(where))
 
 
@@ -95,7 +97,8 @@ class Job(Base):
     subject: Mapped[str | None] = mapped_column(sa.String(256))
     input: Mapped[dict[str, Any]] = mapped_column(JSONType)
     status: Mapped[JobStatus] = mapped_column(status_type(checked=True))
-    priority: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
+    # 1 to 10, higher first among one tenant's ready jobs.
+    priority: Mapped[int] = mapped_column(sa.SmallInteger, default=5, server_default="5")
     queue: Mapped[str] = mapped_column(sa.String(64))
     attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(sa.Integer)
@@ -114,11 +117,8 @@ class Job(Base):
     # A digest of the creating request, so a reused key with another body is refused.
     request_digest: Mapped[str | None] = mapped_column(sa.String(64))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Manual retries so far: part of each delivery's name (see dispatch.base.Step).
+    # Manual retries so far.
     requeues: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
-    # Times parked under a tenant's running limit: part of each delivery's name too (a
-    # released job is sent anew, and Cloud Tasks keeps a used name reserved for an hour).
-    parks: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     pipeline_id: Mapped[str] = mapped_column(sa.String(40))
     parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("jobs.id"))
     step_index: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
@@ -128,10 +128,14 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Transactional outbox: when the sweeper must (re)send the job unless a worker claimed
-    # it first. Set in the creating transaction; moved on when the broker accepted it.
-    dispatch_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the job became ready to run (claimable and due): written with the change that
+    # makes it so, in the same transaction (the outbox: a ready job is one the dispatcher
+    # still has to send). NULL while it is due later; kept after its claim, as the start of
+    # its queue wait.
+    ready_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The W3C `traceparent` of the request that made the job ready, so the trace of an API
+    # call goes on through dispatch, the worker and the next step.
+    trace_context: Mapped[str | None] = mapped_column(sa.String(64))
 
     @classmethod
     def fresh(cls, **values: Any) -> Job:
@@ -158,16 +162,21 @@ class Job(Base):
         # that lookup scanned every waiting job: a step's success cost more the more
         # pipelines were in flight. Partial: single-step jobs, most of them, have no parent.
         _partial("ix_jobs_parent_id", ["parent_id"], "parent_id IS NOT NULL"),
-        # The four below are partial: they hold only the rows their scan can want, so the
+        # The ones below are partial: they hold only the rows their scan can want, so the
         # updates on every job's path (claim, success) write fewer index entries.
-        # The outbox sweeper's scan stays proportional to what is overdue.
-        _partial("ix_jobs_dispatch_due_at", ["dispatch_due_at"], "dispatch_due_at IS NOT NULL"),
-        # The lease reaper's scan, likewise.
+        # The dispatcher's admissions: per queue, per tenant, its ready jobs in the order
+        # they go (higher priority, then the longest ready).
+        _partial(
+            "ix_jobs_ready",
+            ["queue", "tenant_id", sa.desc(sa.column("priority")), "ready_since", "id"],
+            READY_SQL,
+        ),
+        # Scheduled jobs, found when they come due.
+        _partial("ix_jobs_scheduled", ["run_at"], SCHEDULED_SQL),
+        # The lease reaper's scan.
         _partial("ix_jobs_lease_expires_at", ["lease_expires_at"], "lease_expires_at IS NOT NULL"),
         # Metrics' gauges (queue depth, oldest queued job) read live states only.
         _partial("ix_jobs_status_updated_at", ["status", "updated_at"], LIVE_STATES_SQL),
-        # A tenant's parked jobs, released oldest first when one of its runs ends.
-        _partial("ix_jobs_parked", ["tenant_id", "id"], PARKED_SQL),
         # Nightly archival walks finished, unarchived jobs oldest first.
         _partial(
             "ix_jobs_finished_at_unarchived",
@@ -198,6 +207,43 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     __table_args__ = (sa.Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+
+class WindowEntry(Base):
+    """A job admitted into the broker's window: sent to the workers (or about to be, once
+    its admission commits), and not yet claimed. Its id numbers the delivery, so a
+    delivery that went missing is sent again under a new name. Rows of jobs claimed since
+    are dropped by the dispatcher (`window.forget_claimed`), not by the claim, which
+    stays one statement."""
+
+    __tablename__ = "dispatch_window"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    queue: Mapped[str] = mapped_column(sa.String(64))
+    tenant_id: Mapped[str] = mapped_column(sa.String(128))
+    # The attempt the delivery is for: a claim moves the job past it.
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    admitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Push modes: when the backend is to deliver it (Cloud Tasks' scheduleTime).
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # SQLite would hand a deleted row's id out again: a delivery's name would repeat.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+
+class Lease(Base):
+    """A named lease held by one process at a time (the dispatcher's leadership): `token`
+    grows with every new holder."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(sa.String(256))
+    token: Mapped[int] = mapped_column(sa.BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Tenant(Base):

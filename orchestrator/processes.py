@@ -13,11 +13,11 @@ from pathlib import Path
 
 from orchestrator.dispatch.stats import reset_multiprocess_dir
 from orchestrator.metrics import MULTIPROC_ENV
-from orchestrator.settings import ConfigurationError, Settings
+from orchestrator.settings import ConfigurationError, DispatchMode, Settings
 
 CELERY_APP = "tasks.worker"
 WSGI_APP = "api:create_production_app()"
-PROCESS_NAMES = ("web", "worker", "beat", "flower")
+PROCESS_NAMES = ("web", "worker", "beat", "flower", "dispatcher")
 
 
 def _executable(name: str) -> str:
@@ -27,7 +27,13 @@ def _executable(name: str) -> str:
 
 
 def command(name: str, settings: Settings) -> list[str]:
-    builders = {"web": web, "worker": worker, "beat": beat, "flower": flower}
+    builders = {
+        "web": web,
+        "worker": worker,
+        "beat": beat,
+        "flower": flower,
+        "dispatcher": dispatcher,
+    }
     try:
         return builders[name](settings)
     except KeyError:
@@ -57,6 +63,8 @@ def worker(settings: Settings) -> list[str]:
         f"--loglevel={settings.log_level}",
         f"--concurrency={settings.worker_concurrency}",
         f"--queues={','.join(settings.worker_queues)}",
+        # A node name per set of queues, so two workers of one host answer apart.
+        f"--hostname={settings.worker_queues[0]}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
@@ -88,6 +96,19 @@ def flower(settings: Settings) -> list[str]:
     return argv
 
 
+def dispatcher(settings: Settings) -> list[str]:
+    """The process that fills Celery's broker window from the database (one leads; any
+    more are standbys). Push modes fill in the web process and need none."""
+    return [sys.executable, "-m", "orchestrator.dispatcher"]
+
+
+def needed(settings: Settings) -> tuple[str, ...]:
+    """The process types this deployment runs (`make run` starts these)."""
+    if settings.dispatch_mode is DispatchMode.CELERY:
+        return PROCESS_NAMES
+    return tuple(name for name in PROCESS_NAMES if name != "dispatcher")
+
+
 def prepare(name: str, settings: Settings) -> None:
     """Refuse to start a process that would run insecurely; create the folders it needs."""
     if name == "web":
@@ -99,6 +120,11 @@ def prepare(name: str, settings: Settings) -> None:
     if name == "flower" and not settings.is_development and not settings.flower_basic_auth:
         raise ConfigurationError(
             "ORCH_FLOWER_BASIC_AUTH is required outside development (Flower can revoke tasks)"
+        )
+    if name == "dispatcher" and settings.dispatch_mode is not DispatchMode.CELERY:
+        raise ConfigurationError(
+            "the dispatcher process is for ORCH_DISPATCH_MODE=celery (push modes fill the "
+            "window in the web process)"
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from orchestrator import transitions
+from orchestrator import job_events, tracing, transitions
 from orchestrator.context import JobContext
 from orchestrator.db import Database
 from orchestrator.errors import InvalidInput, PermanentError
@@ -26,8 +26,7 @@ from orchestrator.heartbeat import Heartbeat, Watch
 from orchestrator.models import Job, utcnow
 from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
-from orchestrator.states import CLAIMABLE, JobStatus
-from orchestrator.transitions import Attempt, ErrorInfo
+from orchestrator.states import CLAIMABLE, Attempt, ErrorInfo, JobStatus
 
 log = logging.getLogger("orchestrator.runner")
 
@@ -42,7 +41,6 @@ class SkipReason(StrEnum):
     DUPLICATE = "duplicate"  # another delivery claimed it, or it already finished
     WAITING = "waiting"  # a pipeline step whose upstream step has not succeeded
     SUPERSEDED = "superseded"  # this attempt lost its lease; its result was refused
-    TENANT_AT_LIMIT = "tenant_at_limit"  # parked until one of its tenant's runs ends
 
 
 @dataclass(frozen=True)
@@ -61,15 +59,11 @@ class Succeeded:
 
 @dataclass(frozen=True)
 class RetryLater:
-    """Another attempt is due in `delay` seconds.
-
-    `in_broker` says whether the dispatcher should hold the retry itself (a short delay,
-    Celery's ETA) or leave it to the database and the sweeper (a long one).
-    """
+    """Another attempt is due in `delay` seconds: the job waits in the database until
+    then, and the dispatcher admits it when it is due."""
 
     delay: float
     error: ErrorInfo
-    in_broker: bool
 
 
 @dataclass(frozen=True)
@@ -143,8 +137,6 @@ class Runner:
 
     def _claim(self, job_id: str, delivery: dict[str, Any] | None) -> Claimed | Skipped:
         now = self.clock()
-        if self.settings.tenant_max_running:
-            return self._claim_within_limit(job_id, delivery, now)
         started = transitions.claim_alone(
             self.database,
             job_id,
@@ -158,33 +150,6 @@ class Runner:
                 return self._skip(session, job_id, now, delivery)
         return self._claimed(started)
 
-    def _claim_within_limit(
-        self, job_id: str, delivery: dict[str, Any] | None, now: datetime
-    ) -> Claimed | Skipped:
-        """The claim under a per-tenant running limit, which needs the row before claiming
-        (and, on PostgreSQL, the tenant's lock), so it is a transaction of its own."""
-        with self.database.transaction() as session:
-            seen = session.get(Job, job_id)
-            if seen is None:
-                return self._skip(session, job_id, now, delivery)
-            if self._over_limit(session, seen, now):
-                return Skipped(
-                    SkipReason.TENANT_AT_LIMIT,
-                    "tenant at its running limit; the job waits its turn",
-                )
-            started = transitions.claim(
-                session,
-                job_id,
-                worker=self.worker,
-                now=now,
-                lease_seconds=self.settings.lease_seconds,
-                delivery=delivery,
-                seen=seen,
-            )
-            if started is None:
-                return self._skip(session, job_id, now, delivery)
-            return self._claimed(started)
-
     def _claimed(self, started: transitions.Started) -> Claimed:
         job = started.job
         return Claimed(job, self.registry.resolve(job.type), started.upstream_result)
@@ -197,7 +162,7 @@ class Runner:
         if existing is None:
             return Skipped(SkipReason.NOT_FOUND, f"unknown job {job_id}")
         skipped = _why_not_claimed(existing, now)
-        transitions.note_skipped_delivery(
+        job_events.note_skipped_delivery(
             session, existing, now, reason=skipped.reason, detail=skipped.detail, delivery=delivery
         )
         log.info(
@@ -206,19 +171,6 @@ class Runner:
             extra={**_log_extra(existing), "action": "skipped", "reason": skipped.reason},
         )
         return skipped
-
-    def _over_limit(self, session: Session, job: Job, now: datetime) -> bool:
-        """Per-tenant fairness: a job of a tenant at `ORCH_TENANT_MAX_RUNNING` is parked."""
-        limit = self.settings.tenant_max_running
-        if not limit or job.status not in CLAIMABLE:
-            return False
-        if not transitions.tenant_at_limit(session, job.tenant_id, limit):
-            return False
-        transitions.defer(session, job, now)
-        log.info(
-            "deferred: tenant at its running limit", extra={**_log_extra(job), "action": "deferred"}
-        )
-        return True
 
     def _execute(self, claimed: Claimed, watch: Watch) -> Outcome:
         job, job_type = claimed.job, claimed.job_type
@@ -246,30 +198,26 @@ class Runner:
     def _retry_or_fail(self, job: Job, job_type: JobType, error: ErrorInfo) -> Outcome:
         if job.attempt >= job.max_attempts:
             return Failed(error)
-        delay = job_type.retry.delay(job.attempt)
-        return RetryLater(delay, error, in_broker=delay <= self.settings.broker_delay_limit)
+        return RetryLater(job_type.retry.delay(job.attempt), error)
 
     def _record(self, claimed: Claimed, outcome: Outcome) -> Outcome | None:
         """Write the outcome; what was recorded, or `None` if this attempt was superseded."""
         run, now = claimed.run, self.clock()
-        has_next, next_due = claimed.job_type.then is not None, now + self._grace
-        if isinstance(outcome, Succeeded) and not self.settings.tenant_max_running:
+        if isinstance(outcome, Succeeded):
             # The common case, one statement (see transitions.succeed_alone).
             won = transitions.succeed_alone(
-                self.database, run, outcome.result, now, next_due=next_due, has_next=has_next
+                self.database,
+                run,
+                outcome.result,
+                now,
+                has_next=claimed.job_type.then is not None,
+                trace=tracing.current_traceparent() or claimed.job.trace_context,
             )
             return outcome if won else None
         with self.database.transaction() as session:
-            if self.settings.tenant_max_running:
-                # This run's slot frees up: the tenant's oldest parked job may go.
-                transitions.release_deferred(session, run.tenant_id, now)
-            if isinstance(outcome, Succeeded):
-                won = transitions.succeed(
-                    session, run, outcome.result, now, next_due=next_due, has_next=has_next
-                )
-            elif isinstance(outcome, RetryLater):
+            if isinstance(outcome, RetryLater):
                 return self._retry(session, run, outcome, now)
-            elif isinstance(outcome, Cancelled):
+            if isinstance(outcome, Cancelled):
                 won = transitions.confirm_cancelled(session, run, now)
             else:
                 assert isinstance(outcome, Failed)  # a handler's outcome is never Skipped
@@ -280,12 +228,7 @@ class Runner:
         self, session: Session, run: Attempt, outcome: RetryLater, now: datetime
     ) -> Outcome | None:
         run_at = now + timedelta(seconds=outcome.delay)
-        # A retry the broker holds is swept only if it goes missing; one the database holds
-        # is swept when due.
-        due = run_at + self._grace if outcome.in_broker else run_at
-        if transitions.schedule_retry(
-            session, run, outcome.error, now, run_at=run_at, dispatch_due=due
-        ):
+        if transitions.schedule_retry(session, run, outcome.error, now, run_at=run_at):
             return outcome
         # A cancel asked for while the attempt ran (before its heartbeat saw it) wins over
         # another attempt, as it does when the reaper finds the run's lease expired.
@@ -297,13 +240,9 @@ class Runner:
             extra={**_log_extra(claimed.job), "action": "fenced"},
         )
         with self.database.transaction() as session:
-            transitions.note_refused_result(
+            job_events.note_refused_result(
                 session, claimed.run, self.clock(), type(outcome).__name__.lower()
             )
-
-    @property
-    def _grace(self) -> timedelta:
-        return timedelta(seconds=self.settings.dispatch_grace_seconds)
 
 
 def _why_not_claimed(job: Job, now: datetime) -> Skipped:

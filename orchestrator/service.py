@@ -20,10 +20,10 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator import transitions
+from orchestrator import tenant_stats, tracing, transitions
+from orchestrator.admission import Admission
 from orchestrator.db import Database
-from orchestrator.dispatch import Dispatcher, DispatchError, Step
-from orchestrator.dispatch_marks import DispatchMarks
+from orchestrator.dispatch import Delivery
 from orchestrator.errors import (
     FieldError,
     IdempotencyConflict,
@@ -45,6 +45,8 @@ from orchestrator.text import name_problem, text_problem
 log = logging.getLogger("orchestrator.service")
 
 MAX_PAGE_SIZE = 100
+# Priorities run from 1 to 10, higher sooner among a tenant's ready jobs.
+MIN_PRIORITY, DEFAULT_PRIORITY, MAX_PRIORITY = 1, 5, 10
 TERMINAL_NAMES = ("succeeded", "failed", "cancelled")
 MAX_BULK_RETRY = 1000
 CANCEL_POLL_SECONDS = 0.05
@@ -62,17 +64,21 @@ class NewJob:
     idempotency_key: str | None = None
     delay_seconds: float | None = None
     run_at: datetime | None = None
+    priority: int = DEFAULT_PRIORITY
 
     def digest(self) -> str:
         """What makes two requests with one idempotency key "the same request"."""
+        fields: list[Any] = [
+            self.type,
+            self.input,
+            self.subject,
+            self.delay_seconds,
+            self.run_at.isoformat() if self.run_at else None,
+        ]
+        if self.priority != DEFAULT_PRIORITY:  # digests made before priorities stay valid
+            fields.append(self.priority)
         canonical = json.dumps(
-            [
-                self.type,
-                self.input,
-                self.subject,
-                self.delay_seconds,
-                self.run_at.isoformat() if self.run_at else None,
-            ],
+            fields,
             sort_keys=True,
             separators=(",", ":"),
             default=str,
@@ -115,33 +121,28 @@ class JobService:
         self,
         database: Database,
         registry: Registry,
-        dispatcher: Dispatcher,
+        admission: Admission,
         settings: Settings,
         *,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.database = database
         self.registry = registry
-        self.dispatcher = dispatcher
+        self.admission = admission
         self.settings = settings
         self.clock = clock
         self._known_tenants: set[str] = set()
-        # Which jobs the broker accepted, written late and in bulk (see dispatch_marks).
-        self.marks = DispatchMarks(
-            database,
-            redispatch_after=settings.redispatch_after_seconds,
-            delay=settings.dispatch_grace_seconds / 2,
-            clock=clock,
-        )
 
     # -- create ------------------------------------------------------------------------
 
     def create(self, request: NewJob) -> Created:
-        """Record the whole pipeline in one transaction, then hand it to the dispatcher.
+        """Record the whole pipeline in one transaction; its first step is ready (unless
+        delayed), which the dispatcher takes from there.
 
-        The rows carry their own dispatch intent (`dispatch_due_at`), so a broker that is
-        down, or a process that dies right after the commit, loses nothing: the job is
-        recorded as queued and the outbox sweeper sends it later.
+        Readiness is the outbox: a broker that is down, or a process that dies right after
+        the commit, loses nothing, as the dispatcher admits ready jobs whoever made them.
+        When the window has room and nothing else waits, the creating transaction admits
+        the job itself and this process sends it (the fast path).
         """
         if problems := _request_problems(request, self.settings):
             raise InvalidInput(problems)
@@ -151,7 +152,7 @@ class JobService:
         steps = self._build_pipeline(request, now)
         self._remember_tenant(request.tenant_id, now)
         try:
-            self._insert(steps, now)
+            self._insert(steps, [steps[0]], now)
         except IntegrityError:
             # A concurrent request with the same key won the race; answer with its job.
             if request.idempotency_key and (earlier := self._earlier(request)) is not None:
@@ -159,8 +160,6 @@ class JobService:
             raise
         for step in steps:
             log.info("job created", extra={**_ids(step), "action": "created"})
-        if steps[0].run_at is None:
-            self.send(steps)
         return Created(JobDetails(job=steps[0], steps=steps), created=True)
 
     def create_batch(
@@ -197,23 +196,31 @@ class JobService:
             self._remember_tenant(tenant_id, now)
         rows = [step for steps in pipelines for step in steps]
         try:
-            self._insert(rows, now)
+            self._insert(rows, [steps[0] for steps in pipelines], now)
         except IntegrityError:
             # A concurrent repeat of the keyed batch won the race; answer with its jobs.
             if idempotency_key and (earlier := self._earlier_batch(requests, idempotency_key)):
                 return earlier
             raise
         _log_created(pipelines)
-        self.send_many([steps for steps in pipelines if steps[0].run_at is None])
         return BatchCreated([JobDetails(job=steps[0], steps=steps) for steps in pipelines], True)
 
-    def _insert(self, rows: list[Job], now: datetime) -> None:
-        """Record the rows, once. `Database.statement` runs the insert again on a new
+    def _insert(self, rows: list[Job], heads: list[Job], now: datetime) -> None:
+        """Record the rows, once, and admit the ready `heads` if nothing waits before them
+        (`Admission.admit_new`, in the same transaction); then send those, or tell the
+        dispatcher there is work. `Database.unit` runs the insert again on a new
         connection when the first was dropped; if the first had committed (the connection
         lost inside its COMMIT), the second fails on the rows' own ids, which are there:
         what was asked for is done."""
+        ready = [head for head in heads if head.ready_since is not None]
+        room = self.admission.room({head.queue for head in ready})
+
+        def insert(session: sa.orm.Session) -> list[Delivery]:
+            transitions.insert_pipeline(session, rows, now)
+            return self.admission.admit_new(session, ready, room, now)
+
         try:
-            self.database.statement(lambda s: transitions.insert_pipeline(s, rows, now))
+            deliveries = self.database.unit(insert)
         except IntegrityError:
             with self.database.session() as session:
                 if session.get(Job, rows[0].id) is None:
@@ -222,6 +229,8 @@ class JobService:
                 "insert found its rows recorded by an earlier try",
                 extra={**_ids(rows[0]), "action": "created"},
             )
+            deliveries = []
+        self.admission.after_commit(deliveries, more_ready=len(ready) > len(deliveries))
 
     def earlier_batch(self, requests: Sequence[NewJob], key: str) -> BatchCreated | None:
         """What a keyed batch made before (see `create_batch`), or `None`; an
@@ -360,9 +369,9 @@ class JobService:
         head.idempotency_key = request.idempotency_key
         head.request_digest = request.digest() if request.idempotency_key else None
         head.run_at = self._run_at(request, now)
-        # The outbox entry: a delayed job is due for dispatch when it is due to run; any
-        # other is sent at once, and swept after the grace period if that send is lost.
-        head.dispatch_due_at = head.run_at or now + self._grace
+        # The outbox entry: ready now, or (delayed) once the dispatcher finds it due.
+        head.ready_since = None if head.run_at else now
+        head.trace_context = tracing.current_traceparent()
         return steps
 
     @staticmethod
@@ -425,6 +434,17 @@ class JobService:
                 .group_by(Job.status)
             ).all()
         return {str(status): count for status, count in rows}
+
+    def load(self, tenant_id: str) -> tenant_stats.TenantLoad:
+        """The tenant's live jobs by where they stand in dispatch (its backlog)."""
+        with self.database.session() as session:
+            found = tenant_stats.loads(session, tenant_id)
+        return found.get(tenant_id, tenant_stats.TenantLoad(tenant_id))
+
+    def place_in_line(self, job: Job) -> tenant_stats.Place | None:
+        """Where a due job stands in its tenant's line (None if it is not in one)."""
+        with self.database.session() as session:
+            return tenant_stats.place_in_line(session, job)
 
     def finished_per_minute(
         self, tenant_id: str, minutes: int = 60
@@ -501,7 +521,7 @@ class JobService:
             raise JobConflict(
                 f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
             )
-        self._send_when_due(steps)
+        self.admission.became_ready()
         return self.get(tenant_id, job_id)
 
     def retry_failed(
@@ -530,10 +550,11 @@ class JobService:
                 # instead), or it was archived since the listing.
                 steps = []
             if steps:
-                self._send_when_due(steps)
                 retried.append(job_id)
             if progress is not None:
                 progress(done, len(candidates))
+        if retried:
+            self.admission.became_ready()
         return retried
 
     def _requeue(self, session: sa.orm.Session, job: Job, *, run_now: bool = False) -> list[Job]:
@@ -547,57 +568,7 @@ class JobService:
         attempts = _budget(self.registry, job)
         now = self.clock()
         run_at = job.run_at if job.run_at is not None and job.run_at > now and not run_now else now
-        return transitions.requeue(
-            session,
-            job,
-            attempts,
-            now,
-            run_at=run_at,
-            dispatch_due=run_at if run_at > now else now + self._grace,
-        )
-
-    def _send_when_due(self, steps: Sequence[Job]) -> None:
-        """Dispatch requeued steps now if they are due; later ones wait in the outbox."""
-        if steps[0].run_at is None or steps[0].run_at <= self.clock():
-            self.send(steps)
-
-    # -- dispatch --------------------------------------------------------------------------
-
-    def send(self, steps: Sequence[Job], *, not_before: datetime | None = None) -> None:
-        """Dispatch `steps`; once the backend has them, the outbox entry only guards against
-        a lost message (`self.marks` moves it on). A failed dispatch is logged and left to
-        the sweeper. (A push that fails in the background brings the entry forward again:
-        see `runtime.resend_soon`.)"""
-        try:
-            self.dispatcher.dispatch([Step.of(step) for step in steps], not_before=not_before)
-        except DispatchError as exc:
-            log.warning(
-                "dispatch failed; the outbox sweeper will retry: %s",
-                exc,
-                extra={**_ids(steps[0]), "action": "dispatch_failed"},
-            )
-            return
-        self.marks.add([steps[0].id])
-
-    def send_many(self, pipelines: Sequence[Sequence[Job]]) -> None:
-        """Dispatch many pipelines at once (one broker round trip); their outbox entries
-        are settled in the background like `send`'s."""
-        if not pipelines:
-            return
-        try:
-            self.dispatcher.dispatch_many([[Step.of(job) for job in steps] for steps in pipelines])
-        except DispatchError as exc:
-            log.warning(
-                "batch dispatch failed; the outbox sweeper will retry: %s",
-                exc,
-                extra={"action": "dispatch_failed"},
-            )
-            return
-        self.marks.add([steps[0].id for steps in pipelines])
-
-    @property
-    def _grace(self) -> timedelta:
-        return timedelta(seconds=self.settings.dispatch_grace_seconds)
+        return transitions.requeue(session, job, attempts, now, run_at=run_at)
 
 
 def status_counts(
@@ -643,6 +614,8 @@ def _request_problems(request: NewJob, settings: Settings) -> list[FieldError]:
         for name, value, check in texts
         if value is not None and (problem := check(value))
     ]
+    if not MIN_PRIORITY <= request.priority <= MAX_PRIORITY:
+        problems.append(FieldError("priority", f"must be {MIN_PRIORITY} to {MAX_PRIORITY}"))
     return problems + input_problems(request.input, settings)
 
 
@@ -718,7 +691,7 @@ def _step_row(
         subject=request.subject,
         input=data,
         status=JobStatus.QUEUED if first else JobStatus.WAITING,
-        priority=0,
+        priority=request.priority,
         queue=job_type.queue,
         attempt=0,
         requeues=0,

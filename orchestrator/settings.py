@@ -41,6 +41,11 @@ class DispatchMode(StrEnum):
     INLINE = "inline"
 
 
+class PublishMode(StrEnum):
+    CELERY = "celery"
+    DIRECT = "direct"
+
+
 class ConfigurationError(Exception):
     """Invalid configuration; the message is one line naming the variable."""
 
@@ -145,7 +150,20 @@ class Settings(BaseSettings):
         "`X-Gateway-Secret`; required for trusted headers outside development.",
     )
     tenant_max_running: int = Field(
-        0, ge=0, description="Jobs one tenant may have running at once (0: no limit)."
+        0,
+        ge=0,
+        description="Jobs one tenant may have running or sent to the workers at once "
+        "(0: no limit); decided when the dispatcher admits its jobs.",
+    )
+    tier_max_running: Annotated[dict[str, int], NoDecode] = Field(
+        {},
+        description="Jobs the tenants of a tier may have running or sent at once, all "
+        "together: `free=8` (a tier not named: no limit).",
+    )
+    tier_weights: Annotated[dict[str, int], NoDecode] = Field(
+        {"free": 1, "pro": 3},
+        description="Each tier's share of the workers when tenants contend: `free=1,pro=3` "
+        "gives a pro tenant three jobs for a free tenant's one (a tier not named: 1).",
     )
     tenant_create_rate: float = Field(
         0.0,
@@ -173,9 +191,10 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(2, ge=1, le=256, description="Celery worker processes.")
     worker_queues: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("default", "maintenance"),
+        ("default", "reports", "maintenance"),
         description="Queues the worker consumes, comma-separated (`maintenance` carries beat's "
-        "housekeeping).",
+        "housekeeping; `reports` the stock GENERATE_REPORT). `orchestrator run worker "
+        "--queues ...` overrides it for one worker.",
     )
     visibility_timeout: int = Field(
         7200,
@@ -192,27 +211,25 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         1.0, gt=0, description="How often a worker renews its leases and checks for cancels."
     )
-    sweep_interval: float = Field(
-        1.0, gt=0, description="Seconds between beat's outbox sweeps (also due delayed jobs)."
-    )
     reap_interval: float = Field(5.0, gt=0, description="Seconds between lease reaper runs.")
-    dispatch_grace_seconds: float = Field(
-        10.0,
-        gt=0,
-        description="A job not handed to the broker this long after it was recorded is "
-        "sent by the sweeper.",
-    )
-    redispatch_after_seconds: float = Field(
-        900.0,
-        gt=0,
-        description="A dispatched job no worker claimed after this long is sent again "
-        "(a broker that lost its messages); duplicates are skipped by the claim.",
-    )
-    broker_delay_limit: float = Field(
-        10.0,
+    dispatch_window: int = Field(
+        0,
         ge=0,
-        description="Retry delays up to this many seconds wait in the broker (Celery ETA); "
-        "longer ones, and every delayed job, wait in the database.",
+        le=10_000,
+        description="Messages the broker holds per queue, waiting for a worker (0: four times "
+        "the concurrency of the workers that consume the queue, as Celery reports it).",
+    )
+    publish: PublishMode = Field(
+        PublishMode.CELERY,
+        description="How the dispatcher writes Celery messages: `celery` (Celery's own "
+        "producer: its signals, routing and tracing apply) or `direct` (built here and "
+        "pushed in one round trip, faster; see bench/RESULTS.md).",
+    )
+    schedule_ahead_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="In push modes (cloud-tasks, http), jobs due this soon are sent with their "
+        "time (Cloud Tasks' scheduleTime), so a tick a minute runs them on time.",
     )
     retention_days: Annotated[dict[str, int], NoDecode] = Field(
         {"free": 30, "pro": 365},
@@ -245,18 +262,25 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("retention_days", mode="before")
+    @field_validator("retention_days", "tier_max_running", "tier_weights", mode="before")
     @classmethod
-    def _parse_retention(cls, value: object) -> object:
+    def _parse_tier_numbers(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
         tiers: dict[str, int] = {}
         for part in filter(None, (p.strip() for p in value.split(","))):
-            tier, sep, days = part.partition("=")
-            if not sep or not days.strip().isdigit():
-                raise ValueError(f"expected tier=days pairs, got {part!r}")
-            tiers[tier.strip()] = int(days)
+            tier, sep, number = part.partition("=")
+            if not sep or not number.strip().isdigit():
+                raise ValueError(f"expected tier=number pairs, got {part!r}")
+            tiers[tier.strip()] = int(number)
         return tiers
+
+    @field_validator("tier_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(weight < 1 for weight in value.values()):
+            raise ValueError("weights are whole numbers from 1")
+        return value
 
     @model_validator(mode="after")
     def _push_targets(self) -> Settings:
@@ -324,12 +348,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _delays_below_visibility(self) -> Settings:
-        if self.broker_delay_limit >= self.visibility_timeout:
-            raise ValueError(
-                "ORCH_BROKER_DELAY_LIMIT must stay below ORCH_VISIBILITY_TIMEOUT, or Redis "
-                "redelivers delayed tasks before they are due"
-            )
+    def _heartbeat_within_lease(self) -> Settings:
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("ORCH_HEARTBEAT_SECONDS must be shorter than ORCH_LEASE_SECONDS")
         return self

@@ -1,4 +1,5 @@
-"""Job states and which transitions between them are allowed.
+"""Job states, which transitions between them are allowed, and the values a run carries
+(its fencing token, its error).
 
 The transitions themselves are written only by `orchestrator.transitions`; this module is the
 vocabulary both it and its readers share.
@@ -6,7 +7,13 @@ vocabulary both it and its readers share.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum, StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.models import Job
 
 
 class JobStatus(StrEnum):
@@ -48,3 +55,33 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 def sources_of(target: JobStatus) -> frozenset[JobStatus]:
     """Every state from which `target` may be reached."""
     return frozenset(src for src, dests in ALLOWED.items() if target in dests)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The fencing token of one claimed run: writes for it must match `job_id` and
+    `attempt`. The rest labels metrics: the job's type and when the run started."""
+
+    job_id: str
+    tenant_id: str
+    attempt: int
+    job_type: str = "unknown"
+    started_at: datetime | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> Attempt:
+        """The attempt a claimed job's row holds."""
+        return cls(job.id, job.tenant_id, job.attempt, job.type, job.started_at)
+
+
+class LeaseState(Enum):
+    HELD = "held"
+    CANCEL_REQUESTED = "cancel_requested"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    type: str
+    message: str
+    traceback: str | None = None

@@ -38,7 +38,7 @@ SOURCE = sa.bindparam("b_source", type_=JOBS.c.status.type)
 NOW = sa.bindparam("b_now", type_=UTCDateTime())
 DUE_BY = sa.bindparam("b_due_by", type_=UTCDateTime())
 LEASE_UNTIL = sa.bindparam("b_lease_until", type_=UTCDateTime())
-NEXT_DUE = sa.bindparam("b_next_due", type_=UTCDateTime())
+TRACE = sa.bindparam("b_trace", type_=JOBS.c.trace_context.type)
 WORKER = sa.bindparam("b_claimer", type_=JOBS.c.worker.type)
 RESULT = sa.bindparam("b_outcome", type_=JOBS.c.result.type)
 EVENT_DATA = sa.bindparam("b_event_data", type_=EVENTS.c.data.type)
@@ -65,9 +65,8 @@ _CLAIM_VALUES: dict[str, Any] = {
     "worker": WORKER,
     "started_at": NOW,
     "lease_expires_at": LEASE_UNTIL,
-    # run_at stays: when the job was due (queue wait, and the API's runAt).
-    "dispatch_due_at": None,
-    "dispatched_at": sa.func.coalesce(JOBS.c.dispatched_at, NOW),
+    # run_at and ready_since stay: when the job was due (the API's runAt, and the start of
+    # its queue wait); the new status takes it out of the ready index.
     "updated_at": NOW,
 }
 
@@ -87,15 +86,14 @@ SUCCESS_VALUES: dict[str, Any] = {
 
 _FENCE = (JOBS.c.id == JOB_ID, JOBS.c.attempt == ATTEMPT, JOBS.c.status == JobStatus.RUNNING)
 
-# The step after a succeeded run: waiting -> queued, due now that its upstream is done. Its
-# outbox entry (next_due) covers a worker that dies before the dispatcher sends it.
+# The step after a succeeded run: waiting -> queued, ready now that its upstream is done
+# (its outbox entry: the dispatcher admits it), in the trace of the run that released it.
 _NEXT_STEP_WHERE = (JOBS.c.parent_id == JOB_ID, JOBS.c.status == JobStatus.WAITING)
 _NEXT_STEP_VALUES: dict[str, Any] = {
     "status": JobStatus.QUEUED,
     "updated_at": NOW,
-    "run_at": NOW,
-    "dispatch_due_at": NEXT_DUE,
-    "dispatched_at": None,
+    "ready_since": NOW,
+    "trace_context": TRACE,
 }
 
 
@@ -111,6 +109,8 @@ CLAIMED_COLUMNS = (
     "max_attempts",
     "parent_id",
     "run_at",
+    "ready_since",
+    "trace_context",
     "created_at",
     "started_at",
 )

@@ -1,8 +1,13 @@
-"""Every job state transition, each one conditional write that names its source states.
+"""The job state machine: every change of a job's status, each one conditional write that
+names its source states.
 
-This is the only module that writes `jobs.status`. Each function runs inside the caller's
-transaction, checks its row count, and records an event row beside the change, so the
-event log and the job row can never disagree.
+This is the only module that writes `jobs.status` (a test holds it to that). Each function
+runs inside the caller's transaction, checks its row count, and records an event row
+beside the change, so the event log and the job row can never disagree.
+
+A change that makes a job ready to run (created, released by its upstream step, retried
+now, requeued) writes `ready_since` in the same statement: that is the job's outbox entry,
+which the dispatcher (`orchestrator.admission`) turns into a send. Nothing here sends.
 
 The two transitions on every job's path, a claim and a success, and the creation of jobs,
 run prebuilt statements kept in `orchestrator.transition_statements`, which only this
@@ -18,7 +23,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,8 +31,17 @@ from sqlalchemy.orm import Session
 from orchestrator import metrics
 from orchestrator import transition_statements as statements
 from orchestrator.db import Database
-from orchestrator.models import PARKED_SQL, Job, JobEvent
-from orchestrator.states import ALLOWED, CLAIMABLE, TERMINAL, JobStatus
+from orchestrator.job_events import event as _event
+from orchestrator.models import Job, JobEvent
+from orchestrator.states import (
+    ALLOWED,
+    CLAIMABLE,
+    TERMINAL,
+    Attempt,
+    ErrorInfo,
+    JobStatus,
+    LeaseState,
+)
 
 TRACEBACK_LIMIT = 8000
 # Transitions recorded by `_note` that the job counters count, and under which name.
@@ -43,66 +56,9 @@ CLAIM_SOURCES = (JobStatus.QUEUED, JobStatus.RETRYING)
 CLOCK_SKEW = timedelta(seconds=2)
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """The fencing token of one claimed run: writes for it must match `job_id` and
-    `attempt`. The rest labels metrics: the job's type and when the run started."""
-
-    job_id: str
-    tenant_id: str
-    attempt: int
-    job_type: str = "unknown"
-    started_at: datetime | None = None
-
-    @classmethod
-    def of(cls, job: Job) -> Attempt:
-        """The attempt a claimed job's row holds."""
-        return cls(job.id, job.tenant_id, job.attempt, job.type, job.started_at)
-
-
-class LeaseState(Enum):
-    HELD = "held"
-    CANCEL_REQUESTED = "cancel_requested"
-    LOST = "lost"
-
-
-@dataclass(frozen=True)
-class ErrorInfo:
-    type: str
-    message: str
-    traceback: str | None = None
-
-
 def _check(source: Iterable[JobStatus], target: JobStatus) -> None:
     for status in source:
         assert target in ALLOWED[status], f"{status} -> {target} is not a transition"
-
-
-def _event(
-    job_id: str,
-    tenant_id: str,
-    attempt: int,
-    now: datetime,
-    *,
-    kind: str = "transition",
-    source: JobStatus | None = None,
-    target: JobStatus | None = None,
-    level: str | None = None,
-    message: str | None = None,
-    data: dict[str, Any] | None = None,
-) -> JobEvent:
-    return JobEvent(
-        job_id=job_id,
-        tenant_id=tenant_id,
-        attempt=attempt,
-        at=now,
-        kind=kind,
-        from_status=source,
-        to_status=target,
-        level=level,
-        message=message,
-        data=data,
-    )
 
 
 def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> None:
@@ -281,80 +237,9 @@ def _is_postgresql(session: Session) -> bool:
 
 
 def _waited(job: Job, now: datetime) -> float:
-    """Queue wait: from when the job was due (its run_at, else its last change) to now."""
-    due = job.run_at or job.created_at
+    """Queue wait: from when the job became ready to run to now."""
+    due = job.ready_since or job.run_at or job.created_at
     return max((now - due).total_seconds(), 0.0)
-
-
-def tenant_at_limit(session: Session, tenant_id: str, limit: int) -> bool:
-    """Whether the tenant already runs `limit` jobs. On PostgreSQL this also takes a lock
-    per tenant until the transaction ends, so concurrent claims count one at a time (SQLite
-    serialises writers anyway)."""
-    if _is_postgresql(session):
-        session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(tenant_id))))
-    return running_jobs(session, tenant_id) >= limit
-
-
-def running_jobs(session: Session, tenant_id: str) -> int:
-    running = session.scalar(
-        sa.select(sa.func.count())
-        .select_from(Job)
-        # (A running job is never archived; saying so lets the unarchived index serve this.)
-        .where(
-            Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING, Job.archived_at.is_(None)
-        )
-    )
-    return running or 0
-
-
-def defer(session: Session, job: Job, now: datetime) -> bool:
-    """Park a claimable job of a tenant at its running limit: no outbox entry, so nobody
-    sends it until `release_deferred` (when one of the tenant's runs ends) or the reaper
-    (for a release that got lost) gives it one again."""
-    return _update(
-        session,
-        (Job.id == job.id, Job.status.in_(CLAIMABLE)),
-        dispatch_due_at=None,
-        dispatched_at=None,
-        parks=Job.parks + 1,  # its release is a new send (see dispatch.base.Step)
-        updated_at=now,
-    )
-
-
-def unpark_stale(session: Session, older_than: datetime, now: datetime, *, limit: int) -> int:
-    """Make up for releases that went missing (a crash): a tenant with jobs parked since
-    before `older_than` gets as many of its oldest parked jobs back in the outbox as it has
-    free running slots. One still at its limit keeps them parked: sent, they would only be
-    parked again, after waiting in the queue ahead of other tenants' work."""
-    tenants = session.scalars(
-        sa.select(Job.tenant_id)
-        .where(sa.text(PARKED_SQL), Job.archived_at.is_(None), Job.updated_at < older_than)
-        .distinct()
-    ).all()
-    released = 0
-    for tenant_id in tenants:
-        if (free := limit - running_jobs(session, tenant_id)) > 0:
-            released += release_deferred(session, tenant_id, now, count=free)
-    return released
-
-
-def release_deferred(session: Session, tenant_id: str, now: datetime, count: int = 1) -> int:
-    """Give the tenant's oldest parked jobs their outbox entry back, due now."""
-    parked = (
-        sa.select(Job.id)
-        .where(Job.tenant_id == tenant_id, sa.text(PARKED_SQL), Job.archived_at.is_(None))
-        .order_by(Job.id)
-        .limit(count)
-    )
-    ids = list(session.scalars(parked))
-    if ids:
-        session.execute(
-            sa.update(Job)
-            .where(Job.id.in_(ids), Job.dispatch_due_at.is_(None))
-            .values(dispatch_due_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    return len(ids)
 
 
 def succeed(
@@ -363,17 +248,15 @@ def succeed(
     result: Any,
     now: datetime,
     *,
-    next_due: datetime,
     has_next: bool = True,
+    trace: str | None = None,
 ) -> bool:
-    """Record the result; the next pipeline step, if any, becomes `queued`.
-
-    `next_due` is the next step's outbox entry: the dispatcher sends it sooner (Celery's
-    chain, or the runner), and the sweeper sends it then if nobody did. On PostgreSQL the
+    """Record the result; the next pipeline step, if any, becomes `queued` and ready (the
+    dispatcher admits it), carrying `trace` (the run's traceparent) on. On PostgreSQL the
     whole change (both rows and their events) is one statement. A job with no step after
     it (`has_next` false) saves the look-up.
     """
-    params = _success_params(run, result, now, next_due)
+    params = _success_params(run, result, now, trace)
     if _is_postgresql(session):
         won = bool(session.scalar(statements.succeed_postgresql(has_next), params) == 1)
     else:
@@ -389,16 +272,16 @@ def succeed_alone(
     result: Any,
     now: datetime,
     *,
-    next_due: datetime,
     has_next: bool = True,
+    trace: str | None = None,
 ) -> bool:
     """`succeed` as a worker records it, in a transaction of its own: on PostgreSQL one
     prebuilt statement on the driver's connection (`Database.first_row`)."""
     if database.dialect != "postgresql":
         return database.statement(
-            lambda session: succeed(session, run, result, now, next_due=next_due, has_next=has_next)
+            lambda session: succeed(session, run, result, now, has_next=has_next, trace=trace)
         )
-    params = _success_params(run, result, now, next_due)
+    params = _success_params(run, result, now, trace)
     row = database.first_row(statements.succeed_postgresql(has_next), params)
     won = row is not None and row["finished"] == 1
     if won:
@@ -406,7 +289,7 @@ def succeed_alone(
     return won
 
 
-def _success_params(run: Attempt, result: Any, now: datetime, next_due: datetime) -> dict[str, Any]:
+def _success_params(run: Attempt, result: Any, now: datetime, trace: str | None) -> dict[str, Any]:
     _check([JobStatus.RUNNING], JobStatus.SUCCEEDED)
     _check([JobStatus.WAITING], JobStatus.QUEUED)
     return {
@@ -414,7 +297,7 @@ def _success_params(run: Attempt, result: Any, now: datetime, next_due: datetime
         "b_attempt": run.attempt,
         "b_now": now,
         "b_outcome": result,
-        "b_next_due": next_due,
+        "b_trace": trace,
         "b_next_message": f"upstream {run.job_id} succeeded",
     }
 
@@ -439,24 +322,18 @@ def _succeed_in_steps(
 
 
 def schedule_retry(
-    session: Session,
-    run: Attempt,
-    error: ErrorInfo,
-    now: datetime,
-    *,
-    run_at: datetime,
-    dispatch_due: datetime,
+    session: Session, run: Attempt, error: ErrorInfo, now: datetime, *, run_at: datetime
 ) -> bool:
-    """The attempt failed and another is due at `run_at`; the sweeper sends it at
-    `dispatch_due` unless the broker already holds the retry. False if the attempt was
-    superseded or a cancel was asked for meanwhile (`confirm_cancelled` then applies)."""
+    """The attempt failed and another is due at `run_at` (ready then; the dispatcher finds
+    it due). False if the attempt was superseded or a cancel was asked for meanwhile
+    (`confirm_cancelled` then applies)."""
     _check([JobStatus.RUNNING], JobStatus.RETRYING)
     won = _update(
         session,
         (*_fence(run), Job.cancel_requested_at.is_(None)),
         status=JobStatus.RETRYING,
         run_at=run_at,
-        dispatch_due_at=dispatch_due,
+        ready_since=ready_at(run_at, now),
         lease_expires_at=None,
         updated_at=now,
         **_error_columns(error),
@@ -506,7 +383,6 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
         now,
         message=reason,
         finished_at=now,
-        dispatch_due_at=None,
     )
 
 
@@ -567,143 +443,6 @@ def report_progress(
             )
         )
     return won
-
-
-def log(
-    session: Session,
-    run: Attempt,
-    level: str,
-    message: str,
-    now: datetime,
-    *,
-    data: dict[str, Any] | None = None,
-) -> None:
-    """A handler's log line; not fenced, since a late line harms nothing and helps debugging."""
-    session.add(
-        _event(
-            run.job_id,
-            run.tenant_id,
-            run.attempt,
-            now,
-            kind="log",
-            level=level,
-            message=message,
-            data=data,
-        )
-    )
-
-
-def note_skipped_delivery(
-    session: Session,
-    job: Job,
-    now: datetime,
-    *,
-    reason: str,
-    detail: str,
-    delivery: dict[str, Any] | None = None,
-) -> None:
-    """A delivery that ran nothing, and why (`reason`, a `runner.SkipReason`)."""
-    data: dict[str, Any] = {"reason": reason, **({"delivery": delivery} if delivery else {})}
-    session.add(
-        _event(
-            job.id,
-            job.tenant_id,
-            job.attempt,
-            now,
-            kind="delivery",
-            level="INFO",
-            message=f"delivery skipped: {detail}",
-            data=data,
-        )
-    )
-
-
-def note_refused_result(session: Session, run: Attempt, now: datetime, outcome: str) -> None:
-    """A stale attempt finished after losing the job: say so in the job's history."""
-    session.add(
-        _event(
-            run.job_id,
-            run.tenant_id,
-            run.attempt,
-            now,
-            kind="fenced",
-            level="WARNING",
-            message=f"attempt {run.attempt} finished ({outcome}) after losing its lease; "
-            "its result was refused",
-        )
-    )
-
-
-def mark_dispatched(
-    session: Session, job_ids: Sequence[str], now: datetime, *, resend_at: datetime
-) -> None:
-    """The broker accepted these jobs: send them again only if nobody claims them by
-    `resend_at` (a broker that lost its messages).
-
-    Marks come late (see `dispatch_marks`), so only a row nobody touched since it was
-    created takes one: a claim, a park and its release, a cancel or a sweep owns the
-    outbox entry from then on. (A job sent again later, a retry by hand say, keeps its
-    entry and may be sent once more from a backlog; the claim skips the copy.)
-    """
-    session.execute(
-        sa.update(Job)
-        .where(
-            Job.id.in_(job_ids),
-            Job.dispatch_due_at.is_not(None),
-            Job.dispatched_at.is_(None),
-            Job.updated_at == Job.created_at,
-            Job.status.in_(CLAIMABLE),
-        )
-        .values(dispatch_due_at=resend_at, dispatched_at=now)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def take_outbox_entry(
-    session: Session, job_id: str, seen_due: datetime, now: datetime, *, resend_at: datetime
-) -> bool:
-    """Reserve one overdue outbox entry for this sweeper; of concurrent sweepers one wins."""
-    return _update(
-        session,
-        (Job.id == job_id, Job.dispatch_due_at == seen_due, Job.status.in_(CLAIMABLE)),
-        dispatch_due_at=resend_at,
-        dispatched_at=now,
-    )
-
-
-def resend_soon(session: Session, job_id: str, due: datetime, now: datetime) -> None:
-    """A push that failed in the background: its entry comes due at `due`, whatever long
-    resend a mark or a sweep gave it. The row counts as touched, so a mark still to come
-    leaves it alone."""
-    _update(
-        session,
-        (Job.id == job_id, Job.status.in_(CLAIMABLE), Job.dispatch_due_at.is_not(None)),
-        dispatch_due_at=due,
-        updated_at=now,
-    )
-
-
-def bring_forward_sent(session: Session, now: datetime) -> int:
-    """The broker lost what it held: every job it had accepted and nobody claimed comes
-    due for the sweeper now (or at its `run_at`, if that is later), instead of after the
-    long resend of a job handed over. Returns how many."""
-    due = sa.case((Job.run_at > now, Job.run_at), else_=now)
-    result = session.execute(
-        sa.update(Job)
-        .where(
-            Job.dispatch_due_at > now,
-            Job.dispatched_at.is_not(None),
-            Job.status.in_(CLAIMABLE),
-        )
-        .values(dispatch_due_at=due)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def postpone_outbox_entry(session: Session, job_id: str, due: datetime) -> None:
-    """The broker refused the sweeper's send: try again at `due`."""
-    _update(session, (Job.id == job_id, Job.status.in_(CLAIMABLE)), dispatch_due_at=due)
 
 
 def extend_lease(session: Session, run: Attempt, until: datetime) -> LeaseState:
@@ -769,8 +508,8 @@ def expire_lease(
         session,
         where,
         status=JobStatus.RETRYING,
-        run_at=now,
-        dispatch_due_at=now,
+        run_at=None,
+        ready_since=now,  # due at once: its worker is gone, not its job
         updated_at=now,
         lease_expires_at=None,
         **_error_columns(error),
@@ -842,7 +581,6 @@ def _cancel_before_run(session: Session, job: Job, now: datetime) -> bool:
         cancel_requested_at=now,
         finished_at=now,
         updated_at=now,
-        dispatch_due_at=None,
         # A job that never ran keeps its run_at: retried, it runs at the time it was
         # scheduled for. A retry's backoff is forgotten: retried by hand, it runs now.
         run_at=sa.case((Job.attempt == 0, Job.run_at), else_=None),
@@ -875,7 +613,6 @@ def requeue(
     now: datetime,
     *,
     run_at: datetime,
-    dispatch_due: datetime,
 ) -> list[Job]:
     """Manual retry of a failed or cancelled job, with a fresh budget of attempts, due at
     `run_at` (now, or the time a job cancelled before it ran was scheduled for).
@@ -892,9 +629,9 @@ def requeue(
         max_attempts=job.attempt + extra_attempts,
         requeues=Job.requeues + 1,
         finished_at=None,
-        run_at=run_at,  # queue-wait metrics count from here
+        run_at=run_at,
+        ready_since=ready_at(run_at, now),
         cancel_requested_at=None,
-        dispatch_due_at=dispatch_due,
         updated_at=now,
     ):
         return []
@@ -921,6 +658,12 @@ def requeue(
     for step in steps:
         session.refresh(step)
     return steps
+
+
+def ready_at(due: datetime, now: datetime) -> datetime | None:
+    """A job due at `due` is ready from then on if that is now (or past); otherwise it is
+    scheduled, and the dispatcher finds it when due (`admission.promote_due`)."""
+    return due if due <= now else None
 
 
 def _note(

@@ -74,6 +74,7 @@ def analyze_inspection(ctx: JobContext, data: AnalyzeInput) -> dict[str, Any]:
     input=ReportInput,
     retry=RetryPolicy(max_attempts=3, backoff="exponential", initial_delay=2, max_delay=60),
     time_limit=300,
+    queue="reports",  # a worker of its own may take reports (the Procfile's `reports`)
 )
 def generate_report(ctx: JobContext, data: ReportInput) -> dict[str, Any]:
     analysis = ctx.upstream_result

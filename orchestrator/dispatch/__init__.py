@@ -1,5 +1,5 @@
 """Dispatchers: one interface, one module per backend."""
 
-from orchestrator.dispatch.base import Dispatcher, DispatchError, Step
+from orchestrator.dispatch.base import Delivery, Dispatcher, DispatchError, Held
 
-__all__ = ["DispatchError", "Dispatcher", "Step"]
+__all__ = ["Delivery", "DispatchError", "Dispatcher", "Held"]

@@ -1,73 +1,62 @@
-"""The dispatcher interface: hand a pipeline's remaining steps to whatever runs them."""
+"""The dispatcher interface: send admitted jobs to whatever runs them, and say what the
+broker holds, so the dispatcher keeps its window full and notices what went missing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from orchestrator.models import Job
-
 
 @dataclass(frozen=True)
-class Step:
-    """What goes on the wire for one job: ids, not objects.
+class Delivery:
+    """What goes on the wire for one admitted job: ids, not objects.
 
-    `attempt` is the attempt this delivery is for, `requeues` how often the job was
-    retried by hand and `parks` how often it was parked under a running limit (and sent
-    anew on its release): together with the id they name the delivery, so a backend that
-    de-duplicates by name (Cloud Tasks) drops a repeat of the same dispatch, and only that.
+    `number` is its admission's, from the dispatch window: together with the job's id it
+    names the delivery, so each admission is a new name (Cloud Tasks keeps a used one
+    reserved for an hour) and a repeat of the same admission is the same name.
     """
 
     job_id: str
     type: str
     queue: str
-    attempt: int = 1
-    requeues: int = 0
-    parks: int = 0
-
-    @classmethod
-    def of(cls, job: Job) -> Step:
-        return cls(
-            job_id=job.id,
-            type=job.type,
-            queue=job.queue,
-            attempt=job.attempt + 1,
-            requeues=job.requeues,
-            parks=job.parks,
-        )
+    number: int
+    priority: int = 5
+    not_before: datetime | None = None
+    trace: str | None = None  # the W3C traceparent the job carries
+    tenant_id: str | None = None  # for the figures of who was admitted
 
     @property
     def delivery_id(self) -> str:
-        parked = f"-p{self.parks}" if self.parks else ""  # names of jobs never parked stay
-        return f"{self.job_id}-a{self.attempt}-r{self.requeues}{parked}"
+        return f"{self.job_id}-d{self.number}"
 
 
 class DispatchError(Exception):
-    """The backend did not accept the work; the outbox keeps it for the sweeper."""
+    """The backend did not accept the work; the job stays ready and is admitted again."""
 
 
 class Dispatcher(Protocol):
     mode: str
-    # True when the backend runs a pipeline's later steps by itself (a Celery chain, the
-    # inline loop); False when whoever runs a step must dispatch the next (push modes).
-    drives_pipelines: bool
 
-    def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
-        """Send `steps` (the first to run, then the ones after it), to start no earlier than
-        `not_before`, or raise DispatchError."""
+    def send(self, deliveries: Sequence[Delivery]) -> None:
+        """Send these deliveries (one round trip where the backend allows), or raise
+        DispatchError; a backend that sends in the background reports its failures to
+        the window itself."""
         ...
 
-    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
-        """Send many pipelines at once; a backend may share one connection for them."""
+    def waiting(self, queues: Iterable[str]) -> dict[str, int] | None:
+        """How many deliveries wait in the broker per queue for a worker to take them, or
+        None when the backend cannot tell (the window counts its own entries then)."""
         ...
 
-    def lost_messages(self) -> bool:
-        """Whether the backend lost what it held (a broker restarted without its data):
-        everything it had accepted must then be sent again."""
+    def held(self, queues: Iterable[str]) -> Held | None:
+        """The delivery ids the broker holds, waiting or taken and not yet acknowledged,
+        or None when it cannot tell."""
         ...
 
-    def messages_resent(self) -> None:
-        """What the backend lost was sent again: `lost_messages` is false from now on."""
-        ...
+
+@dataclass(frozen=True)
+class Held:
+    waiting: frozenset[str]  # in the queues, for any worker to take
+    taken: frozenset[str]  # taken by a worker, not yet acknowledged

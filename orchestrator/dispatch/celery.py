@@ -1,39 +1,45 @@
-"""Celery dispatch: a pipeline becomes a real `chain` of per-type tasks on Redis."""
+"""Celery dispatch: each admitted job is one Celery task message on its queue, in Redis.
+
+Messages go through Celery's own producer by default (`app.send_task`, batched into one
+Redis round trip per send), so Celery's publish signals fire, its routing and priority
+options apply, and tracing instrumentation sees them. `ORCH_PUBLISH=direct` writes the
+same messages built here instead (`celery_messages`), which costs less CPU per message.
+
+The dispatcher also asks Redis what it holds: how many messages wait in each queue (the
+window's depth) and which deliveries are there at all (a message that went missing is
+noticed within seconds and its job admitted again).
+"""
 
 from __future__ import annotations
 
-import contextlib
+import json
 import time
-import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 from celery import Celery
-from celery.canvas import Signature
+from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from orchestrator.dispatch.base import DispatchError, Step
-from orchestrator.dispatch.celery_messages import encode, task_name
-from orchestrator.settings import Settings
+from orchestrator import tracing
+from orchestrator.dispatch.base import Delivery, DispatchError, Held
+from orchestrator.dispatch.celery_messages import broker_priority, encode, task_name
+from orchestrator.settings import PublishMode, Settings
 
-# A marker in the broker's own data: it disappears with everything else when Redis loses
-# its data set (a restart without persistence, a flush), which is how that is noticed.
-EPOCH_KEY = "orchestrator:broker-epoch"
-
-
-def forget_broker_epoch(redis_url: str) -> None:
-    """Say that the broker may have lost messages (it crashed, so its append-only file may
-    miss its last second): the next sweep re-sends what it held."""
-    with redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2) as client:
-        client.delete(EPOCH_KEY)
+# Kombu keeps a queue's messages of each priority step in a list of its own (`priority`
+# lower is sooner there); ours run from 1 to 10, higher sooner.
+PRIORITY_STEPS = (0, 3, 6, 9)
+_PRIORITY_SEPARATOR = "\x06\x16"
+UNACKED = "unacked"  # kombu's hash of messages taken and not yet acknowledged
+WAKE_KEY = "orchestrator:dispatch:wake"
 
 
 def restore_unacked(app: Celery) -> int:
     """Put every message a worker had taken but not acknowledged back in its queue, as
     kombu does for a worker that stops cleanly. Only for a broker no worker uses yet (the
-    embedded one, before its workers start): a worker that died holding messages (killed,
-    or stopped after the broker) would otherwise leave them for the visibility timeout."""
+    embedded one, before its workers start): a worker that died holding messages would
+    otherwise leave them until the dispatcher finds them stuck."""
     with app.connection_for_write() as connection:
         channel = connection.default_channel
         client = channel.client
@@ -49,80 +55,138 @@ def create_celery_app(settings: Settings) -> Celery:
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=settings.redis_url,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "priority_steps": list(PRIORITY_STEPS),
+        },
         worker_concurrency=settings.worker_concurrency,
         task_default_queue=settings.worker_queues[0],
     )
     return app
 
 
-class CeleryDispatcher:
-    """Sends pipelines to Redis as Celery task messages, a chain of per-type tasks each.
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists holding a queue's messages, soonest first."""
+    return [
+        queue if step == 0 else f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS
+    ]
 
-    The messages are written straight into the queues' lists (see `celery_messages`): all
-    of a call's messages in one round trip. After the broker refuses a send, further sends
-    fail at once for `backoff` seconds: the jobs are safe in the outbox, and requests stay
-    fast while Redis is down instead of each waiting out the client's timeouts.
-    """
+
+def list_for(queue: str, priority: int) -> str:
+    wanted = broker_priority(priority)
+    step = max(s for s in PRIORITY_STEPS if s <= wanted)
+    return priority_lists(queue)[PRIORITY_STEPS.index(step)]
+
+
+class CeleryDispatcher:
+    """Sends deliveries as Celery task messages. After the broker refuses a send, further
+    sends fail at once for `backoff` seconds: the jobs stay ready in the database, and a
+    dispatcher does not wait out the client's timeouts on every try while Redis is down."""
 
     mode = "celery"
-    drives_pipelines = True
 
-    def __init__(self, app: Celery, *, backoff: float = 5.0) -> None:
+    def __init__(
+        self, app: Celery, *, publish: PublishMode = PublishMode.CELERY, backoff: float = 2.0
+    ) -> None:
         self.app = app
+        self.publish = publish
         self.backoff = backoff
         self._down_until = 0.0
         timeout = float(app.conf.broker_connection_timeout or 2)
-        self._redis = redis.Redis.from_url(
+        self.redis = redis.Redis.from_url(
             app.conf.broker_url, socket_connect_timeout=timeout, socket_timeout=timeout
         )
 
-    def signature(self, step: Step) -> Signature:
-        """The step as a Celery signature: what `celery_messages` writes, for tests and
-        tools that send through Celery itself."""
-        return self.app.signature(
-            task_name(step.type),
-            args=(step.job_id,),
-            immutable=True,
-            queue=step.queue,
-            task_id=step.delivery_id,
-        )
-
-    def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
-        self._send([steps], not_before)
-
-    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
-        self._send(pipelines, None)
-
-    def lost_messages(self) -> bool:
-        """True while the broker's epoch marker is missing: it lost its data set (or this
-        is its first use), and nobody has said since that what it held was sent again.
-        Only the sweeper sets the marker (`messages_resent`), after it did so; a send
-        never does, or a loss followed by a send would go unnoticed. False when it cannot
-        tell: a broker that does not answer holds nothing new either."""
-        try:
-            return not self._redis.exists(EPOCH_KEY)
-        except (RedisError, OSError):
-            return False
-
-    def messages_resent(self) -> None:
-        # Unsaid if Redis does not answer: the next sweep sends them once more.
-        with contextlib.suppress(RedisError, OSError):
-            self._redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
-
-    def _send(self, pipelines: Sequence[Sequence[Step]], not_before: datetime | None) -> None:
+    def send(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
         if time.monotonic() < self._down_until:
-            raise DispatchError("broker unavailable (recent send failed); left to the sweeper")
-        queues: dict[str, list[bytes]] = {}
-        for steps in pipelines:
-            queue, message = encode(steps, eta=not_before)
-            queues.setdefault(queue, []).append(message)
+            raise DispatchError("broker unavailable (a recent send failed)")
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for queue, messages in queues.items():
-                    # LPUSH adds in order at the head, and workers pop from the tail: FIFO.
-                    pipe.lpush(queue, *messages)
-                pipe.execute()
-        except (RedisError, OSError) as exc:
+            if self.publish is PublishMode.DIRECT:
+                self._push(deliveries)
+            else:
+                self._publish(deliveries)
+        except (RedisError, OSError, OperationalError) as exc:
             self._down_until = time.monotonic() + self.backoff
             raise DispatchError(f"broker refused the job: {exc}") from exc
+
+    def _publish(self, deliveries: Sequence[Delivery]) -> None:
+        with self.app.producer_or_acquire() as producer, producer.batch():
+            for delivery in deliveries:
+                with tracing.resumed(delivery.trace):
+                    self.app.send_task(
+                        task_name(delivery.type),
+                        args=(delivery.job_id,),
+                        task_id=delivery.delivery_id,
+                        queue=delivery.queue,
+                        priority=broker_priority(delivery.priority),
+                        producer=producer,
+                        ignore_result=True,
+                        retry=False,  # a refusal is the fill's to handle: the job stays ready
+                    )
+
+    def _push(self, deliveries: Sequence[Delivery]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for delivery in deliveries:
+                # LPUSH at the head; workers pop from the tail: first in, first out.
+                pipe.lpush(list_for(delivery.queue, delivery.priority), encode(delivery))
+            pipe.execute()
+
+    def waiting(self, queues: Iterable[str]) -> dict[str, int] | None:
+        names = list(queues)
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for queue in names:
+                    for key in priority_lists(queue):
+                        pipe.llen(key)
+                lengths = pipe.execute()
+        except (RedisError, OSError):
+            return None
+        steps = len(PRIORITY_STEPS)
+        return {q: sum(lengths[i * steps : (i + 1) * steps]) for i, q in enumerate(names)}
+
+    def held(self, queues: Iterable[str]) -> Held | None:
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    for key in priority_lists(queue):
+                        pipe.lrange(key, 0, -1)
+                pipe.hvals(UNACKED)
+                *lists, taken = pipe.execute()
+        except (RedisError, OSError):
+            return None
+        waiting = frozenset(_id_of(raw) for messages in lists for raw in messages)
+        return Held(waiting=waiting, taken=frozenset(_id_of(raw, unacked=True) for raw in taken))
+
+    def nudge(self) -> None:
+        """Tell the dispatcher there is work to admit (it waits on this between fills)."""
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(WAKE_KEY, 1)
+                pipe.ltrim(WAKE_KEY, 0, 0)
+                pipe.execute()
+        except (RedisError, OSError):
+            pass  # the dispatcher also looks on its own every fraction of a second
+
+    def wait_for_nudge(self, timeout: float) -> bool:
+        try:
+            if self.redis.blpop([WAKE_KEY], timeout=timeout) is None:
+                return False
+            self.redis.delete(WAKE_KEY)
+            return True
+        except (RedisError, OSError):
+            time.sleep(timeout)
+            return False
+
+
+def _id_of(raw: bytes, *, unacked: bool = False) -> str:
+    """The task id in a message as kombu keeps it (`unacked` entries wrap it with its
+    exchange and routing key)."""
+    try:
+        message: Any = json.loads(raw)
+        if unacked:
+            message = message[0]
+        return str(message["headers"]["id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""

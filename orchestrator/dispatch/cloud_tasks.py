@@ -1,15 +1,16 @@
 """Cloud Tasks dispatch: one HTTP task per delivery, pushed to `/internal/worker/run`.
 
-Task names derive from job, attempt and manual-retry count, so dispatching the same
-delivery twice (the web and the sweeper, say) creates one task. Delays and retry backoff
-use `scheduleTime`; the dispatch deadline follows the job type's time limit. Cloud Tasks
-has no canvas: the worker endpoint dispatches a pipeline's next step when one succeeds.
+A task is named after its delivery (the job and its admission's number), so sending the
+same admission twice creates one task, and admitting a job again is a new name. A job due
+soon goes out with its time (`scheduleTime`); the dispatch deadline follows the job type's
+time limit. The window is the tasks created and not yet run: the dispatcher counts them
+itself (`waiting` and `held` say Cloud Tasks cannot be asked cheaply).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -17,7 +18,7 @@ from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
-from orchestrator.dispatch.base import DispatchError, Step
+from orchestrator.dispatch.base import Delivery, DispatchError, Held
 from orchestrator.dispatch.push import PushTarget, push_body
 
 # Cloud Tasks accepts HTTP dispatch deadlines from 15 seconds to 30 minutes.
@@ -50,44 +51,41 @@ class CloudTasksDispatcher:
         self.target = target
         self.time_limit = time_limit
 
-    def task_for(self, step: Step, not_before: datetime | None) -> dict[str, Any]:
+    def task_for(self, delivery: Delivery) -> dict[str, Any]:
         account = self.target.oidc_service_account
         request: dict[str, Any] = {
             "http_method": tasks_v2.HttpMethod.POST,
             "url": self.target.url,
             "headers": self.target.headers(oidc_token_attached=account is not None),
-            "body": push_body(step),
+            "body": push_body(delivery),
         }
         if account is not None:
             request["oidc_token"] = {
                 "service_account_email": account,
                 "audience": self.target.oidc_audience or self.target.url,
             }
-        deadline = self.time_limit(step.type) + DEADLINE_MARGIN
+        deadline = self.time_limit(delivery.type) + DEADLINE_MARGIN
         task: dict[str, Any] = {
-            "name": f"{self.queue}/tasks/{step.delivery_id}",
+            "name": f"{self.queue}/tasks/{delivery.delivery_id}",
             "http_request": request,
             "dispatch_deadline": timedelta(seconds=min(max(deadline, MIN_DEADLINE), MAX_DEADLINE)),
         }
-        if not_before is not None:
-            task["schedule_time"] = not_before
+        if delivery.not_before is not None:
+            task["schedule_time"] = delivery.not_before
         return task
 
-    def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
-        try:
-            task = tasks_v2.Task(self.task_for(steps[0], not_before))
-            self.client.create_task(parent=self.queue, task=task)
-        except exceptions.AlreadyExists:
-            return  # this delivery was dispatched before: Cloud Tasks de-duplicated it
-        except (exceptions.GoogleAPICallError, exceptions.RetryError) as exc:
-            raise DispatchError(f"Cloud Tasks refused the task: {exc}") from exc
+    def send(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                task = tasks_v2.Task(self.task_for(delivery))
+                self.client.create_task(parent=self.queue, task=task)
+            except exceptions.AlreadyExists:
+                continue  # this delivery was sent before: Cloud Tasks de-duplicated it
+            except (exceptions.GoogleAPICallError, exceptions.RetryError) as exc:
+                raise DispatchError(f"Cloud Tasks refused the task: {exc}") from exc
 
-    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
-        for steps in pipelines:
-            self.dispatch(steps)
+    def waiting(self, queues: Iterable[str]) -> dict[str, int] | None:
+        return None
 
-    def lost_messages(self) -> bool:
-        return False  # Cloud Tasks keeps what it accepted.
-
-    def messages_resent(self) -> None:
-        pass
+    def held(self, queues: Iterable[str]) -> Held | None:
+        return None

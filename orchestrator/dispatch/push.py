@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from orchestrator.dispatch.base import Step
+from orchestrator.dispatch.base import Delivery
 
 SERVICE_AUTH_HEADER = "X-Service-Auth"
 
@@ -32,5 +32,5 @@ class PushTarget:
         return headers
 
 
-def push_body(step: Step) -> bytes:
-    return json.dumps({"jobId": step.job_id, "idempotencyKey": step.delivery_id}).encode()
+def push_body(delivery: Delivery) -> bytes:
+    return json.dumps({"jobId": delivery.job_id, "idempotencyKey": delivery.delivery_id}).encode()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from orchestrator import metrics
-from orchestrator.dispatch.base import Dispatcher, DispatchError, Step
+from orchestrator.dispatch.base import Delivery, Dispatcher, DispatchError, Held
 
 STARTED_FILE = "started"
 
@@ -91,33 +91,24 @@ class CountingDispatcher:
         self.inner = inner
         self.stats = stats
         self.mode = inner.mode
-        self.drives_pipelines = inner.drives_pipelines
         self.reports_outcomes: bool = getattr(inner, "reports_outcomes", False)
 
-    def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
-        if self.reports_outcomes:
-            self.inner.dispatch(steps, not_before=not_before)
+    def send(self, deliveries: Sequence[Delivery]) -> None:
+        if self.reports_outcomes or not deliveries:
+            self.inner.send(deliveries)
             return
         try:
-            self.inner.dispatch(steps, not_before=not_before)
+            self.inner.send(deliveries)
         except DispatchError:
-            self.stats.record(self.mode, "failed")
+            self.stats.record(self.mode, "failed", len(deliveries))
             raise
-        self.stats.record(self.mode, "succeeded")
+        self.stats.record(self.mode, "succeeded", len(deliveries))
 
-    def dispatch_many(self, pipelines: Sequence[Sequence[Step]]) -> None:
-        try:
-            self.inner.dispatch_many(pipelines)
-        except DispatchError:
-            self.stats.record(self.mode, "failed", len(pipelines))
-            raise
-        self.stats.record(self.mode, "succeeded", len(pipelines))
+    def waiting(self, queues: Iterable[str]) -> dict[str, int] | None:
+        return self.inner.waiting(queues)
 
-    def lost_messages(self) -> bool:
-        return self.inner.lost_messages()
-
-    def messages_resent(self) -> None:
-        self.inner.messages_resent()
+    def held(self, queues: Iterable[str]) -> Held | None:
+        return self.inner.held(queues)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

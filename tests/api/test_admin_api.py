@@ -25,7 +25,9 @@ from orchestrator.archival import Archiver
 from orchestrator.models import Job, MaintenanceRun
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, load_settings
+from orchestrator.tenants import set_tier
 from tests import REAL_SECRET
+from tests.recording import recording_service
 
 PROBLEM = "application/problem+json"
 DEV_SECRET = "dev-secret"
@@ -421,3 +423,37 @@ def test_the_live_job_is_unaffected(
     response = client.get(f"/v1/jobs/{archived['live']}", headers=as_tenant(tenant))
     assert response.status_code == 200
     assert response.get_json()["status"] == "succeeded"
+
+
+def test_tenant_stats_show_each_tenants_backlog_and_share(runtime: Runtime, tenant: str) -> None:
+    """Against a window of two messages: the first tenant's first two jobs are admitted, its
+    third and the pro tenant's job wait in the database."""
+    service = recording_service(runtime.database, runtime.registry, runtime.settings, window=2)
+    runtime.service, runtime.admission = service, service.admission
+    pro = f"pro_{tenant}"
+    set_tier(runtime.database, runtime.settings, pro, "pro")
+    client = api.create_app(runtime=runtime).test_client()
+    body = {"type": "TEST_ECHO_UPSTREAM"}
+    for who in (tenant, tenant, tenant, pro):
+        created = client.post("/v1/jobs", json=body, headers=as_tenant(who))
+        assert created.status_code == 201, created.get_data(as_text=True)
+
+    assert_unauthorized(client.get("/admin/tenants/stats"), "/admin/tenants/stats")
+    response = client.get("/admin/tenants/stats", headers=admin())
+    assert response.status_code == 200
+    found = {row["tenantId"]: row for row in response.get_json()["tenants"]}
+    assert found[tenant] == {
+        "tenantId": tenant,
+        "tier": runtime.settings.default_tier,
+        "weight": 1,
+        "queued": 1,
+        "admitted": 2,
+        "running": 0,
+        "scheduled": 0,
+        "backlog": 3,
+        "admittedLastMinute": 2,
+        "share": 1.0,
+    }
+    assert found[pro]["tier"] == "pro" and found[pro]["weight"] == 3
+    assert found[pro]["queued"] == 1
+    assert (found[pro]["admittedLastMinute"], found[pro]["share"]) == (0, 0)

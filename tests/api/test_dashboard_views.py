@@ -16,9 +16,11 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+import api
 from api import dashboard, dashboard_chart
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
+from tests.recording import recording_service
 
 ANALYZE = {
     "type": "ANALYZE_INSPECTION",
@@ -389,3 +391,28 @@ def test_chart_stacks_statuses_per_minute() -> None:
     )
     assert empty.segments == [] and full.segments[0].height == dashboard_chart.PLOT_HEIGHT
     assert chart.ticks == [(full.x + full.width / 2, "12:00")]
+
+
+def test_the_tenant_sees_its_backlog_and_each_waiting_jobs_place_in_line(
+    runtime: Runtime, tenant: str
+) -> None:
+    """Against a window of one message: the first job is admitted, the next two wait their
+    turn, and a higher-priority one created last goes before them."""
+    service = recording_service(runtime.database, runtime.registry, runtime.settings, window=1)
+    runtime.service, runtime.admission = service, service.admission
+    client = api.create_app(runtime=runtime).test_client()
+    echo = {"type": "TEST_ECHO_UPSTREAM"}
+    first, second, third = (create(client, tenant, echo)["id"] for _ in range(3))
+    urgent = create(client, tenant, {**echo, "priority": 9})["id"]
+
+    summary = page(client, tenant, "/dashboard/summary")
+    assert 'data-backlog="4"' in summary
+    assert "1 in the workers' queues, 3 waiting for their turn" in summary
+
+    def place(job_id: str) -> str | None:
+        html = page(client, tenant, f"/dashboard/jobs/{job_id}")
+        found = re.search(r'data-position="(\w+)"', html)
+        return found and found.group(1)
+
+    # The admitted job goes first whatever comes after it; then priority, then age.
+    assert [place(j) for j in (first, urgent, second, third)] == ["admitted", "1", "2", "3"]

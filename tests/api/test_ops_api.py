@@ -20,6 +20,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
 from orchestrator.settings import load_settings
 from tests import REAL_SECRET
+from tests.recording import recording_service
 from tests.servers import free_port
 
 
@@ -91,38 +92,53 @@ def test_job_counters_and_histograms_move_with_committed_work(
     assert delta("orchestrator_jobs_cancelled_total", type="TEST_ECHO_UPSTREAM") == 1
     assert delta("orchestrator_job_duration_seconds_count", type="TEST_FLAKY") == 1
     assert delta("orchestrator_job_queue_wait_seconds_count", type="TEST_EXPLODES") == 1
-    assert delta("orchestrator_dispatches_total", mode="inline", outcome="succeeded") == 2
+    # Three deliveries: the two jobs, and the step the flaky one's success made ready.
+    assert delta("orchestrator_dispatches_total", mode="inline", outcome="succeeded") == 3
 
 
-def test_queue_gauges_come_from_the_database(
+def test_queue_and_tenant_gauges_come_from_the_database(
     runtime: Runtime, metrics_text: object, tenant: str
 ) -> None:
+    """Against a window of one message per queue: the first job is admitted, the second
+    waits in the database for admission, the third is due tomorrow."""
     clock_now = utcnow()
-    runtime.service.clock = lambda: clock_now - timedelta(minutes=5)
+    service = recording_service(
+        runtime.database,
+        runtime.registry,
+        runtime.settings,
+        window=1,
+        clock=lambda: clock_now - timedelta(minutes=5),
+    )
 
-    def parked(delay_seconds: float) -> None:
+    def parked(delay_seconds: float | None = None) -> None:
         request = NewJob(
             tenant_id=tenant,
             type="TEST_PARKED",
             input={"effectFile": "/dev/null"},
             delay_seconds=delay_seconds,
         )
-        runtime.service.create(request)
+        service.create(request)
 
-    parked(0.001)
+    parked()
+    parked()
     text = metrics_text()  # type: ignore[operator]
-    assert sample(text, "orchestrator_queue_depth", queue="parked") == 1
-    assert sample(text, "orchestrator_jobs_in_state", status="waiting") == 1
-    assert sample(text, "orchestrator_oldest_queued_job_age_seconds") >= 299
+    assert sample(text, "orchestrator_queue_depth", queue="parked") == 2
+    assert sample(text, "orchestrator_jobs_in_state", status="queued") == 2
+    assert sample(text, "orchestrator_jobs_in_state", status="waiting") == 2
+    assert 299 <= sample(text, "orchestrator_oldest_queued_job_age_seconds") < 400
+    places = {
+        place: sample(text, "orchestrator_tenant_jobs", tenant=tenant, place=place)
+        for place in ("queued", "admitted", "running", "scheduled")
+    }
+    assert places == {"queued": 1, "admitted": 1, "running": 0, "scheduled": 0}
 
-    # A job delayed by a day is queued, but no backlog yet: it does not age the queue
-    # (recorded an hour ago, it would otherwise set the oldest age to an hour).
-    runtime.service.clock = lambda: clock_now - timedelta(hours=1)
+    # A job delayed by a day is queued, but no backlog yet: it neither deepens the queue
+    # nor ages it.
     parked(86400)
     text = metrics_text()  # type: ignore[operator]
-    assert sample(text, "orchestrator_jobs_in_state", status="queued") == 2
-    assert sample(text, "orchestrator_queue_depth", queue="parked") == 1
-    assert 299 <= sample(text, "orchestrator_oldest_queued_job_age_seconds") < 400
+    assert sample(text, "orchestrator_jobs_in_state", status="queued") == 3
+    assert sample(text, "orchestrator_queue_depth", queue="parked") == 2
+    assert sample(text, "orchestrator_tenant_jobs", tenant=tenant, place="scheduled") == 1
 
 
 def test_metrics_need_service_credentials_outside_development(sqlite_url: str) -> None:

@@ -51,6 +51,7 @@ TENANT_COLLECTION_ROUTES = {
 SERVICE_ROUTES = {
     ("POST", "/admin/maintenance/archive"),
     ("GET", "/admin/maintenance/runs"),
+    ("GET", "/admin/tenants/stats"),
     ("POST", "/admin/maintenance/sweep"),
     ("POST", "/admin/maintenance/reap"),
     ("POST", "/admin/cron/tick"),

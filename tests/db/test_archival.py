@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 import tracemalloc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,15 +21,15 @@ import sqlalchemy as sa
 from orchestrator import transitions
 from orchestrator.archival import KIND, Archiver, ArchiveReport, Progress, recent_runs
 from orchestrator.db import Database
-from orchestrator.dispatch import Step
 from orchestrator.errors import JobArchived
 from orchestrator.models import Job, MaintenanceRun, Tenant
 from orchestrator.registry import load_job_modules
 from orchestrator.runner import Runner, Succeeded
-from orchestrator.service import JobFilter, JobService, NewJob
+from orchestrator.service import JobFilter, NewJob
 from orchestrator.settings import Settings, load_settings
 from orchestrator.states import JobStatus
 from orchestrator.tenants import set_tier
+from tests.recording import recording_service
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 FREE_CUTOFF = NOW - timedelta(days=30)
@@ -367,7 +367,7 @@ def test_a_job_retried_after_its_batch_was_read_is_not_archived(database: Databa
     with database.transaction() as session:  # a manual retry, as the API makes it
         job = session.get(Job, row["id"])
         assert job is not None
-        assert transitions.requeue(session, job, 1, NOW, run_at=NOW, dispatch_due=NOW)
+        assert transitions.requeue(session, job, 1, NOW, run_at=NOW)
     assert run._archive(batch, NOW) == []  # and the run's report does not count it
     assert archived_at_by_id(database) == {row["id"]: None}
 
@@ -421,26 +421,11 @@ def test_batch_size_one_and_batch_size_larger_than_the_data_agree(
 # -- the real path: JobService creates, the Runner finishes --------------------------------
 
 
-class RecordingDispatcher:
-    """Sends nothing: the test runs each job itself with the Runner."""
-
-    mode = "recording"
-    drives_pipelines = True
-
-    def __init__(self) -> None:
-        self.sent: list[list[Step]] = []
-
-    def dispatch(self, steps: Sequence[Step], *, not_before: datetime | None = None) -> None:
-        self.sent.append(list(steps))
-
-
 def test_jobs_finished_through_the_runner_are_archived_by_tier(database: Database) -> None:
     settings = make_settings(database.url)
     registry = load_job_modules(("tests.jobtypes",))
     long_ago = NOW - timedelta(days=100)
-    service = JobService(
-        database, registry, RecordingDispatcher(), settings, clock=lambda: long_ago
-    )
+    service = recording_service(database, registry, settings, clock=lambda: long_ago)
     runner = Runner(database, registry, settings, worker="w-test", clock=lambda: long_ago)
 
     finished: dict[str, str] = {}

@@ -42,12 +42,12 @@ def test_the_hot_path_indexes_are_partial(database_url: str) -> None:
     finally:
         engine.dispose()
     for name, predicate in {
-        "ix_jobs_dispatch_due_at": "dispatch_due_at IS NOT NULL",
+        "ix_jobs_ready": "ready_since IS NOT NULL",
+        "ix_jobs_scheduled": "ready_since IS NULL",
         "ix_jobs_lease_expires_at": "lease_expires_at IS NOT NULL",
         "ix_jobs_status_updated_at": "status",
         "ix_jobs_finished_at_unarchived": "finished_at IS NOT NULL",
         "ix_jobs_parent_id": "parent_id IS NOT NULL",
-        "ix_jobs_parked": "dispatch_due_at IS NULL",
         "ix_jobs_tenant_id_status_id": "archived_at IS NULL",
     }.items():
         where = (definitions[name] or "").split("WHERE", 1)

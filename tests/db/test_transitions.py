@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,37 +15,17 @@ from pydantic import BaseModel
 
 from orchestrator import JobContext, RetryPolicy, transitions
 from orchestrator import transition_statements as statements
+from orchestrator.admission import running_by_tenant
 from orchestrator.db import Database
-from orchestrator.dispatch import Step
 from orchestrator.maintenance import Maintenance
 from orchestrator.metrics import DatabaseGauges
-from orchestrator.models import Job, JobEvent, utcnow
+from orchestrator.models import Job, JobEvent, WindowEntry, utcnow
 from orchestrator.registry import Registry, define_job, load_job_modules
 from orchestrator.runner import Cancelled, Failed, RetryLater, Runner, Skipped, Succeeded
 from orchestrator.service import JobFilter, JobService, NewJob
 from orchestrator.settings import load_settings
-from orchestrator.states import JobStatus
-from orchestrator.transitions import Attempt, ErrorInfo
-
-
-class RecordingDispatcher:
-    mode = "recording"
-    drives_pipelines = True
-
-    def __init__(self) -> None:
-        self.sent: list[list[Step]] = []
-
-    def dispatch(self, steps: list[Step], *, not_before: datetime | None = None) -> None:
-        self.sent.append(list(steps))
-
-    def dispatch_many(self, pipelines: list[list[Step]]) -> None:
-        self.sent.extend(list(steps) for steps in pipelines)
-
-    def lost_messages(self) -> bool:
-        return False
-
-    def messages_resent(self) -> None:
-        pass
+from orchestrator.states import Attempt, ErrorInfo, JobStatus
+from tests.recording import recorded, recording_service
 
 
 @pytest.fixture
@@ -59,7 +39,7 @@ def database(database_url: str) -> Iterator[Database]:
 def service(database: Database) -> JobService:
     settings = load_settings(env="development", database_url=database.url)
     registry = load_job_modules(("tests.jobtypes",))
-    return JobService(database, registry, RecordingDispatcher(), settings)
+    return recording_service(database, registry, settings)
 
 
 def _pipeline(service: JobService, tenant: str = "t1") -> list[Job]:
@@ -92,28 +72,14 @@ def test_create_records_the_pipeline_and_dispatches_after_commit(
     steps = _pipeline(service)
     assert [s.status for s in steps] == [JobStatus.QUEUED, JobStatus.WAITING]
     assert steps[1].parent_id == steps[0].id
-    dispatcher = service.dispatcher
-    assert isinstance(dispatcher, RecordingDispatcher)
-    assert [[s.job_id for s in sent] for sent in dispatcher.sent] == [[s.id for s in steps]]
+    # Ready (its outbox entry), admitted into the window and sent once committed; the
+    # step after it waits, not ready.
+    assert steps[0].ready_since is not None and steps[1].ready_since is None
+    assert recorded(service).job_ids() == [steps[0].id]
     with database.session() as session:
-        head = session.get(Job, steps[0].id)
-        assert head is not None and head.dispatched_at is None  # marked in the background
-        grace = (head.dispatch_due_at - head.created_at).total_seconds()  # type: ignore[operator]
-        assert grace == service.settings.dispatch_grace_seconds
-    deadline = time.monotonic() + 5
-    while service.marks.flush() == 0 and head.dispatched_at is None:
-        with database.session() as session:
-            head = session.get(Job, steps[0].id)
-            assert head is not None
-        assert time.monotonic() < deadline, "the dispatched mark was never written"
-        time.sleep(0.01)
-    with database.session() as session:
-        head = session.get(Job, steps[0].id)
-        assert head is not None
-        # Sent: the outbox entry now only guards against a broker that loses the message.
-        assert head.dispatched_at is not None and head.dispatch_due_at is not None
-        resend = (head.dispatch_due_at - head.dispatched_at).total_seconds()
-        assert resend == service.settings.redispatch_after_seconds
+        [entry] = session.scalars(sa.select(WindowEntry)).all()
+    assert (entry.job_id, entry.attempt) == (steps[0].id, 0)
+    assert recorded(service).sent[0][0].delivery_id == f"{steps[0].id}-d{entry.id}"
 
 
 def test_concurrent_claims_have_one_winner(service: JobService, database: Database) -> None:
@@ -143,25 +109,19 @@ def test_stale_attempt_cannot_write(service: JobService, database: Database) -> 
     stale = Attempt(job_id, "t1", first.attempt)
     now = utcnow()
     with database.transaction() as session:
-        assert transitions.schedule_retry(
-            session, stale, ErrorInfo("E", "boom"), now, run_at=now, dispatch_due=now
-        )
+        assert transitions.schedule_retry(session, stale, ErrorInfo("E", "boom"), now, run_at=now)
     second = _claim(database, job_id, worker="w2")
     assert second is not None and second.attempt == 2
 
     # The worker's own path (on PostgreSQL, the driver's connection) is fenced too.
-    assert not transitions.succeed_alone(
-        database, stale, {"late": True}, utcnow(), next_due=utcnow()
-    )
+    assert not transitions.succeed_alone(database, stale, {"late": True}, utcnow())
     with database.transaction() as session:
-        assert not transitions.succeed(session, stale, {"late": True}, utcnow(), next_due=utcnow())
+        assert not transitions.succeed(session, stale, {"late": True}, utcnow())
         assert not transitions.fail(session, stale, ErrorInfo("E", "late"), utcnow())
         assert not transitions.report_progress(session, stale, 0.9, "late", utcnow())
     assert _status(database, job_id) == (JobStatus.RUNNING, 2)
     with database.transaction() as session:
-        assert transitions.succeed(
-            session, Attempt(job_id, "t1", 2), {"ok": 1}, utcnow(), next_due=utcnow()
-        )
+        assert transitions.succeed(session, Attempt(job_id, "t1", 2), {"ok": 1}, utcnow())
     assert _status(database, job_id) == (JobStatus.SUCCEEDED, 2)
 
 
@@ -173,12 +133,7 @@ def test_retry_not_claimable_before_it_is_due(service: JobService, database: Dat
     with database.transaction() as session:
         later = now + timedelta(hours=1)
         transitions.schedule_retry(
-            session,
-            Attempt(job_id, "t1", 1),
-            ErrorInfo("E", "x"),
-            now,
-            run_at=later,
-            dispatch_due=later,
+            session, Attempt(job_id, "t1", 1), ErrorInfo("E", "x"), now, run_at=later
         )
     assert _claim(database, job_id) is None
     assert _status(database, job_id) == (JobStatus.RETRYING, 1)
@@ -192,9 +147,7 @@ def test_success_releases_next_step_and_failure_cancels_it(
     for head in (ok_head, bad_head):
         assert _claim(database, head.id) is not None
     with database.transaction() as session:
-        transitions.succeed(
-            session, Attempt(ok_head.id, "t1", 1), {"r": 1}, utcnow(), next_due=utcnow()
-        )
+        transitions.succeed(session, Attempt(ok_head.id, "t1", 1), {"r": 1}, utcnow())
         transitions.fail(session, Attempt(bad_head.id, "t1", 1), ErrorInfo("E", "no"), utcnow())
     assert _status(database, ok_next.id) == (JobStatus.QUEUED, 0)
     assert _status(database, bad_next.id) == (JobStatus.CANCELLED, 0)
@@ -221,108 +174,17 @@ def test_a_steps_successor_is_found_through_its_parent(
         assert "ix_jobs_parent_id" in plan, plan
 
 
-def test_parked_jobs_are_found_without_walking_the_tenants_history(
+def test_a_job_admitted_again_is_sent_under_a_new_name(
     service: JobService, database: Database
 ) -> None:
-    """Under a running limit every finished run looks for its tenant's oldest parked job,
-    and the reaper for parked jobs whose release went missing: both read an index of
-    parked jobs, not the tenant's history (9.7 ms at 23,000 finished jobs without it)."""
-    _crowd(service)
-    with database.transaction() as session:  # history: finished jobs, no outbox entries
-        session.execute(
-            sa.update(Job).values(status=JobStatus.SUCCEEDED, dispatch_due_at=None, attempt=1)
-        )
-    parked = _pipeline(service)[0]
-    with database.transaction() as session:
-        job = session.get(Job, parked.id)
-        assert job is not None and transitions.defer(session, job, utcnow())
-        session.execute(sa.text("ANALYZE"))
-
-    def release() -> None:
-        with database.transaction() as session:
-            # Parked a moment ago: not stale, so the reaper's lookup finds no tenant.
-            assert not transitions.unpark_stale(
-                session, utcnow() - timedelta(hours=1), utcnow(), limit=1
-            )
-            assert transitions.release_deferred(session, "t1", utcnow()) == 1
-
-    plans = [plan for plan in _plans_of(database, release) if "jobs" in plan]
-    assert len(plans) == 3  # the reaper's lookup, the release's lookup and its update
-    for plan in plans[:2]:
-        assert "ix_jobs_parked" in plan, plan
-
-
-def test_the_reaper_re_offers_parked_jobs_only_to_free_running_slots(
-    service: JobService, database: Database
-) -> None:
-    """Releases that went missing are made up for, but a tenant still at its limit keeps
-    its backlog parked instead of sending it round the queue again."""
-    running = _pipeline(service)[0].id
-    assert _claim(database, running) is not None
-    parked = [_pipeline(service)[0].id for _ in range(3)]
-    long_ago = utcnow() - timedelta(hours=2)
-    with database.transaction() as session:
-        for job_id in parked:
-            job = session.get(Job, job_id)
-            assert job is not None and transitions.defer(session, job, long_ago)
-
-    def reoffer() -> int:
-        with database.transaction() as session:
-            return transitions.unpark_stale(
-                session, utcnow() - timedelta(hours=1), utcnow(), limit=2
-            )
-
-    def offered() -> list[str]:
-        with database.session() as session:
-            due = sa.select(Job.id).where(Job.id.in_(parked), Job.dispatch_due_at.is_not(None))
-            return sorted(session.scalars(due))
-
-    assert reoffer() == 1  # one slot of two is free: the oldest parked job takes it
-    assert offered() == parked[:1]
-    with database.transaction() as session:
-        assert transitions.succeed(
-            session, Attempt(running, "t1", 1), None, utcnow(), next_due=utcnow()
-        )
-    assert reoffer() == 2  # its release went missing too: both slots are free now
-    assert offered() == parked
-
-
-def test_a_released_job_is_sent_under_a_new_name(service: JobService, database: Database) -> None:
-    """Cloud Tasks keeps a task's name reserved for an hour after it ran: the send of a job
-    released from the parking lot must not look like a repeat of the send that parked it."""
+    """Cloud Tasks keeps a task's name reserved for an hour after it ran: a job whose
+    delivery went missing, admitted again, must not look like a repeat of the first send."""
     job_id = _pipeline(service)[0].id
-    first = service.dispatcher.sent[-1][0]  # type: ignore[attr-defined]
-    assert first.delivery_id.endswith("-a1-r0")  # the name of a job never parked is as ever
-    with database.transaction() as session:
-        job = session.get(Job, job_id)
-        assert job is not None and transitions.defer(session, job, utcnow())
-        assert transitions.release_deferred(session, "t1", utcnow()) == 1
-    sweeper = Maintenance(database, service.dispatcher, service.settings)
-    assert sweeper.sweep_outbox() == 1
-    again = service.dispatcher.sent[-1][0]  # type: ignore[attr-defined]
-    assert again.job_id == job_id and again.attempt == first.attempt
-    assert again.delivery_id != first.delivery_id
-
-
-def test_a_dead_workers_run_frees_its_tenants_slot_in_the_same_reap(
-    service: JobService, database: Database
-) -> None:
-    """The reaper takes back expired leases first, then re-offers parked jobs: the dead
-    worker's run no longer counts against its tenant's limit."""
-    settings = service.settings.model_copy(update={"tenant_max_running": 1})
-    dead = _pipeline(service)[0].id
-    assert _claim(database, dead) is not None
-    parked = _pipeline(service)[0].id
-    long_ago = utcnow() - timedelta(hours=2)
-    with database.transaction() as session:
-        job = session.get(Job, parked)
-        assert job is not None and transitions.defer(session, job, long_ago)
-        session.execute(sa.update(Job).where(Job.id == dead).values(lease_expires_at=long_ago))
-    reaper = Maintenance(database, service.dispatcher, settings)
-    assert reaper.reap_leases() == 1
-    with database.session() as session:
-        job = session.get(Job, parked)
-        assert job is not None and job.dispatch_due_at is not None
+    [first] = recorded(service).sent[-1]
+    service.admission.take_back([first.number])
+    assert service.admission.pump() == 1
+    [again] = recorded(service).sent[-1]
+    assert again.job_id == job_id and again.delivery_id != first.delivery_id
 
 
 def test_reads_by_status_leave_archived_history_out(
@@ -346,14 +208,15 @@ def test_reads_by_status_leave_archived_history_out(
         page = service.list_jobs("t1", JobFilter(status=JobStatus.FAILED))
         assert [job.id for job in page.jobs] == [dead.id]
         assert service.status_counts("t1") == {"failed": 1, "waiting": 1}
-        with database.transaction() as session:
-            assert not transitions.tenant_at_limit(session, "t1", 1)
+        with database.session() as session:  # what admission counts as running
+            assert running_by_tenant(session)["t1"] == 0
 
-    listed, counted, running = [plan for plan in _plans_of(database, read) if "jobs" in plan]
+    plans = [plan for plan in _plans_of(database, read) if "jobs" in plan]
+    listed, counted, running = plans[0], plans[1], plans[2]
     for plan in (listed, counted):
         assert "ix_jobs_tenant_id_status_id" in plan, plan
-    # the running count may as well read the live jobs' index: it holds no archived job either
-    assert "ix_jobs_tenant_id_status_id" in running or "ix_jobs_status_updated_at" in running
+    # the running count reads the live jobs' index: it holds no archived job either
+    assert "ix_jobs_status_updated_at" in running, running
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -436,7 +299,7 @@ def test_every_transition_leaves_an_event(service: JobService, database: Databas
     head, nxt = _pipeline(service)
     _claim(database, head.id)
     with database.transaction() as session:
-        transitions.succeed(session, Attempt(head.id, "t1", 1), None, utcnow(), next_due=utcnow())
+        transitions.succeed(session, Attempt(head.id, "t1", 1), None, utcnow())
     with database.session() as session:
         rows = session.execute(
             sa.select(JobEvent.job_id, JobEvent.from_status, JobEvent.to_status)
@@ -455,9 +318,7 @@ def test_every_transition_leaves_an_event(service: JobService, database: Databas
 def test_a_claim_hands_over_the_upstream_result(service: JobService, database: Database) -> None:
     head, nxt = _pipeline(service)
     _claim(database, head.id)
-    assert transitions.succeed_alone(
-        database, Attempt(head.id, "t1", 1), {"found": 3}, utcnow(), next_due=utcnow()
-    )
+    assert transitions.succeed_alone(database, Attempt(head.id, "t1", 1), {"found": 3}, utcnow())
     started = transitions.claim_alone(database, nxt.id, worker="w1", lease_seconds=60, now=utcnow())
     assert started is not None
     assert started.upstream_result == {"found": 3}
@@ -497,11 +358,11 @@ def test_a_claim_within_a_transaction_sees_the_row_first(
 def test_a_redelivery_under_a_tenant_limit_claims_nothing_but_a_waiting_job(
     database: Database,
 ) -> None:
-    """With a running limit the runner reads the row before claiming it; a delivery of a
-    job that finished, runs or was cancelled must not start another attempt of it."""
+    """A delivery of a job that finished, runs or was cancelled starts no other attempt of
+    it, limits or not."""
     settings = load_settings(env="development", database_url=database.url, tenant_max_running=5)
     registry = load_job_modules(("tests.jobtypes",))
-    service = JobService(database, registry, RecordingDispatcher(), settings)
+    service = recording_service(database, registry, settings)
     runner = Runner(database, registry, settings, worker="w-test")
 
     def job() -> str:
@@ -584,7 +445,7 @@ def test_a_cancel_racing_a_success_reports_the_success(
     claimed = _claim(database, job_id)
     assert claimed is not None
     run = Attempt.of(claimed)
-    assert transitions.succeed_alone(database, run, {"ok": 1}, utcnow(), next_due=utcnow())
+    assert transitions.succeed_alone(database, run, {"ok": 1}, utcnow())
     assert _cancel_as_read_before(database, job_id, JobStatus.RUNNING) is JobStatus.SUCCEEDED
     assert _cancel_events(database, job_id) == []
 
@@ -619,7 +480,7 @@ def test_a_cancel_asked_for_while_an_attempt_fails_wins_over_its_retry(
     """The attempt fails before its heartbeat has seen the cancel: no further attempt."""
     registry = Registry()
     settings = load_settings(env="development", database_url=database.url)
-    service = JobService(database, registry, RecordingDispatcher(), settings)
+    service = recording_service(database, registry, settings)
 
     @define_job("TEST_CANCELLED_MIDWAY", retry=RetryPolicy(max_attempts=3), target=registry)
     def cancelled_midway(ctx: JobContext, data: BaseModel) -> None:
@@ -708,6 +569,7 @@ def test_hot_statements_survive_a_dropped_connection(
     assert killed
     claimed = _claim(database, second)
     assert claimed is not None and claimed.attempt == 1
+    database.engine.dispose()  # the sessions' pool lost its connections too (not under test)
     assert _status(database, second) == (JobStatus.RUNNING, 1)
 
 
@@ -734,9 +596,12 @@ def test_the_driver_path_writes_what_sqlalchemy_writes(
     result = {"rooms": [1, 2], "none": None}
     with database.transaction() as session:
         run = Attempt(by_session, "t1", 1)
-        assert transitions.succeed(session, run, result, now, next_due=now)
+        assert transitions.succeed(session, run, result, now)
     assert transitions.succeed_alone(
-        database, Attempt(by_driver, "t1", 1), result, now, next_due=now
+        database,
+        Attempt(by_driver, "t1", 1),
+        result,
+        now,
     )
     assert _written(database, by_driver) == _written(database, by_session)
 
@@ -753,11 +618,11 @@ def _claimed_view(started: transitions.Started) -> dict[str, object]:
 
 def _written(database: Database, job_id: str) -> list[tuple[object, ...]]:
     """Every column of the job row and its events as PostgreSQL renders them (JSON null
-    and SQL NULL told apart), the job's own ids and creation aside."""
+    and SQL NULL told apart), the job's own ids and creation (and readiness) aside."""
     with database.session() as session:
         job = session.execute(
             sa.text(
-                "SELECT to_jsonb(jobs) - 'id' - 'pipeline_id' - 'created_at' "
+                "SELECT to_jsonb(jobs) - 'id' - 'pipeline_id' - 'created_at' - 'ready_since' "
                 "FROM jobs WHERE id = :id"
             ),
             {"id": job_id},
@@ -830,17 +695,14 @@ def test_retry_needs_only_the_rows_not_the_jobs_module(
     assert retried == [job_id]
     job = service.get("t1", job_id).job
     assert (job.status, job.max_attempts) == (JobStatus.QUEUED, 4 + 4)
-    dispatcher = service.dispatcher
-    assert isinstance(dispatcher, RecordingDispatcher)
-    assert dispatcher.sent[-1][0].job_id == job_id
+    assert recorded(service).sent[-1][0].job_id == job_id
 
 
 def test_a_retried_job_keeps_the_time_it_was_scheduled_for_unless_asked_to_run_now(
     service: JobService, database: Database
 ) -> None:
     tomorrow = utcnow() + timedelta(days=1)
-    dispatcher = service.dispatcher
-    assert isinstance(dispatcher, RecordingDispatcher)
+    dispatcher = recorded(service)
     for run_now in (False, True):
         job = service.create(NewJob(tenant_id="t1", type="TEST_FLAKY", run_at=tomorrow)).details.job
         assert service.cancel("t1", job.id).job.run_at == tomorrow
@@ -852,9 +714,9 @@ def test_a_retried_job_keeps_the_time_it_was_scheduled_for_unless_asked_to_run_n
             assert len(dispatcher.sent) == sent + 1  # sent now
         else:
             assert retried.run_at == tomorrow
-            assert len(dispatcher.sent) == sent  # the outbox sends it when due
+            assert len(dispatcher.sent) == sent  # sent when due (scheduled, not ready)
             with database.session() as session:
-                assert session.get(Job, job.id).dispatch_due_at == tomorrow  # type: ignore[union-attr]
+                assert session.get(Job, job.id).ready_since is None  # type: ignore[union-attr]
 
 
 def test_a_finished_job_is_due_nowhere(service: JobService, database: Database) -> None:
@@ -887,7 +749,7 @@ def test_a_run_whose_worker_process_is_gone_from_this_host_is_reaped_at_once(
         job_id = _pipeline(service)[0].id
         transitions.claim_alone(database, job_id, worker=worker, lease_seconds=600, now=utcnow())
         jobs[name] = job_id
-    reaper = Maintenance(database, service.dispatcher, service.settings)
+    reaper = Maintenance(database, service.admission)
     assert reaper.reap_leases() == 1
     assert _status(database, jobs["gone"]) == (JobStatus.RETRYING, 1)
     assert _status(database, jobs["alive"]) == (JobStatus.RUNNING, 1)

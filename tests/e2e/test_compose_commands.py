@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 90
 STOP_TIMEOUT = 30
-PROCESSES = ("web", "worker", "beat", "flower")
+PROCESSES = ("web", "dispatcher", "worker", "reports", "beat", "flower")
 SECRETS = {"ORCH_SERVICE_AUTH_SECRET": REAL_SECRET, "ORCH_FLOWER_BASIC_AUTH": "ops:pass"}
 # What the host environment must not leak into a "container".
 HOST_ONLY = re.compile(r"^(ORCH_.*|PORT|FLOWER_.*|PROMETHEUS_MULTIPROC_DIR|CELERY_.*)$")

@@ -24,6 +24,9 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from api import create_app
 from orchestrator import processes
+from orchestrator.dispatcher import LEASE_NAME
+from orchestrator.leader import current_holder
+from orchestrator.models import utcnow
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, load_settings
 from tests.servers import free_port
@@ -32,13 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-# Short leases and frequent sweeps, so recovery tests take seconds, not minutes.
+# Short leases and frequent reaps, so recovery tests take seconds, not minutes.
 FAST_TIMING = {
     "lease_seconds": 3.0,
     "heartbeat_seconds": 0.5,
-    "sweep_interval": 0.5,
     "reap_interval": 1.0,
-    "dispatch_grace_seconds": 2.0,
 }
 
 
@@ -50,7 +51,7 @@ def stack_settings(database_url: str, redis_url: str, **overrides: Any) -> Setti
         "job_modules": "tests.jobtypes",
         "log_format": "text",
         "worker_concurrency": 2,
-        "worker_queues": "default,maintenance",
+        "worker_queues": "default,reports,maintenance",
         **FAST_TIMING,
         **overrides,
     }
@@ -105,6 +106,8 @@ class Worker:
             )
         if self.kind == "worker":
             self._wait_ready(runtime, timeout)
+        elif self.kind == "dispatcher":
+            self._wait_leading(runtime, timeout)
 
     def _wait_ready(self, runtime: Runtime, timeout: float) -> None:
         app = runtime.dispatcher.app  # type: ignore[attr-defined]
@@ -120,6 +123,18 @@ class Worker:
                 ):
                     return
         raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+
+    def _wait_leading(self, runtime: Runtime, timeout: float) -> None:
+        """Until a dispatcher holds the lease (this one, or one already there)."""
+        deadline = time.monotonic() + timeout
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dispatcher exited early:\n{self.log_tail()}")
+            if current_holder(runtime.database, LEASE_NAME, utcnow()) is not None:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"no dispatcher leads after {timeout}s:\n{self.log_tail()}")
 
     def kill(self) -> None:
         """SIGKILL the whole process group: a worker host that vanished."""
@@ -152,6 +167,7 @@ class Stack:
     runtime: Runtime
     worker: Worker
     beat: Worker
+    dispatcher: Worker
     server: BaseWSGIServer | None = None
     base_url: str = ""
     http: requests.Session = field(default_factory=requests.Session)
@@ -163,9 +179,11 @@ class Stack:
         self.base_url = f"http://127.0.0.1:{self.server.server_port}"
         self.worker.start(self.runtime)
         self.beat.start(self.runtime)
+        self.dispatcher.start(self.runtime)
         return self
 
     def stop(self) -> None:
+        self.dispatcher.stop()
         self.beat.stop()
         self.worker.stop()
         if self.server is not None:
@@ -180,6 +198,7 @@ class Stack:
             Runtime.build(settings),
             Worker(settings, folder / "worker.log"),
             Worker(beat_settings, folder / "beat.log", kind="beat"),
+            Worker(settings, folder / "dispatcher.log", kind="dispatcher"),
         )
 
     def post(self, tenant: str, path: str, body: Any = None, **headers: str) -> requests.Response:
@@ -217,7 +236,7 @@ class Stack:
         )
 
     def diagnostics(self) -> str:
-        return self.worker.log_tail()
+        return f"{self.worker.log_tail()}\n--- dispatcher:\n{self.dispatcher.log_tail(20)}"
 
     def events(self, tenant: str, job_id: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = self.get(tenant, f"/v1/jobs/{job_id}/events").json()[
@@ -246,7 +265,7 @@ class PushStack(Stack):
 
     def _housekeeping(self) -> None:
         secret = {"X-Service-Auth": self.settings.service_auth_secret or ""}
-        while not self._stop.wait(0.3):
+        while not self._stop.wait(0.3):  # the dispatcher's round, and the reaper
             for path in ("/admin/maintenance/sweep", "/admin/maintenance/reap"):
                 with contextlib.suppress(requests.RequestException):  # the server is stopping
                     requests.post(f"{self.base_url}{path}", headers=secret, timeout=30)

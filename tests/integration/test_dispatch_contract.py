@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from orchestrator import migrate
-from orchestrator.dispatch import Step
+from orchestrator.dispatch import Delivery
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.runtime import Runtime
 from tests.cloudtasks import CloudTasksEmulator
@@ -56,7 +56,8 @@ def system(
         stack = PushStack(
             settings,
             Runtime.build(settings),
-            None,
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
             None,  # type: ignore[arg-type]
             port=port,
             extra_logs=[folder / "emulator.log"],
@@ -67,13 +68,11 @@ def system(
 
 def deliver_again(system: Stack, job: dict[str, Any], times: int) -> None:
     """The same delivery, `times` more, at once: a broker redelivery or a repeated push."""
-    step = Step(job["id"], job["type"], "default")
+    again = Delivery(job["id"], job["type"], "default", number=10**9)
     if system.settings.dispatch_mode == "celery":
-        signature = system.runtime.dispatcher.signature(step)  # type: ignore[attr-defined]
-        for _ in range(times):
-            signature.apply_async()  # the very same message: same task id
+        system.runtime.dispatcher.send([again] * times)  # the very same message: one task id
         return
-    body = {"jobId": job["id"], "idempotencyKey": step.delivery_id}
+    body = {"jobId": job["id"], "idempotencyKey": again.delivery_id}
     headers = {"X-Service-Auth": system.settings.service_auth_secret or ""}
     threads = [
         threading.Thread(

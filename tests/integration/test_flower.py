@@ -44,7 +44,7 @@ def test_flower_sees_the_worker_and_a_finished_pipeline(
     finally:
         flower.stop()
     assert stack.worker.nodename in workers
-    by_job = {task["uuid"].split("-a")[0]: task for task in tasks.values()}
+    by_job = {task["uuid"].split("-d")[0]: task for task in tasks.values()}
     assert by_job[created["id"]]["name"] == "jobs.TEST_FLAKY"
     assert by_job[report_id]["name"] == "jobs.TEST_ECHO_UPSTREAM"
     assert {by_job[created["id"]]["state"], by_job[report_id]["state"]} == {"SUCCESS"}
@@ -75,7 +75,7 @@ def _tasks_seen(base: str, job_ids: set[str], timeout: float = 20) -> dict[str, 
     tasks: dict[str, dict[str, str]] = {}
     while time.monotonic() < deadline:
         tasks = requests.get(f"{base}/api/tasks", auth=AUTH, timeout=10).json()
-        done = {t["uuid"].split("-a")[0] for t in tasks.values() if t.get("state") == "SUCCESS"}
+        done = {t["uuid"].split("-d")[0] for t in tasks.values() if t.get("state") == "SUCCESS"}
         if done and job_ids <= done:
             return tasks
         time.sleep(0.3)

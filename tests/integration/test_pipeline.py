@@ -6,7 +6,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from orchestrator.dispatch import Step
+from orchestrator.dispatch import Delivery
 from tests.integration.stack import Stack
 
 README_JOB = {
@@ -78,11 +78,7 @@ def test_duplicate_deliveries_run_the_handler_once(
         tenant, {"type": "TEST_EFFECT", "input": {"effectFile": str(effect), "sleep": 0.5}}
     )
     # The same message again, four times, while the first delivery is still running.
-    signature = stack.runtime.dispatcher.signature(  # type: ignore[attr-defined]
-        _step(created)
-    )
-    for _ in range(4):
-        signature.apply_async()  # the very same message: same task id
+    stack.runtime.dispatcher.send([_delivery(created)] * 4)  # the same task id each time
 
     job = stack.wait_for(tenant, created["id"])
     _wait_for_skips(stack, tenant, created["id"], 4)
@@ -104,8 +100,8 @@ def test_another_tenant_gets_404(stack: Stack, tenant: str) -> None:
     assert created["id"] not in {j["id"] for j in listing["jobs"]}
 
 
-def _step(created: dict[str, object]) -> Step:
-    return Step(job_id=str(created["id"]), type=str(created["type"]), queue="default")
+def _delivery(created: dict[str, object]) -> Delivery:
+    return Delivery(job_id=str(created["id"]), type=str(created["type"]), queue="default", number=1)
 
 
 def _wait_for_skips(stack: Stack, tenant: str, job_id: str, count: int) -> None:

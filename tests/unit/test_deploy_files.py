@@ -32,8 +32,14 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 EXPECTED_SERVICES = {"redis", "postgres", "migrate", "web", "worker", "beat", "flower"}
-APP_PROCESSES = ("web", "worker", "beat", "flower")
+APP_PROCESSES = ("web", "dispatcher", "worker", "reports", "beat", "flower")
 PROCFILE_NAMES = {"release", *APP_PROCESSES}
+# What each process runs: its own type, but a worker for one queue alone.
+EXPECTED_COMMANDS = {
+    **{name: ["orchestrator", "run", name] for name in APP_PROCESSES},
+    "worker": ["orchestrator", "run", "worker", "--queues", "default,maintenance"],
+    "reports": ["orchestrator", "run", "worker", "--queues", "reports"],
+}
 RESTARTING_POLICIES = {"always", "unless-stopped", "on-failure"}
 # What `${VAR:?...}` stands for when the file is used: real-looking values.
 INTERPOLATION_VALUES = {
@@ -73,7 +79,7 @@ def assert_real_cli_command(argv: list[str]) -> None:
     assert argv[:1] == ["orchestrator"], argv
     args = argv[1:]
     assert args == ["db", "upgrade"] or (
-        len(args) == 2 and args[0] == "run" and args[1] in processes.PROCESS_NAMES
+        len(args) >= 2 and args[0] == "run" and args[1] in processes.PROCESS_NAMES
     ), f"not a known CLI command: {shlex.join(argv)}"
     # The command exists: its help answers...
     result = CliRunner().invoke(main, [*args, "--help"], catch_exceptions=False)
@@ -176,13 +182,7 @@ def test_project_services_run_real_cli_commands() -> None:
         argv = argv_of(service["command"])
         assert_real_cli_command(argv)
         expected = (
-            ["orchestrator", "db", "upgrade"]
-            if name == "migrate"
-            else [
-                "orchestrator",
-                "run",
-                name,
-            ]
+            ["orchestrator", "db", "upgrade"] if name == "migrate" else EXPECTED_COMMANDS[name]
         )
         assert argv == expected, f"{name} runs {shlex.join(argv)}"
 
@@ -306,8 +306,10 @@ def test_procfile_commands_are_real_cli_commands() -> None:
     for name, command in procfile_entries():
         argv = shlex.split(command)
         assert_real_cli_command(argv)
-        expected = "orchestrator db upgrade" if name == "release" else f"orchestrator run {name}"
-        assert shlex.join(argv) == expected, f"{name}: {command}"
+        expected = (
+            ["orchestrator", "db", "upgrade"] if name == "release" else EXPECTED_COMMANDS[name]
+        )
+        assert argv == expected, f"{name}: {command}"
 
 
 def test_procfile_and_compose_run_the_same_commands() -> None:

@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from orchestrator.db import Database
 from orchestrator.heartbeat import Heartbeat
-from orchestrator.transitions import Attempt
+from orchestrator.states import Attempt
 
 
 def soft_timeout_sighandler(signum: int, frame: FrameType | None) -> None:

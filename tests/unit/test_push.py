@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from orchestrator.dispatch import Step
+from orchestrator.dispatch import Delivery
 from orchestrator.dispatch.http import HttpDispatcher
 from orchestrator.dispatch.push import SERVICE_AUTH_HEADER, PushTarget
 from orchestrator.dispatch.stats import DispatchStats
@@ -47,6 +47,6 @@ def test_an_http_push_always_carries_the_service_secret(
     """It has no OIDC token to carry instead, whatever account Cloud Scheduler's calls use."""
     url, heard = received
     target = PushTarget(url=url, secret=SECRET, oidc_service_account=account)
-    HttpDispatcher(target, DispatchStats(), timeout=5).dispatch([Step("job_1", "T", "default")])
+    HttpDispatcher(target, DispatchStats(), timeout=5).send([Delivery("job_1", "T", "default", 1)])
     headers = heard.get(timeout=5)
     assert headers[SERVICE_AUTH_HEADER] == SECRET

@@ -159,16 +159,16 @@ def test_only_the_first_of_several_errors_is_reported_on_one_line(
     assert "\n" not in str(info.value)
 
 
-def test_broker_delays_must_stay_below_the_visibility_timeout(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("ORCH_VISIBILITY_TIMEOUT", "100")
-    monkeypatch.setenv("ORCH_BROKER_DELAY_LIMIT", "100")
-    with _one_line_error_naming("ORCH_BROKER_DELAY_LIMIT") as info:
-        load_settings()
-    assert "ORCH_VISIBILITY_TIMEOUT" in str(info.value)
-    monkeypatch.setenv("ORCH_BROKER_DELAY_LIMIT", "99")
-    assert load_settings().broker_delay_limit == 99
+def test_tier_numbers_are_tier_equals_number_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_TIER_WEIGHTS", "free=1, pro=3,enterprise=10")
+    monkeypatch.setenv("ORCH_TIER_MAX_RUNNING", "free=4")
+    settings = load_settings()
+    assert settings.tier_weights == {"free": 1, "pro": 3, "enterprise": 10}
+    assert settings.tier_max_running == {"free": 4}
+    for bad in ("free", "free=x", "pro=0"):
+        monkeypatch.setenv("ORCH_TIER_WEIGHTS", bad)
+        with _one_line_error_naming("ORCH_TIER_WEIGHTS"):
+            load_settings()
 
 
 def test_heartbeat_must_be_shorter_than_the_lease(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,464 @@
+"""Admission: which ready jobs go into the broker's window next, fairly across tenants.
+
+The database is the queue of record. A job is ready when it is claimable and due
+(`ready_since` set: `models.READY_SQL`). The broker holds only a small window of messages
+per queue, waiting for a worker (`WindowSizes`); whenever a queue's window has room, a
+fill takes that many ready jobs, tenant after tenant by start-time fair queueing weighted
+by tier (a pro tenant gets three jobs for a free tenant's one, by default), a tenant's own
+jobs by priority and then the longest ready first, and never past a tenant's or a tier's
+running limit. Since the window is small, a tenant that floods the system delays another
+by a window's worth of jobs, not by its backlog.
+
+Fills run in the dispatcher process (`orchestrator.dispatcher`) for Celery, and in the
+requests themselves in push modes (`pump`). Either way a fill is one transaction that
+holds the fill lock, so two never fill at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from orchestrator import window
+from orchestrator.db import Database
+from orchestrator.dispatch.base import Delivery, Dispatcher, DispatchError
+from orchestrator.models import LIVE_STATES_SQL, READY_SQL, SCHEDULED_SQL, Job, utcnow
+from orchestrator.states import JobStatus
+from orchestrator.tenant_limits import TenantLimits
+from orchestrator.tenant_stats import AdmissionCounts
+from orchestrator.window import ReadyJob
+
+log = logging.getLogger("orchestrator.admission")
+
+JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
+# A delivery admitted this long ago that the broker does not hold went missing (a publish
+# lost with a crash, a broker that lost its data): its job is admitted again.
+MISSING_AFTER = timedelta(seconds=2)
+# A delivery a worker took this long ago without claiming its job: that worker is gone.
+STUCK_AFTER = timedelta(seconds=10)
+# In push modes the backend cannot be asked: a delivery whose job nobody claimed this long
+# after it was due went missing.
+PUSH_MISSING_AFTER = timedelta(seconds=120)
+# An advisory lock's key for fills on PostgreSQL (SQLite's write lock does it there).
+FILL_LOCK = 0x6F726368
+
+
+@dataclass
+class InFlight:
+    """Each tenant's jobs running or admitted, and their tiers' totals, as a fill goes."""
+
+    limits: TenantLimits
+    tenants: Counter[str] = field(default_factory=Counter)
+    tiers: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def read(cls, session: Session, limits: TenantLimits) -> InFlight:
+        counts = running_by_tenant(session) + window.per_tenant(session)
+        return cls(limits, counts, limits.tier_counts(counts))
+
+    def may_add(self, tenant_id: str) -> bool:
+        return self.limits.headroom(tenant_id, self.tenants, self.tiers) > 0
+
+    def add(self, tenant_id: str) -> None:
+        self.tenants[tenant_id] += 1
+        self.tiers[self.limits.tier(tenant_id)] += 1
+
+
+class FairShare:
+    """Start-time fair queueing over tenants, one virtual clock per queue.
+
+    Each admission of a tenant's job advances the tenant's finish tag by 1/weight; the next
+    admission goes to the tenant whose next job would start earliest, never earlier than
+    the queue's virtual time (a tenant that was idle gets no credit for it). Over time each
+    contending tenant gets admissions in proportion to its weight; one that just arrived
+    gets the next or nearly the next. The tags live in this process: a standby that takes
+    over starts them afresh, which only evens out the next few admissions.
+    """
+
+    def __init__(self, weight: Callable[[str], int]) -> None:
+        self.weight = weight
+        self._finish: dict[tuple[str, str], float] = {}
+        self._now: dict[str, float] = {}  # virtual time, per queue
+
+    def choose(
+        self,
+        queue: str,
+        free: int,
+        tenants: Sequence[str],
+        in_flight: InFlight,
+        fetch: Callable[[str, int], list[ReadyJob]],
+    ) -> list[ReadyJob]:
+        now = self._now.get(queue, 0.0)
+        heap = [(max(self._finish.get((queue, t), 0.0), now), t) for t in tenants]
+        heapq.heapify(heap)
+        buffers: dict[str, deque[ReadyJob]] = {}
+        chosen: list[ReadyJob] = []
+        while heap and len(chosen) < free:
+            start, tenant = heapq.heappop(heap)
+            if not in_flight.may_add(tenant):
+                continue  # at its limit: its jobs wait, the others go on
+            if tenant not in buffers:
+                buffers[tenant] = deque(fetch(tenant, free - len(chosen)))
+            if not buffers[tenant]:
+                continue  # its ready jobs are all in the window already
+            chosen.append(buffers[tenant].popleft())
+            in_flight.add(tenant)
+            finish = start + 1.0 / self.weight(tenant)
+            self._finish[(queue, tenant)] = finish
+            self._now[queue] = now = start
+            heapq.heappush(heap, (finish, tenant))
+        self._forget_idle(queue)
+        return chosen
+
+    def _forget_idle(self, queue: str) -> None:
+        """Tags behind the virtual clock say nothing (an idle tenant starts at it)."""
+        now = self._now.get(queue, 0.0)
+        for key in [k for k, tag in self._finish.items() if k[0] == queue and tag <= now]:
+            del self._finish[key]
+
+
+class WindowSizes:
+    """How many messages each queue's window holds: `ORCH_DISPATCH_WINDOW`, or four times
+    the concurrency of the workers that consume the queue (as `observe` last saw it), or,
+    before any was seen, four times `ORCH_WORKER_CONCURRENCY`."""
+
+    PER_PROCESS = 4
+
+    def __init__(self, fixed: int, default_concurrency: int) -> None:
+        self.fixed = fixed
+        self.default = self.PER_PROCESS * default_concurrency
+        self._seen: dict[str, int] = {}
+
+    def of(self, queue: str) -> int:
+        if self.fixed:
+            return self.fixed
+        return max(self._seen.get(queue, self.default), self.PER_PROCESS)
+
+    def observe(self, concurrency_per_queue: dict[str, int]) -> None:
+        self._seen = {q: self.PER_PROCESS * n for q, n in concurrency_per_queue.items()}
+
+
+class Admission:
+    """Fills the window from the ready jobs and sends what it admitted."""
+
+    def __init__(
+        self,
+        database: Database,
+        dispatcher: Dispatcher,
+        limits: TenantLimits,
+        sizes: WindowSizes,
+        *,
+        ahead: timedelta = timedelta(0),
+        clock: Callable[[], datetime] = utcnow,
+        counts: AdmissionCounts | None = None,
+    ) -> None:
+        self.database = database
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.sizes = sizes
+        self.ahead = ahead  # push modes: jobs due this soon go out with their time
+        self.clock = clock
+        self.counts = counts or AdmissionCounts(None)
+        self.fair = FairShare(limits.weight)
+        self.backlogged = False  # the last fill left ready jobs out (a window was full)
+        self.full_queues: list[str] = []  # and in which queues
+        self.admitted = 0  # in this process, for figures
+
+    def fill(self, fence: Callable[[Session], bool] | None = None) -> list[Delivery]:
+        """Admit as many ready jobs as the windows have room for; their deliveries, to be
+        sent once this returns (their admission has committed). `fence`: a leader's check
+        that it still holds its lease, in the fill's transaction."""
+        now = self.clock()
+        with self.database.transaction() as session:
+            _take_fill_lock(session)
+            if fence is not None and not fence(session):
+                return []
+            window.forget_claimed(session)
+            promote_due(session, now + self.ahead)
+            queues = ready_queues(session)
+            if not queues:
+                self.backlogged, self.full_queues = False, []
+                return []
+            chosen = self._choose(session, queues)
+            deliveries = window.admit(session, chosen, now, ahead=self.ahead > timedelta(0))
+        self.admitted += len(deliveries)
+        return deliveries
+
+    def _choose(self, session: Session, queues: list[str]) -> list[ReadyJob]:
+        waiting = self.dispatcher.waiting(queues)
+        if waiting is None:  # push modes: the window is what was admitted and not claimed
+            waiting = window.per_queue(session)
+        in_flight = InFlight.read(session, self.limits)
+        chosen: list[ReadyJob] = []
+        self.full_queues = []
+        for queue in queues:
+            free = self.sizes.of(queue) - waiting.get(queue, 0)
+            taken = self._choose_in(session, queue, free, in_flight) if free > 0 else []
+            if len(taken) == max(free, 0):  # ready jobs may be left out: the window is full
+                self.full_queues.append(queue)
+            chosen += taken
+        self.backlogged = bool(self.full_queues)
+        return chosen
+
+    def _choose_in(
+        self, session: Session, queue: str, free: int, in_flight: InFlight
+    ) -> list[ReadyJob]:
+        def fetch(tenant: str, count: int) -> list[ReadyJob]:
+            return candidates(session, queue, tenant, count)
+
+        return self.fair.choose(queue, free, ready_tenants(session, queue), in_flight, fetch)
+
+    def refill_due(self, queue: str, waiting: int) -> bool:
+        """Whether a full window emptied enough to be worth a fill: a quarter of it (one
+        fill a message would cost the database a transaction each)."""
+        size = self.sizes.of(queue)
+        return size - waiting >= max(1, size // 4)
+
+    @property
+    def in_process(self) -> bool:
+        """Whether fills happen where jobs become ready (push and inline modes), rather than
+        in a dispatcher process that is told there is work (Celery)."""
+        return self.dispatcher.mode != "celery"
+
+    def room(self, queues: set[str]) -> dict[str, int]:
+        """How many more messages each queue's window takes now (Celery: what the broker
+        holds, asked before a creation's transaction); none in other modes, whose fills
+        run after it."""
+        if self.in_process or not queues:
+            return {}
+        waiting = self.dispatcher.waiting(queues) or {}
+        return {q: self.sizes.of(q) - waiting.get(q, self.sizes.of(q)) for q in queues}
+
+    def admit_new(
+        self, session: Session, jobs: Sequence[Job], room: dict[str, int], now: datetime
+    ) -> list[Delivery]:
+        """In the transaction that made `jobs` ready: admit them at once if their queue's
+        window has room and no other ready job waits there (passing nobody, so no fill is
+        needed to be fair). A tenant under a running limit waits for a fill, which counts
+        what it has running."""
+        chosen: list[ReadyJob] = []
+        for queue, free in room.items():
+            mine = [j for j in jobs if j.queue == queue and not self.limits.limited(j.tenant_id)]
+            if free > 0 and mine and uncontended(session, queue, [job.id for job in mine]):
+                chosen += [_ready(job) for job in mine[:free]]
+        deliveries = window.admit(session, chosen, now)
+        self.admitted += len(deliveries)
+        return deliveries
+
+    def after_commit(self, deliveries: Sequence[Delivery], *, more_ready: bool) -> None:
+        """Send what a creation admitted; the rest is the dispatcher's (told here)."""
+        self.send(deliveries)
+        if more_ready or self.in_process:
+            self.became_ready()
+
+    def became_ready(self) -> None:
+        """Jobs became ready: fill now (push and inline modes), or nudge the dispatcher."""
+        if self.in_process:
+            self.pump()
+            return
+        nudge = getattr(self.dispatcher, "nudge", None)
+        if nudge is not None:
+            nudge()
+
+    def send(self, deliveries: Sequence[Delivery]) -> None:
+        """Send what a fill admitted; a refusal takes the admissions back (the jobs stay
+        ready for the next fill)."""
+        if not deliveries:
+            return
+        try:
+            self.dispatcher.send(deliveries)
+        except DispatchError as exc:
+            log.warning(
+                "could not send %d admitted job(s); they wait for the next fill: %s",
+                len(deliveries),
+                exc,
+                extra={"action": "dispatch_failed"},
+            )
+            self.take_back([d.number for d in deliveries])
+            return
+        self.counts.record(d.tenant_id for d in deliveries if d.tenant_id)
+
+    def pump(self) -> int:
+        """Fill and send, here and now (push and inline modes, after a job became ready).
+        Inline sends run their jobs, whose successes make later steps ready: those are
+        filled and run too, until nothing ready is left."""
+        sent = 0
+        while deliveries := self.fill():
+            self.send(deliveries)
+            sent += len(deliveries)
+            if self.dispatcher.mode != "inline":
+                break
+        return sent
+
+    def tick(self) -> tuple[int, int]:
+        """The dispatcher's round, once (push modes' housekeeping, or by hand): find what
+        went missing, then fill and send. Returns (missing, sent)."""
+        missing = self.find_missing()
+        return missing, self.pump()
+
+    def take_back(self, numbers: Sequence[int]) -> None:
+        with self.database.transaction() as session:
+            window.withdraw(session, numbers)
+
+    def find_missing(self) -> int:
+        """Deliveries the broker does not hold, though their jobs still wait: lost with a
+        crash or a broker's data, or taken by a worker that died. They are taken back, and
+        their jobs admitted again under new names. Returns how many."""
+        now = self.clock()
+        with self.database.transaction() as session:
+            window.forget_claimed(session)
+            entries = window.entries(session)
+        if not entries:
+            return 0
+        held = self.dispatcher.held({entry.queue for entry in entries})
+        if held is None:
+            lost = [e.number for e in entries if _overdue(e, now)]
+        else:
+            present = held.waiting | held.taken
+            lost = [
+                e.number
+                for e in entries
+                if (e.delivery_id() not in present and now - e.admitted_at > MISSING_AFTER)
+                or (e.delivery_id() in held.taken and now - e.admitted_at > STUCK_AFTER)
+            ]
+        if lost:
+            self.take_back(lost)
+            log.warning(
+                "%d admitted job(s) were not in the broker; admitting them again",
+                len(lost),
+                extra={"action": "dispatch_missing"},
+            )
+        return len(lost)
+
+
+def _ready(job: Job) -> ReadyJob:
+    return ReadyJob(
+        job.id,
+        job.tenant_id,
+        job.type,
+        job.queue,
+        job.priority,
+        job.attempt,
+        job.run_at,
+        job.trace_context,
+    )
+
+
+def _overdue(entry: window.Entry, now: datetime) -> bool:
+    due = entry.not_before or entry.admitted_at
+    return now - due > PUSH_MISSING_AFTER
+
+
+def _take_fill_lock(session: Session) -> None:
+    """On PostgreSQL: the fill lock, and a commit that does not wait for the disk. A fill
+    lost with a crash of the server only means its jobs are admitted again (what it wrote
+    says what was sent, and a delivery sent twice runs once: the claim decides), so the
+    dispatcher need not wait out an fsync per fill while the workers wait for messages."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL synchronous_commit = off"))
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(FILL_LOCK)))
+
+
+def running_by_tenant(session: Session) -> Counter[str]:
+    """Each tenant's running jobs. Said with the live states' index's own words, so that
+    it reads that index (running jobs only) in any plan, never the jobs' history."""
+    rows = session.execute(
+        sa.select(JOBS.c.tenant_id, sa.func.count())
+        .where(sa.text(LIVE_STATES_SQL), JOBS.c.status == JobStatus.RUNNING)
+        .group_by(JOBS.c.tenant_id)
+    ).all()
+    return Counter(dict(rows))
+
+
+def promote_due(session: Session, until: datetime) -> int:
+    """Scheduled jobs (a delay, a retry's backoff) due by `until` become ready. Not a
+    change of status: the job is as claimable as before, now also due."""
+    result = session.execute(
+        sa.update(JOBS)
+        .where(sa.text(SCHEDULED_SQL), JOBS.c.run_at <= until)
+        .values(ready_since=JOBS.c.run_at)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# Distinct values of a leading index column, one index probe each (a loose index scan):
+# reading them with DISTINCT would walk a flood's every ready job.
+_READY_QUEUES = sa.text(
+    f"""
+    WITH RECURSIVE q(queue) AS (
+        SELECT MIN(queue) FROM jobs WHERE {READY_SQL}
+        UNION ALL
+        SELECT (SELECT MIN(queue) FROM jobs WHERE {READY_SQL} AND queue > q.queue)
+        FROM q WHERE q.queue IS NOT NULL
+    )
+    SELECT queue FROM q WHERE queue IS NOT NULL
+    """  # noqa: S608 (constants, no input)
+)
+_READY_TENANTS = sa.text(
+    f"""
+    WITH RECURSIVE t(tenant_id) AS (
+        SELECT MIN(tenant_id) FROM jobs WHERE {READY_SQL} AND queue = :queue
+        UNION ALL
+        SELECT (
+            SELECT MIN(tenant_id) FROM jobs
+            WHERE {READY_SQL} AND queue = :queue AND tenant_id > t.tenant_id
+        )
+        FROM t WHERE t.tenant_id IS NOT NULL
+    )
+    SELECT tenant_id FROM t WHERE tenant_id IS NOT NULL
+    """  # noqa: S608 (constants, no input)
+)
+
+
+def ready_queues(session: Session) -> list[str]:
+    return list(session.scalars(_READY_QUEUES))
+
+
+def ready_tenants(session: Session, queue: str) -> list[str]:
+    return list(session.scalars(_READY_TENANTS, {"queue": queue}))
+
+
+def candidates(session: Session, queue: str, tenant_id: str, limit: int) -> list[ReadyJob]:
+    """A tenant's next ready jobs in a queue, in the order they go, none admitted yet."""
+    rows = session.execute(
+        sa.select(
+            JOBS.c.id,
+            JOBS.c.tenant_id,
+            JOBS.c.type,
+            JOBS.c.queue,
+            JOBS.c.priority,
+            JOBS.c.attempt,
+            JOBS.c.run_at,
+            JOBS.c.trace_context,
+        )
+        .where(
+            sa.text(READY_SQL),
+            JOBS.c.queue == queue,
+            JOBS.c.tenant_id == tenant_id,
+            window.not_admitted(),
+        )
+        .order_by(JOBS.c.priority.desc(), JOBS.c.ready_since, JOBS.c.id)
+        .limit(limit)
+    ).all()
+    return [ReadyJob(*row) for row in rows]
+
+
+def uncontended(session: Session, queue: str, exclude: Sequence[str] = ()) -> bool:
+    """No ready job of the queue waits outside the window (but those in `exclude`): a new
+    one may go straight in without passing anyone (a creation's fast path)."""
+    waiting = (
+        sa.select(JOBS.c.id)
+        .where(sa.text(READY_SQL), JOBS.c.queue == queue, window.not_admitted())
+        .limit(1)
+    )
+    if exclude:
+        waiting = waiting.where(JOBS.c.id.not_in(list(exclude)))
+    return session.execute(waiting).first() is None

@@ -1,0 +1,141 @@
+"""The dispatcher process (`orchestrator run dispatcher`): the one that keeps Celery's
+broker window full, fairly, from the database.
+
+Any number may run; a lease elects the one that fills (`leader.Leadership`), and a
+standby takes over within a few seconds of its death. The leader:
+
+- fills each queue's window as workers empty it: it looks at the queues' depth in Redis
+  every few milliseconds while ready jobs wait outside a full window, and waits to be told
+  (`CeleryDispatcher.nudge`) when nothing waits;
+- finds scheduled jobs due (a delay, a retry's backoff) on each look;
+- every second, checks that the broker holds what was admitted and not yet claimed, and
+  admits again what went missing (a restart without persistence, a crash between an
+  admission and its send, a worker that died holding a message);
+- every `CONCURRENCY_EVERY` seconds, asks the workers their queues and concurrency (Celery's
+  remote control), which size the windows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from orchestrator.admission import Admission
+from orchestrator.dispatch.celery import CeleryDispatcher
+from orchestrator.leader import Leadership
+from orchestrator.models import utcnow
+from orchestrator.runtime import Runtime
+from orchestrator.workers import worker_name
+
+log = logging.getLogger("orchestrator.dispatcher")
+
+LEASE_NAME = "dispatcher"
+LEASE_SECONDS = 3.0
+RENEW_EVERY = 1.0
+CHECK_EVERY = 1.0
+CONCURRENCY_EVERY = 30.0
+# While ready jobs wait outside a full window: how often its depth is looked at.
+POLL_SECONDS = 0.003
+# While nothing waits: how long to wait to be told before looking anyway.
+IDLE_SECONDS = 0.25
+
+
+class DispatchLoop:
+    def __init__(self, runtime: Runtime, *, holder: str | None = None) -> None:
+        self.runtime = runtime
+        self.admission: Admission = runtime.admission
+        broker = getattr(runtime.dispatcher, "inner", runtime.dispatcher)
+        if not isinstance(broker, CeleryDispatcher):
+            raise RuntimeError("the dispatcher process is for ORCH_DISPATCH_MODE=celery")
+        self.broker = broker
+        self.leadership = Leadership(
+            runtime.database, LEASE_NAME, holder or worker_name(), ttl=LEASE_SECONDS
+        )
+        self.stop = threading.Event()
+        self._renewed = self._checked = self._sized = 0.0
+
+    def run(self) -> None:
+        log.info("dispatcher started", extra={"action": "dispatcher_started"})
+        try:
+            while not self.stop.is_set():
+                if not self._lead():
+                    self.stop.wait(RENEW_EVERY)
+                    continue
+                self.tick()
+                self._wait()
+        finally:
+            self.leadership.release()
+
+    def tick(self) -> int:
+        """One round of the leader's work; how many jobs it admitted."""
+        now = time.monotonic()
+        if now - self._sized > CONCURRENCY_EVERY:
+            self._sized = now
+            threading.Thread(target=self._size_windows, daemon=True).start()
+        if now - self._checked > CHECK_EVERY:
+            self._checked = now
+            self.admission.find_missing()
+        deliveries = self.admission.fill(fence=self.leadership.fence)
+        self.admission.send(deliveries)
+        return len(deliveries)
+
+    def _lead(self) -> bool:
+        now = time.monotonic()
+        if self.leadership.token is not None and now - self._renewed < RENEW_EVERY:
+            return True
+        held = self.leadership.token is not None
+        if self.leadership.hold(utcnow()):
+            self._renewed = now
+            if not held:
+                log.info("dispatcher leads", extra={"action": "dispatcher_leads"})
+            return True
+        if held:
+            log.warning("dispatcher lost its lease", extra={"action": "dispatcher_lost"})
+        return False
+
+    def _wait(self) -> None:
+        """Until a window has room again for what waits, or until told of new work."""
+        if not self.admission.backlogged:
+            self.broker.wait_for_nudge(IDLE_SECONDS)
+            return
+        deadline = time.monotonic() + IDLE_SECONDS
+        queues = self.admission.full_queues
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            waiting = self.broker.waiting(queues) or {}
+            if any(self.admission.refill_due(q, waiting.get(q, 0)) for q in queues):
+                return
+            time.sleep(POLL_SECONDS)
+
+    def _size_windows(self) -> None:
+        try:
+            replies = self.broker.app.control.inspect(timeout=1.0).active_queues() or {}
+            stats = self.broker.app.control.inspect(timeout=1.0).stats() or {}
+        except Exception:  # the windows keep their sizes; asked again later
+            log.exception("could not ask the workers their concurrency")
+            return
+        per_queue: dict[str, int] = {}
+        for node, queues in replies.items():
+            concurrency = int(stats.get(node, {}).get("pool", {}).get("max-concurrency", 1))
+            for queue in queues:
+                per_queue[queue["name"]] = per_queue.get(queue["name"], 0) + concurrency
+        if per_queue:
+            self.admission.sizes.observe(per_queue)
+
+
+def main() -> None:
+    """`orchestrator run dispatcher`: run until SIGTERM or SIGINT."""
+    import signal  # noqa: PLC0415
+
+    from orchestrator.logs import configure_logging  # noqa: PLC0415
+
+    runtime = Runtime.current()
+    configure_logging(runtime.settings.log_level, runtime.settings.log_format)
+    loop = DispatchLoop(runtime)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop.set())
+    loop.run()
+
+
+if __name__ == "__main__":
+    main()
