@@ -31,7 +31,8 @@ worker_send_task_events = False
 task_send_sent_event = False
 
 broker_connection_retry_on_startup = True
-# A web request must not hang on a dead broker: fail fast and let the outbox sweeper resend.
+# A web request must not hang on a dead broker: fail fast; the job is recorded, ready, and
+# the dispatcher admits it again once the broker is back.
 broker_connection_timeout = 2
 worker_cancel_long_running_tasks_on_connection_loss = False
 worker_hijack_root_logger = False

@@ -10,6 +10,7 @@ from api.auth import Certs, GoogleCerts, OidcVerifier
 from api.framing import guard_request_bodies
 from api.identity import session_secret
 from api.tenant_slots import TenantSlots
+from orchestrator import tracing
 from orchestrator.ids import ID_PATTERN
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.logs import configure_logging
@@ -71,4 +72,6 @@ def create_production_app() -> Flask:
     """What gunicorn serves: `gunicorn 'api:create_production_app()'`."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    tracing.instrument(app)
+    return app

@@ -66,7 +66,7 @@ def tenant_standings() -> Response:
 
 @blueprint.post("/maintenance/sweep")
 @service_auth_required
-def sweep_outbox() -> Response:
+def dispatch_round() -> Response:
     """The dispatcher's round, once: admit the ready jobs that fit (scheduled ones due
     within ORCH_SCHEDULE_AHEAD_SECONDS go out with their time), and again those whose
     delivery went missing."""

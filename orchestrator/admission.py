@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import Counter, deque
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,11 +30,19 @@ from sqlalchemy.orm import Session
 from orchestrator import window
 from orchestrator.db import Database
 from orchestrator.dispatch.base import Delivery, Dispatcher, DispatchError
-from orchestrator.models import LIVE_STATES_SQL, READY_SQL, SCHEDULED_SQL, Job, utcnow
+from orchestrator.models import LIVE_STATES_SQL, Job, utcnow
+from orchestrator.ready import (
+    ReadyJob,
+    ReadyJobs,
+    per_tenant_guess,
+    promote_due_statement,
+    ready_queues,
+    uncontended,
+)
 from orchestrator.states import JobStatus
 from orchestrator.tenant_limits import TenantLimits
 from orchestrator.tenant_stats import AdmissionCounts
-from orchestrator.window import ReadyJob
+from orchestrator.window import WindowSizes
 
 log = logging.getLogger("orchestrator.admission")
 
@@ -60,10 +69,14 @@ class InFlight:
 
     @classmethod
     def read(cls, session: Session, limits: TenantLimits) -> InFlight:
+        if not limits.configured:  # nothing to count against: a fill reads nothing
+            return cls(limits)
         counts = running_by_tenant(session) + window.per_tenant(session)
         return cls(limits, counts, limits.tier_counts(counts))
 
     def may_add(self, tenant_id: str) -> bool:
+        if not self.limits.configured:
+            return True
         return self.limits.headroom(tenant_id, self.tenants, self.tiers) > 0
 
     def add(self, tenant_id: str) -> None:
@@ -88,27 +101,20 @@ class FairShare:
         self._now: dict[str, float] = {}  # virtual time, per queue
 
     def choose(
-        self,
-        queue: str,
-        free: int,
-        tenants: Sequence[str],
-        in_flight: InFlight,
-        fetch: Callable[[str, int], list[ReadyJob]],
+        self, queue: str, free: int, ready: ReadyJobs, in_flight: InFlight
     ) -> list[ReadyJob]:
         now = self._now.get(queue, 0.0)
-        heap = [(max(self._finish.get((queue, t), 0.0), now), t) for t in tenants]
+        heap = [(max(self._finish.get((queue, t), 0.0), now), t) for t in ready.tenants]
         heapq.heapify(heap)
-        buffers: dict[str, deque[ReadyJob]] = {}
         chosen: list[ReadyJob] = []
         while heap and len(chosen) < free:
             start, tenant = heapq.heappop(heap)
             if not in_flight.may_add(tenant):
                 continue  # at its limit: its jobs wait, the others go on
-            if tenant not in buffers:
-                buffers[tenant] = deque(fetch(tenant, free - len(chosen)))
-            if not buffers[tenant]:
+            job = ready.next(tenant, free - len(chosen))
+            if job is None:
                 continue  # its ready jobs are all in the window already
-            chosen.append(buffers[tenant].popleft())
+            chosen.append(job)
             in_flight.add(tenant)
             finish = start + 1.0 / self.weight(tenant)
             self._finish[(queue, tenant)] = finish
@@ -122,27 +128,6 @@ class FairShare:
         now = self._now.get(queue, 0.0)
         for key in [k for k, tag in self._finish.items() if k[0] == queue and tag <= now]:
             del self._finish[key]
-
-
-class WindowSizes:
-    """How many messages each queue's window holds: `ORCH_DISPATCH_WINDOW`, or four times
-    the concurrency of the workers that consume the queue (as `observe` last saw it), or,
-    before any was seen, four times `ORCH_WORKER_CONCURRENCY`."""
-
-    PER_PROCESS = 4
-
-    def __init__(self, fixed: int, default_concurrency: int) -> None:
-        self.fixed = fixed
-        self.default = self.PER_PROCESS * default_concurrency
-        self._seen: dict[str, int] = {}
-
-    def of(self, queue: str) -> int:
-        if self.fixed:
-            return self.fixed
-        return max(self._seen.get(queue, self.default), self.PER_PROCESS)
-
-    def observe(self, concurrency_per_queue: dict[str, int]) -> None:
-        self._seen = {q: self.PER_PROCESS * n for q, n in concurrency_per_queue.items()}
 
 
 class Admission:
@@ -170,6 +155,9 @@ class Admission:
         self.backlogged = False  # the last fill left ready jobs out (a window was full)
         self.full_queues: list[str] = []  # and in which queues
         self.admitted = 0  # in this process, for figures
+        self._contending: dict[str, int] = {}  # tenants with ready jobs at the last fill
+        self._full: dict[str, tuple[float, int]] = {}  # windows left full: when, holding
+        self._suspects: set[int] = set()  # deliveries the last check found missing
 
     def fill(self, fence: Callable[[Session], bool] | None = None) -> list[Delivery]:
         """Admit as many ready jobs as the windows have room for; their deliveries, to be
@@ -177,11 +165,9 @@ class Admission:
         that it still holds its lease, in the fill's transaction."""
         now = self.clock()
         with self.database.transaction() as session:
-            _take_fill_lock(session)
+            _begin_fill(session, now + self.ahead, forget=self._counts_window)
             if fence is not None and not fence(session):
                 return []
-            window.forget_claimed(session)
-            promote_due(session, now + self.ahead)
             queues = ready_queues(session)
             if not queues:
                 self.backlogged, self.full_queues = False, []
@@ -191,6 +177,12 @@ class Admission:
         self.admitted += len(deliveries)
         return deliveries
 
+    @property
+    def _counts_window(self) -> bool:
+        """Whether a fill counts the window's rows: against running limits, or as the
+        window itself where the backend cannot be asked (push modes)."""
+        return self.limits.configured or self.in_process
+
     def _choose(self, session: Session, queues: list[str]) -> list[ReadyJob]:
         waiting = self.dispatcher.waiting(queues)
         if waiting is None:  # push modes: the window is what was admitted and not claimed
@@ -199,27 +191,37 @@ class Admission:
         chosen: list[ReadyJob] = []
         self.full_queues = []
         for queue in queues:
+            self._observe_drain(queue, waiting.get(queue, 0))
             free = self.sizes.of(queue) - waiting.get(queue, 0)
             taken = self._choose_in(session, queue, free, in_flight) if free > 0 else []
             if len(taken) == max(free, 0):  # ready jobs may be left out: the window is full
                 self.full_queues.append(queue)
+                self._full[queue] = (time.monotonic(), waiting.get(queue, 0) + len(taken))
             chosen += taken
         self.backlogged = bool(self.full_queues)
         return chosen
 
+    def _observe_drain(self, queue: str, waiting: int) -> None:
+        """How fast the workers took from a window this process left full (how fast they
+        go when they never wait for a message), for the window's size."""
+        left = self._full.pop(queue, None)
+        if left is not None and left[1] > waiting:
+            self.sizes.observe_drain(queue, left[1] - waiting, time.monotonic() - left[0])
+
     def _choose_in(
         self, session: Session, queue: str, free: int, in_flight: InFlight
     ) -> list[ReadyJob]:
-        def fetch(tenant: str, count: int) -> list[ReadyJob]:
-            return candidates(session, queue, tenant, count)
-
-        return self.fair.choose(queue, free, ready_tenants(session, queue), in_flight, fetch)
+        per_tenant = per_tenant_guess(free, self._contending.get(queue, 1))
+        ready = ReadyJobs(session, queue, per_tenant)
+        self._contending[queue] = len(ready.tenants)
+        return self.fair.choose(queue, free, ready, in_flight)
 
     def refill_due(self, queue: str, waiting: int) -> bool:
-        """Whether a full window emptied enough to be worth a fill: a quarter of it (one
-        fill a message would cost the database a transaction each)."""
+        """Whether a full window emptied enough to be worth a fill: half of it (one fill a
+        message would cost the database a transaction each; half a window still keeps
+        every worker busy while the fill runs)."""
         size = self.sizes.of(queue)
-        return size - waiting >= max(1, size // 4)
+        return size - waiting >= max(1, size // 2)
 
     @property
     def in_process(self) -> bool:
@@ -247,7 +249,7 @@ class Admission:
         for queue, free in room.items():
             mine = [j for j in jobs if j.queue == queue and not self.limits.limited(j.tenant_id)]
             if free > 0 and mine and uncontended(session, queue, [job.id for job in mine]):
-                chosen += [_ready(job) for job in mine[:free]]
+                chosen += [ReadyJob.of(job) for job in mine[:free]]
         deliveries = window.admit(session, chosen, now)
         self.admitted += len(deliveries)
         return deliveries
@@ -307,10 +309,17 @@ class Admission:
         with self.database.transaction() as session:
             window.withdraw(session, numbers)
 
-    def find_missing(self) -> int:
+    def find_missing(self, *, recheck: bool = False) -> int:
         """Deliveries the broker does not hold, though their jobs still wait: lost with a
         crash or a broker's data, or taken by a worker that died. They are taken back, and
-        their jobs admitted again under new names. Returns how many."""
+        their jobs admitted again under new names. Returns how many.
+
+        `recheck` (the dispatcher's loop, which checks every second): a delivery must be
+        found missing by two checks in a row. Between a look at the window and one at the
+        broker a worker may take a message and claim its job, and a message a worker is
+        taking is for a moment in none of the broker's lists: one check may see a message
+        missing that is not, which costs a delivery sent twice (run once, as the claim
+        decides), not a loss."""
         now = self.clock()
         with self.database.transaction() as session:
             window.forget_claimed(session)
@@ -322,12 +331,14 @@ class Admission:
             lost = [e.number for e in entries if _overdue(e, now)]
         else:
             present = held.waiting | held.taken
-            lost = [
+            missing = {
                 e.number
                 for e in entries
                 if (e.delivery_id() not in present and now - e.admitted_at > MISSING_AFTER)
                 or (e.delivery_id() in held.taken and now - e.admitted_at > STUCK_AFTER)
-            ]
+            }
+            lost = sorted(missing & self._suspects if recheck else missing)
+            self._suspects = missing - set(lost)
         if lost:
             self.take_back(lost)
             log.warning(
@@ -338,32 +349,38 @@ class Admission:
         return len(lost)
 
 
-def _ready(job: Job) -> ReadyJob:
-    return ReadyJob(
-        job.id,
-        job.tenant_id,
-        job.type,
-        job.queue,
-        job.priority,
-        job.attempt,
-        job.run_at,
-        job.trace_context,
-    )
-
-
 def _overdue(entry: window.Entry, now: datetime) -> bool:
     due = entry.not_before or entry.admitted_at
     return now - due > PUSH_MISSING_AFTER
 
 
-def _take_fill_lock(session: Session) -> None:
-    """On PostgreSQL: the fill lock, and a commit that does not wait for the disk. A fill
-    lost with a crash of the server only means its jobs are admitted again (what it wrote
-    says what was sent, and a delivery sent twice runs once: the claim decides), so the
-    dispatcher need not wait out an fsync per fill while the workers wait for messages."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text("SET LOCAL synchronous_commit = off"))
-        session.execute(sa.select(sa.func.pg_advisory_xact_lock(FILL_LOCK)))
+def _begin_fill(session: Session, due_by: datetime, *, forget: bool) -> None:
+    """A fill's first steps: take the fill lock, make scheduled jobs due by `due_by` ready
+    (`ready.promote_due`) and, when the fill counts the window's rows (`forget`), drop
+    those of jobs claimed since (`window.forget_claimed`); otherwise that waits for the
+    next check for missing deliveries, a second at most: scanning a window the workers
+    churn through costs more than a fill.
+
+    On PostgreSQL, one statement (a fill is on the workers' critical path: each round
+    trip is a gap in their supply), whose commit does not wait for the disk: a fill lost
+    with a crash of the server only means its jobs are admitted again (what it wrote says
+    what was sent, and a delivery sent twice runs once: the claim decides). Neither step
+    needs the lock: each is idempotent, and row locks order them with a concurrent fill's.
+    """
+    steps: list[sa.Update | sa.Delete] = [promote_due_statement(due_by)]
+    if forget:
+        steps.append(window.forget_claimed_statement())
+    if session.get_bind().dialect.name != "postgresql":
+        for step in steps:  # SQLite: the transaction holds the write lock already
+            session.execute(step)
+        return
+    lock = sa.select(
+        sa.func.set_config("synchronous_commit", "off", True),  # SET LOCAL
+        sa.func.pg_advisory_xact_lock(FILL_LOCK),
+    )
+    for number, step in enumerate(steps):
+        lock = lock.add_cte(step.cte(f"step{number}"))
+    session.execute(lock)
 
 
 def running_by_tenant(session: Session) -> Counter[str]:
@@ -375,90 +392,3 @@ def running_by_tenant(session: Session) -> Counter[str]:
         .group_by(JOBS.c.tenant_id)
     ).all()
     return Counter(dict(rows))
-
-
-def promote_due(session: Session, until: datetime) -> int:
-    """Scheduled jobs (a delay, a retry's backoff) due by `until` become ready. Not a
-    change of status: the job is as claimable as before, now also due."""
-    result = session.execute(
-        sa.update(JOBS)
-        .where(sa.text(SCHEDULED_SQL), JOBS.c.run_at <= until)
-        .values(ready_since=JOBS.c.run_at)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-# Distinct values of a leading index column, one index probe each (a loose index scan):
-# reading them with DISTINCT would walk a flood's every ready job.
-_READY_QUEUES = sa.text(
-    f"""
-    WITH RECURSIVE q(queue) AS (
-        SELECT MIN(queue) FROM jobs WHERE {READY_SQL}
-        UNION ALL
-        SELECT (SELECT MIN(queue) FROM jobs WHERE {READY_SQL} AND queue > q.queue)
-        FROM q WHERE q.queue IS NOT NULL
-    )
-    SELECT queue FROM q WHERE queue IS NOT NULL
-    """  # noqa: S608 (constants, no input)
-)
-_READY_TENANTS = sa.text(
-    f"""
-    WITH RECURSIVE t(tenant_id) AS (
-        SELECT MIN(tenant_id) FROM jobs WHERE {READY_SQL} AND queue = :queue
-        UNION ALL
-        SELECT (
-            SELECT MIN(tenant_id) FROM jobs
-            WHERE {READY_SQL} AND queue = :queue AND tenant_id > t.tenant_id
-        )
-        FROM t WHERE t.tenant_id IS NOT NULL
-    )
-    SELECT tenant_id FROM t WHERE tenant_id IS NOT NULL
-    """  # noqa: S608 (constants, no input)
-)
-
-
-def ready_queues(session: Session) -> list[str]:
-    return list(session.scalars(_READY_QUEUES))
-
-
-def ready_tenants(session: Session, queue: str) -> list[str]:
-    return list(session.scalars(_READY_TENANTS, {"queue": queue}))
-
-
-def candidates(session: Session, queue: str, tenant_id: str, limit: int) -> list[ReadyJob]:
-    """A tenant's next ready jobs in a queue, in the order they go, none admitted yet."""
-    rows = session.execute(
-        sa.select(
-            JOBS.c.id,
-            JOBS.c.tenant_id,
-            JOBS.c.type,
-            JOBS.c.queue,
-            JOBS.c.priority,
-            JOBS.c.attempt,
-            JOBS.c.run_at,
-            JOBS.c.trace_context,
-        )
-        .where(
-            sa.text(READY_SQL),
-            JOBS.c.queue == queue,
-            JOBS.c.tenant_id == tenant_id,
-            window.not_admitted(),
-        )
-        .order_by(JOBS.c.priority.desc(), JOBS.c.ready_since, JOBS.c.id)
-        .limit(limit)
-    ).all()
-    return [ReadyJob(*row) for row in rows]
-
-
-def uncontended(session: Session, queue: str, exclude: Sequence[str] = ()) -> bool:
-    """No ready job of the queue waits outside the window (but those in `exclude`): a new
-    one may go straight in without passing anyone (a creation's fast path)."""
-    waiting = (
-        sa.select(JOBS.c.id)
-        .where(sa.text(READY_SQL), JOBS.c.queue == queue, window.not_admitted())
-        .limit(1)
-    )
-    if exclude:
-        waiting = waiting.where(JOBS.c.id.not_in(list(exclude)))
-    return session.execute(waiting).first() is None

@@ -11,7 +11,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import setup_logging, worker_process_init, worker_ready
 
-from orchestrator import metrics
+from orchestrator import metrics, tracing
 from orchestrator.beat import CATCH_UP_TASK, FIRE_TASK, MAINTENANCE_QUEUE, cron_entry
 from orchestrator.cron import CronRegistry, crons
 from orchestrator.dispatch.celery import create_celery_app
@@ -155,6 +155,9 @@ def _configure_worker_logging(**_: Any) -> None:
 def _start_pool_process(**_: Any) -> None:
     # A forked child must not share the parent's database sockets.
     Runtime.reset()
+    # OpenTelemetry's Celery spans start in each pool process (its batch exporter's thread
+    # does not survive a fork).
+    tracing.instrument()
     # Build the child's runtime (imports, engines, job modules) now, not in its first
     # job's time: that cost a fresh worker a few hundred milliseconds per process. It
     # opens no connection; a failure here is the first job's to report.

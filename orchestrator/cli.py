@@ -58,7 +58,7 @@ def db_upgrade(revision: str) -> None:
 
 @main.command()
 def dev() -> None:
-    """Run web, worker, beat and Flower with embedded defaults (what `make run` runs)."""
+    """Run web, dispatcher, workers, beat and Flower with embedded defaults (`make run`)."""
     from orchestrator.dev import run_dev  # noqa: PLC0415 - honcho only for this command
 
     sys.exit(run_dev())

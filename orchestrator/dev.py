@@ -1,7 +1,7 @@
 """`orchestrator dev`: the whole system on one machine, as `make run` starts it.
 
 An embedded Redis with an append-only file in the state folder (unless `ORCH_REDIS_URL`
-is set), migrations, then web, worker, beat and Flower, each under the supervisor: a
+is set), migrations, then web, dispatcher, workers, beat and Flower, each under the supervisor: a
 crashed process is started again, one Ctrl-C or SIGTERM stops them all, and a `kill -9`
 of the whole group leaves nothing behind. One run per state folder at a time.
 """

@@ -4,9 +4,9 @@ broker window full, fairly, from the database.
 Any number may run; a lease elects the one that fills (`leader.Leadership`), and a
 standby takes over within a few seconds of its death. The leader:
 
-- fills each queue's window as workers empty it: it looks at the queues' depth in Redis
-  every few milliseconds while ready jobs wait outside a full window, and waits to be told
-  (`CeleryDispatcher.nudge`) when nothing waits;
+- fills each queue's window as workers empty it: while ready jobs wait outside a full
+  window, it looks at the queue's depth in Redis when half the window should be gone at
+  the workers' pace; when nothing waits, it waits to be told (`CeleryDispatcher.nudge`);
 - finds scheduled jobs due (a delay, a retry's backoff) on each look;
 - every second, checks that the broker holds what was admitted and not yet claimed, and
   admits again what went missing (a restart without persistence, a crash between an
@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 
+from orchestrator import tracing
 from orchestrator.admission import Admission
 from orchestrator.dispatch.celery import CeleryDispatcher
 from orchestrator.leader import Leadership
@@ -35,8 +36,10 @@ LEASE_SECONDS = 3.0
 RENEW_EVERY = 1.0
 CHECK_EVERY = 1.0
 CONCURRENCY_EVERY = 30.0
-# While ready jobs wait outside a full window: how often its depth is looked at.
-POLL_SECONDS = 0.003
+# While ready jobs wait outside a full window, its depth is looked at when half of it
+# should be gone at the workers' pace; at least this long apart (and at most IDLE_SECONDS),
+# so that looking does not take the machine from the workers.
+POLL_SECONDS = 0.002
 # While nothing waits: how long to wait to be told before looking anyway.
 IDLE_SECONDS = 0.25
 
@@ -75,9 +78,12 @@ class DispatchLoop:
             threading.Thread(target=self._size_windows, daemon=True).start()
         if now - self._checked > CHECK_EVERY:
             self._checked = now
-            self.admission.find_missing()
+            self.admission.find_missing(recheck=True)
+        started = time.monotonic()
         deliveries = self.admission.fill(fence=self.leadership.fence)
         self.admission.send(deliveries)
+        if deliveries:  # how long workers wait for a fill: what sizes the window
+            self.admission.sizes.observe_fill(time.monotonic() - started)
         return len(deliveries)
 
     def _lead(self) -> bool:
@@ -105,7 +111,8 @@ class DispatchLoop:
             waiting = self.broker.waiting(queues) or {}
             if any(self.admission.refill_due(q, waiting.get(q, 0)) for q in queues):
                 return
-            time.sleep(POLL_SECONDS)
+            pause = min(self.admission.sizes.until_half(q, waiting.get(q, 0)) for q in queues)
+            time.sleep(min(max(pause, POLL_SECONDS), IDLE_SECONDS))
 
     def _size_windows(self) -> None:
         try:
@@ -131,6 +138,7 @@ def main() -> None:
 
     runtime = Runtime.current()
     configure_logging(runtime.settings.log_level, runtime.settings.log_format)
+    tracing.instrument()  # the publishes' spans, when OpenTelemetry is installed
     loop = DispatchLoop(runtime)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop.set())

@@ -210,18 +210,18 @@ class JobEvent(Base):
 
 
 class WindowEntry(Base):
-    """A job admitted into the broker's window: sent to the workers (or about to be, once
-    its admission commits), and not yet claimed. Its id numbers the delivery, so a
-    delivery that went missing is sent again under a new name. Rows of jobs claimed since
-    are dropped by the dispatcher (`window.forget_claimed`), not by the claim, which
-    stays one statement."""
+    """An attempt of a job admitted into the broker's window: sent to the workers (or about
+    to be, once its admission commits). Its id numbers the delivery, so a delivery that
+    went missing is sent again under a new name. A claim moves the job to its next
+    attempt, which leaves this row behind; the dispatcher drops such rows
+    (`window.forget_claimed`), so that the claim stays one statement."""
 
     __tablename__ = "dispatch_window"
 
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
-    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
     queue: Mapped[str] = mapped_column(sa.String(64))
     tenant_id: Mapped[str] = mapped_column(sa.String(128))
     # The attempt the delivery is for: a claim moves the job past it.
@@ -230,8 +230,12 @@ class WindowEntry(Base):
     # Push modes: when the backend is to deliver it (Cloud Tasks' scheduleTime).
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    # SQLite would hand a deleted row's id out again: a delivery's name would repeat.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        # An attempt is admitted once, whoever admits it; the lookups of admission use it.
+        sa.UniqueConstraint("job_id", "attempt"),
+        # SQLite would hand a deleted row's id out again: a delivery's name would repeat.
+        {"sqlite_autoincrement": True},
+    )
 
 
 class Lease(Base):

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import redis
 
-from orchestrator.admission import Admission, WindowSizes
+from orchestrator.admission import Admission
 from orchestrator.cron import crons
 from orchestrator.db import Database
 from orchestrator.delivery import PushDelivery
@@ -32,6 +32,7 @@ from orchestrator.service import JobService
 from orchestrator.settings import DispatchMode, Settings, get_settings
 from orchestrator.tenant_limits import TenantLimits
 from orchestrator.tenant_stats import AdmissionCounts
+from orchestrator.window import WindowSizes
 from orchestrator.workers import worker_name
 
 # Push modes: tasks created and not yet run, when ORCH_DISPATCH_WINDOW does not say.

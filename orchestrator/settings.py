@@ -216,8 +216,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=10_000,
-        description="Messages the broker holds per queue, waiting for a worker (0: four times "
-        "the concurrency of the workers that consume the queue, as Celery reports it).",
+        description="Messages the broker holds per queue, waiting for a worker (0: sized by "
+        "the dispatcher: four per worker process consuming the queue, as Celery reports "
+        "it, and more while short jobs drain the window faster than a fill takes).",
     )
     publish: PublishMode = Field(
         PublishMode.CELERY,

@@ -36,6 +36,11 @@ class TenantLimits:
     def weight(self, tenant_id: str) -> int:
         return self.settings.tier_weights.get(self.tier(tenant_id), 1)
 
+    @property
+    def configured(self) -> bool:
+        """Whether any running limit is set (for any tenant or tier)."""
+        return bool(self.settings.tenant_max_running or self.settings.tier_max_running)
+
     def limited(self, tenant_id: str) -> bool:
         """Whether a running limit applies to the tenant (its own, or its tier's)."""
         return bool(self.settings.tenant_max_running) or (

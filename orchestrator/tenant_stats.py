@@ -18,6 +18,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from orchestrator import window
 from orchestrator.db import Database
 from orchestrator.models import LIVE_STATES_SQL, READY_SQL, Job, WindowEntry
 from orchestrator.states import CLAIMABLE, JobStatus
@@ -135,7 +136,7 @@ def place_in_line(session: Session, job: Job) -> Place | None:
     if job.ready_since is None or job.status not in CLAIMABLE:
         return None
     mine = sa.and_(sa.text(READY_SQL), JOBS.c.queue == job.queue, JOBS.c.tenant_id == job.tenant_id)
-    is_admitted = sa.exists().where(WINDOW.c.job_id == JOBS.c.id)
+    is_admitted = window.admitted()
     if session.scalar(sa.select(is_admitted.where(JOBS.c.id == job.id))):
         return Place(admitted=True, ahead=0)
     before = sa.or_(

@@ -4,8 +4,10 @@ so one trace covers the API call, the dispatch, the worker's run and the next st
 
 OpenTelemetry is optional: with only its API installed (Celery brings it), every span is
 a no-op and no traceparent is recorded. `instrument` switches the Celery and Flask
-instrumentations on when their packages are installed (`pip install orchestrator[otel]`)
-and a tracer provider is configured (`OTEL_*` variables, or a test's in-memory exporter).
+instrumentations on when their packages are installed (`opentelemetry-sdk`,
+`opentelemetry-instrumentation-celery`, `opentelemetry-instrumentation-flask`) and a
+tracer provider is configured (`OTEL_*` variables, or a test's in-memory exporter). The
+web app, each worker process and the dispatcher call it as they start.
 """
 
 from __future__ import annotations

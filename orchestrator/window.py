@@ -1,18 +1,22 @@
 """The dispatch window: what was admitted into the broker and not yet claimed.
 
-A row per admitted job (`models.WindowEntry`). Its id numbers the delivery. Rows are
-written in the transaction that admits the job (the dispatcher's fill, or a creation's
-fast path), so a job is admitted once whoever admits it (the job id is unique here), and
-are dropped once the job was claimed (`forget_claimed`), or when its delivery went
-missing or was refused (`withdraw`): the job is then ready again and admitted anew.
+A row per admitted attempt of a job (`models.WindowEntry`). Its id numbers the delivery.
+Rows are written in the transaction that admits the job (the dispatcher's fill, or a
+creation's fast path), so an attempt is admitted once whoever admits it (job id and
+attempt are unique here). A claim moves the job to its next attempt, which leaves its row
+behind: such rows are dropped (`forget_claimed`) once a second, and before anything
+counts the window's rows; a delivery that went missing or was refused is taken back
+(`withdraw`): its job is then ready again and admitted anew.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -21,22 +25,66 @@ from orchestrator.dispatch.base import Delivery
 from orchestrator.models import Job, WindowEntry
 from orchestrator.states import CLAIMABLE
 
+if TYPE_CHECKING:
+    from orchestrator.ready import ReadyJob
+
 WINDOW: sa.Table = WindowEntry.__table__  # type: ignore[assignment]
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 
 
-@dataclass(frozen=True)
-class ReadyJob:
-    """A ready job as admission sees it."""
+class WindowSizes:
+    """How many messages each queue's window holds: `ORCH_DISPATCH_WINDOW` if set, else
+    the larger of two needs:
 
-    id: str
-    tenant_id: str
-    type: str
-    queue: str
-    priority: int
-    attempt: int
-    run_at: datetime | None
-    trace: str | None
+    - the workers' concurrency: four messages per process that consumes the queue (as
+      `observe` last saw it; before any was seen, per `ORCH_WORKER_CONCURRENCY`);
+    - their pace: a fill starts when half the window is gone, so half a window must last
+      the workers through two fills (one may start late, or run slow). Short jobs drain a
+      window of a few messages faster than a fill takes, leaving the workers idle; the
+      window grows with the drain rate (`observe_drain`) times a fill's duration
+      (`observe_fill`), both measured, up to `LARGEST`.
+
+    Sized so, a window holds a few fills' worth of the workers' time, whatever their jobs'
+    length: that is how long a tenant arriving behind a flood waits for a place.
+    """
+
+    PER_PROCESS = 4
+    LARGEST = 1000
+    SMOOTHING = 0.2  # weight of a new measurement in the running figures
+
+    def __init__(self, fixed: int, default_concurrency: int) -> None:
+        self.fixed = fixed
+        self.default = self.PER_PROCESS * default_concurrency
+        self._seen: dict[str, int] = {}
+        self._rate: dict[str, float] = {}  # messages a second the workers take, per queue
+        self._fill_seconds = 0.0
+
+    def of(self, queue: str) -> int:
+        if self.fixed:
+            return self.fixed
+        needed = max(self._seen.get(queue, self.default), self.PER_PROCESS)
+        paced = math.ceil(4 * self._rate.get(queue, 0.0) * self._fill_seconds)
+        return min(max(needed, paced), self.LARGEST)
+
+    def until_half(self, queue: str, waiting: int) -> float:
+        """Seconds until the workers, at their pace, leave half the window (0 unknown)."""
+        rate = self._rate.get(queue, 0.0)
+        return (waiting - self.of(queue) / 2) / rate if rate else 0.0
+
+    def observe(self, concurrency_per_queue: dict[str, int]) -> None:
+        self._seen = {q: self.PER_PROCESS * n for q, n in concurrency_per_queue.items()}
+
+    def observe_drain(self, queue: str, taken: int, seconds: float) -> None:
+        """The workers took `taken` messages of a full window in `seconds`."""
+        if seconds > 0:
+            self._rate[queue] = self._smooth(self._rate.get(queue), taken / seconds)
+
+    def observe_fill(self, seconds: float) -> None:
+        """A fill took `seconds`, from its start until its messages were in the broker."""
+        self._fill_seconds = self._smooth(self._fill_seconds or None, seconds)
+
+    def _smooth(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.SMOOTHING * (new - old)
 
 
 @dataclass(frozen=True)
@@ -95,13 +143,17 @@ def forget_claimed(session: Session) -> int:
     """Drop the rows of jobs claimed since they were admitted (or cancelled, or moved on
     to a later attempt): a claim does not touch the window, which keeps it one statement.
     Returns how many."""
+    result = session.execute(forget_claimed_statement())
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def forget_claimed_statement() -> sa.Delete:
     current = sa.exists().where(
         JOBS.c.id == WINDOW.c.job_id,
         JOBS.c.status.in_(sorted(CLAIMABLE)),
         JOBS.c.attempt == WINDOW.c.attempt,
     )
-    result = session.execute(sa.delete(WINDOW).where(~current))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return sa.delete(WINDOW).where(~current)
 
 
 def withdraw(session: Session, numbers: Iterable[int]) -> None:
@@ -142,6 +194,11 @@ def per_tenant(session: Session) -> Counter[str]:
     return Counter(dict(rows))
 
 
+def admitted() -> sa.Exists:
+    """For a query over jobs: the job's current attempt is in the window (a row of an
+    earlier attempt is one left by a claim, soon forgotten)."""
+    return sa.exists().where(WINDOW.c.job_id == JOBS.c.id, WINDOW.c.attempt == JOBS.c.attempt)
+
+
 def not_admitted() -> sa.ColumnElement[bool]:
-    """For a query over jobs: the job has no entry in the window."""
-    return ~sa.exists().where(WINDOW.c.job_id == JOBS.c.id)
+    return ~admitted()

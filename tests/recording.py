@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
-from orchestrator.admission import Admission, WindowSizes
+from orchestrator.admission import Admission
 from orchestrator.db import Database
 from orchestrator.dispatch import Delivery, Held
 from orchestrator.models import utcnow
@@ -14,6 +14,7 @@ from orchestrator.registry import Registry
 from orchestrator.service import JobService
 from orchestrator.settings import Settings
 from orchestrator.tenant_limits import TenantLimits
+from orchestrator.window import WindowSizes
 
 
 class RecordingDispatcher:

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from orchestrator import migrate
 from orchestrator.dispatch import Delivery
+from orchestrator.dispatch.celery import priority_lists
+from orchestrator.dispatcher import LEASE_NAME
 from orchestrator.embedded_redis import EmbeddedRedis
+from orchestrator.leader import current_holder
+from orchestrator.models import utcnow
 from tests import netpartition
 from tests.integration.stack import ROOT, Stack, Worker, settings_env, stack_settings
 from tests.servers import PostgresServer, free_port
@@ -224,6 +229,56 @@ def test_web_crash_between_commit_and_send_is_noticed_in_seconds(chaos: Stack, t
     _report("crash_after_commit", {"jobs": 1, "status": job["status"], "waited_s": waited})
     assert job["status"] == "succeeded"
     assert waited < 10  # missing after 2 s, looked for every second: not a 900 s timer
+
+
+def test_a_standby_dispatcher_leads_within_seconds_of_a_kill_9(chaos: Stack, tenant: str) -> None:
+    """Two dispatchers run; kill -9 of the leader hands the lease to the other within its
+    3 s term, and jobs keep flowing."""
+    leader_before = current_holder(chaos.runtime.database, LEASE_NAME, utcnow())
+    standby = Worker(
+        chaos.settings, chaos.dispatcher.log_path.with_name("standby.log"), kind="dispatcher"
+    )
+    standby.start(chaos.runtime)
+    try:
+        chaos.dispatcher.kill()
+        killed = time.monotonic()
+        holder = leader_before
+        while holder in (leader_before, None) and time.monotonic() - killed < 15:
+            time.sleep(0.05)
+            holder = current_holder(chaos.runtime.database, LEASE_NAME, utcnow())
+        handover = time.monotonic() - killed
+        job = chaos.wait_for(tenant, chaos.create(tenant, {"type": "TEST_FLAKY"})["id"])
+    finally:
+        standby.stop()  # a clean stop gives the lease up at once
+        chaos.dispatcher.start(chaos.runtime)
+    _report("leader_kill_9", {"handover_s": round(handover, 2), "status": job["status"]})
+    assert holder not in (leader_before, None)
+    assert handover <= 5.0
+    assert job["status"] == "succeeded"
+
+
+def test_a_flushed_broker_is_noticed_and_its_jobs_admitted_again(
+    chaos: Stack, chaos_redis: EmbeddedRedis, tenant: str
+) -> None:
+    """The broker loses the window's messages (FLUSHALL) while no worker consumes: with no
+    timer to re-send them, only the dispatcher's comparison of window and broker can."""
+    chaos.worker.stop()
+    try:
+        ids = [chaos.create(tenant, {"type": "TEST_FLAKY"})["id"] for _ in range(5)]
+        broker = redis.Redis.from_url(chaos.settings.redis_url)
+        deadline = time.monotonic() + 10
+        while sum(broker.llen(key) for key in priority_lists("default")) < 5:
+            assert time.monotonic() < deadline, "the jobs never reached the broker"
+            time.sleep(0.05)
+        broker.flushall()
+        flushed = time.monotonic()
+    finally:
+        chaos.worker.start(chaos.runtime)
+    statuses = _wait_all(chaos, tenant, ids, timeout=30)
+    _report(
+        "broker_flushed", {"jobs": len(ids), "recovered_s": round(time.monotonic() - flushed, 2)}
+    )
+    assert set(statuses.values()) == {"succeeded"}
 
 
 def test_delay_longer_than_visibility_timeout_runs_once_on_time(

@@ -1,11 +1,14 @@
-"""Per-tenant fairness on the running system: a running-jobs limit that holds, and a
-creation rate limit counted in Redis (so it holds across web processes)."""
+"""Per-tenant fairness on the running system, with real workers and the dispatcher: a
+flood that holds back neither another tenant nor its own tenant's urgent job, a
+running-jobs limit that holds, and a creation rate limit counted in Redis (so it holds
+across web processes)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,53 @@ def limited(
     stack = Stack.build(settings, folder)
     yield stack.start()
     stack.stop()
+
+
+@pytest.fixture(scope="module")
+def open_stack(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """No limit of any kind: fairness by default."""
+    folder = tmp_path_factory.mktemp("open")
+    database_url = f"sqlite:///{folder / 'open.db'}"
+    migrate.upgrade(database_url)
+    redis_url = f"{redis_server.url.rsplit('/', 1)[0]}/12"
+    stack = Stack.build(stack_settings(database_url, redis_url), folder)
+    yield stack.start()
+    stack.stop()
+
+
+def _wait_to_start(job: dict[str, object]) -> float:
+    started = datetime.fromisoformat(str(job["startedAt"]))
+    return (started - datetime.fromisoformat(str(job["createdAt"]))).total_seconds()
+
+
+def test_a_flood_holds_back_neither_another_tenant_nor_its_own_urgent_job(
+    open_stack: Stack,
+) -> None:
+    """Tenant A sends 400 jobs of 50 ms (10 s of work for the two worker processes); then
+    tenant B sends three, and A one of priority 10. Each starts within a window's worth
+    of A's jobs, long before A's backlog is done: no limit is configured."""
+    flood = [{"type": "TEST_SLEEP", "input": {"seconds": 0.05}} for _ in range(400)]
+    answer = open_stack.post("tnt_flood", "/v1/jobs:batch", {"jobs": flood})
+    assert answer.status_code == 201, answer.text
+    flood_ids = [job["id"] for job in answer.json()["jobs"]]
+    time.sleep(1.0)  # the flood is under way: its jobs fill the window
+    others = [open_stack.create("tnt_other", {"type": "TEST_SLEEP"}) for _ in range(3)]
+    urgent = open_stack.create(
+        "tnt_flood", {"type": "TEST_SLEEP", "input": {"seconds": 0.05}, "priority": 10}
+    )
+    waits = [
+        _wait_to_start(open_stack.wait_for("tnt_other", job["id"], timeout=30)) for job in others
+    ]
+    urgent_wait = _wait_to_start(open_stack.wait_for("tnt_flood", urgent["id"], timeout=30))
+    flood_left = sum(
+        open_stack.get("tnt_flood", f"/v1/jobs/{job_id}").json()["status"] != "succeeded"
+        for job_id in flood_ids[-100:]
+    )
+    assert flood_left > 0, "the flood was done before the test could tell"
+    assert max(waits) < 2.0, waits  # behind the flood: 10 s
+    assert urgent_wait < 2.0, urgent_wait
 
 
 def _running(stack: Stack, tenant: str) -> int:

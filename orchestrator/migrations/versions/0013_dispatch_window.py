@@ -79,7 +79,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_dispatch_window"),
-        sa.UniqueConstraint("job_id", name="uq_dispatch_window_job_id"),
+        sa.UniqueConstraint("job_id", "attempt", name="uq_dispatch_window_job_id_attempt"),
         sqlite_autoincrement=True,  # a deleted row's id is never handed out again
     )
     op.create_table(

@@ -1,0 +1,146 @@
+"""Admission on SQLite and PostgreSQL: who goes into the broker's window next.
+
+Each test plays the workers by hand: it claims what was sent (which empties the window)
+and has the admission fill again, then reads the order of the deliveries."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from orchestrator import transitions
+from orchestrator.db import Database
+from orchestrator.models import Tenant, utcnow
+from orchestrator.registry import load_job_modules
+from orchestrator.service import JobService, NewJob
+from orchestrator.settings import load_settings
+from orchestrator.states import Attempt, ErrorInfo
+from orchestrator.window import WindowSizes
+from tests.recording import recorded, recording_service
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
+def _service(database: Database, window: int, **settings: Any) -> JobService:
+    values = load_settings(env="development", database_url=database.url, **settings)
+    return recording_service(database, load_job_modules(("tests.jobtypes",)), values, window=window)
+
+
+def _flood(service: JobService, tenant: str, count: int, priority: int = 5) -> list[str]:
+    jobs = [NewJob(tenant_id=tenant, type="TEST_SLEEP", priority=priority) for _ in range(count)]
+    return [details.job.id for details in service.create_batch(jobs).jobs]
+
+
+def _sent(service: JobService) -> list[tuple[str, str]]:
+    return [(d.tenant_id or "", d.job_id) for call in recorded(service).sent for d in call]
+
+
+def _work(service: JobService, rounds: int) -> list[tuple[str, str]]:
+    """Claim everything sent so far, then fill again, `rounds` times; what each fill sent."""
+    sent: list[tuple[str, str]] = []
+    for _ in range(rounds):
+        before = len(_sent(service))
+        for _tenant, job_id in _sent(service):
+            transitions.claim_alone(
+                service.database, job_id, worker="w", lease_seconds=60, now=utcnow()
+            )
+        service.admission.pump()
+        sent += _sent(service)[before:]
+    return sent
+
+
+def test_a_flood_delays_a_newcomer_by_a_window_not_by_its_backlog(database: Database) -> None:
+    service = _service(database, window=4)
+    _flood(service, "a", 40)
+    assert [tenant for tenant, _ in _sent(service)] == ["a"] * 4  # the window is full
+    late = set(_flood(service, "b", 2))
+    next_fill = _work(service, 1)
+    assert late <= {job_id for _, job_id in next_fill}
+    assert [tenant for tenant, _ in next_fill].count("a") == 2  # a goes on beside b
+
+
+def test_contending_tiers_share_the_workers_by_their_weights(database: Database) -> None:
+    service = _service(database, window=8, tier_weights={"free": 1, "pro": 3})
+    with database.transaction() as session:
+        session.add(Tenant(id="p", tier="pro", created_at=utcnow()))
+    service.admission.limits._read_at = float("-inf")  # read the tier now
+    _flood(service, "f", 60)
+    _flood(service, "p", 60)
+    shares = Counter(tenant for tenant, _ in _work(service, 5))
+    assert sum(shares.values()) == 40
+    assert 29 <= shares["p"] <= 31, shares  # 75% of 40
+
+
+def test_equal_tenants_get_equal_shares(database: Database) -> None:
+    service = _service(database, window=10)
+    for tenant in "abcde":
+        _flood(service, tenant, 30)
+    shares = Counter(tenant for tenant, _ in _work(service, 6))
+    assert set(shares.values()) == {12}, shares
+
+
+def test_a_tenants_higher_priority_goes_first(database: Database) -> None:
+    service = _service(database, window=2)
+    _flood(service, "a", 10)
+    [urgent] = _flood(service, "a", 1, priority=10)
+    [(_, first), _] = _work(service, 1)
+    assert first == urgent
+
+
+def test_a_running_limit_holds_at_admission_and_others_go_on(database: Database) -> None:
+    service = _service(database, window=8, tenant_max_running=2)
+    _flood(service, "a", 10)
+    assert len(_sent(service)) == 2
+    _flood(service, "b", 1)
+    assert [tenant for tenant, _ in _sent(service)] == ["a", "a", "b"]
+    assert _work(service, 1) == []  # a's two run (claimed): nothing more of a's
+
+
+def test_a_retry_is_admitted_though_its_claimed_attempts_row_is_still_there(
+    database: Database,
+) -> None:
+    """A claim leaves the window's row of the attempt it claimed; fills forget such rows
+    only once a second (Celery) or before they count: the next attempt is admitted anyway."""
+    service = _service(database, window=8)
+    [job_id] = _flood(service, "a", 1)
+    claimed = transitions.claim_alone(database, job_id, worker="w", lease_seconds=60, now=utcnow())
+    assert claimed is not None
+    with database.transaction() as session:
+        transitions.schedule_retry(
+            session, Attempt(job_id, "a", 1), ErrorInfo("E", "x"), utcnow(), run_at=utcnow()
+        )
+    service.admission.pump()
+    assert [j for _, j in _sent(service)] == [job_id, job_id]
+    first, again = (d for call in recorded(service).sent for d in call)
+    assert again.delivery_id != first.delivery_id
+
+
+def test_a_window_grows_with_the_workers_pace_and_no_further() -> None:
+    sizes = WindowSizes(0, default_concurrency=2)
+    assert sizes.of("q") == 8  # four per process
+    sizes.observe_fill(0.010)
+    sizes.observe_drain("q", taken=8, seconds=0.008)  # 1,000 a second
+    assert sizes.of("q") == 40  # half of it lasts two fills
+    assert sizes.until_half("q", waiting=30) == pytest.approx(0.010)
+    sizes.observe_drain("q", taken=1_000_000, seconds=1)
+    assert sizes.of("q") == WindowSizes.LARGEST
+    assert WindowSizes(5, default_concurrency=2).of("q") == 5  # ORCH_DISPATCH_WINDOW
+
+
+def test_a_delay_keeps_a_job_out_of_the_window_until_due(database: Database) -> None:
+    service = _service(database, window=8)
+    later = utcnow() + timedelta(hours=1)
+    service.create(NewJob(tenant_id="a", type="TEST_SLEEP", run_at=later))
+    assert _sent(service) == []
+    service.admission.clock = lambda: later + timedelta(seconds=1)
+    service.admission.pump()
+    assert len(_sent(service)) == 1
