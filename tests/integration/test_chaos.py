@@ -257,6 +257,85 @@ def test_a_standby_dispatcher_leads_within_seconds_of_a_kill_9(chaos: Stack, ten
     assert job["status"] == "succeeded"
 
 
+def _skipped_deliveries(stack: Stack, ids: list[str]) -> int:
+    from orchestrator.models import JobEvent  # noqa: PLC0415
+
+    with stack.runtime.database.session() as session:
+        return (
+            session.query(JobEvent.id)
+            .filter(JobEvent.job_id.in_(ids), JobEvent.message.like("delivery skipped%"))
+            .count()
+        )
+
+
+def _pids(process: Worker) -> set[int]:
+    assert process.process is not None
+    return {process.process.pid, *process.children()}
+
+
+def _handover(stack: Stack, dispatchers: list[Worker], killed: float) -> float:
+    """Seconds from a kill until a live dispatcher holds the lease."""
+    while time.monotonic() - killed < 15:
+        holder = current_holder(stack.runtime.database, LEASE_NAME, utcnow()) or ":0"
+        pid = int(holder.rsplit(":", 1)[-1])
+        if any(d.process and d.process.poll() is None and pid in _pids(d) for d in dispatchers):
+            return time.monotonic() - killed
+        time.sleep(0.05)
+    raise AssertionError("no dispatcher took the lease over")
+
+
+def test_kill_9_of_the_leader_mid_fill_five_times_strands_nothing_and_sends_each_once(
+    chaos: Stack, tenant: str
+) -> None:
+    """Two dispatchers fill while 300 short jobs drain; the leader is killed (-9) five
+    times, a new standby started each time. Every job runs once, no delivery is sent
+    twice (a second one would be skipped as a duplicate, and say so in the job's events),
+    and a live dispatcher leads again within 5 s of each kill."""
+    dispatchers = [chaos.dispatcher]
+    for number in range(2):
+        log = chaos.dispatcher.log_path.with_name(f"kill-leader-{number}.log")
+        dispatchers.append(Worker(chaos.settings, log, kind="dispatcher"))
+    dispatchers[1].start(chaos.runtime)
+    flood = [{"type": "TEST_SLEEP", "input": {"seconds": 0.02}} for _ in range(300)]
+    answer = chaos.post(tenant, "/v1/jobs:batch", {"jobs": flood})
+    assert answer.status_code == 201, answer.text
+    ids = [job["id"] for job in answer.json()["jobs"]]
+    gaps: list[float] = []
+    try:
+        for kill in range(5):
+            time.sleep(0.5)
+            holder = current_holder(chaos.runtime.database, LEASE_NAME, utcnow()) or ""
+            pid = int(holder.rsplit(":", 1)[-1] or 0)
+            [leader] = [d for d in dispatchers if d.process and pid in _pids(d)]
+            leader.kill()
+            killed = time.monotonic()
+            replacement = Worker(
+                chaos.settings,
+                leader.log_path.with_name(f"kill-leader-{kill + 2}.log"),
+                kind="dispatcher",
+            )
+            replacement.start(chaos.runtime)  # the standby leads by now, or soon
+            dispatchers[dispatchers.index(leader)] = replacement
+            gaps.append(_handover(chaos, dispatchers, killed))
+        statuses = _wait_all(chaos, tenant, ids, timeout=120)
+    finally:
+        for extra in dispatchers:
+            if extra is not chaos.dispatcher:
+                extra.stop()
+        if chaos.dispatcher.process is None or chaos.dispatcher.process.poll() is not None:
+            chaos.dispatcher.start(chaos.runtime)
+    runs = _success_events(chaos, ids)
+    skipped = _skipped_deliveries(chaos, ids)
+    _report(
+        "leader_kill_9_x5",
+        {"jobs": len(ids), "kills": 5, "worst_handover_s": round(max(gaps), 2), "skipped": skipped},
+    )
+    assert set(statuses.values()) == {"succeeded"}
+    assert set(runs.values()) == {1}
+    assert skipped == 0  # no delivery was sent twice
+    assert max(gaps) <= 5.0, gaps
+
+
 def test_a_flushed_broker_is_noticed_and_its_jobs_admitted_again(
     chaos: Stack, chaos_redis: EmbeddedRedis, tenant: str
 ) -> None:
