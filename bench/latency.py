@@ -24,6 +24,7 @@ from bench.harness import (
     Servers,
     add_durability_option,
     celery_worker,
+    dispatcher,
     median,
     orchestrator_settings,
     percentile,
@@ -55,11 +56,16 @@ def orchestrator_latencies(
     ).start()
     runtime = Runtime.build(settings)
     http = requests.Session()
+    feeder = None
     try:
+        # A pipeline's next step, made ready by the worker, is admitted by the dispatcher.
+        feeder = dispatcher(settings, folder / "lat-dispatcher.log")
         wait_ping(create_celery_app(settings), node)
         _wait_http(f"http://127.0.0.1:{port}/healthz")
         return [_one_job(http, port, runtime, job_type) for _ in range(count)]
     finally:
+        if feeder is not None:
+            feeder.stop()
         web.stop()
         worker.stop()
         runtime.database.dispose()

@@ -159,16 +159,19 @@ class Admission:
         self._full: dict[str, tuple[float, int]] = {}  # windows left full: when, holding
         self._suspects: set[int] = set()  # deliveries the last check found missing
 
-    def fill(self, fence: Callable[[Session], bool] | None = None) -> list[Delivery]:
+    def fill(
+        self, fence: Callable[[Session], bool] | None = None, *, only: str | None = None
+    ) -> list[Delivery]:
         """Admit as many ready jobs as the windows have room for; their deliveries, to be
         sent once this returns (their admission has committed). `fence`: a leader's check
-        that it still holds its lease, in the fill's transaction."""
+        that it still holds its lease, in the fill's transaction. `only`: fill this queue's
+        window alone, and leave due and claimed jobs to the next full fill (a worker's)."""
         now = self.clock()
         with self.database.transaction() as session:
-            _begin_fill(session, now + self.ahead, forget=self._counts_window)
+            _begin_fill(session, now + self.ahead, forget=self._counts_window, promote=only is None)
             if fence is not None and not fence(session):
                 return []
-            queues = ready_queues(session)
+            queues = ready_queues(session) if only is None else [only]
             if not queues:
                 self.backlogged, self.full_queues = False, []
                 return []
@@ -259,6 +262,20 @@ class Admission:
         self.send(deliveries)
         if more_ready or self.in_process:
             self.became_ready()
+
+    def released(self, queue: str) -> None:
+        """A worker's success made a pipeline's next step ready, in `queue`. When that
+        window has room, the worker fills it itself (the same fill as the dispatcher's,
+        under the same lock), sparing the step a trip through the dispatcher: the step
+        starts a few milliseconds after its upstream ends. Otherwise ready jobs wait for
+        room anyway, and the dispatcher is told."""
+        if not self.in_process and self.room({queue}).get(queue, 0) > 0:
+            try:
+                self.send(self.fill(only=queue))
+                return
+            except sa.exc.SQLAlchemyError:  # the step is recorded ready: the dispatcher's
+                log.exception("could not admit a released step; the dispatcher will")
+        self.became_ready()
 
     def became_ready(self) -> None:
         """Jobs became ready: fill now (push and inline modes), or nudge the dispatcher."""
@@ -354,9 +371,10 @@ def _overdue(entry: window.Entry, now: datetime) -> bool:
     return now - due > PUSH_MISSING_AFTER
 
 
-def _begin_fill(session: Session, due_by: datetime, *, forget: bool) -> None:
+def _begin_fill(session: Session, due_by: datetime, *, forget: bool, promote: bool) -> None:
     """A fill's first steps: take the fill lock, make scheduled jobs due by `due_by` ready
-    (`ready.promote_due`) and, when the fill counts the window's rows (`forget`), drop
+    (`ready.promote_due`, unless not to `promote`) and, when the fill counts the window's
+    rows (`forget`), drop
     those of jobs claimed since (`window.forget_claimed`); otherwise that waits for the
     next check for missing deliveries, a second at most: scanning a window the workers
     churn through costs more than a fill.
@@ -367,7 +385,7 @@ def _begin_fill(session: Session, due_by: datetime, *, forget: bool) -> None:
     what was sent, and a delivery sent twice runs once: the claim decides). Neither step
     needs the lock: each is idempotent, and row locks order them with a concurrent fill's.
     """
-    steps: list[sa.Update | sa.Delete] = [promote_due_statement(due_by)]
+    steps: list[sa.Update | sa.Delete] = [promote_due_statement(due_by)] if promote else []
     if forget:
         steps.append(window.forget_claimed_statement())
     if session.get_bind().dialect.name != "postgresql":

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -20,25 +21,32 @@ from orchestrator.models import Job
 from tests.integration.stack import Stack, stack_settings
 
 
+def _stack(
+    redis_server: EmbeddedRedis, folder: Path, redis_db: int, **settings: Any
+) -> Iterator[Stack]:
+    database_url = f"sqlite:///{folder / 'jobs.db'}"
+    migrate.upgrade(database_url)
+    redis_url = f"{redis_server.url.rsplit('/', 1)[0]}/{redis_db}"
+    stack = Stack.build(stack_settings(database_url, redis_url, **settings), folder)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
 @pytest.fixture(scope="module")
 def limited(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("fair")
-    database_url = f"sqlite:///{folder / 'fair.db'}"
-    migrate.upgrade(database_url)
-    redis_url = f"{redis_server.url.rsplit('/', 1)[0]}/11"
     # A slow refill (one token per 10 s), so no token comes back while the test runs.
-    settings = stack_settings(
-        database_url,
-        redis_url,
+    yield from _stack(
+        redis_server,
+        tmp_path_factory.mktemp("fair"),
+        11,
         tenant_max_running=1,
         tenant_create_rate=0.1,
         tenant_create_burst=10,
     )
-    stack = Stack.build(settings, folder)
-    yield stack.start()
-    stack.stop()
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +54,7 @@ def open_stack(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """No limit of any kind: fairness by default."""
-    folder = tmp_path_factory.mktemp("open")
-    database_url = f"sqlite:///{folder / 'open.db'}"
-    migrate.upgrade(database_url)
-    redis_url = f"{redis_server.url.rsplit('/', 1)[0]}/12"
-    stack = Stack.build(stack_settings(database_url, redis_url), folder)
-    yield stack.start()
-    stack.stop()
+    yield from _stack(redis_server, tmp_path_factory.mktemp("open"), 12)
 
 
 def _wait_to_start(job: dict[str, object]) -> float:
