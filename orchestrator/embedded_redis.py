@@ -98,7 +98,9 @@ class EmbeddedRedis:
     ) -> None:
         self.port = port
         self.host = host
-        self.data_dir = data_dir
+        # Absolute: Redis changes into `--dir` as it reads it, so a relative `--logfile`
+        # after it (`make run`'s `.orchestrator/redis`) would point under itself.
+        self.data_dir = data_dir.absolute()
         self.persistent = persistent
         self._owns_data_dir = owns_data_dir
         self._process: subprocess.Popen[bytes] | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,9 @@ import sqlalchemy as sa
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from orchestrator.dev import redis_program
 from orchestrator.embedded_redis import EmbeddedRedis
+from orchestrator.settings import load_settings
 from tests.servers import PostgresServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -29,6 +33,29 @@ def test_embedded_redis_serves_tcp_and_stops(tmp_path: Path) -> None:
         pytest.raises(redis.ConnectionError),
     ):
         client.ping()
+
+
+def test_the_broker_make_run_supervises_starts_from_a_relative_state_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run`'s state folder is `.orchestrator`, relative: Redis changes into its
+    `--dir` before it opens its `--logfile`, which must not be taken from there."""
+    monkeypatch.chdir(tmp_path)
+    server = EmbeddedRedis(free_port(), "127.0.0.1", Path(".orchestrator/redis"), persistent=True)
+    settings = load_settings(env="development", redis_url=server.url)
+    program = redis_program(server, settings)
+    assert program.ready is not None
+    process = subprocess.Popen(program.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not program.ready(process.pid):
+            assert process.poll() is None, f"the broker exited with {process.returncode}"
+            assert time.monotonic() < deadline, "the broker did not answer"
+            time.sleep(0.05)
+        assert (tmp_path / ".orchestrator/redis/redis-server.log").exists()
+    finally:
+        process.kill()
+        process.wait(10)
 
 
 def test_postgres_server_creates_database() -> None:
