@@ -34,6 +34,7 @@ from orchestrator.models import LIVE_STATES_SQL, Job, utcnow
 from orchestrator.ready import (
     ReadyJob,
     ReadyJobs,
+    next_due,
     per_tenant_guess,
     promote_due_statement,
     ready_queues,
@@ -188,6 +189,11 @@ class Admission:
 
     def _choose(self, session: Session, queues: list[str]) -> list[ReadyJob]:
         waiting = self.dispatcher.waiting(queues)
+        if waiting is None and not self.in_process:
+            # Celery, and the broker cannot be asked: whatever is admitted now could not
+            # be sent (and would be taken back at once): the jobs wait in the database.
+            self.backlogged, self.full_queues = False, []
+            return []
         if waiting is None:  # push modes: the window is what was admitted and not claimed
             waiting = window.per_queue(session)
         in_flight = InFlight.read(session, self.limits)
@@ -218,6 +224,15 @@ class Admission:
         ready = ReadyJobs(session, queue, per_tenant)
         self._contending[queue] = len(ready.tenants)
         return self.fair.choose(queue, free, ready, in_flight)
+
+    def until_next_due(self) -> float | None:
+        """Seconds until the first scheduled job (a delay, a retry's backoff) comes due;
+        None when none waits. An idle dispatcher wakes then, not a quarter second late."""
+        with self.database.session() as session:
+            first = next_due(session)
+        if first is None:
+            return None
+        return max(0.0, (first - self.ahead - self.clock()).total_seconds())
 
     def refill_due(self, queue: str, waiting: int) -> bool:
         """Whether a full window emptied enough to be worth a fill: half of it (one fill a
@@ -344,7 +359,9 @@ class Admission:
         if not entries:
             return 0
         held = self.dispatcher.held({entry.queue for entry in entries})
-        if held is None:
+        if held is None and not self.in_process:
+            return 0  # Celery, and the broker cannot be asked now: look again next time
+        if held is None:  # push modes: the backend cannot be asked, only timed
             lost = [e.number for e in entries if _overdue(e, now)]
         else:
             present = held.waiting | held.taken

@@ -7,7 +7,8 @@ standby takes over within a few seconds of its death. The leader:
 - fills each queue's window as workers empty it: while ready jobs wait outside a full
   window, it looks at the queue's depth in Redis when half the window should be gone at
   the workers' pace; when nothing waits, it waits to be told (`CeleryDispatcher.nudge`);
-- finds scheduled jobs due (a delay, a retry's backoff) on each look;
+- finds scheduled jobs due (a delay, a retry's backoff) on each look, and when idle
+  wakes as the first of them comes due;
 - every second, checks that the broker holds what was admitted and not yet claimed, and
   admits again what went missing (a restart without persistence, a crash between an
   admission and its send, a worker that died holding a message);
@@ -20,6 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import tracing
 from orchestrator.admission import Admission
@@ -62,13 +65,27 @@ class DispatchLoop:
         log.info("dispatcher started", extra={"action": "dispatcher_started"})
         try:
             while not self.stop.is_set():
-                if not self._lead():
-                    self.stop.wait(RENEW_EVERY)
-                    continue
-                self.tick()
-                self._wait()
+                try:
+                    if not self._lead():
+                        self.stop.wait(RENEW_EVERY)
+                        continue
+                    self.tick()
+                    self._wait()
+                except SQLAlchemyError:
+                    self._fall_back()
         finally:
-            self.leadership.release()
+            try:
+                self.leadership.release()
+            except SQLAlchemyError:  # the lease runs out by itself within LEASE_SECONDS
+                log.exception("could not give the dispatcher's lease up")
+
+    def _fall_back(self) -> None:
+        """The database failed us (a restart, a failover, a deadlock): say so, let the
+        lease go as if lost (a standby, or this process later, takes it again with a new
+        token), and try again after a pause rather than exit."""
+        log.exception("dispatcher round failed; trying again", extra={"action": "dispatcher_error"})
+        self.leadership.token = None
+        self.stop.wait(RENEW_EVERY)
 
     def tick(self) -> int:
         """One round of the leader's work; how many jobs it admitted."""
@@ -103,12 +120,17 @@ class DispatchLoop:
     def _wait(self) -> None:
         """Until a window has room again for what waits, or until told of new work."""
         if not self.admission.backlogged:
-            self.broker.wait_for_nudge(IDLE_SECONDS)
+            due = self.admission.until_next_due()
+            pause = IDLE_SECONDS if due is None else min(max(due, POLL_SECONDS), IDLE_SECONDS)
+            self.broker.wait_for_nudge(pause)
             return
         deadline = time.monotonic() + IDLE_SECONDS
         queues = self.admission.full_queues
         while not self.stop.is_set() and time.monotonic() < deadline:
-            waiting = self.broker.waiting(queues) or {}
+            waiting = self.broker.waiting(queues)
+            if waiting is None:  # the broker is away: a fill could send nothing
+                self.stop.wait(IDLE_SECONDS)
+                return
             if any(self.admission.refill_due(q, waiting.get(q, 0)) for q in queues):
                 return
             pause = min(self.admission.sizes.until_half(q, waiting.get(q, 0)) for q in queues)

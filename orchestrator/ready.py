@@ -115,6 +115,14 @@ def promote_due(session: Session, until: datetime) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def next_due(session: Session) -> datetime | None:
+    """When the first scheduled job comes due (one probe of the scheduled jobs' index)."""
+    first: datetime | None = session.scalar(
+        sa.select(sa.func.min(JOBS.c.run_at)).where(sa.text(SCHEDULED_SQL))
+    )
+    return first
+
+
 def promote_due_statement(until: datetime) -> sa.Update:
     return (
         sa.update(JOBS)

@@ -42,13 +42,16 @@ class WindowSizes:
       the workers through two fills (one may start late, or run slow). Short jobs drain a
       window of a few messages faster than a fill takes, leaving the workers idle; the
       window grows with the drain rate (`observe_drain`) times a fill's duration
-      (`observe_fill`), both measured, up to `LARGEST`.
+      (`observe_fill`), both measured, to `PACE_LIMIT` times the first need at most.
+
+    Never more than `LARGEST`.
 
     Sized so, a window holds a few fills' worth of the workers' time, whatever their jobs'
     length: that is how long a tenant arriving behind a flood waits for a place.
     """
 
     PER_PROCESS = 4
+    PACE_LIMIT = 8  # pacing grows a window to eight times what concurrency needs, at most
     LARGEST = 1000
     SMOOTHING = 0.2  # weight of a new measurement in the running figures
 
@@ -64,7 +67,9 @@ class WindowSizes:
             return self.fixed
         needed = max(self._seen.get(queue, self.default), self.PER_PROCESS)
         paced = math.ceil(4 * self._rate.get(queue, 0.0) * self._fill_seconds)
-        return min(max(needed, paced), self.LARGEST)
+        # A fill takes longer the more it admits: without a bound on pacing, a window that
+        # grows lengthens the fills that size it, and so on up to LARGEST.
+        return min(max(needed, paced), needed * self.PACE_LIMIT, self.LARGEST)
 
     def until_half(self, queue: str, waiting: int) -> float:
         """Seconds until the workers, at their pace, leave half the window (0 unknown)."""

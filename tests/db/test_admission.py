@@ -6,7 +6,7 @@ and has the admission fill again, then reads the order of the deliveries."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,13 +14,14 @@ import pytest
 
 from orchestrator import transitions
 from orchestrator.db import Database
+from orchestrator.dispatch import Held
 from orchestrator.models import Tenant, utcnow
 from orchestrator.registry import load_job_modules
 from orchestrator.service import JobService, NewJob
 from orchestrator.settings import load_settings
 from orchestrator.states import Attempt, ErrorInfo
 from orchestrator.window import WindowSizes
-from tests.recording import recorded, recording_service
+from tests.recording import RecordingDispatcher, recorded, recording_service
 
 
 @pytest.fixture
@@ -132,6 +133,8 @@ def test_a_window_grows_with_the_workers_pace_and_no_further() -> None:
     assert sizes.of("q") == 40  # half of it lasts two fills
     assert sizes.until_half("q", waiting=30) == pytest.approx(0.010)
     sizes.observe_drain("q", taken=1_000_000, seconds=1)
+    assert sizes.of("q") == 8 * WindowSizes.PACE_LIMIT  # a bound on pacing's feedback
+    sizes.observe({"q": 400})
     assert sizes.of("q") == WindowSizes.LARGEST
     assert WindowSizes(5, default_concurrency=2).of("q") == 5  # ORCH_DISPATCH_WINDOW
 
@@ -141,6 +144,30 @@ def test_a_delay_keeps_a_job_out_of_the_window_until_due(database: Database) -> 
     later = utcnow() + timedelta(hours=1)
     service.create(NewJob(tenant_id="a", type="TEST_SLEEP", run_at=later))
     assert _sent(service) == []
+    assert service.admission.until_next_due() == pytest.approx(3600, abs=5)  # wakes then
     service.admission.clock = lambda: later + timedelta(seconds=1)
     service.admission.pump()
     assert len(_sent(service)) == 1
+    assert service.admission.until_next_due() is None
+
+
+class _BrokerAway(RecordingDispatcher):
+    """Celery's dispatcher while Redis refuses: it can say neither what waits nor what it
+    holds."""
+
+    mode = "celery"
+
+    def held(self, queues: Iterable[str]) -> Held | None:
+        return None
+
+
+def test_with_the_broker_away_nothing_is_admitted_nor_taken_for_missing(
+    database: Database,
+) -> None:
+    service = _service(database, window=8)
+    _flood(service, "a", 3)
+    service.admission.dispatcher = _BrokerAway()
+    _flood(service, "a", 3)  # made ready while the broker is away
+    assert service.admission.fill() == []
+    service.admission.clock = lambda: utcnow() + timedelta(hours=1)  # long overdue
+    assert service.admission.find_missing() == 0  # not a reason to send all again
