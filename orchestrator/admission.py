@@ -278,12 +278,27 @@ class Admission:
         if more_ready or self.in_process:
             self.became_ready()
 
-    def released(self, queue: str) -> None:
-        """A worker's success made a pipeline's next step ready, in `queue`. When that
-        window has room, the worker fills it itself (the same fill as the dispatcher's,
-        under the same lock), sparing the step a trip through the dispatcher: the step
-        starts a few milliseconds after its upstream ends. Otherwise ready jobs wait for
-        room anyway, and the dispatcher is told."""
+    def may_admit_released(self, queue: str, tenant_id: str) -> bool:
+        """Whether a worker's success may admit the step it releases itself, in the
+        success's own statement: Celery (push modes fill as requests come), the step's
+        queue has room in its window, and its tenant counts against no running limit (a
+        fill counts what it runs). The statement then admits it only if no ready job of
+        the queue waits: it passes nobody."""
+        if self.in_process or self.limits.limited(tenant_id):
+            return False
+        return self.room({queue}).get(queue, 0) > 0
+
+    def released(self, queue: str, admitted: Delivery | None = None) -> None:
+        """A worker's success made a pipeline's next step ready, in `queue`. If the success
+        admitted it (`admitted`), it is sent now. Otherwise, when that window has room,
+        the worker fills it itself (the same fill as the dispatcher's, under the same
+        lock: others wait there before the step), sparing the step a trip through the
+        dispatcher; and when it has none, the step waits for room anyway, and the
+        dispatcher is told."""
+        if admitted is not None:
+            self.admitted += 1
+            self.send([admitted])
+            return
         if not self.in_process and self.room({queue}).get(queue, 0) > 0:
             try:
                 self.send(self.fill(only=queue))

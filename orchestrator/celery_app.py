@@ -46,7 +46,8 @@ class JobTask(Task):  # type: ignore[misc]
         runtime = Runtime.current()
         outcome = runtime.runner.run(job_id, interruptible=True)
         if isinstance(outcome, Succeeded) and self.job_type.then is not None:
-            runtime.admission.released(runtime.registry.resolve(self.job_type.then).queue)
+            next_queue = runtime.registry.resolve(self.job_type.then).queue
+            runtime.admission.released(next_queue, outcome.admitted)
         if isinstance(outcome, Failed):
             raise JobFailed(f"{outcome.error.type}: {outcome.error.message}")
         if not isinstance(outcome, Succeeded):

@@ -10,7 +10,7 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from orchestrator import job_events, tracing, transitions
 from orchestrator.context import JobContext
 from orchestrator.db import Database
+from orchestrator.dispatch.base import Delivery
 from orchestrator.errors import InvalidInput, PermanentError
 from orchestrator.heartbeat import Heartbeat, Watch
 from orchestrator.models import Job, utcnow
@@ -55,6 +56,8 @@ class Skipped:
 @dataclass(frozen=True)
 class Succeeded:
     result: Any
+    # The next pipeline step's delivery, when the success admitted it (to be sent).
+    admitted: Delivery | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class Runner:
         self.settings = settings
         self.worker = worker
         self.clock = clock
+        # Whether a success may admit the step it releases, given that step's queue and
+        # tenant (`Admission.may_admit_released`; set once admission is built).
+        self.admit_next: Callable[[str, str], bool] | None = None
         self.heartbeat = Heartbeat(
             database,
             lease_seconds=settings.lease_seconds,
@@ -205,15 +211,17 @@ class Runner:
         run, now = claimed.run, self.clock()
         if isinstance(outcome, Succeeded):
             # The common case, one statement (see transitions.succeed_alone).
-            won = transitions.succeed_alone(
+            then = claimed.job_type.then
+            recorded = transitions.succeed_alone(
                 self.database,
                 run,
                 outcome.result,
                 now,
-                has_next=claimed.job_type.then is not None,
+                has_next=then is not None,
                 trace=tracing.current_traceparent() or claimed.job.trace_context,
+                admit_next=then is not None and self._may_admit(then, run.tenant_id),
             )
-            return outcome if won else None
+            return None if recorded is None else replace(outcome, admitted=recorded.admitted)
         with self.database.transaction() as session:
             if isinstance(outcome, RetryLater):
                 return self._retry(session, run, outcome, now)
@@ -223,6 +231,10 @@ class Runner:
                 assert isinstance(outcome, Failed)  # a handler's outcome is never Skipped
                 won = transitions.fail(session, run, outcome.error, now)
             return outcome if won else None
+
+    def _may_admit(self, job_type: str, tenant_id: str) -> bool:
+        admit = self.admit_next
+        return admit is not None and admit(self.registry.resolve(job_type).queue, tenant_id)
 
     def _retry(
         self, session: Session, run: Attempt, outcome: RetryLater, now: datetime

@@ -66,6 +66,7 @@ class Runtime:
         stats = DispatchStats()
         dispatcher = make_dispatcher(settings, runner, registry, stats)
         admission = make_admission(settings, database, dispatcher)
+        runner.admit_next = admission.may_admit_released
         service = JobService(database, registry, admission, settings)
         return cls(
             settings,

@@ -23,12 +23,14 @@ from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
-from orchestrator.models import Job, JobEvent, UTCDateTime
+from orchestrator.models import READY_SQL, Job, JobEvent, UTCDateTime, WindowEntry
 from orchestrator.states import JobStatus
 
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 EVENTS: sa.Table = JobEvent.__table__  # type: ignore[assignment]
+WINDOW: sa.Table = WindowEntry.__table__  # type: ignore[assignment]
 
 # Bind parameters, named apart from the columns (SQLAlchemy reserves those in SET clauses);
 # callers pass their values under these names.
@@ -43,8 +45,12 @@ WORKER = sa.bindparam("b_claimer", type_=JOBS.c.worker.type)
 RESULT = sa.bindparam("b_outcome", type_=JOBS.c.result.type)
 EVENT_DATA = sa.bindparam("b_event_data", type_=EVENTS.c.data.type)
 NEXT_MESSAGE = sa.bindparam("b_next_message", type_=EVENTS.c.message.type)
+ADMIT = sa.bindparam("b_admit", type_=sa.Boolean())
 
 _CHANGED = (JOBS.c.id, JOBS.c.tenant_id, JOBS.c.attempt)
+# What a released step's delivery needs, when the success admits it.
+_STEP_COLUMNS = (*_CHANGED, JOBS.c.type, JOBS.c.queue, JOBS.c.priority, JOBS.c.trace_context)
+ADMITTED_COLUMNS = ("number", "job_id", "type", "queue", "priority", "trace", "tenant_id")
 
 
 def _claim_where(narrowed: bool) -> list[sa.ColumnElement[bool]]:
@@ -144,24 +150,71 @@ def claim_update(narrowed: bool) -> sa.Update:
 
 @cache
 def succeed_postgresql(has_next: bool) -> sa.Select[Any]:
-    """Finish the fenced run, queue the next step, write both events: one row, `finished`,
-    the count of runs finished (1, or 0 for a superseded attempt)."""
+    """Finish the fenced run, queue the next step, write both events; when `b_admit` is
+    true and no ready job of its queue waits outside the window, admit the next step too
+    (`_admit_step`). One row: `finished`, the count of runs finished (1, or 0 for a
+    superseded attempt), and `ADMITTED_COLUMNS`, null unless the step was admitted."""
     done = sa.update(JOBS).where(*_FENCE).values(**SUCCESS_VALUES).returning(*_CHANGED).cte("done")
     events = [_event_rows(done, JobStatus.RUNNING, JobStatus.SUCCEEDED)]
-    if has_next:
-        # Runs only if the fenced update won: `done` is empty otherwise.
-        step = (
-            sa.update(JOBS)
-            .where(*_NEXT_STEP_WHERE, sa.exists(sa.select(done.c.id)))
-            .values(**_NEXT_STEP_VALUES)
-            .returning(*_CHANGED)
-            .cte("next_step")
+    finished = sa.select(sa.func.count()).select_from(done).scalar_subquery().label("finished")
+    if not has_next:
+        return sa.select(finished).add_cte(_insert_events(*events))
+    # Runs only if the fenced update won: `done` is empty otherwise.
+    step = (
+        sa.update(JOBS)
+        .where(*_NEXT_STEP_WHERE, sa.exists(sa.select(done.c.id)))
+        .values(**_NEXT_STEP_VALUES)
+        .returning(*_STEP_COLUMNS)
+        .cte("next_step")
+    )
+    events.append(_event_rows(step, JobStatus.WAITING, JobStatus.QUEUED, message=NEXT_MESSAGE))
+    admitted = _admit_step(step)
+    delivery = (
+        sa.select(
+            admitted.c.id.label("number"),
+            step.c.id.label("job_id"),
+            step.c.type,
+            step.c.queue,
+            step.c.priority,
+            step.c.trace_context.label("trace"),
+            step.c.tenant_id,
         )
-        events.append(_event_rows(step, JobStatus.WAITING, JobStatus.QUEUED, message=NEXT_MESSAGE))
+        .join_from(admitted, step, step.c.id == admitted.c.job_id)
+        .subquery("delivery")
+    )
+    one = sa.select(sa.literal(1).label("one")).subquery("one")
     return (
-        sa.select(sa.func.count().label("finished"))
-        .select_from(done)
+        sa.select(finished, *delivery.c)
+        .select_from(one.outerjoin(delivery, sa.true()))
         .add_cte(_insert_events(*events))
+    )
+
+
+def _admit_step(step: sa.CTE) -> sa.CTE:
+    """The released step into the dispatch window, with the success, if the worker found
+    its queue's window with room (`b_admit`) and no ready job of that queue waits outside
+    the window: admitting it passes nobody (the rule of a creation's fast path), so no
+    fill is needed to be fair. The step is not ready in the statement's snapshot, so it
+    does not count as waiting itself."""
+    uncontended = sa.text(
+        f"""NOT EXISTS (
+            SELECT 1 FROM jobs WHERE {READY_SQL} AND jobs.queue = next_step.queue
+            AND NOT EXISTS (
+                SELECT 1 FROM dispatch_window w
+                WHERE w.job_id = jobs.id AND w.attempt = jobs.attempt
+            )
+        )"""  # noqa: S608 (constants, no input)
+    )
+    rows = sa.select(step.c.id, step.c.queue, step.c.tenant_id, step.c.attempt, NOW).where(
+        ADMIT, uncontended
+    )
+    columns = ["job_id", "queue", "tenant_id", "attempt", "admitted_at"]
+    return (
+        postgresql.insert(WINDOW)
+        .from_select(columns, rows)
+        .on_conflict_do_nothing(index_elements=["job_id", "attempt"])
+        .returning(WINDOW.c.id, WINDOW.c.job_id)
+        .cte("admitted")
     )
 
 

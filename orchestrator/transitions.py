@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from orchestrator import metrics
 from orchestrator import transition_statements as statements
 from orchestrator.db import Database
+from orchestrator.dispatch.base import Delivery
 from orchestrator.job_events import event as _event
 from orchestrator.models import Job, JobEvent
 from orchestrator.states import (
@@ -256,7 +257,7 @@ def succeed(
     whole change (both rows and their events) is one statement. A job with no step after
     it (`has_next` false) saves the look-up.
     """
-    params = _success_params(run, result, now, trace)
+    params = {**_success_params(run, result, now, trace), "b_admit": False}
     if _is_postgresql(session):
         won = bool(session.scalar(statements.succeed_postgresql(has_next), params) == 1)
     else:
@@ -264,6 +265,14 @@ def succeed(
     if won:
         metrics.count(session, "succeeded", run.job_type, _ran(run, now))
     return won
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A success as recorded by the worker; `admitted`: the released next step's delivery,
+    when the success admitted it into the window (to be sent by the caller)."""
+
+    admitted: Delivery | None = None
 
 
 def succeed_alone(
@@ -274,19 +283,37 @@ def succeed_alone(
     *,
     has_next: bool = True,
     trace: str | None = None,
-) -> bool:
+    admit_next: bool = False,
+) -> Recorded | None:
     """`succeed` as a worker records it, in a transaction of its own: on PostgreSQL one
-    prebuilt statement on the driver's connection (`Database.first_row`)."""
+    prebuilt statement on the driver's connection (`Database.first_row`), which also admits
+    the released next step when `admit_next` (its window has room) and no ready job of its
+    queue waits (`transition_statements.succeed_postgresql`). None: superseded."""
     if database.dialect != "postgresql":
-        return database.statement(
+        won = database.statement(
             lambda session: succeed(session, run, result, now, has_next=has_next, trace=trace)
         )
-    params = _success_params(run, result, now, trace)
+        return Recorded() if won else None
+    params = {**_success_params(run, result, now, trace), "b_admit": admit_next}
     row = database.first_row(statements.succeed_postgresql(has_next), params)
-    won = row is not None and row["finished"] == 1
-    if won:
-        metrics.record("succeeded", run.job_type, _ran(run, now))
-    return won
+    if row is None or row["finished"] != 1:
+        return None
+    metrics.record("succeeded", run.job_type, _ran(run, now))
+    return Recorded(_admitted(row))
+
+
+def _admitted(row: Mapping[str, Any]) -> Delivery | None:
+    if row.get("number") is None:
+        return None
+    return Delivery(
+        job_id=row["job_id"],
+        type=row["type"],
+        queue=row["queue"],
+        number=row["number"],
+        priority=row["priority"],
+        trace=row["trace"],
+        tenant_id=row["tenant_id"],
+    )
 
 
 def _success_params(run: Attempt, result: Any, now: datetime, trace: str | None) -> dict[str, Any]:

@@ -754,3 +754,66 @@ def test_a_run_whose_worker_process_is_gone_from_this_host_is_reaped_at_once(
     assert _status(database, jobs["gone"]) == (JobStatus.RETRYING, 1)
     assert _status(database, jobs["alive"]) == (JobStatus.RUNNING, 1)
     assert _status(database, jobs["elsewhere"]) == (JobStatus.RUNNING, 1)
+
+
+def _window_rows(database: Database) -> set[tuple[str, int]]:
+    with database.session() as session:
+        return {(r.job_id, r.attempt) for r in session.scalars(sa.select(WindowEntry))}
+
+
+def test_a_success_admits_its_released_step_when_nobody_waits(
+    service: JobService, database: Database
+) -> None:
+    head, nxt = _pipeline(service)
+    _claim(database, head.id)
+    recorded_success = transitions.succeed_alone(
+        database, Attempt(head.id, "t1", 1), {"found": 3}, utcnow(), admit_next=True
+    )
+    assert recorded_success is not None
+    if database.dialect != "postgresql":  # SQLite: the dispatcher's fill admits it
+        assert recorded_success.admitted is None
+        return
+    delivery = recorded_success.admitted
+    assert delivery is not None
+    assert (delivery.job_id, delivery.type, delivery.queue, delivery.tenant_id) == (
+        nxt.id,
+        "TEST_ECHO_UPSTREAM",
+        nxt.queue,
+        "t1",
+    )
+    assert (nxt.id, 0) in _window_rows(database)
+    with database.session() as session:
+        number = session.scalar(sa.select(WindowEntry.id).where(WindowEntry.job_id == nxt.id))
+    assert delivery.number == number
+
+
+def test_a_success_leaves_its_released_step_to_a_fill_when_others_wait(
+    service: JobService, database: Database
+) -> None:
+    head, nxt = _pipeline(service)
+    waiting = service.create(NewJob(tenant_id="t2", type="TEST_ECHO_UPSTREAM")).details.job
+    with database.transaction() as session:  # t2's job is ready and not yet admitted
+        session.execute(sa.delete(WindowEntry))
+    _claim(database, head.id)
+    recorded_success = transitions.succeed_alone(
+        database, Attempt(head.id, "t1", 1), None, utcnow(), admit_next=True
+    )
+    assert recorded_success is not None and recorded_success.admitted is None
+    assert _window_rows(database) == set()  # neither passed the other: a fill decides
+    assert waiting.queue == nxt.queue
+    with database.session() as session:
+        assert session.get(Job, nxt.id).status is JobStatus.QUEUED  # type: ignore[union-attr]
+
+
+def test_a_success_admits_nothing_unless_asked_nor_when_superseded(
+    service: JobService, database: Database
+) -> None:
+    head, nxt = _pipeline(service)
+    _claim(database, head.id)
+    stale = Attempt(head.id, "t1", 7)
+    assert transitions.succeed_alone(database, stale, None, utcnow(), admit_next=True) is None
+    recorded_success = transitions.succeed_alone(
+        database, Attempt(head.id, "t1", 1), None, utcnow()
+    )
+    assert recorded_success is not None and recorded_success.admitted is None
+    assert (nxt.id, 0) not in _window_rows(database)
