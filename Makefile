@@ -80,14 +80,17 @@ format: $(STAMP)
 ## lock: re-resolve both lock files from pyproject.toml in a scratch environment
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet .
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^orchestrator' > .lock-all.txt
+	# The runtime set is resolved within the development one, so the two locks agree
+	# (an instrumentation may hold a shared package back).
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet . -c .lock-all.txt
 	( echo "# Runtime dependencies, locked by 'make lock' from pyproject.toml."; \
 	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^orchestrator' ) > requirements.lock
-	.lock-venv/bin/pip install --quiet '.[dev]'
 	( echo "# Development tools, locked by 'make lock'; install with requirements.lock."; \
-	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^orchestrator' \
-	  | grep -vxF -f requirements.lock ) > requirements-dev.lock
-	rm -rf .lock-venv
+	  grep -vxF -f requirements.lock .lock-all.txt ) > requirements-dev.lock
+	rm -rf .lock-venv .lock-all.txt
 
 clean:
 	rm -rf $(VENV) $(EMULATOR_VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache

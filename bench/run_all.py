@@ -12,6 +12,8 @@ FULL = [
     ["bench.growth", "--large", "1000000"],
     ["bench.memory", "--large", "100000"],
     ["bench.fairness", "--flood", "5000"],
+    ["bench.resends", "--pipelines", "18000"],
+    ["bench.publish"],
 ]
 QUICK = [
     ["bench.throughput", "--jobs", "2000", "--rounds", "1"],
@@ -20,6 +22,8 @@ QUICK = [
     ["bench.growth", "--large", "50000", "--waiting", "10000", "--requests", "100"],
     ["bench.memory", "--large", "10000"],
     ["bench.fairness", "--flood", "500"],
+    ["bench.resends", "--pipelines", "500"],
+    ["bench.publish", "--batches", "50", "--rounds", "1"],
 ]
 
 

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -38,6 +39,7 @@ from orchestrator.ready import (
     per_tenant_guess,
     promote_due_statement,
     ready_queues,
+    ready_queues_column,
     uncontended,
 )
 from orchestrator.states import JobStatus
@@ -161,18 +163,26 @@ class Admission:
         self._suspects: set[int] = set()  # deliveries the last check found missing
 
     def fill(
-        self, fence: Callable[[Session], bool] | None = None, *, only: str | None = None
+        self, fence: sa.ScalarSelect[Any] | None = None, *, only: str | None = None
     ) -> list[Delivery]:
         """Admit as many ready jobs as the windows have room for; their deliveries, to be
         sent once this returns (their admission has committed). `fence`: a leader's check
-        that it still holds its lease, in the fill's transaction. `only`: fill this queue's
-        window alone, and leave due and claimed jobs to the next full fill (a worker's)."""
+        that it still holds its lease (`Leadership.fence`), read in the fill's first
+        statement. `only`: fill this queue's window alone, and leave due and claimed jobs
+        to the next full fill (a worker's)."""
         now = self.clock()
         with self.database.transaction() as session:
-            _begin_fill(session, now + self.ahead, forget=self._counts_window, promote=only is None)
-            if fence is not None and not fence(session):
+            start = _begin_fill(
+                session,
+                now + self.ahead,
+                forget=self._counts_window,
+                promote=only is None,
+                fence=fence,
+                queues=only is None,
+            )
+            if not start.held:
                 return []
-            queues = ready_queues(session) if only is None else [only]
+            queues = start.queues if only is None else [only]
             if not queues:
                 self.backlogged, self.full_queues = False, []
                 return []
@@ -403,19 +413,35 @@ def _overdue(entry: window.Entry, now: datetime) -> bool:
     return now - due > PUSH_MISSING_AFTER
 
 
-def _begin_fill(session: Session, due_by: datetime, *, forget: bool, promote: bool) -> None:
+@dataclass(frozen=True)
+class FillStart:
+    held: bool  # the leader's lease is still its own (always, for a fill without a fence)
+    queues: list[str]  # the queues with ready jobs, when asked
+
+
+def _begin_fill(
+    session: Session,
+    due_by: datetime,
+    *,
+    forget: bool,
+    promote: bool,
+    fence: sa.ScalarSelect[Any] | None,
+    queues: bool,
+) -> FillStart:
     """A fill's first steps: take the fill lock, make scheduled jobs due by `due_by` ready
     (`ready.promote_due`, unless not to `promote`) and, when the fill counts the window's
-    rows (`forget`), drop
-    those of jobs claimed since (`window.forget_claimed`); otherwise that waits for the
-    next check for missing deliveries, a second at most: scanning a window the workers
-    churn through costs more than a fill.
+    rows (`forget`), drop those of jobs claimed since (`window.forget_claimed`); otherwise
+    that waits for the next check for missing deliveries, a second at most: scanning a
+    window the workers churn through costs more than a fill. Then check the `fence` and,
+    if asked, read which `queues` have ready jobs.
 
     On PostgreSQL, one statement (a fill is on the workers' critical path: each round
     trip is a gap in their supply), whose commit does not wait for the disk: a fill lost
     with a crash of the server only means its jobs are admitted again (what it wrote says
     what was sent, and a delivery sent twice runs once: the claim decides). Neither step
     needs the lock: each is idempotent, and row locks order them with a concurrent fill's.
+    The queues are read in the snapshot taken before the lock, with those of the jobs
+    promoted here (the jobs themselves are read after, in a snapshot that has them).
     """
     steps: list[sa.Update | sa.Delete] = [promote_due_statement(due_by)] if promote else []
     if forget:
@@ -423,14 +449,23 @@ def _begin_fill(session: Session, due_by: datetime, *, forget: bool, promote: bo
     if session.get_bind().dialect.name != "postgresql":
         for step in steps:  # SQLite: the transaction holds the write lock already
             session.execute(step)
-        return
-    lock = sa.select(
+        held = fence is None or session.scalar(sa.select(fence)) is not None
+        return FillStart(held, ready_queues(session) if held and queues else [])
+    columns: list[sa.ColumnElement[Any]] = [
         sa.func.set_config("synchronous_commit", "off", True),  # SET LOCAL
         sa.func.pg_advisory_xact_lock(FILL_LOCK),
-    )
+    ]
+    if fence is not None:
+        columns.append(fence.label("fence"))
+    if queues:
+        promoted = "step0" if promote else None  # the first step's CTE, named below
+        columns.append(ready_queues_column(promoted).label("queues"))
+    statement = sa.select(*columns)
     for number, step in enumerate(steps):
-        lock = lock.add_cte(step.cte(f"step{number}"))
-    session.execute(lock)
+        statement = statement.add_cte(step.cte(f"step{number}"))
+    row = session.execute(statement).one()
+    held = fence is None or row.fence is not None
+    return FillStart(held, list(row.queues) if held and queues else [])
 
 
 def running_by_tenant(session: Session) -> Counter[str]:

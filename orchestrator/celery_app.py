@@ -156,9 +156,6 @@ def _configure_worker_logging(**_: Any) -> None:
 def _start_pool_process(**_: Any) -> None:
     # A forked child must not share the parent's database sockets.
     Runtime.reset()
-    # OpenTelemetry's Celery spans start in each pool process (its batch exporter's thread
-    # does not survive a fork).
-    tracing.instrument()
     # Build the child's runtime (imports, engines, job modules) now, not in its first
     # job's time: that cost a fresh worker a few hundred milliseconds per process. It
     # opens no connection; a failure here is the first job's to report.
@@ -166,6 +163,9 @@ def _start_pool_process(**_: Any) -> None:
         Runtime.current()
     except Exception:
         log.exception("could not build the runtime; the first job will try again")
+    # OpenTelemetry's Celery spans start in each pool process (its batch exporter's thread
+    # does not survive a fork), after the job modules, which may set a tracer provider.
+    tracing.instrument()
 
 
 def _serve_worker_metrics(**_: Any) -> None:

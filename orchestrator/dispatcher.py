@@ -96,8 +96,11 @@ class DispatchLoop:
         if now - self._checked > CHECK_EVERY:
             self._checked = now
             self.admission.find_missing(recheck=True)
+        fence = self.leadership.fence()
+        if fence is None:  # the lease was lost since `_lead` looked
+            return 0
         started = time.monotonic()
-        deliveries = self.admission.fill(fence=self.leadership.fence)
+        deliveries = self.admission.fill(fence=fence)
         self.admission.send(deliveries)
         if deliveries:  # how long workers wait for a fill: what sizes the window
             self.admission.sizes.observe_fill(time.monotonic() - started)

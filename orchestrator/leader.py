@@ -10,6 +10,7 @@ leader that was paused past its lease (and replaced) fills nothing when it wakes
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -48,15 +49,16 @@ class Leadership:
             )
         self.token = None
 
-    def fence(self, session: Session) -> bool:
-        """In a fill's transaction: lock the lease's row and check it is still ours, with our
-        token. On SQLite the transaction holds the write lock already."""
+    def fence(self) -> sa.ScalarSelect[Any] | None:
+        """For a fill's first statement: the lease's token if the lease is still ours with
+        our token (null otherwise), locking its row on PostgreSQL (on SQLite the
+        transaction holds the write lock already). None: we hold no token at all."""
         if self.token is None:
-            return False
+            return None
         query = sa.select(LEASES.c.token).where(*self._mine())
-        if session.get_bind().dialect.name == "postgresql":
+        if self.database.dialect == "postgresql":
             query = query.with_for_update()
-        return session.execute(query).first() is not None
+        return query.scalar_subquery()
 
     def _renew(self, session: Session, now: datetime) -> int | None:
         if self.token is None:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -128,14 +129,14 @@ def promote_due_statement(until: datetime) -> sa.Update:
         sa.update(JOBS)
         .where(sa.text(SCHEDULED_SQL), JOBS.c.run_at <= until)
         .values(ready_since=JOBS.c.run_at)
+        .returning(JOBS.c.queue)
         .execution_options(synchronize_session=False)
     )
 
 
 # Distinct values of a leading index column, one index probe each (a loose index scan):
 # reading them with DISTINCT would walk a flood's every ready job.
-_READY_QUEUES = sa.text(
-    f"""
+_READY_QUEUES_SQL = f"""
     WITH RECURSIVE q(queue) AS (
         SELECT MIN(queue) FROM jobs WHERE {READY_SQL}
         UNION ALL
@@ -143,8 +144,8 @@ _READY_QUEUES = sa.text(
         FROM q WHERE q.queue IS NOT NULL
     )
     SELECT queue FROM q WHERE queue IS NOT NULL
-    """  # noqa: S608 (constants, no input)
-)
+"""  # noqa: S608 (constants, no input)
+_READY_QUEUES = sa.text(_READY_QUEUES_SQL)
 _TENANTS_CTE = f"""
     WITH RECURSIVE t(tenant_id) AS (
         SELECT MIN(tenant_id) FROM jobs WHERE {READY_SQL} AND queue = :queue
@@ -183,6 +184,15 @@ _FIRST_JOBS = sa.text(
 
 def ready_queues(session: Session) -> list[str]:
     return list(session.scalars(_READY_QUEUES))
+
+
+def ready_queues_column(promoted: str | None = None) -> sa.ColumnElement[Any]:
+    """The queues with ready jobs as one array value (PostgreSQL), to be read beside
+    other things in one statement; `promoted`: the name of that statement's CTE that
+    promotes due jobs, returning their queues (which its snapshot cannot see ready)."""
+    # Constants and a CTE's name from the caller, no input.
+    union = f" UNION SELECT queue FROM {promoted}" if promoted else ""  # noqa: S608
+    return sa.literal_column(f"ARRAY(SELECT queue FROM ({_READY_QUEUES_SQL}) ready{union})")  # noqa: S608
 
 
 def ready_tenants(session: Session, queue: str) -> list[str]:

@@ -42,7 +42,9 @@ class WindowSizes:
       the workers through two fills (one may start late, or run slow). Short jobs drain a
       window of a few messages faster than a fill takes, leaving the workers idle; the
       window grows with the drain rate (`observe_drain`) times a fill's duration
-      (`observe_fill`), both measured, to `PACE_LIMIT` times the first need at most.
+      (`observe_fill`), both measured, and holds at least `SECONDS` of the workers' time
+      (so that a fill's fixed cost, a few round trips, is shared by enough jobs), to
+      `PACE_LIMIT` times the first need at most.
 
     Never more than `LARGEST`.
 
@@ -52,6 +54,7 @@ class WindowSizes:
 
     PER_PROCESS = 4
     PACE_LIMIT = 8  # pacing grows a window to eight times what concurrency needs, at most
+    SECONDS = 0.05  # of the workers' time, at their pace, a window holds at least
     LARGEST = 1000
     SMOOTHING = 0.2  # weight of a new measurement in the running figures
 
@@ -66,7 +69,8 @@ class WindowSizes:
         if self.fixed:
             return self.fixed
         needed = max(self._seen.get(queue, self.default), self.PER_PROCESS)
-        paced = math.ceil(4 * self._rate.get(queue, 0.0) * self._fill_seconds)
+        seconds = max(4 * self._fill_seconds, self.SECONDS)
+        paced = math.ceil(self._rate.get(queue, 0.0) * seconds)
         # A fill takes longer the more it admits: without a bound on pacing, a window that
         # grows lengthens the fills that size it, and so on up to LARGEST.
         return min(max(needed, paced), needed * self.PACE_LIMIT, self.LARGEST)

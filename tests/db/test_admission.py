@@ -130,8 +130,10 @@ def test_a_window_grows_with_the_workers_pace_and_no_further() -> None:
     assert sizes.of("q") == 8  # four per process
     sizes.observe_fill(0.010)
     sizes.observe_drain("q", taken=8, seconds=0.008)  # 1,000 a second
-    assert sizes.of("q") == 40  # half of it lasts two fills
-    assert sizes.until_half("q", waiting=30) == pytest.approx(0.010)
+    assert sizes.of("q") == 50  # SECONDS of the workers' time (0.05 s)
+    assert sizes.until_half("q", waiting=30) == pytest.approx(0.005)
+    sizes.observe_fill(0.030)  # fills take 0.014 s now (a running average)
+    assert sizes.of("q") == 56  # half of it lasts two fills: 4 x 0.014 s at 1,000 a second
     sizes.observe_drain("q", taken=1_000_000, seconds=1)
     assert sizes.of("q") == 8 * WindowSizes.PACE_LIMIT  # a bound on pacing's feedback
     sizes.observe({"q": 400})

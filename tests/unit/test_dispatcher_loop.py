@@ -22,8 +22,8 @@ class _Lease:
         self.token = 1
         return True
 
-    def fence(self, session: Any) -> bool:
-        return True
+    def fence(self) -> Any:
+        return "the lease's token, as a fill reads it"
 
     def release(self) -> None:
         self.released += 1
