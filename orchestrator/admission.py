@@ -40,7 +40,6 @@ from orchestrator.ready import (
     promote_due_statement,
     ready_queues,
     ready_queues_column,
-    uncontended,
 )
 from orchestrator.states import JobStatus
 from orchestrator.tenant_limits import TenantLimits
@@ -162,31 +161,20 @@ class Admission:
         self._full: dict[str, tuple[float, int]] = {}  # windows left full: when, holding
         self._suspects: set[int] = set()  # deliveries the last check found missing
 
-    def fill(
-        self, fence: sa.ScalarSelect[Any] | None = None, *, only: str | None = None
-    ) -> list[Delivery]:
+    def fill(self, fence: sa.ScalarSelect[Any] | None = None) -> list[Delivery]:
         """Admit as many ready jobs as the windows have room for; their deliveries, to be
         sent once this returns (their admission has committed). `fence`: a leader's check
         that it still holds its lease (`Leadership.fence`), read in the fill's first
-        statement. `only`: fill this queue's window alone, and leave due and claimed jobs
-        to the next full fill (a worker's)."""
+        statement."""
         now = self.clock()
         with self.database.transaction() as session:
-            start = _begin_fill(
-                session,
-                now + self.ahead,
-                forget=self._counts_window,
-                promote=only is None,
-                fence=fence,
-                queues=only is None,
-            )
+            start = _begin_fill(session, now + self.ahead, forget=self._counts_window, fence=fence)
             if not start.held:
                 return []
-            queues = start.queues if only is None else [only]
-            if not queues:
+            if not start.queues:
                 self.backlogged, self.full_queues = False, []
                 return []
-            chosen = self._choose(session, queues)
+            chosen = self._choose(session, start.queues)
             deliveries = window.admit(session, chosen, now, ahead=self.ahead > timedelta(0))
         self.admitted += len(deliveries)
         return deliveries
@@ -273,12 +261,13 @@ class Admission:
         window has room and no other ready job waits there (passing nobody, so no fill is
         needed to be fair). A tenant under a running limit waits for a fill, which counts
         what it has running."""
-        chosen: list[ReadyJob] = []
+        deliveries: list[Delivery] = []
         for queue, free in room.items():
             mine = [j for j in jobs if j.queue == queue and not self.limits.limited(j.tenant_id)]
-            if free > 0 and mine and uncontended(session, queue, [job.id for job in mine]):
-                chosen += [ReadyJob.of(job) for job in mine[:free]]
-        deliveries = window.admit(session, chosen, now)
+            if free > 0 and mine:
+                chosen = [ReadyJob.of(job) for job in mine[:free]]
+                new = [job.id for job in mine]
+                deliveries += window.admit_uncontended(session, queue, chosen, new, now)
         self.admitted += len(deliveries)
         return deliveries
 
@@ -298,23 +287,15 @@ class Admission:
             return False
         return self.room({queue}).get(queue, 0) > 0
 
-    def released(self, queue: str, admitted: Delivery | None = None) -> None:
-        """A worker's success made a pipeline's next step ready, in `queue`. If the success
-        admitted it (`admitted`), it is sent now. Otherwise, when that window has room,
-        the worker fills it itself (the same fill as the dispatcher's, under the same
-        lock: others wait there before the step), sparing the step a trip through the
-        dispatcher; and when it has none, the step waits for room anyway, and the
-        dispatcher is told."""
+    def released(self, admitted: Delivery | None) -> None:
+        """A worker's success made a pipeline's next step ready. If the success admitted
+        it (`admitted`), it is sent now. Otherwise other ready jobs of its queue wait
+        before it, or its window is full: it goes in its turn, at the dispatcher's next
+        fill, which is told (a fill here would only add a second filler beside it)."""
         if admitted is not None:
             self.admitted += 1
             self.send([admitted])
             return
-        if not self.in_process and self.room({queue}).get(queue, 0) > 0:
-            try:
-                self.send(self.fill(only=queue))
-                return
-            except sa.exc.SQLAlchemyError:  # the step is recorded ready: the dispatcher's
-                log.exception("could not admit a released step; the dispatcher will")
         self.became_ready()
 
     def became_ready(self) -> None:
@@ -416,7 +397,7 @@ def _overdue(entry: window.Entry, now: datetime) -> bool:
 @dataclass(frozen=True)
 class FillStart:
     held: bool  # the leader's lease is still its own (always, for a fill without a fence)
-    queues: list[str]  # the queues with ready jobs, when asked
+    queues: list[str]  # the queues with ready jobs
 
 
 def _begin_fill(
@@ -424,16 +405,14 @@ def _begin_fill(
     due_by: datetime,
     *,
     forget: bool,
-    promote: bool,
     fence: sa.ScalarSelect[Any] | None,
-    queues: bool,
 ) -> FillStart:
     """A fill's first steps: take the fill lock, make scheduled jobs due by `due_by` ready
-    (`ready.promote_due`, unless not to `promote`) and, when the fill counts the window's
-    rows (`forget`), drop those of jobs claimed since (`window.forget_claimed`); otherwise
-    that waits for the next check for missing deliveries, a second at most: scanning a
-    window the workers churn through costs more than a fill. Then check the `fence` and,
-    if asked, read which `queues` have ready jobs.
+    (`ready.promote_due`) and, when the fill counts the window's rows (`forget`), drop
+    those of jobs claimed since (`window.forget_claimed`); otherwise that waits for the
+    next check for missing deliveries, a second at most: scanning a window the workers
+    churn through costs more than a fill. Then check the `fence` and read which queues
+    have ready jobs.
 
     On PostgreSQL, one statement (a fill is on the workers' critical path: each round
     trip is a gap in their supply), whose commit does not wait for the disk: a fill lost
@@ -443,29 +422,28 @@ def _begin_fill(
     The queues are read in the snapshot taken before the lock, with those of the jobs
     promoted here (the jobs themselves are read after, in a snapshot that has them).
     """
-    steps: list[sa.Update | sa.Delete] = [promote_due_statement(due_by)] if promote else []
+    steps: list[sa.Update | sa.Delete] = [promote_due_statement(due_by)]
     if forget:
         steps.append(window.forget_claimed_statement())
     if session.get_bind().dialect.name != "postgresql":
         for step in steps:  # SQLite: the transaction holds the write lock already
             session.execute(step)
         held = fence is None or session.scalar(sa.select(fence)) is not None
-        return FillStart(held, ready_queues(session) if held and queues else [])
+        return FillStart(held, ready_queues(session) if held else [])
     columns: list[sa.ColumnElement[Any]] = [
         sa.func.set_config("synchronous_commit", "off", True),  # SET LOCAL
         sa.func.pg_advisory_xact_lock(FILL_LOCK),
     ]
     if fence is not None:
         columns.append(fence.label("fence"))
-    if queues:
-        promoted = "step0" if promote else None  # the first step's CTE, named below
-        columns.append(ready_queues_column(promoted).label("queues"))
+    # With the queues of the jobs the first step (its CTE is named below) makes ready.
+    columns.append(ready_queues_column(promoted="step0").label("queues"))
     statement = sa.select(*columns)
     for number, step in enumerate(steps):
         statement = statement.add_cte(step.cte(f"step{number}"))
     row = session.execute(statement).one()
     held = fence is None or row.fence is not None
-    return FillStart(held, list(row.queues) if held and queues else [])
+    return FillStart(held, list(row.queues) if held else [])
 
 
 def running_by_tenant(session: Session) -> Counter[str]:

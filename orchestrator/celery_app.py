@@ -36,8 +36,9 @@ class JobTask(Task):  # type: ignore[misc]
     """Base of every job task: finds the process's runtime and maps outcomes to Celery.
 
     A message is one attempt of one job. What comes next is the database's: a retry waits
-    there for its backoff, and a pipeline's next step is ready there; the dispatcher admits
-    either when its time comes (it is told at once of a step made ready).
+    there for its backoff, and a pipeline's next step is ready there. The success admits
+    that step itself when nobody waits before it (and it is sent from here); otherwise the
+    dispatcher admits it in its turn, told at once, as it admits a retry when it is due.
     """
 
     job_type: JobType
@@ -46,8 +47,7 @@ class JobTask(Task):  # type: ignore[misc]
         runtime = Runtime.current()
         outcome = runtime.runner.run(job_id, interruptible=True)
         if isinstance(outcome, Succeeded) and self.job_type.then is not None:
-            next_queue = runtime.registry.resolve(self.job_type.then).queue
-            runtime.admission.released(next_queue, outcome.admitted)
+            runtime.admission.released(outcome.admitted)
         if isinstance(outcome, Failed):
             raise JobFailed(f"{outcome.error.type}: {outcome.error.message}")
         if not isinstance(outcome, Succeeded):

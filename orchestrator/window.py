@@ -19,10 +19,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from orchestrator.dispatch.base import Delivery
-from orchestrator.models import Job, WindowEntry
+from orchestrator.models import READY_SQL, Job, WindowEntry
 from orchestrator.states import CLAIMABLE
 
 if TYPE_CHECKING:
@@ -130,18 +131,64 @@ def admit(
         sa.insert(WINDOW).returning(WINDOW.c.id, sort_by_parameter_order=True), rows
     ).scalars()
     return [
-        Delivery(
-            job_id=job.id,
-            type=job.type,
-            queue=job.queue,
-            number=number,
-            priority=job.priority,
-            not_before=_not_before(job, now, ahead=ahead),
-            trace=job.trace,
-            tenant_id=job.tenant_id,
-        )
-        for job, number in zip(jobs, numbers, strict=True)
+        _delivery(job, number, now, ahead=ahead) for job, number in zip(jobs, numbers, strict=True)
     ]
+
+
+def _delivery(job: ReadyJob, number: int, now: datetime, *, ahead: bool = False) -> Delivery:
+    return Delivery(
+        job_id=job.id,
+        type=job.type,
+        queue=job.queue,
+        number=number,
+        priority=job.priority,
+        not_before=_not_before(job, now, ahead=ahead),
+        trace=job.trace,
+        tenant_id=job.tenant_id,
+    )
+
+
+# PostgreSQL: admit new jobs if no other ready job of their queue waits outside the window.
+# One statement, the same text each time (so the driver prepares it): a creation's fast
+# path pays no planning and no second round trip for its check.
+_ADMIT_UNCONTENDED = sa.text(
+    f"""
+    INSERT INTO dispatch_window (job_id, queue, tenant_id, attempt, admitted_at)
+    SELECT new.id, new.queue, new.tenant_id, new.attempt, :now
+    FROM jobs AS new
+    WHERE new.id = ANY(:admit)
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs
+          WHERE {READY_SQL} AND jobs.queue = :queue AND jobs.id <> ALL(:new)
+            AND NOT EXISTS (
+                SELECT 1 FROM dispatch_window w
+                WHERE w.job_id = jobs.id AND w.attempt = jobs.attempt
+            )
+      )
+    RETURNING id, job_id
+    """  # noqa: S608 (constants, no input)
+).bindparams(
+    sa.bindparam("admit", type_=postgresql.ARRAY(sa.String())),
+    sa.bindparam("new", type_=postgresql.ARRAY(sa.String())),
+    sa.bindparam("now", type_=WINDOW.c.admitted_at.type),
+)
+
+
+def admit_uncontended(
+    session: Session, queue: str, jobs: Sequence[ReadyJob], new: Sequence[str], now: datetime
+) -> list[Delivery]:
+    """In the transaction that made `new` ready (job ids, all in `queue`): admit `jobs` (of
+    them) if no other ready job of the queue waits outside the window, so that admitting
+    them passes nobody. Their deliveries, or none."""
+    if not jobs:
+        return []
+    if session.get_bind().dialect.name != "postgresql":  # SQLite: the check, then the insert
+        from orchestrator.ready import uncontended  # noqa: PLC0415 (ready imports this module)
+
+        return admit(session, jobs, now) if uncontended(session, queue, new) else []
+    params = {"admit": [job.id for job in jobs], "new": list(new), "queue": queue, "now": now}
+    numbers = {job_id: number for number, job_id in session.execute(_ADMIT_UNCONTENDED, params)}
+    return [_delivery(job, numbers[job.id], now) for job in jobs if job.id in numbers]
 
 
 def _not_before(job: ReadyJob, now: datetime, *, ahead: bool) -> datetime | None:
