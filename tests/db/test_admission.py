@@ -11,11 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from orchestrator import transitions
+from orchestrator import transitions, window
 from orchestrator.db import Database
 from orchestrator.dispatch import Held
-from orchestrator.models import Tenant, utcnow
+from orchestrator.models import Job, Tenant, WindowEntry, utcnow
+from orchestrator.ready import ReadyJob
 from orchestrator.registry import load_job_modules
 from orchestrator.service import JobService, NewJob
 from orchestrator.settings import load_settings
@@ -173,3 +175,25 @@ def test_with_the_broker_away_nothing_is_admitted_nor_taken_for_missing(
     assert service.admission.fill() == []
     service.admission.clock = lambda: utcnow() + timedelta(hours=1)  # long overdue
     assert service.admission.find_missing() == 0  # not a reason to send all again
+
+
+def test_a_new_job_is_admitted_at_once_only_when_nobody_waits_in_its_queue(
+    database: Database,
+) -> None:
+    """The creation's fast path: its check and its insert are one statement on PostgreSQL."""
+    service = _service(database, window=8)
+    first, second = _flood(service, "a", 2)
+    with database.transaction() as session:
+        session.execute(sa.delete(WindowEntry))  # both wait, ready, outside the window
+        jobs = [ReadyJob.of(session.get(Job, job_id)) for job_id in (first, second)]  # type: ignore[arg-type]
+        # `second` as if just created: `first` waits before it, so it is left to a fill.
+        assert window.admit_uncontended(session, "default", jobs[1:], [second], utcnow()) == []
+        assert session.scalars(sa.select(WindowEntry.job_id)).all() == []
+        # Both new: nobody else waits, both go in, numbered by their rows.
+        admitted = window.admit_uncontended(session, "default", jobs, [first, second], utcnow())
+        rows = {
+            job_id: number
+            for job_id, number in session.execute(sa.select(WindowEntry.job_id, WindowEntry.id))
+        }
+    assert [d.job_id for d in admitted] == [first, second]
+    assert {d.job_id: d.number for d in admitted} == rows
