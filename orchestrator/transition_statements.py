@@ -25,8 +25,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from orchestrator.models import READY_SQL, Job, JobEvent, UTCDateTime, WindowEntry
+from orchestrator.models import Job, JobEvent, UTCDateTime, WindowEntry
 from orchestrator.states import JobStatus
+from orchestrator.window import nobody_waits_sql
 
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 EVENTS: sa.Table = JobEvent.__table__  # type: ignore[assignment]
@@ -50,7 +51,6 @@ ADMIT = sa.bindparam("b_admit", type_=sa.Boolean())
 _CHANGED = (JOBS.c.id, JOBS.c.tenant_id, JOBS.c.attempt)
 # What a released step's delivery needs, when the success admits it.
 _STEP_COLUMNS = (*_CHANGED, JOBS.c.type, JOBS.c.queue, JOBS.c.priority, JOBS.c.trace_context)
-ADMITTED_COLUMNS = ("number", "job_id", "type", "queue", "priority", "trace", "tenant_id")
 
 
 def _claim_where(narrowed: bool) -> list[sa.ColumnElement[bool]]:
@@ -153,7 +153,8 @@ def succeed_postgresql(has_next: bool) -> sa.Select[Any]:
     """Finish the fenced run, queue the next step, write both events; when `b_admit` is
     true and no ready job of its queue waits outside the window, admit the next step too
     (`_admit_step`). One row: `finished`, the count of runs finished (1, or 0 for a
-    superseded attempt), and `ADMITTED_COLUMNS`, null unless the step was admitted."""
+    superseded attempt), and the admitted step's delivery (`number`, `job_id`, `type`,
+    `queue`, `priority`, `trace`, `tenant_id`), null unless it was admitted."""
     done = sa.update(JOBS).where(*_FENCE).values(**SUCCESS_VALUES).returning(*_CHANGED).cte("done")
     events = [_event_rows(done, JobStatus.RUNNING, JobStatus.SUCCEEDED)]
     finished = sa.select(sa.func.count()).select_from(done).scalar_subquery().label("finished")
@@ -193,18 +194,10 @@ def succeed_postgresql(has_next: bool) -> sa.Select[Any]:
 def _admit_step(step: sa.CTE) -> sa.CTE:
     """The released step into the dispatch window, with the success, if the worker found
     its queue's window with room (`b_admit`) and no ready job of that queue waits outside
-    the window: admitting it passes nobody (the rule of a creation's fast path), so no
-    fill is needed to be fair. The step is not ready in the statement's snapshot, so it
-    does not count as waiting itself."""
-    uncontended = sa.text(
-        f"""NOT EXISTS (
-            SELECT 1 FROM jobs WHERE {READY_SQL} AND jobs.queue = next_step.queue
-            AND NOT EXISTS (
-                SELECT 1 FROM dispatch_window w
-                WHERE w.job_id = jobs.id AND w.attempt = jobs.attempt
-            )
-        )"""  # noqa: S608 (constants, no input)
-    )
+    the window (`window.nobody_waits_sql`): admitting it passes nobody, so no fill is
+    needed to be fair."""
+    # The step itself is not ready in the statement's snapshot: it does not count.
+    uncontended = sa.text(nobody_waits_sql("next_step.queue"))
     rows = sa.select(step.c.id, step.c.queue, step.c.tenant_id, step.c.attempt, NOW).where(
         ADMIT, uncontended
     )

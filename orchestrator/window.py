@@ -148,23 +148,29 @@ def _delivery(job: ReadyJob, number: int, now: datetime, *, ahead: bool = False)
     )
 
 
-# PostgreSQL: admit new jobs if no other ready job of their queue waits outside the window.
-# One statement, the same text each time (so the driver prepares it): a creation's fast
-# path pays no planning and no second round trip for its check.
+def nobody_waits_sql(queue: str, besides: str = "") -> str:
+    """SQL: no ready job of the queue `queue` (an SQL expression) waits outside the window,
+    but those `besides` excludes (an SQL condition on `jobs`). Admitting a job when this
+    holds passes nobody: the rule of the admissions made outside a fill (a creation's, a
+    success's), each checked in the statement that admits."""
+    extra = f" AND {besides}" if besides else ""
+    return f"""NOT EXISTS (
+        SELECT 1 FROM jobs WHERE {READY_SQL} AND jobs.queue = {queue}{extra}
+          AND NOT EXISTS (
+              SELECT 1 FROM dispatch_window w
+              WHERE w.job_id = jobs.id AND w.attempt = jobs.attempt
+          )
+    )"""  # noqa: S608 (constants and the callers' expressions, no input)
+
+
+# PostgreSQL, a creation's fast path: one statement, the same text each time (so the
+# driver prepares it), with no planning and no second round trip for its check.
 _ADMIT_UNCONTENDED = sa.text(
     f"""
     INSERT INTO dispatch_window (job_id, queue, tenant_id, attempt, admitted_at)
     SELECT new.id, new.queue, new.tenant_id, new.attempt, :now
     FROM jobs AS new
-    WHERE new.id = ANY(:admit)
-      AND NOT EXISTS (
-          SELECT 1 FROM jobs
-          WHERE {READY_SQL} AND jobs.queue = :queue AND jobs.id <> ALL(:new)
-            AND NOT EXISTS (
-                SELECT 1 FROM dispatch_window w
-                WHERE w.job_id = jobs.id AND w.attempt = jobs.attempt
-            )
-      )
+    WHERE new.id = ANY(:admit) AND {nobody_waits_sql(":queue", "jobs.id <> ALL(:new)")}
     RETURNING id, job_id
     """  # noqa: S608 (constants, no input)
 ).bindparams(
