@@ -294,8 +294,14 @@ class Admission:
         fill, which is told (a fill here would only add a second filler beside it)."""
         if admitted is not None:
             self.admitted += 1
-            self.send([admitted])
-            return
+            try:
+                if self.send([admitted]):
+                    return
+            except sa.exc.SQLAlchemyError:  # the job's success stands; its step waits
+                log.exception(
+                    "could not take back a released step's refused delivery; the dispatcher "
+                    "finds it missing within seconds"
+                )
         self.became_ready()
 
     def became_ready(self) -> None:
@@ -307,11 +313,11 @@ class Admission:
         if nudge is not None:
             nudge()
 
-    def send(self, deliveries: Sequence[Delivery]) -> None:
+    def send(self, deliveries: Sequence[Delivery]) -> bool:
         """Send what a fill admitted; a refusal takes the admissions back (the jobs stay
-        ready for the next fill)."""
+        ready for the next fill). Whether they were sent."""
         if not deliveries:
-            return
+            return True
         try:
             self.dispatcher.send(deliveries)
         except DispatchError as exc:
@@ -322,8 +328,9 @@ class Admission:
                 extra={"action": "dispatch_failed"},
             )
             self.take_back([d.number for d in deliveries])
-            return
+            return False
         self.counts.record(d.tenant_id for d in deliveries if d.tenant_id)
+        return True
 
     def pump(self) -> int:
         """Fill and send, here and now (push and inline modes, after a job became ready).

@@ -9,7 +9,12 @@ from typing import Any
 import prometheus_client
 from celery import Celery, Task
 from celery.exceptions import Ignore
-from celery.signals import setup_logging, worker_process_init, worker_ready
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from orchestrator import metrics, tracing
 from orchestrator.beat import CATCH_UP_TASK, FIRE_TASK, MAINTENANCE_QUEUE, cron_entry
@@ -168,6 +173,10 @@ def _start_pool_process(**_: Any) -> None:
     tracing.instrument()
 
 
+def _stop_pool_process(**_: Any) -> None:
+    tracing.flush()  # the child leaves through os._exit: no exit handler sends its spans
+
+
 def _serve_worker_metrics(**_: Any) -> None:
     """A worker on its own host or container exposes the counters its processes wrote."""
     port = get_settings().worker_metrics_port
@@ -181,3 +190,4 @@ def _serve_worker_metrics(**_: Any) -> None:
 setup_logging.connect(_configure_worker_logging)
 worker_ready.connect(_serve_worker_metrics)
 worker_process_init.connect(_start_pool_process)
+worker_process_shutdown.connect(_stop_pool_process)

@@ -117,3 +117,11 @@ def _otlp_exporter() -> Any:
             OTLPSpanExporter,
         )
     return OTLPSpanExporter()
+
+
+def flush() -> None:
+    """Send the spans still batched (a pool process about to exit: it leaves through
+    `os._exit`, which runs no exit handlers, so the batch would be lost)."""
+    force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if force_flush is not None:
+        force_flush()

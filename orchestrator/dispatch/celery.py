@@ -123,6 +123,11 @@ class CeleryDispatcher:
         declaration on every message (workers declare the queues they consume, and a
         message for a queue goes straight to its list)."""
         amqp = self.app.amqp
+        # Published from inside a task (a pipeline's step, released by its upstream's
+        # success): the message names that task as its parent, as `send_task` does.
+        parent = self.app.current_worker_task
+        parent_id = parent.request.id if parent else None
+        root_id = (parent.request.root_id or parent_id) if parent else None
         with self.app.producer_or_acquire() as producer, producer.batch():
             for delivery in deliveries:
                 name = task_name(delivery.type)
@@ -137,6 +142,8 @@ class CeleryDispatcher:
                         kwargsrepr="{}",
                         origin=self._origin,
                         create_sent_event=self._sent_events,
+                        root_id=root_id,
+                        parent_id=parent_id,
                     )
                     amqp.send_task_message(
                         producer,

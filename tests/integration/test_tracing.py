@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.util._once import Once
 
 import api
 from orchestrator import tracing
@@ -37,13 +38,20 @@ _EXPORTER = InMemorySpanExporter()
 
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[InMemorySpanExporter]:
-    # A process has one tracer provider: set it once, and read the spans of each test.
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        trace.set_tracer_provider(provider)
+    """An in-memory exporter behind this process's tracer provider, for this module only.
+
+    OpenTelemetry lets a process set its provider once; the tests after these expect none
+    (nothing instrumented, as in a process without `OTEL_TRACES_EXPORTER`), so the module
+    puts back the unset state (private to the API, hence the two names below)."""
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    trace.set_tracer_provider(provider)
     yield _EXPORTER
     CeleryInstrumentor().uninstrument()
+    provider.shutdown()
+    trace._TRACER_PROVIDER = None
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
 
 
 def _settings(redis_server: EmbeddedRedis, database_url: str) -> Settings:
@@ -64,9 +72,11 @@ def worker_app(redis_server: EmbeddedRedis) -> Celery:
 
 @pytest.fixture
 def runtime(
-    sqlite_url: str, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+    database_url: str, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Runtime]:
-    settings = _settings(redis_server, sqlite_url)
+    """On SQLite the dispatcher's fills send every step; on PostgreSQL a creation and a
+    success admit and send theirs themselves (their one-statement paths)."""
+    settings = _settings(redis_server, database_url)
     # The worker's pool starts by building its process's runtime afresh: from these.
     monkeypatch.setattr("orchestrator.runtime.get_settings", lambda: settings)
     runtime = Runtime.build(settings)
@@ -84,16 +94,18 @@ def test_one_trace_covers_the_request_the_dispatch_and_every_step(
     exporter.clear()
     app = api.create_app(runtime=runtime)
     assert tracing.instrument(app) == ["celery", "flask"]
-    with start_worker(worker_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-        response = app.test_client().post(
-            "/v1/jobs",
-            json={"type": "TEST_FLAKY", "input": {}, "delaySeconds": delay},
-            headers={"X-Tenant-ID": "tnt_t"},
-        )
-        assert response.status_code == 201, response.get_json()
-        steps = [step["id"] for step in response.get_json()["pipeline"]["steps"]]
-        _dispatch_until_done(runtime, steps)
-    FlaskInstrumentor().uninstrument_app(app)
+    try:
+        with start_worker(worker_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            response = app.test_client().post(
+                "/v1/jobs",
+                json={"type": "TEST_FLAKY", "input": {}, "delaySeconds": delay},
+                headers={"X-Tenant-ID": "tnt_t"},
+            )
+            assert response.status_code == 201, response.get_json()
+            steps = [step["id"] for step in response.get_json()["pipeline"]["steps"]]
+            _dispatch_until_done(runtime, steps)
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
 
     spans = exporter.get_finished_spans()
     request = _one(spans, SpanKind.SERVER, "POST")
