@@ -231,16 +231,3 @@ def candidates(
     if exclude:
         query = query.where(JOBS.c.id.not_in(list(exclude)))
     return [ReadyJob(*row) for row in session.execute(query)]
-
-
-def uncontended(session: Session, queue: str, exclude: Sequence[str] = ()) -> bool:
-    """No ready job of the queue waits outside the window (but those in `exclude`): a new
-    one may go straight in without passing anyone (a creation's fast path)."""
-    waiting = (
-        sa.select(JOBS.c.id)
-        .where(sa.text(READY_SQL), JOBS.c.queue == queue, window.not_admitted())
-        .limit(1)
-    )
-    if exclude:
-        waiting = waiting.where(JOBS.c.id.not_in(list(exclude)))
-    return session.execute(waiting).first() is None

@@ -189,12 +189,21 @@ def admit_uncontended(
     if not jobs:
         return []
     if session.get_bind().dialect.name != "postgresql":  # SQLite: the check, then the insert
-        from orchestrator.ready import uncontended  # noqa: PLC0415 (ready imports this module)
-
-        return admit(session, jobs, now) if uncontended(session, queue, new) else []
+        return admit(session, jobs, now) if _nobody_waits(session, queue, new) else []
     params = {"admit": [job.id for job in jobs], "new": list(new), "queue": queue, "now": now}
     numbers = {job_id: number for number, job_id in session.execute(_ADMIT_UNCONTENDED, params)}
     return [_delivery(job, numbers[job.id], now) for job in jobs if job.id in numbers]
+
+
+def _nobody_waits(session: Session, queue: str, besides: Sequence[str]) -> bool:
+    """`nobody_waits_sql` as a query of its own (SQLite)."""
+    waiting = (
+        sa.select(JOBS.c.id)
+        .where(sa.text(READY_SQL), JOBS.c.queue == queue, not_admitted())
+        .where(JOBS.c.id.not_in(list(besides)))
+        .limit(1)
+    )
+    return session.execute(waiting).first() is None
 
 
 def _not_before(job: ReadyJob, now: datetime, *, ahead: bool) -> datetime | None:

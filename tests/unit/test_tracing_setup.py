@@ -30,6 +30,7 @@ def _run(env: dict[str, str]) -> str:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,  # the assertion below shows stderr
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
