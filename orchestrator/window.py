@@ -55,7 +55,11 @@ class WindowSizes:
 
     PER_PROCESS = 4
     PACE_LIMIT = 8  # pacing grows a window to eight times what concurrency needs, at most
-    SECONDS = 0.05  # of the workers' time, at their pace, a window holds at least
+    # Of the workers' time, at their pace, a window holds at least this much: a fill's
+    # fixed cost (its statements, a read of every contending tenant's next jobs) is about
+    # ten times a job's share of it, so fills of a few jobs would cost the machine more
+    # than the jobs (bench/RESULTS.md, stop 25); a newcomer waits this long at most more.
+    SECONDS = 0.25
     LARGEST = 1000
     SMOOTHING = 0.2  # weight of a new measurement in the running figures
 
@@ -70,11 +74,12 @@ class WindowSizes:
         if self.fixed:
             return self.fixed
         needed = max(self._seen.get(queue, self.default), self.PER_PROCESS)
-        seconds = max(4 * self._fill_seconds, self.SECONDS)
-        paced = math.ceil(self._rate.get(queue, 0.0) * seconds)
-        # A fill takes longer the more it admits: without a bound on pacing, a window that
-        # grows lengthens the fills that size it, and so on up to LARGEST.
-        return min(max(needed, paced), needed * self.PACE_LIMIT, self.LARGEST)
+        rate = self._rate.get(queue, 0.0)
+        # A fill takes longer the more it admits: without a bound on pacing by the fills'
+        # duration, a window that grows lengthens the fills that size it, and so on up to
+        # LARGEST. The time it holds is a constant: it needs no bound of its own.
+        paced = min(math.ceil(4 * rate * self._fill_seconds), needed * self.PACE_LIMIT)
+        return min(max(needed, paced, math.ceil(rate * self.SECONDS)), self.LARGEST)
 
     def until_half(self, queue: str, waiting: int) -> float:
         """Seconds until the workers, at their pace, leave half the window (0 unknown)."""

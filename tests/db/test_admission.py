@@ -128,19 +128,30 @@ def test_a_retry_is_admitted_though_its_claimed_attempts_row_is_still_there(
 
 
 def test_a_window_grows_with_the_workers_pace_and_no_further() -> None:
-    sizes = WindowSizes(0, default_concurrency=2)
+    class ByFills(WindowSizes):
+        SECONDS = 0.0  # the fills' duration alone
+
+    sizes = ByFills(0, default_concurrency=2)
     assert sizes.of("q") == 8  # four per process
     sizes.observe_fill(0.010)
     sizes.observe_drain("q", taken=8, seconds=0.008)  # 1,000 a second
-    assert sizes.of("q") == 50  # SECONDS of the workers' time (0.05 s)
-    assert sizes.until_half("q", waiting=30) == pytest.approx(0.005)
-    sizes.observe_fill(0.030)  # fills take 0.014 s now (a running average)
-    assert sizes.of("q") == 56  # half of it lasts two fills: 4 x 0.014 s at 1,000 a second
+    assert sizes.of("q") == 40  # half of it lasts two fills
+    assert sizes.until_half("q", waiting=30) == pytest.approx(0.010)
     sizes.observe_drain("q", taken=1_000_000, seconds=1)
     assert sizes.of("q") == 8 * WindowSizes.PACE_LIMIT  # a bound on pacing's feedback
     sizes.observe({"q": 400})
     assert sizes.of("q") == WindowSizes.LARGEST
     assert WindowSizes(5, default_concurrency=2).of("q") == 5  # ORCH_DISPATCH_WINDOW
+
+
+def test_a_window_holds_a_quarter_second_of_the_workers_time() -> None:
+    sizes = WindowSizes(0, default_concurrency=2)
+    sizes.observe_fill(0.010)
+    sizes.observe_drain("q", taken=8, seconds=0.008)  # 1,000 a second
+    assert sizes.of("q") == 250  # SECONDS of the workers' time, past the fills' bound
+    assert sizes.until_half("q", waiting=200) == pytest.approx(0.075)
+    sizes.observe_drain("q", taken=100_000, seconds=1)  # a fast drain: at most LARGEST
+    assert sizes.of("q") == WindowSizes.LARGEST
 
 
 def test_a_delay_keeps_a_job_out_of_the_window_until_due(database: Database) -> None:
