@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +13,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import (
     setup_logging,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -26,6 +29,7 @@ from orchestrator.registry import JobType, Registry, load_job_modules
 from orchestrator.runner import Failed, Succeeded
 from orchestrator.runtime import Runtime
 from orchestrator.settings import DispatchMode, Settings, get_settings
+from orchestrator.supervisor import dies_with
 
 # Celery's hard limit fires this long after the soft one, which the handler sees as an error.
 HARD_LIMIT_GRACE_SECONDS = 15
@@ -158,7 +162,21 @@ def _configure_worker_logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
 
 
+# The worker's main process, as its pool processes know it (set before they are forked).
+_MAIN_PID: int | None = None
+
+
+def _note_main_process(**_: Any) -> None:
+    global _MAIN_PID  # noqa: PLW0603 (one value per process, read by its forked children)
+    _MAIN_PID = os.getpid()
+
+
 def _start_pool_process(**_: Any) -> None:
+    # A pool process dies with the worker's main process, however that dies: one forked
+    # just as a `kill -9` of the whole group went out would otherwise outlive it, holding
+    # its job and its connections (a solo pool runs in the main process: nothing to do).
+    if _MAIN_PID is not None and os.getpid() != _MAIN_PID:
+        dies_with(_MAIN_PID, signal.SIGKILL)()
     # A forked child must not share the parent's database sockets.
     Runtime.reset()
     # Build the child's runtime (imports, engines, job modules) now, not in its first
@@ -189,5 +207,6 @@ def _serve_worker_metrics(**_: Any) -> None:
 
 setup_logging.connect(_configure_worker_logging)
 worker_ready.connect(_serve_worker_metrics)
+worker_init.connect(_note_main_process)
 worker_process_init.connect(_start_pool_process)
 worker_process_shutdown.connect(_stop_pool_process)

@@ -156,7 +156,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 process_group=0,
-                preexec_fn=_dies_with(os.getpid(), program.death_signal),  # noqa: PLW1509
+                preexec_fn=dies_with(os.getpid(), program.death_signal),  # noqa: PLW1509
             )
         except OSError as exc:
             raise SupervisorError(f"{program.name} could not start: {exc}") from exc
@@ -243,7 +243,7 @@ class Supervisor:
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _dies_with(parent: int, death_signal: signal.Signals) -> Callable[[], None]:
+def dies_with(parent: int, death_signal: signal.Signals) -> Callable[[], None]:
     """What runs in a child between fork and exec: the kernel sends it `death_signal`
     when the supervisor dies, however it dies. A supervisor that died before the request
     took effect is noticed by the parent pid. Only plain system calls here, as the
