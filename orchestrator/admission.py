@@ -415,7 +415,7 @@ def _begin_fill(
     fence: sa.ScalarSelect[Any] | None,
 ) -> FillStart:
     """A fill's first steps: take the fill lock, make scheduled jobs due by `due_by` ready
-    (`ready.promote_due`) and, when the fill counts the window's rows (`forget`), drop
+    (`ready.promote_due_statement`) and, when the fill counts the window's rows (`forget`), drop
     those of jobs claimed since (`window.forget_claimed`); otherwise that waits for the
     next check for missing deliveries, a second at most: scanning a window the workers
     churn through costs more than a fill. Then check the `fence` and read which queues

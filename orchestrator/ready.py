@@ -109,13 +109,6 @@ def per_tenant_guess(free: int, tenants: int) -> int:
     return max(1, math.ceil(free / max(tenants, 1))) + 1
 
 
-def promote_due(session: Session, until: datetime) -> int:
-    """Scheduled jobs (a delay, a retry's backoff) due by `until` become ready. Not a
-    change of status: the job is as claimable as before, now also due."""
-    result = session.execute(promote_due_statement(until))
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
 def next_due(session: Session) -> datetime | None:
     """When the first scheduled job comes due (one probe of the scheduled jobs' index)."""
     first: datetime | None = session.scalar(
@@ -125,6 +118,9 @@ def next_due(session: Session) -> datetime | None:
 
 
 def promote_due_statement(until: datetime) -> sa.Update:
+    """Scheduled jobs (a delay, a retry's backoff) due by `until` become ready, their
+    queues returned. Not a change of status: the job is as claimable as before, now also
+    due. A fill's first statement runs it."""
     return (
         sa.update(JOBS)
         .where(sa.text(SCHEDULED_SQL), JOBS.c.run_at <= until)

@@ -689,7 +689,7 @@ def requeue(
 
 def ready_at(due: datetime, now: datetime) -> datetime | None:
     """A job due at `due` is ready from then on if that is now (or past); otherwise it is
-    scheduled, and the dispatcher finds it when due (`ready.promote_due`)."""
+    scheduled, and the dispatcher finds it when due (`ready.promote_due_statement`)."""
     return due if due <= now else None
 
 
