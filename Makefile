@@ -11,7 +11,7 @@ EMULATOR_STAMP := $(EMULATOR_VENV)/.installed-$(shell cat requirements-emulator.
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-quick lint format lock clean emulator browser postgres bench bench-quick
+.PHONY: run test test-quick lint format lock clean emulator browser bench bench-quick
 
 $(STAMP): $(LOCKS) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,8 @@ $(STAMP): $(LOCKS) pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-## run: the whole system on this machine (embedded Redis, SQLite, web, worker, beat, Flower)
+## run: the whole system on this machine (embedded PostgreSQL and Redis, web, dispatcher,
+## workers, beat, Flower)
 run: export ORCH_ENV ?= development
 run: $(STAMP)
 	exec $(BIN)/orchestrator dev
@@ -39,21 +40,9 @@ browser:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
-## postgres: Debian's PostgreSQL server binaries, which the tests and benchmarks start as
-## clusters of their own (needs root or sudo). No cluster of the package's own is made, so
-## no server is left running.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
-	  echo "installing Debian's PostgreSQL server binaries for the tests"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO mkdir -p /etc/postgresql-common && \
-	  echo "create_main_cluster = false" | $$SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null && \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
-
-## test: the whole suite, starting real Redis, PostgreSQL, Celery workers, the emulator and
-## a headless Chromium
-test: $(STAMP) $(EMULATOR_STAMP) browser postgres
+## test: the whole suite, starting real Redis and PostgreSQL (both from wheels), Celery
+## workers, the emulator and a headless Chromium
+test: $(STAMP) $(EMULATOR_STAMP) browser
 	ORCH_TEST_EMULATOR_PYTHON=$(EMULATOR_VENV)/bin/python ORCH_TEST_CHROMIUM=$(CHROMIUM) \
 	  $(BIN)/python -m pytest
 
@@ -62,10 +51,10 @@ test-quick: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 ## bench: the benchmark suite beside raw Celery (not part of `make test`; see bench/RESULTS.md)
-bench: $(STAMP) postgres
+bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
-bench-quick: $(STAMP) postgres
+bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run_all --quick
 
 lint: $(STAMP)

@@ -21,9 +21,10 @@ import redis
 import sqlalchemy as sa
 
 from orchestrator import migrate
+from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.settings import Settings, load_settings
-from tests.servers import PostgresServer, free_port
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -32,7 +33,7 @@ CELERY = str(Path(sys.executable).with_name("celery"))
 @dataclass
 class Servers:
     redis: EmbeddedRedis
-    postgres: PostgresServer | None
+    postgres: EmbeddedPostgres | None
     folder: Path
     databases: list[str] = field(default_factory=list)
 
@@ -81,7 +82,7 @@ def servers(folder: Path, *, postgres: bool = True, durable: bool = True) -> Ite
         if not postgres:
             yield Servers(r, None, folder)
             return
-        with PostgresServer.start(durable=durable) as pg:
+        with EmbeddedPostgres.start(free_port(), durable=durable) as pg:
             yield Servers(r, pg, folder)
 
 

@@ -1,7 +1,8 @@
 """`orchestrator dev`: the whole system on one machine, as `make run` starts it.
 
-An embedded Redis with an append-only file in the state folder (unless `ORCH_REDIS_URL`
-is set), migrations, then web, dispatcher, workers, beat and Flower, each under the supervisor: a
+An embedded PostgreSQL (unless `ORCH_DATABASE_URL` is set) and an embedded Redis with an
+append-only file (unless `ORCH_REDIS_URL` is set), both in the state folder, migrations,
+then web, dispatcher, workers, beat and Flower, each under the supervisor: a
 crashed process is started again, one Ctrl-C or SIGTERM stops them all, and a `kill -9`
 of the whole group leaves nothing behind. One run per state folder at a time.
 """
@@ -21,19 +22,27 @@ from typing import IO
 
 from orchestrator import migrate, processes
 from orchestrator.dispatch.celery import create_celery_app, restore_unacked
+from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings, load_settings
-from orchestrator.supervisor import Program, Supervisor
+from orchestrator.supervisor import Program, Supervisor, SupervisorError
 
 LOCK_FILE = "run.lock"  # held by the supervisor while it runs; names its pid
 RUN_FILE = "run.json"  # its programs' pids, for operators and tests
+DATABASE = "orchestrator"  # the embedded PostgreSQL's database
 
 
 def run_dev() -> int:
     os.environ.setdefault("ORCH_ENV", "development")
     settings = load_settings()
     with one_run_per_folder(settings.state_dir):
+        postgres = None
+        if "ORCH_DATABASE_URL" not in os.environ:
+            postgres = EmbeddedPostgres(
+                settings.state_dir / "postgres", settings.embedded_postgres_port, durable=True
+            )
+            os.environ["ORCH_DATABASE_URL"] = postgres.url(DATABASE)
         redis = None
         if "ORCH_REDIS_URL" not in os.environ:
             redis = EmbeddedRedis(
@@ -43,10 +52,15 @@ def run_dev() -> int:
                 persistent=True,
             )
             os.environ["ORCH_REDIS_URL"] = redis.url
-            settings = load_settings()
-        check_ports_free(settings, redis)
-        migrate.upgrade(settings.database_url)
-        programs = [redis_program(redis, settings)] if redis is not None else []
+        settings = load_settings()
+        check_ports_free(settings, redis, postgres)
+        programs = []
+        if postgres is not None:
+            programs.append(postgres_program(postgres, settings))
+        else:
+            migrate.upgrade(settings.database_url)
+        if redis is not None:
+            programs.append(redis_program(redis, settings))
         programs += app_programs(settings)
         supervisor = Supervisor(programs)
         supervisor.pids_changed = lambda pids: _write_run_file(settings.state_dir, pids)
@@ -85,6 +99,31 @@ def _already_running(lock: IO[str], state_dir: Path) -> str:
     return f"another run from {state_dir} is still running{hint}"
 
 
+def postgres_program(postgres: EmbeddedPostgres, settings: Settings) -> Program:
+    """The embedded database, with production's durability. Once it accepts connections its
+    database is created if missing and migrated, before anything that uses it starts; a
+    failed migration stops the run. Its log is quiet but for warnings and errors."""
+    postgres.prepare()
+
+    def on_ready(restarted: bool) -> None:
+        try:
+            postgres.ensure_database(DATABASE)
+            migrate.upgrade(settings.database_url)
+        except Exception as exc:
+            raise SupervisorError(f"postgres: the database could not be migrated: {exc}") from exc
+
+    return Program(
+        "postgres",
+        [*postgres.command(), "-c", "log_min_messages=warning"],
+        ready=postgres.answers_as,
+        on_ready=on_ready,
+        # Fast shutdown both ways: sessions are cut, the cluster is left consistent.
+        stop_signal=signal.SIGINT,
+        death_signal=signal.SIGINT,
+        user=postgres.account,
+    )
+
+
 def redis_program(redis: EmbeddedRedis, settings: Settings) -> Program:
     """The embedded broker, with its append-only file: what it held comes back with it.
 
@@ -116,13 +155,17 @@ def app_programs(settings: Settings) -> list[Program]:
     return programs
 
 
-def check_ports_free(settings: Settings, redis: EmbeddedRedis | None) -> None:
+def check_ports_free(
+    settings: Settings, redis: EmbeddedRedis | None, postgres: EmbeddedPostgres | None
+) -> None:
     """One line naming the port and the variable that moves it, rather than each
     program's own error (gunicorn's "Connection in use") scrolling past."""
     ports = {"PORT": (settings.host, settings.port)}
     ports["ORCH_FLOWER_PORT"] = (settings.flower_address, settings.flower_port)
     if redis is not None:
         ports["ORCH_EMBEDDED_REDIS_PORT"] = (redis.host, redis.port)
+    if postgres is not None:
+        ports["ORCH_EMBEDDED_POSTGRES_PORT"] = (postgres.host, postgres.port)
     for variable, (host, port) in ports.items():
         if not _free(host, port):
             raise OrchestratorError(

@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         "sqlite:///.orchestrator/orchestrator.db",
-        description="SQLAlchemy URL; `postgresql+psycopg://...` in production.",
+        description="SQLAlchemy URL; `postgresql+psycopg://...` in production. Unset under "
+        "`make run`: an embedded PostgreSQL is started in the state folder.",
     )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -67,6 +68,12 @@ class Settings(BaseSettings):
     )
     embedded_redis_port: int = Field(
         6379, ge=1, le=65535, description="Port of the embedded Redis that `make run` starts."
+    )
+    embedded_postgres_port: int = Field(
+        5432,
+        ge=1,
+        le=65535,
+        description="Port of the embedded PostgreSQL that `make run` starts (on 127.0.0.1).",
     )
     host: str = Field("127.0.0.1", description="Address the web API binds to.")
     port: int = Field(
@@ -87,7 +94,8 @@ class Settings(BaseSettings):
     )
     state_dir: Path = Field(
         Path(".orchestrator"),
-        description="Folder for local state: the embedded Redis's files, shared metrics.",
+        description="Folder for local state: the embedded Redis's and PostgreSQL's files, "
+        "shared metrics.",
     )
     worker_metrics_port: int | None = Field(
         None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -52,9 +53,11 @@ class Program:
 
     `ready(pid)` (if given) is polled after a start until it answers true: the programs
     after it start only then. `on_ready(restarted)` runs once it is ready, `restarted` true
-    when it came back after a crash. `death_signal` is what the kernel sends it when the
+    when it came back after a crash; a `SupervisorError` from it stops everything (a
+    database that cannot be migrated). `death_signal` is what the kernel sends it when the
     supervisor dies (a Celery worker takes SIGQUIT, a cold shutdown: it must not go on
-    running jobs for minutes next to the run that replaces it).
+    running jobs for minutes next to the run that replaces it); `stop_signal` what a stop
+    sends (PostgreSQL's fast shutdown is SIGINT). `user` runs it as another OS account.
     """
 
     name: str
@@ -64,6 +67,8 @@ class Program:
     ready_timeout: float = 30.0
     on_ready: Callable[[bool], None] | None = None
     death_signal: signal.Signals = signal.SIGTERM
+    stop_signal: signal.Signals = signal.SIGTERM
+    user: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
     crashes: int = 0
@@ -156,6 +161,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 process_group=0,
+                **as_account(program.user),
                 preexec_fn=dies_with(os.getpid(), program.death_signal),  # noqa: PLW1509
             )
         except OSError as exc:
@@ -170,6 +176,8 @@ class Supervisor:
         if program.on_ready is not None:
             try:
                 program.on_ready(restarted)
+            except SupervisorError:
+                raise
             except Exception as exc:  # its own work failed; the program itself is up
                 self.say(f"{program.name}: after its start: {type(exc).__name__}: {exc}")
 
@@ -209,7 +217,7 @@ class Supervisor:
             # The program's own process: gunicorn's master and Celery's main process stop
             # their children themselves (a warm shutdown lets running jobs finish).
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(program.stop_signal)
             try:
                 process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -257,6 +265,16 @@ def dies_with(parent: int, death_signal: signal.Signals) -> Callable[[], None]:
             os._exit(1)
 
     return setup
+
+
+def as_account(name: str | None) -> dict[str, Any]:
+    """Popen's arguments that run a child as the OS account `name` (nothing for `None`):
+    its user, its group and no other group, so that a folder closed to root's group is
+    closed to it too, and one open to others is open."""
+    if name is None:
+        return {}
+    account = pwd.getpwnam(name)
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
 def _exited(program: Program) -> bool:

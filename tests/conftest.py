@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import migrate
+from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
-from tests.servers import PostgresServer, free_port
+from tests.servers import free_port
 
 BACKENDS = ("sqlite", "postgresql")
 TEMPLATE_DB = "orchestrator_template"
@@ -35,8 +36,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    with PostgresServer.start() as server:
+def postgres_server() -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres.start(free_port()) as server:
         server.create_database(TEMPLATE_DB)
         migrate.upgrade(server.url(TEMPLATE_DB))
         yield server
@@ -62,7 +63,7 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_url")
         return
-    server: PostgresServer = request.getfixturevalue("postgres_server")
+    server: EmbeddedPostgres = request.getfixturevalue("postgres_server")
     name = f"t_{uuid.uuid4().hex[:12]}"
     server.create_database(name, template=TEMPLATE_DB)
     yield server.url(name)

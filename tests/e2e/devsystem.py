@@ -32,16 +32,21 @@ class DevSystem:
     runs: int = field(default=0)
 
     @classmethod
-    def prepare(cls, state: Path, **extra_env: str) -> DevSystem:
+    def prepare(cls, state: Path, *, sqlite: bool = True, **extra_env: str) -> DevSystem:
+        """`make run`'s environment on free ports; on a SQLite file in `state` (which tests
+        read directly, also while the system is down), or with `sqlite=False` on the
+        embedded PostgreSQL a newcomer gets."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         env.update(
             PORT=str(free_port()),
             ORCH_FLOWER_PORT=str(free_port()),
             ORCH_EMBEDDED_REDIS_PORT=str(free_port()),
+            ORCH_EMBEDDED_POSTGRES_PORT=str(free_port()),
             ORCH_STATE_DIR=str(state),
-            ORCH_DATABASE_URL=f"sqlite:///{state / 'orchestrator.db'}",
             **extra_env,
         )
+        if sqlite:
+            env["ORCH_DATABASE_URL"] = f"sqlite:///{state / 'orchestrator.db'}"
         return cls(state, env, state / "make-run.log")
 
     @property

@@ -32,11 +32,12 @@ import requests
 from psycopg import sql
 
 from orchestrator.dispatch.celery import create_celery_app
+from orchestrator.embedded_postgres import SUPERUSER, EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.settings import load_settings
 from tests import REAL_SECRET
 from tests.compose import argv_of, interpolate_all, load_compose
-from tests.servers import SUPERUSER, PostgresServer, free_port
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -203,7 +204,7 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     process.wait(10)
 
 
-def _create_owned_database(server: PostgresServer, user: str, password: str, name: str) -> None:
+def _create_owned_database(server: EmbeddedPostgres, user: str, password: str, name: str) -> None:
     """The compose file's database user, owning a fresh empty database (as the image makes)."""
     with psycopg.connect(
         host="127.0.0.1", port=server.port, user=SUPERUSER, dbname="postgres", autocommit=True
@@ -225,7 +226,7 @@ def _create_owned_database(server: PostgresServer, user: str, password: str, nam
 @pytest.fixture(scope="module")
 def deployment(
     redis_server: EmbeddedRedis,
-    postgres_server: PostgresServer,
+    postgres_server: EmbeddedPostgres,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
     compose = compose_with_secrets()

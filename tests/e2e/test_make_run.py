@@ -1,4 +1,5 @@
-"""`make run` as a user runs it: the system comes up, runs a pipeline, stops on SIGTERM."""
+"""`make run` as a user runs it, with its embedded defaults (PostgreSQL and Redis from
+their wheels): the system comes up, runs a pipeline, stops on SIGTERM."""
 
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ def dev_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
         PORT=str(port),
         ORCH_FLOWER_PORT=str(flower_port),
         ORCH_EMBEDDED_REDIS_PORT=str(free_port()),
+        ORCH_EMBEDDED_POSTGRES_PORT=str(free_port()),  # make run's default database
         ORCH_STATE_DIR=str(state),
-        ORCH_DATABASE_URL=f"sqlite:///{state / 'orchestrator.db'}",
     )
     log_path = state / "make-run.log"
     with log_path.open("wb") as log:
@@ -181,6 +182,7 @@ def test_sigterm_to_make_stops_every_process(dev_system: DevSystem) -> None:
     family = psutil.Process(dev_system.process.pid).children(recursive=True)
     names = {" ".join(p.cmdline()) for p in family}
     assert any("redis-server" in n for n in names), names
+    assert any(p.name() == "postgres" for p in family), names
     assert any("gunicorn" in n for n in names), names
     assert any("worker" in n for n in names), names
     assert any("beat" in n for n in names), names

@@ -83,6 +83,44 @@ def test_queued_jobs_finish_soon_after_make_run_is_stopped_and_started_again(
     _record(f"restart-{how}", {"queued_at_stop": left, "finished_after_restart_s": finished_in})
 
 
+@pytest.mark.parametrize("how", ["sigterm", "kill-9-group"])
+def test_the_embedded_postgres_stops_with_make_run_and_keeps_its_jobs(
+    tmp_path: Path, how: str
+) -> None:
+    """`make run`'s default database: a PostgreSQL of its own in the state folder. It goes
+    with the run however the run stops (no postmaster or backend left behind), and the next
+    run finds the jobs the last one recorded."""
+    system = DevSystem.prepare(tmp_path, sqlite=False).start()
+    try:
+        assert system.process is not None
+        family = psutil.Process(system.process.pid).children(recursive=True)
+        assert any(p.name() == "postgres" for p in family), [p.name() for p in family]
+        assert (tmp_path / "postgres" / "data" / "PG_VERSION").is_file()
+        body = {"type": "ANALYZE_INSPECTION", "input": {"analysisMode": "QUICK", "roomIds": ["a"]}}
+        created = system.post("tnt_pg", "/v1/jobs", body)
+        assert created.status_code == 201, created.text
+        job = created.json()["pipeline"]["steps"][1]["id"]
+        _wait_until_succeeded(system, "tnt_pg", job)
+        if how == "sigterm":
+            system.stop(signal.SIGTERM)
+        else:
+            system.stop(signal.SIGKILL, group=True)
+        _, left = psutil.wait_procs(family, timeout=30)
+        assert not [p for p in left if alive(p.pid)], (left, system.log_tail())
+
+        system.start()
+        assert system.get("tnt_pg", f"/v1/jobs/{job}").json()["status"] == "succeeded"
+    finally:
+        system.stop()
+
+
+def _wait_until_succeeded(system: DevSystem, tenant: str, job_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while system.get(tenant, f"/v1/jobs/{job_id}").json()["status"] != "succeeded":
+        assert time.monotonic() < deadline, system.log_tail()
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> DevSystem:
     system = DevSystem.prepare(tmp_path, ORCH_JOB_MODULES="tests.jobtypes").start()

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator import migrate
+from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from tests.conftest import BACKENDS
 from tests.integration.stack import Stack, stack_settings
-from tests.servers import PostgresServer
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -37,7 +37,7 @@ def stack(
 def _database(request: pytest.FixtureRequest, folder: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{folder / 'stack.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
+    server: EmbeddedPostgres = request.getfixturevalue("postgres_server")
     name = "stack"
     server.create_database(name)
     return server.url(name)

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 
 from orchestrator import migrate
 from orchestrator.cron import CronDefinition
+from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.models import CronFire, Job
 from tests.integration.stack import Stack, Worker, stack_settings
-from tests.servers import PostgresServer
 
 CRON_ID = "test-every-2s"
 EVERY_TWO = CronDefinition(CRON_ID, "* * * * * */2", "TEST_ECHO_UPSTREAM")
@@ -26,7 +26,7 @@ EVERY_TWO = CronDefinition(CRON_ID, "* * * * * */2", "TEST_ECHO_UPSTREAM")
 @pytest.fixture(scope="module")
 def beat_stack(
     redis_server: EmbeddedRedis,
-    postgres_server: PostgresServer,
+    postgres_server: EmbeddedPostgres,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("beats")

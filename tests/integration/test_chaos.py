@@ -26,12 +26,13 @@ from orchestrator import migrate
 from orchestrator.dispatch import Delivery
 from orchestrator.dispatch.celery import priority_lists
 from orchestrator.dispatcher import LEASE_NAME
+from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.leader import current_holder
 from orchestrator.models import utcnow
 from tests import netpartition
 from tests.integration.stack import ROOT, Stack, Worker, settings_env, stack_settings
-from tests.servers import PostgresServer, free_port
+from tests.servers import free_port
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -47,7 +48,7 @@ def chaos_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRe
 @pytest.fixture(scope="module")
 def chaos(
     chaos_redis: EmbeddedRedis,
-    postgres_server: PostgresServer,
+    postgres_server: EmbeddedPostgres,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("chaos")
@@ -390,7 +391,7 @@ def test_delay_longer_than_visibility_timeout_runs_once_on_time(
 def test_partitioned_worker_is_replaced_and_its_late_result_refused(
     chaos: Stack,
     chaos_redis: EmbeddedRedis,
-    postgres_server: PostgresServer,
+    postgres_server: EmbeddedPostgres,
     tenant: str,
     tmp_path: Path,
 ) -> None:

@@ -15,11 +15,12 @@ import requests
 
 from orchestrator import migrate
 from orchestrator.dispatch import Delivery
+from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.runtime import Runtime
 from tests.cloudtasks import CloudTasksEmulator
 from tests.integration.stack import PushStack, Stack, stack_settings
-from tests.servers import PostgresServer, free_port
+from tests.servers import free_port
 
 MODES = ("celery", "cloud-tasks", "http", "inline")
 
@@ -28,7 +29,7 @@ MODES = ("celery", "cloud-tasks", "http", "inline")
 def system(
     request: pytest.FixtureRequest,
     redis_server: EmbeddedRedis,
-    postgres_server: PostgresServer,
+    postgres_server: EmbeddedPostgres,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     mode: str = request.param

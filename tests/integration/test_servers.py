@@ -13,9 +13,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from orchestrator.dev import redis_program
+from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.settings import load_settings
-from tests.servers import PostgresServer, free_port
+from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ def test_the_broker_make_run_supervises_starts_from_a_relative_state_folder(
 
 
 def test_postgres_server_creates_database() -> None:
-    with PostgresServer.start() as server:
+    with EmbeddedPostgres.start(free_port()) as server:
         server.create_database("smoke")
         engine = sa.create_engine(server.url("smoke"))
         try:
@@ -69,4 +70,4 @@ def test_postgres_server_creates_database() -> None:
             engine.dispose()
         server.drop_database("smoke")
     assert not server.running
-    assert not server.base_dir.exists()
+    assert not server.folder.exists()
