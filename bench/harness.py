@@ -74,7 +74,13 @@ class Servers:
 
 
 @contextmanager
-def servers(folder: Path, *, postgres: bool = True, durable: bool = True) -> Iterator[Servers]:
+def servers(
+    folder: Path,
+    *,
+    postgres: bool = True,
+    durable: bool = True,
+    postgres_settings: dict[str, str] | None = None,
+) -> Iterator[Servers]:
     """Redis, and PostgreSQL with production's durability (fsync and synchronous commit
     on) unless `durable` is false: figures with fsync off are a labelled extra only."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +88,7 @@ def servers(folder: Path, *, postgres: bool = True, durable: bool = True) -> Ite
         if not postgres:
             yield Servers(r, None, folder)
             return
-        with EmbeddedPostgres.start(free_port(), durable=durable) as pg:
+        with EmbeddedPostgres.start(free_port(), durable=durable, settings=postgres_settings) as pg:
             yield Servers(r, pg, folder)
 
 

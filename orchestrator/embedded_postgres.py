@@ -23,6 +23,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -114,8 +115,10 @@ class EmbeddedPostgres:
         *,
         durable: bool = True,
         owns_folder: bool = False,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.folder = folder.absolute()
+        self.settings = dict(settings or {})  # more server settings (`-c name=value`)
         self.port = port
         self.host = host
         self.durable = durable
@@ -130,13 +133,14 @@ class EmbeddedPostgres:
         folder: Path | None = None,
         *,
         durable: bool = False,
+        settings: Mapping[str, str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> Self:
         """Create the cluster if needed, start its server on ``port`` and return once it
         accepts connections. Without ``folder``, a temporary one, removed by :meth:`stop`."""
         owns_folder = folder is None
         chosen = Path(tempfile.mkdtemp(prefix="embedded-postgres-")) if folder is None else folder
-        server = cls(chosen, port, durable=durable, owns_folder=owns_folder)
+        server = cls(chosen, port, durable=durable, owns_folder=owns_folder, settings=settings)
         try:
             server.prepare(timeout)
             server._launch(timeout)
@@ -191,6 +195,8 @@ class EmbeddedPostgres:
         ]  # fmt: skip
         if not self.durable:
             argv += ["-c", "fsync=off"]
+        for name, value in self.settings.items():
+            argv += ["-c", f"{name}={value}"]
         return argv
 
     def answers_as(self, pid: int) -> bool:
@@ -241,6 +247,18 @@ class EmbeddedPostgres:
                 process.kill()
                 process.wait(5)
         self._remove_folder()
+
+    def crash(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Immediate shutdown (SIGQUIT): every process stops at once, without a checkpoint,
+        and the next start replays the WAL, as after a crash (for tests)."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGQUIT)
+            process.wait(timeout)
+
+    def restart(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Start the server again on the same cluster (after `stop` or `crash`)."""
+        self._launch(timeout)
 
     def __enter__(self) -> Self:
         return self
