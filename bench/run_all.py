@@ -14,6 +14,8 @@ FULL = [
     ["bench.fairness", "--flood", "5000"],
     ["bench.resends", "--pipelines", "18000"],
     ["bench.publish"],
+    ["bench.capacity", "--jobs", "5000"],
+    ["bench.make_run"],
 ]
 QUICK = [
     ["bench.throughput", "--jobs", "2000", "--rounds", "1"],
@@ -24,6 +26,8 @@ QUICK = [
     ["bench.fairness", "--flood", "500"],
     ["bench.resends", "--pipelines", "500"],
     ["bench.publish", "--batches", "50", "--rounds", "1"],
+    ["bench.capacity", "--jobs", "500"],
+    ["bench.make_run", "--pipelines", "50"],
 ]
 
 
