@@ -121,23 +121,63 @@ def admit(
     are sent with their time (push modes)."""
     if not jobs:
         return []
-    rows = [
-        {
-            "job_id": job.id,
-            "queue": job.queue,
-            "tenant_id": job.tenant_id,
-            "attempt": job.attempt,
-            "admitted_at": now,
-            "not_before": _not_before(job, now, ahead=ahead),
-        }
-        for job in jobs
-    ]
-    numbers = session.execute(
-        sa.insert(WINDOW).returning(WINDOW.c.id, sort_by_parameter_order=True), rows
-    ).scalars()
-    return [
-        _delivery(job, number, now, ahead=ahead) for job, number in zip(jobs, numbers, strict=True)
-    ]
+    if session.get_bind().dialect.name == "postgresql":
+        numbers = _admit_rows_postgresql(session, jobs, now, ahead=ahead)
+    else:
+        rows = [
+            {
+                "job_id": job.id,
+                "queue": job.queue,
+                "tenant_id": job.tenant_id,
+                "attempt": job.attempt,
+                "admitted_at": now,
+                "not_before": _not_before(job, now, ahead=ahead),
+            }
+            for job in jobs
+        ]
+        inserted = session.execute(
+            sa.insert(WINDOW).returning(WINDOW.c.id, sort_by_parameter_order=True), rows
+        ).scalars()
+        numbers = dict(zip((job.id for job in jobs), inserted, strict=True))
+    return [_delivery(job, numbers[job.id], now, ahead=ahead) for job in jobs]
+
+
+# PostgreSQL: a fill's rows as arrays, one per column (typed by their bind parameters,
+# which psycopg's dialect casts). The statement's text is the same
+# whatever the fill's size, so the driver prepares it once; a multi-row VALUES would be a
+# new text for each size, converted and planned each time (a sixth of the dispatcher's
+# CPU in a drain).
+_ADMIT_ROWS = sa.text(
+    """
+    INSERT INTO dispatch_window (job_id, queue, tenant_id, attempt, admitted_at, not_before)
+    SELECT job_id, queue, tenant_id, attempt, :now, not_before
+    FROM unnest(:job_ids, :queues, :tenants, :attempts, :not_befores)
+        AS admitted(job_id, queue, tenant_id, attempt, not_before)
+    RETURNING id, job_id
+    """
+).bindparams(
+    sa.bindparam("job_ids", type_=postgresql.ARRAY(sa.String())),
+    sa.bindparam("queues", type_=postgresql.ARRAY(sa.String())),
+    sa.bindparam("tenants", type_=postgresql.ARRAY(sa.String())),
+    sa.bindparam("attempts", type_=postgresql.ARRAY(sa.Integer())),
+    sa.bindparam("not_befores", type_=postgresql.ARRAY(WINDOW.c.not_before.type)),
+    sa.bindparam("now", type_=WINDOW.c.admitted_at.type),
+)
+
+
+def _admit_rows_postgresql(
+    session: Session, jobs: Sequence[ReadyJob], now: datetime, *, ahead: bool
+) -> dict[str, int]:
+    """The window rows of `jobs` (each once), inserted; job id -> delivery number."""
+    params = {
+        "job_ids": [job.id for job in jobs],
+        "queues": [job.queue for job in jobs],
+        "tenants": [job.tenant_id for job in jobs],
+        "attempts": [job.attempt for job in jobs],
+        "not_befores": [_not_before(job, now, ahead=ahead) for job in jobs],
+        "now": now,
+    }
+    return {job_id: number for number, job_id in session.execute(_ADMIT_ROWS, params)}
 
 
 def _delivery(job: ReadyJob, number: int, now: datetime, *, ahead: bool = False) -> Delivery:

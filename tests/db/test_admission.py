@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -208,3 +209,28 @@ def test_a_new_job_is_admitted_at_once_only_when_nobody_waits_in_its_queue(
         }
     assert [d.job_id for d in admitted] == [first, second]
     assert {d.job_id: d.number for d in admitted} == rows
+
+
+def test_admit_records_each_jobs_row_and_numbers_its_delivery(database: Database) -> None:
+    """A fill's rows in one statement (on PostgreSQL, arrays unnested): each job's
+    delivery carries its own row's number, in the fill's order, and a job due later keeps
+    its time when admitted ahead (push modes)."""
+    service = _service(database, window=0)
+    ids = _flood(service, "t1", 3) + _flood(service, "t2", 2)
+    now = utcnow()
+    later = now + timedelta(seconds=30)
+    with database.transaction() as session:
+        session.execute(sa.delete(WindowEntry))  # what their creation admitted
+        jobs = [ReadyJob.of(job) for job in session.scalars(sa.select(Job).where(Job.id.in_(ids)))]
+    jobs = [replace(jobs[0], run_at=later), *jobs[1:]][::-1]  # not the insertion order
+    with database.transaction() as session:
+        deliveries = window.admit(session, jobs, now, ahead=True)
+    assert [d.job_id for d in deliveries] == [job.id for job in jobs]
+    with database.session() as session:
+        rows = {row.id: row for row in session.scalars(sa.select(WindowEntry))}
+    assert len({d.number for d in deliveries}) == len(jobs)
+    for delivery, job in zip(deliveries, jobs, strict=True):
+        row = rows[delivery.number]
+        assert (row.job_id, row.tenant_id, row.attempt) == (job.id, job.tenant_id, job.attempt)
+        assert row.not_before == (later if job.run_at == later else None)
+        assert delivery.not_before == row.not_before
