@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from celery import Celery, chain
 
 from bench.harness import ROOT, celery_worker, report, wait_ping
+from orchestrator.dev import CREDENTIALS_FILE
 from orchestrator.embedded_redis import EmbeddedRedis
 from tests.servers import free_port
 
@@ -56,6 +57,7 @@ class DevRun:
             ORCH_JOB_MODULES="bench.jobs",
         )
         self.process: subprocess.Popen[bytes] | None = None
+        self._engine: sa.Engine | None = None
 
     def start(self, timeout: float = 120) -> float:
         """Seconds from the start to /healthz answering 200."""
@@ -81,24 +83,28 @@ class DevRun:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(60)
 
     def succeeded(self) -> int:
-        engine = sa.create_engine(
-            f"postgresql+psycopg://postgres@127.0.0.1:{self.postgres_port}/orchestrator",
-            poolclass=sa.pool.NullPool,
+        """Jobs of the benchmark's tenant that succeeded (one connection for the whole run:
+        polling must cost the system under test next to nothing)."""
+        if self._engine is None:
+            secret = (self.state / CREDENTIALS_FILE).read_text().strip()
+            self._engine = sa.create_engine(
+                f"postgresql+psycopg://postgres:{secret}@127.0.0.1:{self.postgres_port}/"
+                "orchestrator",
+                pool_size=1,
+            )
+        done = sa.text(
+            "SELECT count(*) FROM jobs WHERE tenant_id = 'tnt_bench' AND status = 'succeeded'"
         )
-        try:
-            with engine.connect() as connection:
-                done = sa.text(
-                    "SELECT count(*) FROM jobs"
-                    " WHERE tenant_id = 'tnt_bench' AND status = 'succeeded'"
-                )
-                return int(connection.scalar(done) or 0)
-        finally:
-            engine.dispose()
+        with self._engine.connect() as connection:
+            return int(connection.scalar(done) or 0)
 
 
 def in_threads(clients: int, count: int, create: object) -> None:

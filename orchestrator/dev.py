@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -31,6 +32,7 @@ from orchestrator.supervisor import Program, Supervisor, SupervisorError
 LOCK_FILE = "run.lock"  # held by the supervisor while it runs; names its pid
 RUN_FILE = "run.json"  # its programs' pids, for operators and tests
 DATABASE = "orchestrator"  # the embedded PostgreSQL's database
+CREDENTIALS_FILE = "postgres.password"  # its superuser's password
 
 
 def run_dev() -> int:
@@ -40,7 +42,10 @@ def run_dev() -> int:
         postgres = None
         if "ORCH_DATABASE_URL" not in os.environ:
             postgres = EmbeddedPostgres(
-                settings.state_dir / "postgres", settings.embedded_postgres_port, durable=True
+                settings.state_dir / "postgres",
+                settings.embedded_postgres_port,
+                durable=True,
+                password=superuser_password(settings.state_dir),
             )
             os.environ["ORCH_DATABASE_URL"] = postgres.url(DATABASE)
         redis = None
@@ -99,10 +104,22 @@ def _already_running(lock: IO[str], state_dir: Path) -> str:
     return f"another run from {state_dir} is still running{hint}"
 
 
+def superuser_password(state_dir: Path) -> str:
+    """The embedded PostgreSQL's superuser password, made at the first start and kept
+    beside its cluster, readable by this account only (`psql` takes it as PGPASSWORD)."""
+    path = state_dir / CREDENTIALS_FILE
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
 def postgres_program(postgres: EmbeddedPostgres, settings: Settings) -> Program:
     """The embedded database, with production's durability. Once it accepts connections its
     database is created if missing and migrated, before anything that uses it starts; a
-    failed migration stops the run. Its log is quiet but for warnings and errors."""
+    failed migration stops the run. Its log goes to a file in its folder (PostgreSQL's own
+    collector), as Redis's does: the terminal gets the line that says where."""
     postgres.prepare()
 
     def on_ready(restarted: bool) -> None:
@@ -114,8 +131,13 @@ def postgres_program(postgres: EmbeddedPostgres, settings: Settings) -> Program:
 
     return Program(
         "postgres",
-        [*postgres.command(), "-c", "log_min_messages=warning"],
+        [
+            *postgres.command(),
+            *("-c", "logging_collector=on", "-c", f"log_directory={postgres.folder}"),
+            *("-c", "log_filename=postgresql.log", "-c", "log_rotation_age=0"),
+        ],
         ready=postgres.answers_as,
+        ready_timeout=120.0,  # a start after a crash replays the WAL first
         on_ready=on_ready,
         # Fast shutdown both ways: sessions are cut, the cluster is left consistent.
         stop_signal=signal.SIGINT,

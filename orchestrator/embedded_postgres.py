@@ -21,14 +21,17 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import quote
 
 import psycopg
+import psycopg.conninfo
 from psycopg import sql
 
 from orchestrator.errors import OrchestratorError
@@ -66,9 +69,7 @@ def server_account() -> str | None:
     """The OS account the server runs as: ``None`` (ourselves) unless we are root."""
     if os.geteuid() != 0:
         return None
-    try:
-        pwd.getpwnam(SERVER_OS_USER)
-    except KeyError:
+    if not _exists(SERVER_OS_USER):
         _create_account(SERVER_OS_USER)
     return SERVER_OS_USER
 
@@ -76,11 +77,20 @@ def server_account() -> str | None:
 def _create_account(name: str) -> None:
     command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
+    if result.returncode != 0 and not _exists(name):  # another start may have made it
         raise EmbeddedPostgresError(
             f"PostgreSQL does not run as root and the {name!r} OS account could not be "
             f"created: {result.stderr.strip() or result.returncode}"
         )
+    print(f"embedded PostgreSQL: created the OS account {name!r} to run it", file=sys.stderr)
+
+
+def _exists(account: str) -> bool:
+    try:
+        pwd.getpwnam(account)
+    except KeyError:
+        return False
+    return True
 
 
 def _let_reach(path: Path) -> None:
@@ -91,6 +101,11 @@ def _let_reach(path: Path) -> None:
         mode = folder.stat().st_mode
         if not mode & stat.S_IXOTH:
             folder.chmod(mode | stat.S_IXOTH)
+            print(
+                f"embedded PostgreSQL: made {folder} traversable by other accounts (o+x), "
+                f"for the {SERVER_OS_USER!r} account to reach {path}",
+                file=sys.stderr,
+            )
 
 
 def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
@@ -99,12 +114,17 @@ def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL cluster in ``folder`` (``data/``, the server's ``log`` and its socket),
-    served by a ``postgres`` child process on ``host:port`` with trust authentication.
+    """A PostgreSQL cluster in ``folder`` (``data/`` and, for servers started here, the
+    server's ``log``), served by a ``postgres`` child process on ``host:port`` over TCP only
+    (no Unix socket).
 
-    ``durable`` keeps PostgreSQL's durability defaults (fsync, synchronous_commit and
-    full_page_writes on), as production runs and `make run` and the benchmarks use; the
-    tests turn fsync off, as nothing they do needs a crash of the machine to keep its data.
+    With a ``password``, the superuser needs it (SCRAM), as `make run`'s cluster does: it
+    lives as long as the state folder and any account on the machine could reach the port.
+    Without, anyone on the machine who reaches the port gets in (trust): for the tests'
+    and benchmarks' throwaway clusters. ``durable`` keeps PostgreSQL's durability defaults
+    (fsync, synchronous_commit and full_page_writes on), as production runs and `make run`
+    and the benchmarks use; the tests turn fsync off, as nothing they do needs a crash of
+    the machine to keep its data.
     """
 
     def __init__(
@@ -113,7 +133,8 @@ class EmbeddedPostgres:
         port: int,
         host: str = "127.0.0.1",
         *,
-        durable: bool = True,
+        durable: bool = False,
+        password: str | None = None,
         owns_folder: bool = False,
         settings: Mapping[str, str] | None = None,
     ) -> None:
@@ -122,6 +143,7 @@ class EmbeddedPostgres:
         self.port = port
         self.host = host
         self.durable = durable
+        self.password = password
         self.account = server_account()
         self._owns_folder = owns_folder
         self._process: subprocess.Popen[bytes] | None = None
@@ -169,7 +191,8 @@ class EmbeddedPostgres:
 
     def url(self, database: str) -> str:
         """SQLAlchemy URL (psycopg 3 driver) of ``database``."""
-        return f"postgresql+psycopg://{SUPERUSER}@{self.host}:{self.port}/{database}"
+        secret = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql+psycopg://{SUPERUSER}{secret}@{self.host}:{self.port}/{database}"
 
     def prepare(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Create the folder and, unless it holds one already, the cluster."""
@@ -181,16 +204,17 @@ class EmbeddedPostgres:
             os.chown(self.folder, account.pw_uid, account.pw_gid)
             _let_reach(self.folder)
             _let_reach(binaries_dir())
-        if not (self.data_dir / "PG_VERSION").is_file():
+        if not self.data_dir.is_dir():
             self._initdb(timeout)
 
     def command(self) -> list[str]:
-        """The server's command line: TCP on ``host:port`` only, its socket in ``folder``."""
+        """The server's command line: TCP on ``host:port`` only. No Unix socket: its path
+        would be bounded (107 bytes) by how deep the folder is, and nothing here needs it."""
         argv = [
             str(binaries_dir() / "postgres"),
             "-D", str(self.data_dir),
             "-p", str(self.port),
-            "-k", str(self.folder),
+            "-c", "unix_socket_directories=",
             "-c", f"listen_addresses={self.host}",
         ]  # fmt: skip
         if not self.durable:
@@ -276,17 +300,26 @@ class EmbeddedPostgres:
         return f"EmbeddedPostgres({self.host}:{self.port}, {str(self.folder)!r}, {state})"
 
     def _initdb(self, timeout: float) -> None:
+        """Create the cluster aside and move it into place: a start killed half-way
+        (`kill -9` of `make run`) leaves no half-made cluster that would pass for one."""
+        draft = self.folder / "data.draft"
+        shutil.rmtree(draft, ignore_errors=True)
         argv = [
             str(binaries_dir() / "initdb"),
-            "-D", str(self.data_dir),
+            "-D", str(draft),
             "-U", SUPERUSER,
-            "-A", "trust",
             "-E", "UTF8",
             "--locale=C",  # the same collation whatever the host's locale
             "--no-instructions",
         ]  # fmt: skip
         if not self.durable:
             argv.append("--no-sync")
+        secret = self.folder / "superuser.draft"
+        if self.password is not None:
+            self._write_for_server(secret, self.password)
+            argv += ["--auth=scram-sha-256", f"--pwfile={secret}"]
+        else:
+            argv += ["--auth=trust"]
         try:
             result = subprocess.run(
                 argv,
@@ -299,16 +332,30 @@ class EmbeddedPostgres:
             )
         except subprocess.TimeoutExpired as exc:
             raise self._failure(f"initdb did not finish within {timeout:g} s") from exc
+        finally:
+            secret.unlink(missing_ok=True)
         if result.returncode != 0:
             raise self._failure(
                 f"initdb exited with code {result.returncode}",
                 f"{result.stdout}\n{result.stderr}",
             )
+        draft.rename(self.data_dir)
+
+    def _write_for_server(self, path: Path, text: str) -> None:
+        """A file only the server's account reads (for initdb's `--pwfile`)."""
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text + "\n")
+        if self.account is not None:
+            account = pwd.getpwnam(self.account)
+            os.chown(path, account.pw_uid, account.pw_gid)
 
     def _launch(self, timeout: float) -> None:
         # The child keeps its own copy of the log descriptor; it dies with us (SIGINT: a
         # fast shutdown), so a test run that is killed leaves no server behind.
-        with self.log_path.open("ab") as log:
+        # No symbolic link followed: as root we write in a folder the server's account owns.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        with os.fdopen(os.open(self.log_path, flags, 0o644), "ab") as log:
             self._process = subprocess.Popen(
                 self.command(),
                 **as_account(self.account),
@@ -328,7 +375,9 @@ class EmbeddedPostgres:
             time.sleep(_POLL_INTERVAL)
 
     def _conninfo(self, database: str) -> str:
-        return f"host={self.host} port={self.port} user={SUPERUSER} dbname={database}"
+        return psycopg.conninfo.make_conninfo(
+            host=self.host, port=self.port, user=SUPERUSER, dbname=database, password=self.password
+        )
 
     def _execute_admin(self, statement: sql.Composed) -> None:
         # CREATE and DROP DATABASE cannot run inside a transaction block.

@@ -122,18 +122,6 @@ CLAIMED_COLUMNS = (
 )
 
 
-# A claim's commit does not wait for its WAL to reach the disk (`SET LOCAL
-# synchronous_commit = off`, evaluated only when a row was claimed). Nothing is lost by it:
-# WAL is written in order, so the run's outcome, committed synchronously, makes the claim
-# durable before it. A claim that a crash of PostgreSQL takes with it leaves the job
-# admitted as if never started: the lost run's outcome is fenced out, and the dispatcher,
-# finding the job admitted but not in the broker, sends it again (as when a worker dies
-# holding a message). The worker pays one disk flush a job, not two.
-_COMMIT_WITHOUT_WAITING = sa.func.set_config("synchronous_commit", "off", True).label(
-    "commit_without_waiting"
-)
-
-
 @cache
 def claim_postgresql(narrowed: bool) -> sa.Select[Any]:
     """Claim, write the event, read the upstream result: one row of `CLAIMED_COLUMNS` and
@@ -148,7 +136,7 @@ def claim_postgresql(narrowed: bool) -> sa.Select[Any]:
     event = _event_rows(claimed, SOURCE, JobStatus.RUNNING, data=EVENT_DATA)
     upstream = JOBS.alias("upstream")
     return (
-        sa.select(claimed, upstream.c.result.label("upstream_result"), _COMMIT_WITHOUT_WAITING)
+        sa.select(claimed, upstream.c.result.label("upstream_result"))
         .outerjoin(upstream, upstream.c.id == claimed.c.parent_id)
         .add_cte(_insert_events(event))
     )

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 import requests
 
@@ -96,6 +97,17 @@ def test_the_embedded_postgres_stops_with_make_run_and_keeps_its_jobs(
         family = psutil.Process(system.process.pid).children(recursive=True)
         assert any(p.name() == "postgres" for p in family), [p.name() for p in family]
         assert (tmp_path / "postgres" / "data" / "PG_VERSION").is_file()
+        # A password only this account reads; without it, no way in.
+        secret = tmp_path / "postgres.password"
+        assert secret.stat().st_mode & 0o777 == 0o600
+        where = {"host": "127.0.0.1", "port": system.env["ORCH_EMBEDDED_POSTGRES_PORT"]}
+        where |= {"user": "postgres", "dbname": "orchestrator", "connect_timeout": 5}
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(**where).close()
+        psycopg.connect(**where, password=secret.read_text()).close()
+        # Its own log file; the terminal is spared its start-up lines.
+        assert "ready to accept connections" in (tmp_path / "postgres/postgresql.log").read_text()
+        assert "ready to accept connections" not in system.log_path.read_text()
         body = {"type": "ANALYZE_INSPECTION", "input": {"analysisMode": "QUICK", "roomIds": ["a"]}}
         created = system.post("tnt_pg", "/v1/jobs", body)
         assert created.status_code == 201, created.text

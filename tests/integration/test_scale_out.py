@@ -194,7 +194,8 @@ def test_three_hosts_share_the_load_and_a_killed_host_loses_nothing(
 
     # Only what the dead host was running ran again, and elsewhere.
     again = {job for job, attempt, _ in claims if attempt > 1}
-    assert len(again) <= 2 * victim.worker.settings.worker_concurrency, again
+    # Killed mid-run: its processes were running jobs (50 ms each, a backlog waiting).
+    assert 1 <= len(again) <= 2 * victim.worker.settings.worker_concurrency, again
     first_host = {job: host for job, attempt, host in claims if attempt == 1}
     assert all(first_host[job] == victim.name for job in again), again
     runs = collections.Counter(line.split()[0] for line in effect.read_text().splitlines())
