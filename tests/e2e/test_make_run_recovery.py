@@ -62,12 +62,7 @@ def test_queued_jobs_finish_soon_after_make_run_is_stopped_and_started_again(
         assert system.process is not None
         # Every process of the run, pools and gunicorn's workers included.
         family = psutil.Process(system.process.pid).children(recursive=True)
-        if how == "sigterm":
-            system.stop(signal.SIGTERM)
-        else:
-            system.stop(signal.SIGKILL, group=True)
-        _, left = psutil.wait_procs(family, timeout=30)
-        assert not [p for p in left if alive(p.pid)], (left, system.log_tail())
+        _stop_leaving_nothing(system, family, how)
         left = JOBS - _counts(system, tenant).get("succeeded", 0)
         assert left > JOBS // 2, "the test must stop the system with most jobs still queued"
 
@@ -113,17 +108,23 @@ def test_the_embedded_postgres_stops_with_make_run_and_keeps_its_jobs(
         assert created.status_code == 201, created.text
         job = created.json()["pipeline"]["steps"][1]["id"]
         _wait_until_succeeded(system, "tnt_pg", job)
-        if how == "sigterm":
-            system.stop(signal.SIGTERM)
-        else:
-            system.stop(signal.SIGKILL, group=True)
-        _, left = psutil.wait_procs(family, timeout=30)
-        assert not [p for p in left if alive(p.pid)], (left, system.log_tail())
+        _stop_leaving_nothing(system, family, how)
 
         system.start()
         assert system.get("tnt_pg", f"/v1/jobs/{job}").json()["status"] == "succeeded"
     finally:
         system.stop()
+
+
+def _stop_leaving_nothing(system: DevSystem, family: list[psutil.Process], how: str) -> None:
+    """Stop the run with SIGTERM, or `kill -9` of its whole group; none of `family` (every
+    process it had) may outlive it."""
+    if how == "sigterm":
+        system.stop(signal.SIGTERM)
+    else:
+        system.stop(signal.SIGKILL, group=True)
+    _, left = psutil.wait_procs(family, timeout=30)
+    assert not [p for p in left if alive(p.pid)], (left, system.log_tail())
 
 
 def _wait_until_succeeded(system: DevSystem, tenant: str, job_id: str, timeout: float = 60) -> None:
