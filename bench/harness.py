@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from orchestrator import migrate
 from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.settings import Settings, load_settings
+from orchestrator.supervisor import dies_with
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +132,8 @@ class Process:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
+        # It dies with the benchmark, however that ends (a benchmark stopped half-way left
+        # its web, dispatcher and Redis running).
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
                 self.argv,
@@ -138,6 +142,7 @@ class Process:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=dies_with(os.getpid(), signal.SIGTERM),  # noqa: PLW1509
             )
         return self
 

@@ -11,6 +11,7 @@ patches ``redis`` on import.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import signal
@@ -26,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.supervisor import dies_with
 
 DEFAULT_STARTUP_TIMEOUT = 10.0
 DEFAULT_STOP_TIMEOUT = 5.0
@@ -208,10 +210,15 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = self.command()
         # The child keeps its own copy of the log descriptor, so ours can be
-        # closed right away instead of being tracked for the process lifetime.
+        # closed right away instead of being tracked for the process lifetime. It dies
+        # with its owner, however that ends (a test run or a benchmark stopped half-way).
         with self.log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=dies_with(os.getpid(), signal.SIGTERM),  # noqa: PLW1509
             )
         try:
             self._wait_until_ready(startup_timeout)
