@@ -169,8 +169,12 @@ def app_programs(settings: Settings) -> list[Program]:
     programs = []
     for name in processes.needed(settings):
         processes.prepare(name, settings)
-        # A worker outliving its supervisor finishes nothing it should: a cold stop.
-        death = signal.SIGQUIT if name == "worker" else signal.SIGTERM
+        # A worker outliving its supervisor finishes nothing it should, and its broker
+        # died with the same supervisor: Celery's own shutdown (even a cold one, SIGQUIT)
+        # would wait without end to tell the broker it leaves. SIGKILL: its pool follows
+        # it, the messages it held are queued again at the next start, and the reaper
+        # takes its claims back.
+        death = signal.SIGKILL if name == "worker" else signal.SIGTERM
         programs.append(
             Program(name, processes.command(name, settings), env=env, death_signal=death)
         )

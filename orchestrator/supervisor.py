@@ -55,9 +55,10 @@ class Program:
     after it start only then. `on_ready(restarted)` runs once it is ready, `restarted` true
     when it came back after a crash; a `SupervisorError` from it stops everything (a
     database that cannot be migrated). `death_signal` is what the kernel sends it when the
-    supervisor dies (a Celery worker takes SIGQUIT, a cold shutdown: it must not go on
-    running jobs for minutes next to the run that replaces it); `stop_signal` what a stop
-    sends (PostgreSQL's fast shutdown is SIGINT). `user` runs it as another OS account.
+    supervisor dies (a Celery worker takes SIGKILL: it must not go on running jobs next
+    to the run that replaces it, and Celery's own shutdown would wait for the broker that
+    died with the supervisor); `stop_signal` what a stop sends (PostgreSQL's fast shutdown
+    is SIGINT). `user` runs it as another OS account.
     """
 
     name: str
