@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -107,9 +108,8 @@ class DevRun:
             return int(connection.scalar(done) or 0)
 
 
-def in_threads(clients: int, count: int, create: object) -> None:
+def in_threads(clients: int, count: int, create: Callable[[], object]) -> None:
     """`count` calls of `create()`, shared by `clients` threads."""
-    assert callable(create)
     shares = [count // clients + (i < count % clients) for i in range(clients)]
     threads = [threading.Thread(target=lambda n=n: [create() for _ in range(n)]) for n in shares]
     for thread in threads:
@@ -158,8 +158,7 @@ def raw_chains_rate(folder: Path, chains: int, clients: int) -> float:
             worker.stop()
 
 
-def _wait(done: object, timeout: float = 600) -> None:
-    assert callable(done)
+def _wait(done: Callable[[], bool], timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         if time.monotonic() > deadline:

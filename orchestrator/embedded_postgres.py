@@ -272,18 +272,6 @@ class EmbeddedPostgres:
                 process.wait(5)
         self._remove_folder()
 
-    def crash(self, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Immediate shutdown (SIGQUIT): every process stops at once, without a checkpoint,
-        and the next start replays the WAL, as after a crash (for tests)."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGQUIT)
-            process.wait(timeout)
-
-    def restart(self, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Start the server again on the same cluster (after `stop` or `crash`)."""
-        self._launch(timeout)
-
     def __enter__(self) -> Self:
         return self
 
