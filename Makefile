@@ -3,8 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-LOCKS := requirements.lock requirements-dev.lock
-STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) pyproject.toml | cksum | cut -d' ' -f1)
+# `make run` installs the runtime only; the targets that develop (test, lint, bench) add
+# the development tools beside it.
+RUN_STAMP := $(VENV)/.runtime-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 
 EMULATOR_VENV ?= .venv-emulator
 EMULATOR_STAMP := $(EMULATOR_VENV)/.installed-$(shell cat requirements-emulator.lock | cksum | cut -d' ' -f1)
@@ -13,16 +15,20 @@ CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: run test test-quick lint format lock clean emulator browser bench bench-quick
 
-$(STAMP): $(LOCKS) pyproject.toml
+$(RUN_STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	rm -f $(VENV)/.runtime-* && touch $@
+
+$(STAMP): $(RUN_STAMP) requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
 	rm -f $(VENV)/.installed-* && touch $@
 
 ## run: the whole system on this machine (embedded PostgreSQL and Redis, web, dispatcher,
 ## workers, beat, Flower)
 run: export ORCH_ENV ?= development
-run: $(STAMP)
+run: $(RUN_STAMP)
 	exec $(BIN)/orchestrator dev
 
 ## emulator: the Cloud Tasks emulator, in an environment of its own (it pins protobuf<5)

@@ -24,7 +24,7 @@ from orchestrator.beat import CATCH_UP_TASK, FIRE_TASK, MAINTENANCE_QUEUE, cron_
 from orchestrator.cron import CronRegistry, crons
 from orchestrator.dispatch.celery import create_celery_app
 from orchestrator.dispatch.celery_messages import task_name
-from orchestrator.logs import configure_logging
+from orchestrator.logs import configure_logging, quiet_tasks
 from orchestrator.registry import JobType, Registry, load_job_modules
 from orchestrator.runner import Failed, Succeeded
 from orchestrator.runtime import Runtime
@@ -104,6 +104,10 @@ REAP_TASK = "orchestrator.reap_leases"
 DISPATCH_TICK_TASK = "orchestrator.dispatch_tick"
 # Push modes have no dispatcher process: beat has a worker run its round this often.
 DISPATCH_TICK_SECONDS = 1.0
+# Routine housekeeping that beat sends every few seconds: it logs what it did when it did
+# something, and stays out of Flower (no task events) and out of Celery's per-task lines
+# (`logs.QuietTasks`). A cron firing is work, and shows like a job.
+HOUSEKEEPING_TASKS = frozenset({REAP_TASK, DISPATCH_TICK_TASK, CATCH_UP_TASK})
 
 
 def register_maintenance_tasks(app: Celery) -> None:
@@ -119,10 +123,11 @@ def register_maintenance_tasks(app: Celery) -> None:
     def cron_catch_up() -> int:
         return len(Runtime.current().cron.catch_up())
 
-    app.task(reap_leases, name=REAP_TASK, ignore_result=True)
-    app.task(dispatch_tick, name=DISPATCH_TICK_TASK, ignore_result=True)
+    quiet = {"ignore_result": True, "send_events": False}
+    app.task(reap_leases, name=REAP_TASK, **quiet)
+    app.task(dispatch_tick, name=DISPATCH_TICK_TASK, **quiet)
     app.task(fire_cron, name=FIRE_TASK, ignore_result=True, acks_late=True)
-    app.task(cron_catch_up, name=CATCH_UP_TASK, ignore_result=True, acks_late=True)
+    app.task(cron_catch_up, name=CATCH_UP_TASK, acks_late=True, **quiet)
 
 
 def beat_schedule(settings: Settings, definitions: CronRegistry) -> dict[str, dict[str, Any]]:
@@ -160,6 +165,7 @@ def beat_schedule(settings: Settings, definitions: CronRegistry) -> dict[str, di
 def _configure_worker_logging(**_: Any) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    quiet_tasks(HOUSEKEEPING_TASKS)
 
 
 # The worker's main process, as its pool processes know it (set before they are forked).

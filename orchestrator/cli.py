@@ -119,6 +119,26 @@ def send(job_type: str, tenant: str, input_json: str, subject: str | None, prior
     )
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per setting.")
+def config(as_json: bool) -> None:
+    """The settings this command works with, and where each comes from: the environment,
+    the `make run` running in this folder, or the default. Secrets are masked."""
+    from orchestrator.run_record import RUN_FILE  # noqa: PLC0415
+    from orchestrator.settings_sources import live_run_settings, origins  # noqa: PLC0415
+
+    settings = load_settings()  # read now, beside the run's record it is compared with
+    rows = origins(settings, live_run_settings(), settings.state_dir / RUN_FILE)
+    if as_json:
+        for name, value, origin in rows:
+            click.echo(json.dumps({"variable": name, "value": value, "from": origin}))
+        return
+    width = max(len(name) for name, _, _ in rows)
+    shown = min(max(len(value) for _, value, _ in rows), 60)
+    for name, value, origin in rows:
+        click.echo(f"{name:<{width}}  {value:<{shown}}  {origin}")
+
+
 @main.group()
 def maintenance() -> None:
     """Housekeeping that beat runs on a schedule, run by hand."""

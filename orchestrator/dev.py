@@ -9,19 +9,14 @@ of the whole group leaves nothing behind. One run per state folder at a time.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import secrets
 import signal
 import socket
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
-from orchestrator import migrate, processes
+from orchestrator import migrate, processes, run_record
 from orchestrator.dispatch.celery import create_celery_app, restore_unacked
 from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
@@ -29,8 +24,6 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings, load_settings
 from orchestrator.supervisor import Program, Supervisor, SupervisorError
 
-LOCK_FILE = "run.lock"  # held by the supervisor while it runs; names its pid
-RUN_FILE = "run.json"  # its programs' pids, for operators and tests
 DATABASE = "orchestrator"  # the embedded PostgreSQL's database
 CREDENTIALS_FILE = "postgres.password"  # its superuser's password
 
@@ -38,7 +31,7 @@ CREDENTIALS_FILE = "postgres.password"  # its superuser's password
 def run_dev() -> int:
     os.environ.setdefault("ORCH_ENV", "development")
     settings = load_settings()
-    with one_run_per_folder(settings.state_dir):
+    with run_record.one_run_per_folder(settings.state_dir):
         postgres = None
         if "ORCH_DATABASE_URL" not in os.environ:
             postgres = EmbeddedPostgres(
@@ -68,40 +61,34 @@ def run_dev() -> int:
             programs.append(redis_program(redis, settings))
         programs += app_programs(settings)
         supervisor = Supervisor(programs)
-        supervisor.pids_changed = lambda pids: _write_run_file(settings.state_dir, pids)
-        print(
-            f"web  http://{settings.host}:{settings.port}   "
-            f"flower  http://{settings.flower_address}:{settings.flower_port}",
-            file=sys.stderr,
+        environment = processes.environment(settings)
+        supervisor.pids_changed = lambda pids: run_record.write(
+            settings.state_dir, pids, environment
         )
-        code = supervisor.run()
-        (settings.state_dir / RUN_FILE).unlink(missing_ok=True)
-        return code
+        print(where_things_are(settings), file=sys.stderr, flush=True)
+        return supervisor.run()
 
 
-@contextmanager
-def one_run_per_folder(state_dir: Path) -> Iterator[None]:
-    """An exclusive lock on the state folder for the whole run: two runs of one folder
-    would share its database and its broker's file. The kernel drops the lock with the
-    process, however it ends."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / LOCK_FILE).open("a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OrchestratorError(_already_running(lock, state_dir)) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield
-
-
-def _already_running(lock: IO[str], state_dir: Path) -> str:
-    lock.seek(0)
-    pid = lock.read().strip()
-    hint = f" (pid {pid}; `kill {pid}` stops it)" if pid.isdigit() else ""
-    return f"another run from {state_dir} is still running{hint}"
+def where_things_are(settings: Settings) -> str:
+    """What a newcomer needs once the run is up: where to look, which header to send,
+    a line to try, and that a second shell needs nothing exported."""
+    web = f"http://{settings.host}:{settings.port}"
+    sample = '{"type": "ANALYZE_INSPECTION", "input": {"roomIds": ["kitchen"]}}'
+    return "\n".join(
+        [
+            "make run: starting; in a few seconds:",
+            f"  API        {web}  (try it from the browser: {web}/docs)",
+            f"  dashboard  {web}/dashboard",
+            f"  Flower     http://{settings.flower_address}:{settings.flower_port}",
+            "  tenant     send any id as X-Tenant-ID (development's trusted header), e.g.",
+            f"             curl -X POST {web}/v1/jobs -H 'X-Tenant-ID: tnt_123' \\",
+            f"               -H 'Content-Type: application/json' -d '{sample}'",
+            "  CLI        from another shell in this folder, with nothing exported:",
+            "             .venv/bin/orchestrator jobs list --tenant tnt_123",
+            "             (`.venv/bin/orchestrator config`: the settings it takes from this run)",
+            "  stop       Ctrl-C",
+        ]
+    )
 
 
 def superuser_password(state_dir: Path) -> str:
@@ -207,11 +194,3 @@ def _free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _write_run_file(state_dir: Path, pids: dict[str, int]) -> None:
-    """Written aside and renamed into place: a reader never sees half of it."""
-    record = json.dumps({"pids": {"supervisor": os.getpid(), **pids}})
-    draft = state_dir / f".{RUN_FILE}.{os.getpid()}"
-    draft.write_text(record)
-    os.replace(draft, state_dir / RUN_FILE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,3 +47,37 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class QuietTasks(logging.Filter):
+    """Drops Celery's routine INFO lines about some tasks: a worker's "received" and
+    "succeeded", beat's "Sending due task". Housekeeping runs every few seconds; three
+    lines each time, saying nothing, buried the lines about jobs. What it did, it logs
+    itself; its failures still show (they are not INFO)."""
+
+    LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+
+    def __init__(self, task_names: Iterable[str]) -> None:
+        super().__init__()
+        self.task_names = frozenset(task_names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        return _task_name(record.args) not in self.task_names
+
+
+def _task_name(args: object) -> object:
+    if isinstance(args, Mapping):  # the worker's: a task's context, `name` among it
+        return args.get("name")
+    if isinstance(args, tuple) and len(args) == 2:  # beat's: (entry's name, task's name)
+        return args[1]
+    return None
+
+
+def quiet_tasks(task_names: Iterable[str]) -> None:
+    """Install `QuietTasks` on Celery's loggers (once per process)."""
+    for name in QuietTasks.LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietTasks) for f in logger.filters):
+            logger.addFilter(QuietTasks(task_names))

@@ -14,7 +14,15 @@ from urllib.parse import urlsplit
 
 from croniter import croniter
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from orchestrator.settings_sources import LiveRunSource
 
 DEV_SERVICE_SECRET = "dev-secret"  # noqa: S105 - the documented development default
 MIN_SECRET_LENGTH = 16
@@ -263,6 +271,21 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level of every process.")
     log_format: str = Field("json", description="`json` lines or `text`.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the settings of the `make run` running in
+        the state folder (`settings_sources`), then the defaults."""
+        assert isinstance(init_settings, InitSettingsSource)
+        live = LiveRunSource(settings_cls, init_settings.init_kwargs)
+        return (init_settings, env_settings, live, dotenv_settings, file_secret_settings)
 
     @field_validator("job_modules", "worker_queues", mode="before")
     @classmethod

@@ -29,6 +29,8 @@ class DevSystem:
     base_url: str
     flower_url: str
     log_path: Path
+    state: Path
+    started: float
 
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -70,7 +72,12 @@ def dev_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
             stderr=subprocess.STDOUT,
         )
     system = DevSystem(
-        process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}", log_path
+        process,
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{flower_port}",
+        log_path,
+        state,
+        time.monotonic(),
     )
     try:
         _wait_for(f"{system.base_url}/healthz", system)
@@ -176,6 +183,63 @@ def test_one_grep_shows_a_jobs_whole_life(dev_system: DevSystem) -> None:
         assert "attempt" in record
     # Celery's own lines name the task by the job's delivery id, so they match the grep too.
     assert any("received" in line and "worker" in line for line in lines)
+
+
+def _second_shell(state: Path) -> dict[str, str]:
+    """Another shell in the project folder: nothing exported but, as the test's run keeps
+    its state outside the project, where that is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_") and k != "PORT"}
+    return {**env, "ORCH_STATE_DIR": str(state)}
+
+
+def test_the_cli_in_a_second_shell_works_on_the_running_system(dev_system: DevSystem) -> None:
+    cli = str(ROOT / ".venv" / "bin" / "orchestrator")
+    env = _second_shell(dev_system.state)
+    sent = subprocess.run(
+        [cli, "send", "ANALYZE_INSPECTION", "--tenant", "tnt_cli", "--input",
+         '{"analysisMode": "QUICK", "roomIds": ["kitchen"]}'],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    report_id = json.loads(sent.stdout)["pipeline"][-1]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        report = requests.get(
+            f"{dev_system.base_url}/v1/jobs/{report_id}", headers={"X-Tenant-ID": "tnt_cli"},
+            timeout=10,
+        ).json()  # fmt: skip
+        if report["status"] == "succeeded":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the CLI's job did not run: {report}\n{dev_system.log_tail()}")
+    shown = subprocess.run(
+        [cli, "config", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=True,
+    ).stdout  # fmt: skip
+    rows = {row["variable"]: row for row in map(json.loads, shown.splitlines())}
+    assert rows["ORCH_DATABASE_URL"]["from"].startswith("make run")
+    assert ":****@" in rows["ORCH_DATABASE_URL"]["value"]
+    assert (dev_system.state / "postgres.password").read_text().strip() not in shown
+
+
+def test_housekeeping_stays_out_of_the_log_and_of_flower(dev_system: DevSystem) -> None:
+    # Beat has sent the lease reaper (every 5 s) at least once by now.
+    time.sleep(max(0.0, dev_system.started + 12 - time.monotonic()))
+    log = dev_system.log_path.read_text(errors="replace")
+    assert "beat: Starting" in log
+    # Celery's lines about a task name it with its id: `orchestrator.reap_leases[<id>]`.
+    assert "reap_leases[" not in log and "Sending due task" not in log
+    tasks = requests.get(f"{dev_system.flower_url}/api/tasks", timeout=10).json()
+    names = {task["name"] for task in tasks.values()}
+    assert not names & {"orchestrator.reap_leases", "orchestrator.cron_catch_up"}, names
+
+
+def test_make_run_says_where_everything_is(dev_system: DevSystem) -> None:
+    banner = dev_system.log_path.read_text(errors="replace")
+    for shown in ("/dashboard", "/docs", dev_system.flower_url, "X-Tenant-ID", "curl -X POST",
+                  "orchestrator config", "Ctrl-C"):  # fmt: skip
+        assert shown in banner, shown
 
 
 def test_sigterm_to_make_stops_every_process(dev_system: DevSystem) -> None:

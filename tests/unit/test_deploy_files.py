@@ -435,3 +435,24 @@ def test_dockerfile_exposes_the_published_ports() -> None:
     }
     defaults = Settings.model_fields
     assert {defaults["port"].default, defaults["flower_port"].default} <= exposed
+
+
+def _make_dry_run(target: str, venv: Path) -> str:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", target, f"VENV={venv}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_make_run_installs_the_runtime_only_and_make_test_adds_the_tools(tmp_path: Path) -> None:
+    run = _make_dry_run("run", tmp_path / "venv")
+    assert "-r requirements.lock" in run and "requirements-dev.lock" not in run
+    test = _make_dry_run("test", tmp_path / "venv")
+    assert "-r requirements-dev.lock" in test
+    dev_tools = {"pytest", "playwright", "schemathesis", "mypy", "ruff", "hypothesis"}
+    runtime = {
+        line.split("==")[0].lower()
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line
+    }
+    assert not runtime & dev_tools

@@ -23,11 +23,13 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test starts from an environment with no ORCH_* (or PORT) variables."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every test starts from an environment with no ORCH_* (or PORT) variables, in a
+    folder where no `make run` runs (whose settings a bare process would take)."""
     for name in list(os.environ):
         if name.upper().startswith("ORCH_") or name.upper() == "PORT":
             monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
 
 
 def _one_line_error_naming(variable: str) -> Any:
