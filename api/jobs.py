@@ -22,10 +22,14 @@ from api.schemas import (
     JobPage,
     ListQuery,
     RetryRequest,
+    StatsQuery,
+    TenantStatsOut,
 )
 from api.tenant_slots import TenantSlots
 from orchestrator.errors import FieldError, UnknownJobType
+from orchestrator.job_stats import tenant_figures
 from orchestrator.limits import CreationRateLimiter
+from orchestrator.models import utcnow
 from orchestrator.runtime import Runtime
 from orchestrator.service import MAX_BATCH_KEY_LENGTH, JobFilter, JobService, NewJob
 from orchestrator.text import name_problem
@@ -204,3 +208,17 @@ def retry_failed_jobs() -> Response:
             identity.tenant_id, JobFilter(type=body.type), limit=body.limit
         )
     return json_response(BulkRetryResult(retried=retried, count=len(retried)))
+
+
+@blueprint.get("/stats")
+def stats() -> Response:
+    """The tenant's jobs in figures (`job_stats`). It reads up to a window's worth of the
+    tenant's jobs: it takes one of the tenant's slots, as cancel and retry do, so a tenant
+    asking without pause slows only itself."""
+    identity = current_identity()
+    query = StatsQuery.model_validate(request.args.to_dict())
+    with _slot(identity.tenant_id):
+        figures = tenant_figures(
+            service().database, identity.tenant_id, utcnow(), query.windowSeconds
+        )
+    return json_response(TenantStatsOut.of(figures))

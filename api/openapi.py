@@ -28,7 +28,9 @@ from api.schemas import (
     ListQuery,
     MaintenanceRunOut,
     RetryRequest,
+    StatsQuery,
     TenantStandings,
+    TenantStatsOut,
 )
 from orchestrator.registry import Registry
 from orchestrator.runner import SkipReason
@@ -233,6 +235,16 @@ def operations() -> list[Operation]:
             body=BulkRetry,
             body_required=False,
             problems=(400, 401, 413, 422, 429),
+        ),
+        Operation(
+            "get",
+            "/v1/stats",
+            "The tenant's jobs in figures",
+            "jobs",
+            "tenant",
+            {200: TenantStatsOut},
+            query=StatsQuery,
+            problems=(400, 401, 422, 429),
         ),
         Operation("get", "/healthz", "Liveness", "operations", None, {200: Health}),
         Operation(

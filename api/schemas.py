@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from orchestrator.ids import ID_PATTERN
+from orchestrator.job_stats import DEFAULT_WINDOW_SECONDS, TenantFigures
 from orchestrator.models import Job, JobEvent, MaintenanceRun
 from orchestrator.service import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, JobDetails
 from orchestrator.states import JobStatus
@@ -355,3 +356,62 @@ class TenantStandingOut(BaseModel):
 
 class TenantStandings(BaseModel):
     tenants: list[TenantStandingOut]
+
+
+class StatsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    windowSeconds: int = Field(
+        DEFAULT_WINDOW_SECONDS,
+        ge=60,
+        le=7 * 86400,
+        description="How far back the window reaches, in seconds (one minute to a week).",
+    )
+
+
+class SpreadOut(BaseModel):
+    p50: float | None = Field(description="Median, in seconds; null if nothing was measured.")
+    p95: float | None = Field(description="95th percentile (nearest rank), in seconds.")
+
+
+class StatsWindowOut(BaseModel):
+    since: datetime
+    seconds: int
+    jobs: int = Field(description="Jobs created in the window (read: at most 100,000).")
+    truncated: bool = Field(description="More jobs were created than were read.")
+    byType: dict[str, dict[str, int]] = Field(
+        description="Per job type, how many of the window's jobs are in each status now."
+    )
+    failureRate: float | None = Field(
+        description="failed / (succeeded + failed); null if none finished either way."
+    )
+    queueWaitSeconds: SpreadOut = Field(
+        description="From due (created, or its delay or backoff ended) to its latest start."
+    )
+    runSeconds: SpreadOut = Field(
+        description="From its latest start to its end, for jobs that succeeded or failed."
+    )
+
+
+class TenantStatsOut(BaseModel):
+    tenantId: str
+    byStatus: dict[str, int] = Field(description="All the tenant's jobs not archived, by status.")
+    window: StatsWindowOut
+
+    @classmethod
+    def of(cls, figures: TenantFigures) -> TenantStatsOut:
+        window = figures.window
+        return cls(
+            tenantId=figures.tenant_id,
+            byStatus=figures.by_status,
+            window=StatsWindowOut(
+                since=window.since,
+                seconds=window.seconds,
+                jobs=window.jobs,
+                truncated=window.truncated,
+                byType=window.by_type,
+                failureRate=window.failure_rate,
+                queueWaitSeconds=SpreadOut(p50=window.queue_wait.p50, p95=window.queue_wait.p95),
+                runSeconds=SpreadOut(p50=window.run_time.p50, p95=window.run_time.p95),
+            ),
+        )

@@ -100,6 +100,11 @@ class Client:
         ]
         return events
 
+    def stats(self, *, window_seconds: int = 3600) -> dict[str, Any]:
+        """The tenant's jobs in figures (`GET /v1/stats`): counts by status, and over the
+        window's jobs counts by type, the failure rate, queue wait and run time."""
+        return self._call("GET", "/v1/stats", params={"windowSeconds": window_seconds})
+
     def cancel(self, job_id: str) -> Job:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 

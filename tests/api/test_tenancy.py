@@ -38,6 +38,7 @@ TENANT_COLLECTION_ROUTES = {
     ("POST", "/v1/jobs"),
     ("POST", "/v1/jobs/retry"),
     ("POST", "/v1/jobs:batch"),
+    ("GET", "/v1/stats"),
     ("GET", "/dashboard"),
     ("GET", "/dashboard/"),
     ("GET", "/dashboard/jobs"),

@@ -66,6 +66,9 @@ def test_send_wait_list_cancel_retry(server: tuple[str, Runtime], tmp_path: Path
     delayed = client.send("TEST_FLAKY", delay_seconds=60)
     assert client.cancel(delayed["id"])["status"] == "cancelled"
     assert client.retry_failed() == []
+    stats = client.stats(window_seconds=600)
+    assert stats["window"]["seconds"] == 600
+    assert stats["byStatus"]["succeeded"] >= 3 and stats["byStatus"]["cancelled"] >= 1
 
 
 def test_errors_are_api_errors_with_the_problem(server: tuple[str, Runtime]) -> None:
