@@ -32,7 +32,14 @@ from werkzeug.wrappers import Response as Redirect
 
 from api.dashboard_chart import chart_of
 from api.errors import Problem
-from api.identity import auth_mode, current_identity, log_in_with_key
+from api.identity import (
+    TENANT_HEADER,
+    auth_mode,
+    current_identity,
+    log_in_with_key,
+    may_pick_tenant,
+    pick_tenant,
+)
 from orchestrator.errors import JobArchived, JobConflict, JobNotFound
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
@@ -40,6 +47,7 @@ from orchestrator.service import JobFilter, JobService
 from orchestrator.settings import AuthMode
 from orchestrator.states import JobStatus
 from orchestrator.tenant_stats import POSITION_LIMIT
+from orchestrator.tenants import known_tenants
 
 log = logging.getLogger("orchestrator.dashboard")
 
@@ -158,6 +166,7 @@ def _template_helpers() -> dict[str, Any]:
         "refresh_seconds": REFRESH_SECONDS,
         "position_limit": POSITION_LIMIT,
         "tenant": g.get("dashboard_tenant"),
+        "may_pick_tenant": may_pick_tenant(),
     }
 
 
@@ -347,7 +356,48 @@ def error_page(status: int, title: str, detail: str | None = None) -> tuple[str,
 def _problem(exc: Problem) -> tuple[str, int] | Redirect:
     if exc.status == 401 and auth_mode() is AuthMode.API_KEY and request.method == "GET":
         return redirect(url_for("dashboard.login", next=request.path))
+    if (
+        exc.status == 400
+        and request.method == "GET"
+        and TENANT_HEADER not in request.headers
+        and may_pick_tenant()
+    ):
+        return redirect(url_for("dashboard.choose_tenant", next=request.path))
     return error_page(exc.status, exc.title, exc.detail)
+
+
+# -- tenant picker (development with trusted headers) --------------------------------------------
+
+
+@blueprint.get("/tenant")
+def choose_tenant() -> tuple[str, int]:
+    return _picker_page()
+
+
+@blueprint.post("/tenant")
+def choose_tenant_post() -> Redirect | tuple[str, int]:
+    if not may_pick_tenant():
+        return _picker_page()
+    chosen = request.form.get("tenant", "")
+    if problem := pick_tenant(chosen):
+        return _picker_page(error=problem, status=400)
+    _log("tenant_picked", chosen.strip(), None)
+    return redirect(_safe_next(), code=303)
+
+
+def _picker_page(error: str | None = None, status: int = 200) -> tuple[str, int]:
+    """Where a browser, which sends no `X-Tenant-ID`, names its tenant (`make run`); a 404
+    wherever the tenant must be proven."""
+    if not may_pick_tenant():
+        return error_page(404, "Not found", "Tenants are picked only in development.")
+    page = render_template(
+        "dashboard/tenant.html",
+        next=_safe_next(),
+        tenants=known_tenants(_runtime().database),
+        current=session.get("picked_tenant"),
+        error=error,
+    )
+    return page, status
 
 
 # -- login (api-key mode) -----------------------------------------------------------------------

@@ -5,6 +5,11 @@ Two modes (`ORCH_AUTH_MODE`):
   development). The dashboard takes the same key once, at login, into a signed session.
 - `trusted-headers`: a gateway in front of us sets `X-Tenant-ID` (and `X-User-ID`); with
   `ORCH_GATEWAY_SECRET` set, a request must also carry it in `X-Gateway-Secret`.
+
+In development with trusted headers and no gateway (`make run`), anyone may name any
+tenant in a header; a browser sends none, so the dashboard lets a person pick the tenant
+instead, kept in the signed session (`may_pick_tenant`). That grants nothing a header
+would not.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ USER_HEADER = "X-User-ID"
 GATEWAY_HEADER = "X-Gateway-Secret"
 SESSION_TENANT = "tenant_id"
 SESSION_KEY = "api_key_id"
+SESSION_PICKED = "picked_tenant"
 SESSION_SIGNING_FILE = "session.key"
 
 
@@ -51,6 +57,10 @@ def auth_mode() -> AuthMode:
 def current_identity(*, allow_session: bool = False) -> Identity:
     """The caller's tenant, or a 400/401 problem. `allow_session`: the dashboard's login."""
     if auth_mode() is AuthMode.TRUSTED_HEADERS:
+        if allow_session and TENANT_HEADER not in request.headers and may_pick_tenant():
+            picked = session.get(SESSION_PICKED)
+            if isinstance(picked, str) and tenant_id_problem(picked) is None:
+                return Identity(tenant_id=picked, user_id=None)
         return _from_headers()
     if allow_session and SESSION_TENANT in session:
         return _from_session()
@@ -98,6 +108,26 @@ def _from_headers() -> Identity:
     if user is not None and (problem := tenant_id_problem(user)):  # user ids look the same
         raise Problem(400, "Invalid user", f"{USER_HEADER} {problem}.")
     return Identity(tenant_id=tenant, user_id=user)
+
+
+def may_pick_tenant() -> bool:
+    """Whether the dashboard may let a person pick the tenant: development, trusted
+    headers, no gateway secret."""
+    settings = _runtime().settings
+    return (
+        settings.is_development
+        and settings.effective_auth_mode is AuthMode.TRUSTED_HEADERS
+        and settings.gateway_secret is None
+    )
+
+
+def pick_tenant(tenant: str) -> str | None:
+    """Remember `tenant` for this browser's dashboard; why not, if it cannot name one."""
+    tenant = tenant.strip()
+    if problem := tenant_id_problem(tenant):
+        return f"A tenant id {problem}."
+    session[SESSION_PICKED] = tenant
+    return None
 
 
 def log_in_with_key(presented: str) -> Identity | None:

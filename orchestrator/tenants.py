@@ -20,3 +20,9 @@ def set_tier(database: Database, settings: Settings, tenant_id: str, tier: str) 
         updated = session.execute(sa.update(Tenant).where(Tenant.id == tenant_id).values(tier=tier))
         if not updated.rowcount:  # type: ignore[attr-defined]
             session.add(Tenant(id=tenant_id, tier=tier, created_at=utcnow()))
+
+
+def known_tenants(database: Database, limit: int = 200) -> list[str]:
+    """The tenants that have created jobs, by id (the first `limit`)."""
+    with database.session() as session:
+        return list(session.scalars(sa.select(Tenant.id).order_by(Tenant.id).limit(limit)))

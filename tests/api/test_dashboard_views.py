@@ -20,6 +20,8 @@ import api
 from api import dashboard, dashboard_chart
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
+from orchestrator.settings import load_settings
+from tests import REAL_SECRET
 from tests.recording import recording_service
 
 ANALYZE = {
@@ -225,15 +227,74 @@ def test_archived_job_is_a_410_page(client: FlaskClient, tenant: str, runtime: R
     assert "Job archived" in page(client, tenant, f"/dashboard/jobs/{job['id']}", status=410)
 
 
-@pytest.mark.parametrize(
-    "path", ["/dashboard", "/dashboard/jobs", "/dashboard/summary", "/dashboard/dead-letters"]
-)
-def test_no_identity_is_a_friendly_400_page(client: FlaskClient, path: str) -> None:
-    response = client.get(path)
-    assert response.status_code == 400
-    assert response.mimetype == "text/html"
-    html = response.get_data(as_text=True)
-    assert "Missing tenant" in html and "X-Tenant-ID" in html
+DASHBOARD_PAGES = ["/dashboard", "/dashboard/jobs", "/dashboard/summary", "/dashboard/dead-letters"]
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.mark.parametrize("path", DASHBOARD_PAGES)
+def test_a_browser_in_development_picks_its_tenant(
+    client: FlaskClient, tenant: str, path: str
+) -> None:
+    """`make run`: a browser sends no X-Tenant-ID; the dashboard asks for the tenant,
+    lists the ones with jobs, and remembers the choice in the session."""
+    mine = create(client, tenant, ANALYZE)
+    theirs = create(client, "tnt_other", ANALYZE)
+    asked = client.get(path)
+    assert asked.status_code == 302
+    assert asked.headers["Location"].startswith("/dashboard/tenant?next=")
+    picker = client.get(asked.headers["Location"]).get_data(as_text=True)
+    assert f'data-tenant="{tenant}"' in picker and 'data-tenant="tnt_other"' in picker
+    refused = client.post(
+        "/dashboard/tenant", data={"tenant": "bad tenant!", "csrf_token": _csrf(picker)}
+    )
+    assert refused.status_code == 400 and "must match" in refused.get_data(as_text=True)
+    chosen = client.post(
+        "/dashboard/tenant", data={"tenant": tenant, "next": path, "csrf_token": _csrf(picker)}
+    )
+    assert chosen.status_code == 303 and chosen.headers["Location"] == path
+    assert client.get(path).status_code == 200
+    overview = client.get("/dashboard").get_data(as_text=True)
+    assert mine["id"] in overview and theirs["id"] not in overview
+    assert client.get(f"/dashboard/jobs/{theirs['id']}").status_code == 404
+    # A header still names the tenant, whatever was picked.
+    other = client.get("/dashboard", headers={"X-Tenant-ID": "tnt_other"}).get_data(as_text=True)
+    assert theirs["id"] in other and mine["id"] not in other
+
+
+def test_picking_needs_the_forms_token(client: FlaskClient, tenant: str) -> None:
+    client.get("/dashboard/tenant")
+    assert client.post("/dashboard/tenant", data={"tenant": tenant}).status_code == 400
+    assert client.get("/dashboard").status_code == 302  # nothing was picked
+
+
+@pytest.mark.parametrize("path", DASHBOARD_PAGES)
+def test_where_tenants_are_proven_no_identity_is_a_friendly_400_page(
+    sqlite_url: str, path: str
+) -> None:
+    """Behind a gateway (its secret set), a tenant comes from the gateway only."""
+    settings = load_settings(
+        env="development",
+        database_url=sqlite_url,
+        dispatch_mode="inline",
+        gateway_secret=REAL_SECRET,
+    )
+    runtime = Runtime.build(settings)
+    try:
+        client = api.create_app(runtime=runtime).test_client()
+        response = client.get(path, headers={"X-Gateway-Secret": REAL_SECRET})
+        assert response.status_code == 400
+        assert response.mimetype == "text/html"
+        html = response.get_data(as_text=True)
+        assert "Missing tenant" in html and "X-Tenant-ID" in html
+        assert client.get("/dashboard/tenant").status_code == 404
+        assert client.post("/dashboard/tenant", data={"tenant": "x"}).status_code in (400, 404)
+    finally:
+        runtime.database.dispose()
 
 
 def test_dead_letters_lists_failed_jobs_with_error(

@@ -46,6 +46,8 @@ TENANT_COLLECTION_ROUTES = {
     ("GET", "/dashboard/summary"),
     ("POST", "/dashboard/dead-letters/retry"),
     ("GET", "/dashboard/login"),
+    ("GET", "/dashboard/tenant"),
+    ("POST", "/dashboard/tenant"),
     ("POST", "/dashboard/login"),
     ("POST", "/dashboard/logout"),
 }

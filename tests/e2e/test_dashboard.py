@@ -271,12 +271,26 @@ def test_pages_without_identity_or_for_another_tenant(
     expect(page.locator("h1")).to_have_text("Job not found")
     screenshot(page, "not-found")
 
+    # A browser as a person opens it under `make run`: no header. In development the
+    # dashboard asks which tenant, lists those with jobs, and remembers the choice.
     anonymous = browser.new_context(base_url=stack.base_url)
+    anonymous.set_default_timeout(UI_TIMEOUT_MS)
     try:
         bare = anonymous.new_page()
-        response = bare.goto("/dashboard", timeout=UI_TIMEOUT_MS)
-        assert response is not None and response.status == 400
-        expect(bare.locator("h1")).to_have_text("Missing tenant", timeout=UI_TIMEOUT_MS)
-        screenshot(bare, "no-identity")
+        response = bare.goto(f"/dashboard/jobs/{theirs['id']}")
+        assert response is not None and response.status == 200
+        expect(bare.locator("h1")).to_have_text("Pick a tenant")
+        screenshot(bare, "tenant-picker")
+        bare.locator('button[data-tenant="someone_else"]').click()
+        expect(bare.locator("#job h1")).to_contain_text("TEST_ECHO_UPSTREAM")
+        expect(bare.locator(".tenant")).to_have_text("someone_else")
+        bare.goto("/dashboard")
+        expect(bare.locator(f'#jobs tr[data-job-id="{theirs["id"]}"]')).to_be_visible()
+        bare.get_by_role("link", name="Switch tenant").click()
+        bare.locator("#tenant").fill("tnt_nobody")
+        bare.get_by_role("button", name="Show its jobs").click()
+        expect(bare.locator(".tenant")).to_have_text("tnt_nobody")
+        expect(bare.locator(f'#jobs tr[data-job-id="{theirs["id"]}"]')).to_have_count(0)
+        screenshot(bare, "picked-tenant")
     finally:
         anonymous.close()
