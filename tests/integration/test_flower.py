@@ -34,9 +34,10 @@ def test_flower_sees_the_worker_and_a_finished_pipeline(
         # Flower knows a task's name from its "received" event: wait until it is connected
         # to the broker (it lists the worker) before any task of ours is sent.
         workers = _workers_seen(base, stack.worker.nodename)
-        # Workers send no task events until Flower switches them on (celeryconfig): the
-        # housekeeping tasks beat sends show when it has.
-        _tasks_seen(base, set())
+        # Workers send no task events until Flower switches them on (celeryconfig), and
+        # housekeeping sends none at all: a probe job, sent again until Flower lists it,
+        # shows that it has.
+        _events_on(base, stack, tenant)
         created = stack.create(tenant, {"type": "TEST_FLAKY"})
         report_id = stack.wait_for(tenant, created["id"])["pipeline"]["steps"][1]["id"]
         stack.wait_for(tenant, report_id)
@@ -68,6 +69,19 @@ def _workers_seen(base: str, node: str, timeout: float = 30) -> dict[str, object
         workers = requests.get(f"{base}/api/workers?refresh=1", auth=AUTH, timeout=20).json()
     time.sleep(1)  # the event receiver starts beside the inspector
     return workers
+
+
+def _events_on(base: str, stack: Stack, tenant: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = stack.create(tenant, {"type": "TEST_ECHO_UPSTREAM"})
+        stack.wait_for(tenant, probe["id"])
+        try:
+            _tasks_seen(base, {probe["id"]}, timeout=2)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("flower never saw a task: task events stayed off")
 
 
 def _tasks_seen(base: str, job_ids: set[str], timeout: float = 20) -> dict[str, dict[str, str]]:
