@@ -21,11 +21,14 @@ from orchestrator.dispatch.celery import create_celery_app, restore_unacked
 from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from orchestrator.errors import OrchestratorError
+from orchestrator.registry import BUILTIN_JOB_MODULES
+from orchestrator.reloader import SourceWatcher
 from orchestrator.settings import Settings, load_settings
 from orchestrator.supervisor import Program, Supervisor, SupervisorError
 
 DATABASE = "orchestrator"  # the embedded PostgreSQL's database
 CREDENTIALS_FILE = "postgres.password"  # its superuser's password
+RELOADED = frozenset({"web", "worker", "beat", "dispatcher"})  # the ones loading job modules
 
 
 def run_dev() -> int:
@@ -61,6 +64,8 @@ def run_dev() -> int:
             programs.append(redis_program(redis, settings))
         programs += app_programs(settings)
         supervisor = Supervisor(programs)
+        modules = (*BUILTIN_JOB_MODULES, *settings.job_modules)
+        supervisor.watch = SourceWatcher.for_modules(modules).changed
         environment = processes.environment(settings)
         supervisor.pids_changed = lambda pids: run_record.write(
             settings.state_dir, pids, environment
@@ -163,7 +168,16 @@ def app_programs(settings: Settings) -> list[Program]:
         # takes its claims back.
         death = signal.SIGKILL if name == "worker" else signal.SIGTERM
         programs.append(
-            Program(name, processes.command(name, settings), env=env, death_signal=death)
+            Program(
+                name,
+                processes.command(name, settings),
+                env=env,
+                death_signal=death,
+                # Every process but Flower loads the job modules: a change to one restarts
+                # them, and gunicorn starts fresh workers on SIGHUP, serving throughout.
+                restarts_on_change=name in RELOADED,
+                reload_signal=signal.SIGHUP if name == "web" else None,
+            )
         )
     return programs
 

@@ -31,6 +31,7 @@ STABLE_SECONDS = 60.0
 MAX_CRASHES = 5
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 STOP_TIMEOUT = 30.0
+WATCH_EVERY = 1.0
 _POLL = 0.1
 _PR_SET_PDEATHSIG = 1
 
@@ -58,7 +59,9 @@ class Program:
     supervisor dies (a Celery worker takes SIGKILL: it must not go on running jobs next
     to the run that replaces it, and Celery's own shutdown would wait for the broker that
     died with the supervisor); `stop_signal` what a stop sends (PostgreSQL's fast shutdown
-    is SIGINT). `user` runs it as another OS account.
+    is SIGINT). `user` runs it as another OS account. When watched source files change
+    (`Supervisor.watch`), a program with a `reload_signal` gets it (gunicorn reloads its
+    workers on SIGHUP), and one that `restarts_on_change` is stopped and started again.
     """
 
     name: str
@@ -70,6 +73,8 @@ class Program:
     death_signal: signal.Signals = signal.SIGTERM
     stop_signal: signal.Signals = signal.SIGTERM
     user: str | None = None
+    reload_signal: signal.Signals | None = None
+    restarts_on_change: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
     crashes: int = 0
@@ -89,6 +94,9 @@ class Supervisor:
         self._stop = threading.Event()
         self._signal: int | None = None
         self.pids_changed: Callable[[dict[str, int]], None] | None = None
+        # Returns the source files changed since it was last asked (`reloader`).
+        self.watch: Callable[[], Sequence[str]] | None = None
+        self._watched_at = 0.0
 
     # -- running ---------------------------------------------------------------------------
 
@@ -125,6 +133,10 @@ class Supervisor:
     def _supervise(self) -> str | None:
         while not self._stop.wait(_POLL):
             now = time.monotonic()
+            if self.watch is not None and now - self._watched_at >= WATCH_EVERY:
+                self._watched_at = now
+                if changed := self.watch():
+                    self._reload(changed)
             for program in self.programs:
                 if program.restart_at is not None:
                     if now >= program.restart_at:
@@ -132,6 +144,24 @@ class Supervisor:
                 elif _exited(program) and (failure := self._crashed(program, now)):
                     return failure
         return None
+
+    def _reload(self, changed: Sequence[str]) -> None:
+        signalled = [p for p in self.programs if p.reload_signal is not None]
+        restarted = [p for p in self.programs if p.restarts_on_change and p not in signalled]
+        what = [f"restarting {', '.join(p.name for p in restarted)}"] if restarted else []
+        what += [f"reloading {', '.join(p.name for p in signalled)}"] if signalled else []
+        more = len(changed) - 3
+        shown = ", ".join(changed[:3]) + (f" and {more} more" if more > 0 else "")
+        self.say(f"{shown} changed: {'; '.join(what) or 'nothing to reload'}")
+        for program in signalled:
+            process, reload_signal = program.process, program.reload_signal
+            if process is not None and reload_signal is not None and process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(reload_signal)
+        for program in restarted:
+            self._stop_one(program)
+            program.crashes, program.restart_at = 0, None
+            self._restart(program)
 
     def _crashed(self, program: Program, now: float) -> str | None:
         assert program.process is not None
@@ -212,21 +242,24 @@ class Supervisor:
     def _stop_all(self) -> None:
         """The programs in reverse order of start: the broker outlives its clients."""
         for program in reversed(self.programs):
-            process = program.process
-            if process is None or process.poll() is not None:
-                continue
-            # The program's own process: gunicorn's master and Celery's main process stop
-            # their children themselves (a warm shutdown lets running jobs finish).
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(program.stop_signal)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.say(f"{program.name} did not stop in {STOP_TIMEOUT:g} s; killing it")
-                _signal_group(process.pid, signal.SIGKILL)
-                process.wait(5)
-            # What the program left running in its group (a worker's pool) goes with it.
+            self._stop_one(program)
+
+    def _stop_one(self, program: Program) -> None:
+        process = program.process
+        if process is None or process.poll() is not None:
+            return
+        # The program's own process: gunicorn's master and Celery's main process stop
+        # their children themselves (a warm shutdown lets running jobs finish).
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(program.stop_signal)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.say(f"{program.name} did not stop in {STOP_TIMEOUT:g} s; killing it")
             _signal_group(process.pid, signal.SIGKILL)
+            process.wait(5)
+        # What the program left running in its group (a worker's pool) goes with it.
+        _signal_group(process.pid, signal.SIGKILL)
 
     # -- output ----------------------------------------------------------------------------
 

@@ -117,3 +117,36 @@ def test_programs_die_with_a_supervisor_killed_with_sigkill(tmp_path: Path) -> N
     process.wait(10)
     _, alive = psutil.wait_procs(family, timeout=10)
     assert alive == []
+
+
+def test_a_source_change_restarts_some_programs_and_signals_others(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(supervisor, "WATCH_EVERY", 0.05)
+    starts, hups, out = tmp_path / "starts", tmp_path / "hups", tmp_path / "out"
+    worker = Program("worker", ["sh", "-c", f"echo x >> {starts}; exec sleep 30"])
+    worker.restarts_on_change = True
+    web = Program("web", ["sh", "-c", f"trap 'echo h >> {hups}' HUP; while :; do sleep 0.05; done"])
+    web.reload_signal = signal.SIGHUP
+    flower = sh("flower", "exec sleep 30")
+    changes = [["jobs/a.py", "jobs/b.py"]]
+    with out.open("w") as output:
+        runner = Supervisor([worker, web, flower], output)
+        runner.watch = lambda: changes.pop() if changes else []
+        runner_thread = threading.Thread(target=runner.run)
+        runner_thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (hups.exists() and _lines(starts) == 2):
+            time.sleep(0.05)
+        flower_pid = flower.process.pid if flower.process else None
+        runner.stop()
+        runner_thread.join(10)
+    assert _lines(starts) == 2  # started, then once more for the change
+    assert _lines(hups) == 1
+    log = out.read_text()
+    assert "jobs/a.py, jobs/b.py changed: restarting worker; reloading web" in log
+    assert "flower restarted" not in log and flower_pid is not None
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
