@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.routing import BaseConverter
 
-from api import admin, dashboard, errors, health, internal, jobs, metrics, openapi
+from api import admin, dashboard, errors, health, internal, jobs, metrics, openapi, operator
 from api.auth import Certs, GoogleCerts, OidcVerifier
 from api.framing import guard_request_bodies
 from api.identity import session_secret
@@ -56,6 +56,7 @@ def create_app(
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(internal.blueprint)
     app.register_blueprint(dashboard.blueprint)
+    app.register_blueprint(operator.blueprint)
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(openapi.blueprint)
     # OIDC tokens are taken only from the one service account named: any Google account can

@@ -153,7 +153,7 @@ def _back(endpoint: str, **values: Any) -> Redirect:
 
 
 @blueprint.context_processor
-def _template_helpers() -> dict[str, Any]:
+def template_helpers() -> dict[str, Any]:
     return {
         "csrf_token": csrf_token,
         "csrf_field": CSRF_FIELD,
@@ -171,7 +171,7 @@ def _template_helpers() -> dict[str, Any]:
 
 
 @blueprint.before_request
-def _check_csrf() -> None:
+def check_csrf() -> None:
     if request.method != "POST":
         return
     expected = session.get(CSRF_SESSION_KEY)
@@ -185,7 +185,7 @@ def _check_csrf() -> None:
 
 
 @blueprint.after_request
-def _security_headers(response: Response) -> Response:
+def security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.endpoint != "dashboard.static":

@@ -33,13 +33,30 @@
     select.addEventListener("change", function () { select.form.submit(); });
   });
 
+  document.querySelectorAll("input[data-select-all]").forEach(function (all) {
+    all.addEventListener("change", function () {
+      all.closest("form").querySelectorAll("input[type=checkbox][name]").forEach(function (box) {
+        box.checked = all.checked;
+      });
+    });
+  });
+
   // Delegated, so forms inside refreshed regions keep it.
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    var question = form.dataset && form.dataset.confirm;
+    var submitter = event.submitter;
+    var question = (submitter && submitter.dataset.confirm) || (form.dataset && form.dataset.confirm);
     if (question && !window.confirm(question)) {
       event.preventDefault();
       return;
+    }
+    // A disabled button's name and value are not sent: keep the chosen one's in the form.
+    if (submitter && submitter.name) {
+      var chosen = document.createElement("input");
+      chosen.type = "hidden";
+      chosen.name = submitter.name;
+      chosen.value = submitter.value;
+      form.appendChild(chosen);
     }
     form.querySelectorAll("button[type=submit]").forEach(function (button) {
       button.disabled = true;

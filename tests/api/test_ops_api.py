@@ -156,13 +156,14 @@ def test_metrics_need_service_credentials_outside_development(sqlite_url: str) -
 
 
 def test_the_openapi_document_has_every_route_the_api_serves(client: FlaskClient) -> None:
-    """The dashboard is HTML for browsers and the document serves itself; every other
+    """The dashboard and the operator pages are HTML for browsers and the document serves
+    itself; every other
     route and method must be in it, and nothing that is not served."""
     document = client.get("/openapi.json").get_json()
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     served = set()
     for rule in client.application.url_map.iter_rules():
-        if rule.endpoint.split(".")[0] in {"dashboard", "openapi", "static"}:
+        if rule.endpoint.split(".")[0] in {"dashboard", "ops", "openapi", "static"}:
             continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         served |= {(path, method.lower()) for method in rule.methods - {"HEAD", "OPTIONS"}}

@@ -62,7 +62,20 @@ SERVICE_ROUTES = {
     ("GET", "/internal/stats"),
     ("GET", "/metrics"),
 }
+# Operator pages: service credentials, or a session signed in with the service secret.
+OPERATOR_ROUTES = {
+    ("GET", "/ops"),
+    ("GET", "/ops/scheduled"),
+    ("GET", "/ops/search"),
+    ("GET", "/ops/dead-letters"),
+    ("POST", "/ops/dead-letters"),
+    ("POST", "/ops/cron/<cron_id>/fire"),
+    ("POST", "/ops/jobs/<job:job_id>/run-now"),
+    ("POST", "/ops/logout"),
+}
 OPEN_ROUTES = {
+    ("GET", "/ops/login"),
+    ("POST", "/ops/login"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
@@ -115,7 +128,13 @@ def routes(app: Flask) -> set[tuple[str, str]]:
 
 
 def test_every_route_is_classified(app: Flask) -> None:
-    known = TENANT_JOB_ROUTES | TENANT_COLLECTION_ROUTES | SERVICE_ROUTES | OPEN_ROUTES
+    known = (
+        TENANT_JOB_ROUTES
+        | TENANT_COLLECTION_ROUTES
+        | SERVICE_ROUTES
+        | OPERATOR_ROUTES
+        | OPEN_ROUTES
+    )
     unclassified = routes(app) - known
     assert not unclassified, f"classify these routes in this test: {sorted(unclassified)}"
 
@@ -153,6 +172,22 @@ def test_tenant_credentials_open_no_service_route(
             response = client.open(rule, method=method, headers=headers, json={})
             assert response.status_code == 401, (method, rule, headers)
             assert "detail" not in (response.get_json() or {})
+
+
+def test_tenant_credentials_open_no_operator_page(
+    app: Flask, client: FlaskClient, runtime: Runtime
+) -> None:
+    alice = key_for(runtime, "alice")
+    for method, rule in sorted(OPERATOR_ROUTES & routes(app)):
+        path = rule.replace("<cron_id>", "nightly-archival").replace(
+            "<job:job_id>", "job_0123456789abcdef0123456789ab"
+        )
+        for headers in ({}, alice, {"X-Service-Auth": SECRET[:-1]}, {"X-Tenant-ID": "alice"}):
+            response = client.open(path, method=method, headers=headers)
+            expected = 302 if method == "GET" else 401  # a browser is sent to sign in
+            assert response.status_code == expected, (method, rule, headers)
+            if method == "GET":
+                assert response.headers["Location"].startswith("/ops/login")
 
 
 def test_api_keys_map_to_tenants_and_revocation_is_immediate(

@@ -294,3 +294,48 @@ def test_pages_without_identity_or_for_another_tenant(
         screenshot(bare, "picked-tenant")
     finally:
         anonymous.close()
+
+
+def test_operator_pages_across_tenants(
+    stack: Stack, browser: Browser, tenant: str, tmp_path: Path
+) -> None:
+    """Signed in with the service secret, in a browser with no tenant header: every
+    tenant's standing, the queues with the worker consuming them, cron's "fire now",
+    "run now" for a scheduled job, and dead letters discarded in bulk."""
+    failed = gated(stack, tenant, tmp_path / "gate")
+    later = stack.create(tenant, {"type": "TEST_ECHO_UPSTREAM", "delaySeconds": 3600})
+    context = browser.new_context(base_url=stack.base_url, viewport={"width": 1360, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    try:
+        page.goto("/ops")
+        expect(page.locator("h1")).to_have_text("Operator sign-in")
+        screenshot(page, "ops-login")
+        page.locator("#secret").fill("dev-secret")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("h1")).to_have_text("Operations")
+        expect(page.locator(f'#tenants tr[data-tenant="{tenant}"]')).to_be_visible()
+        workers = page.locator('#queues tr[data-queue="default"] [data-field="workers"]')
+        expect(workers).to_contain_text(stack.worker.nodename)
+        screenshot(page, "ops-overview")
+
+        page.get_by_role("link", name="Scheduled").click()
+        row = page.locator(f'tr[data-job-id="{later["id"]}"]')
+        screenshot(page, "ops-scheduled")
+        row.get_by_role("button", name="Run now").click()
+        expect(page.locator(".flash")).to_contain_text("is due now")
+        stack.wait_for(tenant, later["id"], {"succeeded"}, timeout=JOB_TIMEOUT)
+
+        page.locator('input[name="q"]').fill(failed["id"])
+        page.locator('input[name="q"]').press("Enter")
+        expect(page.locator(f'tr[data-job-id="{failed["id"]}"]')).to_be_visible()
+
+        page.get_by_role("link", name="Dead letters").click()
+        page.locator(f'input[name="job"][value="{failed["id"]}"]').check()
+        screenshot(page, "ops-dead-letters")
+        page.get_by_role("button", name="Discard selected").click()
+        expect(page.locator(".flash")).to_contain_text("Discarded 1 job(s).")
+        expect(page.locator(f'tr[data-job-id="{failed["id"]}"]')).to_have_count(0)
+    finally:
+        context.close()

@@ -138,8 +138,11 @@ def test_readme_curl_examples_work_as_written(dev_system: DevSystem) -> None:
             _wait_for_pipeline(dev_system, json.loads(outputs[-1].splitlines()[0])["id"])
     created = json.loads(outputs[0])
     assert created["status"] == "queued" and created["type"] == "ANALYZE_INSPECTION"
-    listed = json.loads(outputs[-1])
+    listing = next(i for i, block in enumerate(blocks) if "/v1/jobs?status=" in block)
+    listed = json.loads(outputs[listing])
     assert listed["jobs"] and {j["status"] for j in listed["jobs"]} == {"succeeded"}
+    stats = json.loads(outputs[next(i for i, b in enumerate(blocks) if "/v1/stats" in b)])
+    assert stats["tenantId"] == "acme" and stats["window"]["seconds"] == 3600
 
 
 def _wait_for_pipeline(
