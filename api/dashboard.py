@@ -430,16 +430,20 @@ def log_out() -> Redirect:
 
 
 def _safe_next() -> str:
-    """Where to go after login: a dashboard path only, never another site (nor a header
-    broken by a control character or a backslash)."""
+    return safe_next("/dashboard", "dashboard.overview")
+
+
+def safe_next(area: str, home: str) -> str:
+    """Where to go after signing in: a path of `area` only, never another site (nor a
+    header broken by a control character or a backslash); else `home`'s page."""
     target = request.values.get("next", "")
     safe = (
-        target.startswith("/dashboard")
+        target.startswith(area)
         and "//" not in target
         and "\\" not in target
         and target.isprintable()
     )
-    return target if safe else url_for("dashboard.overview")
+    return target if safe else url_for(home)
 
 
 @blueprint.errorhandler(JobNotFound)

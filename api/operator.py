@@ -28,7 +28,7 @@ from flask import (
 from werkzeug.wrappers import Response as Redirect
 
 from api.auth import service_credentials_presented, verify_service_secret
-from api.dashboard import check_csrf, security_headers, template_helpers
+from api.dashboard import check_csrf, safe_next, security_headers, template_helpers
 from api.errors import Problem
 from orchestrator import operations, tenant_stats
 from orchestrator.dispatch.celery import CeleryDispatcher
@@ -239,6 +239,4 @@ def log_out() -> Redirect:
 
 
 def _safe_next() -> str:
-    target = request.values.get("next", "")
-    safe = target.startswith("/ops") and "//" not in target and "\\" not in target
-    return target if safe and target.isprintable() else url_for("ops.overview")
+    return safe_next("/ops", "ops.overview")
