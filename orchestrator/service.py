@@ -116,6 +116,12 @@ class JobFilter:
     type: str | None = None
 
 
+def _record_tenant(session: sa.orm.Session, tenant_id: str, now: datetime) -> None:
+    """The tenant's row, if it has none yet (its tier decides its retention)."""
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+    session.execute(insert(Tenant).values(id=tenant_id, created_at=now).on_conflict_do_nothing())
+
+
 class JobService:
     def __init__(
         self,
@@ -161,6 +167,43 @@ class JobService:
         for step in steps:
             log.info("job created", extra={**_ids(step), "action": "created"})
         return Created(JobDetails(job=steps[0], steps=steps), created=True)
+
+    def create_in(self, session: sa.orm.Session, request: NewJob) -> JobDetails:
+        """Record the pipeline in the caller's transaction (`session`, a session of the
+        caller's on this database): the job exists, and runs, only if that transaction
+        commits. The job is ready in the rows it commits (the outbox), so a process that
+        dies between its commit and the dispatcher's nudge loses nothing: the dispatcher
+        admits ready jobs at its next look. A rollback leaves nothing, and sends nothing.
+
+        An idempotency key already used by a committed job answers with that job; two
+        uncommitted uses collide at the caller's commit (the key is unique per tenant)."""
+        if problems := _request_problems(request, self.settings):
+            raise InvalidInput(problems)
+        self._check_same_database(session)
+        if request.idempotency_key and (earlier := self._earlier(request)) is not None:
+            return earlier.details
+        now = self.clock()
+        steps = self._build_pipeline(request, now)
+        _record_tenant(session, request.tenant_id, now)
+        transitions.insert_pipeline(session, steps, now)
+        sa.event.listen(session, "after_commit", lambda _: self._committed(steps), once=True)
+        return JobDetails(job=steps[0], steps=steps)
+
+    def _committed(self, steps: list[Job]) -> None:
+        for step in steps:
+            log.info("job created", extra={**_ids(step), "action": "created"})
+        self.admission.became_ready()
+
+    def _check_same_database(self, session: sa.orm.Session) -> None:
+        """The caller's session must write where the dispatcher reads."""
+        theirs = session.get_bind().engine.url
+        ours = self.database.engine.url
+        same = (theirs.drivername.split("+")[0], theirs.host, theirs.port, theirs.database)
+        if same != (ours.drivername.split("+")[0], ours.host, ours.port, ours.database):
+            raise OrchestratorError(
+                "session= must be a session on the orchestrator's database "
+                f"({ours.render_as_string(hide_password=True)})"
+            )
 
     def create_batch(
         self,
@@ -316,14 +359,7 @@ class JobService:
         if tenant_id in self._known_tenants:
             return
 
-        def remember(session: sa.orm.Session) -> None:
-            dialect = session.get_bind().dialect.name
-            insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
-            session.execute(
-                insert(Tenant).values(id=tenant_id, created_at=now).on_conflict_do_nothing()
-            )
-
-        self.database.statement(remember)
+        self.database.statement(lambda session: _record_tenant(session, tenant_id, now))
         if len(self._known_tenants) >= KNOWN_TENANTS_CACHE:
             self._known_tenants.clear()
         self._known_tenants.add(tenant_id)
