@@ -123,10 +123,11 @@ def register_maintenance_tasks(app: Celery) -> None:
     def cron_catch_up() -> int:
         return len(Runtime.current().cron.catch_up())
 
-    quiet = {"ignore_result": True, "send_events": False}
+    # Registered on this app only (`shared=False`): each app registers its own.
+    quiet = {"ignore_result": True, "send_events": False, "shared": False}
     app.task(reap_leases, name=REAP_TASK, **quiet)
     app.task(dispatch_tick, name=DISPATCH_TICK_TASK, **quiet)
-    app.task(fire_cron, name=FIRE_TASK, ignore_result=True, acks_late=True)
+    app.task(fire_cron, name=FIRE_TASK, ignore_result=True, acks_late=True, shared=False)
     app.task(cron_catch_up, name=CATCH_UP_TASK, acks_late=True, **quiet)
 
 
