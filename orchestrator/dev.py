@@ -9,6 +9,7 @@ of the whole group leaves nothing behind. One run per state folder at a time.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -78,7 +79,9 @@ def where_things_are(settings: Settings) -> str:
     """What a newcomer needs once the run is up: where to look, which header to send,
     a line to try, and that a second shell needs nothing exported."""
     web = f"http://{settings.host}:{settings.port}"
-    sample = '{"type": "ANALYZE_INSPECTION", "input": {"roomIds": ["kitchen"]}}'
+    sample = json.dumps(
+        {"type": "ANALYZE_INSPECTION", "input": {"analysisMode": "QUICK", "roomIds": ["kitchen"]}}
+    )
     return "\n".join(
         [
             "make run: starting; in a few seconds:",

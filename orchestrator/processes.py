@@ -50,6 +50,9 @@ def web(settings: Settings) -> list[str]:
         f"--timeout={settings.web_timeout}",
         f"--graceful-timeout={settings.web_timeout}",
         "--access-logfile=-",
+        # gunicorn's control socket defaults to one per account in the home folder,
+        # shared by every run of that account; nothing here uses it.
+        "--no-control-socket",
         WSGI_APP,
     ]
 

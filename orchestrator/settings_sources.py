@@ -14,12 +14,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic_settings import BaseSettings, EnvSettingsSource
 
 from orchestrator import run_record
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 ENVIRONMENT = "environment"
 DEFAULT = "default"
@@ -63,7 +66,7 @@ def live_run_settings(init_kwargs: Mapping[str, Any] | None = None) -> dict[str,
 
 
 def origins(
-    settings: BaseSettings, recorded: Mapping[str, str], run_file: Path
+    settings: Settings, recorded: Mapping[str, str], run_file: Path
 ) -> list[tuple[str, str, str]]:
     """(variable, value as shown, where it came from) for every setting; secrets masked,
     passwords cut out of URLs."""
@@ -76,7 +79,10 @@ def origins(
             origin = f"make run ({run_file})"
         else:
             origin = DEFAULT
-        rows.append((name, shown(field, getattr(settings, field)), origin))
+        value = getattr(settings, field)
+        if value is None and field == "auth_mode":  # decided by ORCH_ENV: say what it is
+            value = f"{settings.effective_auth_mode} (for ORCH_ENV={settings.env})"
+        rows.append((name, shown(field, value), origin))
     return rows
 
 

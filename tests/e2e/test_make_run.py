@@ -243,6 +243,14 @@ def test_make_run_says_where_everything_is(dev_system: DevSystem) -> None:
     for shown in ("/dashboard", "/docs", dev_system.flower_url, "X-Tenant-ID", "curl -X POST",
                   "orchestrator config", "Ctrl-C"):  # fmt: skip
         assert shown in banner, shown
+    # The line to try works as printed (a newcomer's first command).
+    lines = banner.splitlines()
+    first = next(i for i, line in enumerate(lines) if "curl -X POST" in line)
+    command = "\n".join(line.strip() for line in lines[first : first + 2])
+    tried = subprocess.run(["bash", "-c", command + " --fail-with-body -s"], capture_output=True,
+                           text=True, timeout=30, check=False)  # fmt: skip
+    assert tried.returncode == 0, tried.stdout + tried.stderr
+    assert json.loads(tried.stdout)["status"] in ("queued", "running", "succeeded")
 
 
 def test_sigterm_to_make_stops_every_process(dev_system: DevSystem) -> None:
