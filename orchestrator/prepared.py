@@ -11,10 +11,11 @@ so values come out as they would through a cursor.
 
 libpq's call blocks until the server answers (it releases the GIL). A signal that lands
 meanwhile (Celery's soft time limit, the heartbeat's stop) is handled once the statement
-has answered, not inside psycopg's wait as before; so a statement that hangs (a lock held
-for long, a network partition) is ended by the hard time limit, which kills the pool
-process, not by the soft one. A statement interrupted that way may have committed, like
-one whose connection dropped: the lease expires and the reaper takes the job back.
+has answered, not inside a Python-level wait (as psycopg's cursor would take it); so a
+statement that hangs (a lock held for long, a network partition) is ended by the hard
+time limit, which kills the pool process, not by the soft one. A statement interrupted
+that way may have committed, like one whose connection dropped: the lease expires and the
+reaper takes the job back.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class WindowSizes:
     # Of the workers' time, at their pace, a window holds at least this much: a fill's
     # fixed cost (its statements, a read of every contending tenant's next jobs) is about
     # ten times a job's share of it, so fills of a few jobs would cost the machine more
-    # than the jobs (bench/RESULTS.md, stop 25); a newcomer waits this long at most more.
+    # than the jobs (bench/RESULTS.md); a newcomer waits this long at most more.
     SECONDS = 0.25
     LARGEST = 1000
     SMOOTHING = 0.2  # weight of a new measurement in the running figures
