@@ -75,6 +75,8 @@ class Program:
     user: str | None = None
     reload_signal: signal.Signals | None = None
     restarts_on_change: bool = False
+    changed_at: float | None = None  # when a source change last restarted or signalled it
+    awaits_change: bool = False  # it failed after a change: started again at the next one
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
     crashes: int = 0
@@ -141,11 +143,18 @@ class Supervisor:
                 if program.restart_at is not None:
                     if now >= program.restart_at:
                         self._restart(program)
-                elif _exited(program) and (failure := self._crashed(program, now)):
+                elif (
+                    _exited(program)
+                    and not program.awaits_change
+                    and (failure := self._crashed(program, now))
+                ):
                     return failure
         return None
 
     def _reload(self, changed: Sequence[str]) -> None:
+        """Restart what loads the changed code, then signal the ones that reload
+        themselves (the web last: it takes the new job types once the workers run them).
+        A program that failed after an earlier change starts again now."""
         signalled = [p for p in self.programs if p.reload_signal is not None]
         restarted = [p for p in self.programs if p.restarts_on_change and p not in signalled]
         what = [f"restarting {', '.join(p.name for p in restarted)}"] if restarted else []
@@ -153,19 +162,31 @@ class Supervisor:
         more = len(changed) - 3
         shown = ", ".join(changed[:3]) + (f" and {more} more" if more > 0 else "")
         self.say(f"{shown} changed: {'; '.join(what) or 'nothing to reload'}")
-        for program in signalled:
-            process, reload_signal = program.process, program.reload_signal
-            if process is not None and reload_signal is not None and process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(reload_signal)
+        now = time.monotonic()
+        for program in restarted + signalled:
+            program.changed_at, program.crashes, program.restart_at = now, 0, None
         for program in restarted:
             self._stop_one(program)
-            program.crashes, program.restart_at = 0, None
+            program.awaits_change = False
             self._restart(program)
+        for program in signalled:
+            process, reload_signal = program.process, program.reload_signal
+            if program.awaits_change or process is None or process.poll() is not None:
+                program.awaits_change = False
+                self._restart(program)
+            elif reload_signal is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(reload_signal)
 
     def _crashed(self, program: Program, now: float) -> str | None:
         assert program.process is not None
         code = program.process.returncode
+        if program.changed_at is not None and now - program.changed_at < STABLE_SECONDS:
+            # A change broke it (a typo in a job module): restarting it would fail the same
+            # way until the code is fixed, and counting it would stop the whole run.
+            self.say(f"{program.name} {_how(code)} after the change; it starts at the next one")
+            program.awaits_change = True
+            return None
         program.crashes = 1 if now - program.started_at >= STABLE_SECONDS else program.crashes + 1
         if program.crashes >= MAX_CRASHES:
             return f"{program.name} crashed {program.crashes} times in a row ({_how(code)})"

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -150,3 +151,43 @@ def test_a_source_change_restarts_some_programs_and_signals_others(
 
 def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_a_change_that_breaks_a_program_waits_for_the_next_change(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A typo in a job module must not take the whole run down: the program that fails
+    after a change waits for the next change instead of counting as crashes."""
+    monkeypatch.setattr(supervisor, "WATCH_EVERY", 0.05)
+    broken, starts, out = tmp_path / "broken", tmp_path / "starts", tmp_path / "out"
+    script = f"echo x >> {starts}; if [ -e {broken} ]; then exit 1; fi; exec sleep 30"
+    worker = Program("worker", ["sh", "-c", script], restarts_on_change=True)
+    changes: list[list[str]] = []
+    with out.open("w") as output:
+        runner = Supervisor([worker, sh("steady", "exec sleep 30")], output)
+        runner.watch = lambda: changes.pop() if changes else []
+        runner_thread = threading.Thread(target=runner.run)
+        runner_thread.start()
+        _until(lambda: _lines(starts) == 1)
+        broken.touch()
+        changes.append(["jobs.py"])  # the typo
+        _until(lambda: "after the change" in out.read_text())
+        time.sleep(supervisor.FIRST_BACKOFF * 2**supervisor.MAX_CRASHES)  # a crash loop's time
+        assert _lines(starts) == 2 and runner_thread.is_alive()
+        broken.unlink()
+        changes.append(["jobs.py"])  # the fix
+        _until(lambda: _lines(starts) == 3)
+        time.sleep(0.3)
+        assert worker.process is not None and worker.process.poll() is None  # it runs again
+        runner.stop()
+        runner_thread.join(10)
+    assert (
+        "worker exited with code 1 after the change; it starts at the next one" in out.read_text()
+    )
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
