@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from orchestrator.errors import OrchestratorError
 
 LOCK_FILE = "run.lock"
 RUN_FILE = "run.json"
+PROBE_GRACE = 1.0  # seconds a start waits for the lock before saying another run has it
 
 
 class FolderInUse(OrchestratorError):
@@ -40,10 +42,10 @@ def one_run_per_folder(state_dir: Path) -> Iterator[None]:
     process, however it ends."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / LOCK_FILE).open("a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FolderInUse(_already_running(lock, state_dir)) from None
+        _take(lock, state_dir)
+        # A record left by a run that was killed would be believed from now on: it goes
+        # before anything else, the new run's own comes once its programs start.
+        (state_dir / RUN_FILE).unlink(missing_ok=True)
         lock.seek(0)
         lock.truncate()
         lock.write(str(os.getpid()))
@@ -52,6 +54,20 @@ def one_run_per_folder(state_dir: Path) -> Iterator[None]:
             yield
         finally:
             (state_dir / RUN_FILE).unlink(missing_ok=True)
+
+
+def _take(lock: IO[str], state_dir: Path) -> None:
+    """The exclusive lock, waiting a moment: a second shell's probe (`_held`) holds it
+    shared for an instant, and must not pass for a run."""
+    deadline = time.monotonic() + PROBE_GRACE
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise FolderInUse(_already_running(lock, state_dir)) from None
+            time.sleep(0.05)
 
 
 def _already_running(lock: IO[str], state_dir: Path) -> str:

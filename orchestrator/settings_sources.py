@@ -5,8 +5,9 @@ A process that names neither a database (`ORCH_DATABASE_URL`) nor a broker
 (`ORCH_REDIS_URL`) means the system running here: the CLI or a script in a second shell,
 beside `make run`. It takes that run's settings for whatever its own environment leaves
 unset, so `orchestrator send` reaches the embedded servers and loads the same job modules
-without anything exported. A process that names either is configured on purpose, and
-the run is none of its business.
+without anything exported. A process configured on purpose takes nothing from the run:
+one that names either, one that says it is in production (`ORCH_ENV`), and settings built
+in code (`load_settings(...)` with arguments).
 """
 
 from __future__ import annotations
@@ -36,13 +37,17 @@ def variable(field: str) -> str:
     return "PORT" if field == "port" else f"ORCH_{field.upper()}"
 
 
-def run_folder(init_kwargs: Mapping[str, Any]) -> Path:
+def run_folder() -> Path:
     """The state folder a process would share with a run, as its settings will say."""
-    return Path(init_kwargs.get("state_dir") or os.environ.get("ORCH_STATE_DIR", ".orchestrator"))
+    return Path(os.environ.get("ORCH_STATE_DIR", ".orchestrator"))
 
 
-def names_its_system(init_kwargs: Mapping[str, Any]) -> bool:
-    return any(f in init_kwargs or variable(f) in os.environ for f in _SYSTEM_FIELDS)
+def configured_on_purpose(init_kwargs: Mapping[str, Any]) -> bool:
+    if init_kwargs:
+        return True
+    if os.environ.get("ORCH_ENV", "development").strip().lower() != "development":
+        return True
+    return any(variable(f) in os.environ for f in _SYSTEM_FIELDS)
 
 
 class LiveRunSource(EnvSettingsSource):
@@ -58,11 +63,11 @@ class LiveRunSource(EnvSettingsSource):
 
 
 def live_run_settings(init_kwargs: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The live run's settings this process takes (none if it names its own system)."""
+    """The live run's settings this process takes (none if it is configured on purpose)."""
     init_kwargs = init_kwargs or {}
-    if names_its_system(init_kwargs):
+    if configured_on_purpose(init_kwargs):
         return {}
-    return run_record.live_settings(run_folder(init_kwargs))
+    return run_record.live_settings(run_folder())
 
 
 def origins(

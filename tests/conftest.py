@@ -6,7 +6,9 @@ SQLite copies a migrated template file. Both take milliseconds.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,18 @@ from orchestrator import migrate
 from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
 from tests.servers import free_port
+
+# The tests' state folder is their own: a `make run` in the project folder must lend them
+# none of its settings (`settings_sources`), and they leave nothing in its folder.
+_OWN_STATE = None if "ORCH_STATE_DIR" in os.environ else tempfile.mkdtemp(prefix="orch-tests-")
+if _OWN_STATE is not None:
+    os.environ["ORCH_STATE_DIR"] = _OWN_STATE
+
+
+def pytest_sessionfinish() -> None:
+    if _OWN_STATE is not None:
+        shutil.rmtree(_OWN_STATE, ignore_errors=True)
+
 
 BACKENDS = ("sqlite", "postgresql")
 TEMPLATE_DB = "orchestrator_template"

@@ -3,9 +3,11 @@ the CLI and Python take from it while (and only while) the run holds the folder.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -82,22 +84,26 @@ def test_the_environment_wins_over_the_run_field_by_field(monkeypatch: pytest.Mo
         assert settings.redis_url == RUN_ENVIRONMENT["ORCH_REDIS_URL"]
 
 
-@pytest.mark.parametrize("named", ["environment", "argument"])
-def test_a_process_that_names_its_own_system_ignores_the_run(
-    monkeypatch: pytest.MonkeyPatch, named: str
+@pytest.mark.parametrize("how", ["its broker", "production", "arguments"])
+def test_a_process_configured_on_purpose_ignores_the_run(
+    monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     state = Path(".orchestrator")
     own = "redis://127.0.0.1:6390/3"
     with run_record.one_run_per_folder(state):
         run_record.write(state, {}, RUN_ENVIRONMENT)
-        if named == "environment":
+        if how == "its broker":
             monkeypatch.setenv("ORCH_REDIS_URL", own)
             settings = load_settings()
-        else:
-            settings = load_settings(redis_url=own)
-        assert settings.redis_url == own
+        elif how == "production":
+            monkeypatch.setenv("ORCH_ENV", "production")
+            monkeypatch.setenv("ORCH_SERVICE_AUTH_SECRET", "a-real-secret-0123456789")
+            settings = load_settings()
+        else:  # settings built in code, as tests and tools build them
+            settings = load_settings(log_level="WARNING")
         assert settings.database_url.startswith("sqlite:")  # not the run's
-        assert settings.env is Environment.PRODUCTION
+        assert settings.job_modules == ()
+        assert settings.redis_url == (own if how == "its broker" else "redis://127.0.0.1:6379/0")
 
 
 def test_orchestrator_config_says_where_each_setting_comes_from(
@@ -123,3 +129,20 @@ def test_orchestrator_config_says_where_each_setting_comes_from(
     assert rows["ORCH_SERVICE_AUTH_SECRET"]["value"] == "****"
     assert rows["ORCH_WEB_WORKERS"]["from"] == "default"
     assert PASSWORD not in result.output and "0123456789" not in result.output
+
+
+def test_a_killed_runs_record_is_gone_as_soon_as_the_next_run_holds_the_folder(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / run_record.RUN_FILE).write_text(json.dumps({"settings": RUN_ENVIRONMENT}))
+    with run_record.one_run_per_folder(tmp_path):
+        assert run_record.live_settings(tmp_path) == {}  # not the dead run's
+
+
+def test_a_second_shells_probe_does_not_pass_for_a_run(tmp_path: Path) -> None:
+    (tmp_path / run_record.LOCK_FILE).touch()
+    with (tmp_path / run_record.LOCK_FILE).open() as probe:
+        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe, caught mid-look
+        threading.Timer(0.2, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
+        with run_record.one_run_per_folder(tmp_path):
+            pass
