@@ -25,6 +25,8 @@ from orchestrator.models import UNARCHIVED_SQL, Job, UTCDateTime
 from orchestrator.states import JobStatus
 
 MAX_ROWS = 100_000
+# Statuses whose `started_at` is the start of the wait that ended last.
+STARTED = frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED})
 DEFAULT_WINDOW_SECONDS = 3600
 JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 
@@ -86,7 +88,11 @@ def tenant_figures(
                 JOBS.c.started_at,
                 JOBS.c.finished_at,
             )
-            .where(JOBS.c.tenant_id == tenant_id, JOBS.c.id >= first_id_at(since))
+            .where(
+                JOBS.c.tenant_id == tenant_id,
+                JOBS.c.id >= first_id_at(since),
+                sa.text(UNARCHIVED_SQL),  # as `byStatus` counts
+            )
             .order_by(JOBS.c.id.desc())
             .limit(MAX_ROWS + 1)
         ).all()
@@ -115,8 +121,10 @@ def _window(
     for job_type, stored, due, started, finished in rows:
         status = JobStatus(stored)
         by_type[job_type][status.value] += 1
-        if started is not None:
-            waits.append(max((started - due).total_seconds(), 0.0))
+        # A job waiting again (a retry's backoff, a retry by hand) keeps its last start,
+        # from before it became due: its present wait is not over, and not measured.
+        if started is not None and status in STARTED and started >= due:
+            waits.append((started - due).total_seconds())
         if started is not None and finished is not None and status is not JobStatus.CANCELLED:
             runs.append(max((finished - started).total_seconds(), 0.0))
     succeeded = sum(c[JobStatus.SUCCEEDED.value] for c in by_type.values())

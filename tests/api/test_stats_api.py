@@ -97,3 +97,22 @@ def test_the_openapi_document_describes_it(client: FlaskClient) -> None:
     operation = document["paths"]["/v1/stats"]["get"]
     assert [p["name"] for p in operation["parameters"]] == ["windowSeconds"]
     assert "200" in operation["responses"]
+
+
+def test_percentiles_are_nearest_rank_over_the_waits_that_ended() -> None:
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    due = now - timedelta(minutes=10)
+
+    def row(status: str, wait: float | None, run: float | None) -> tuple[object, ...]:
+        started = None if wait is None else due + timedelta(seconds=wait)
+        finished = None if run is None or started is None else started + timedelta(seconds=run)
+        return ("T", status, due, started, finished)
+
+    rows = [row("succeeded", w, r) for w, r in [(1, 5), (2, 4), (3, 3), (4, 2), (10, 1)]]
+    # Retrying: its start is from before its present wait began (due later than it).
+    rows.append(("T", "retrying", now, due, None))
+    rows.append(row("failed", 6, 9))
+    window = job_stats._window(now - timedelta(hours=1), 3600, rows, truncated=False)  # type: ignore[arg-type]
+    assert window.queue_wait == job_stats.Spread(p50=3.0, p95=10.0)  # of 1 2 3 4 6 10
+    assert window.run_time == job_stats.Spread(p50=3.0, p95=9.0)  # of 1 2 3 4 5 9
+    assert window.failure_rate == pytest.approx(1 / 6, abs=1e-4)
