@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator import migrate, processes, run_record
@@ -65,17 +66,17 @@ def run_dev() -> int:
             programs.append(redis_program(redis, settings))
         programs += app_programs(settings)
         supervisor = Supervisor(programs)
-        modules = (*BUILTIN_JOB_MODULES, *settings.job_modules)
-        supervisor.watch = SourceWatcher.for_modules(modules).changed
+        watcher = SourceWatcher.for_modules((*BUILTIN_JOB_MODULES, *settings.job_modules))
+        supervisor.watch = watcher.changed
         environment = processes.environment(settings)
         supervisor.pids_changed = lambda pids: run_record.write(
             settings.state_dir, pids, environment
         )
-        print(where_things_are(settings), file=sys.stderr, flush=True)
+        print(where_things_are(settings, watcher.roots), file=sys.stderr, flush=True)
         return supervisor.run()
 
 
-def where_things_are(settings: Settings) -> str:
+def where_things_are(settings: Settings, watched: Sequence[Path] = ()) -> str:
     """What a newcomer needs once the run is up: where to look, which header to send,
     a line to try, and that a second shell needs nothing exported."""
     web = f"http://{settings.host}:{settings.port}"
@@ -94,9 +95,16 @@ def where_things_are(settings: Settings) -> str:
             "  CLI        from another shell in this folder, with nothing exported:",
             "             .venv/bin/orchestrator jobs list --tenant tnt_123",
             "             (`.venv/bin/orchestrator config`: the settings it takes from this run)",
+            f"  reload     on a change to {_shown_paths(watched)}",
             "  stop       Ctrl-C",
         ]
     )
+
+
+def _shown_paths(paths: Sequence[Path]) -> str:
+    here = Path.cwd()
+    shown = [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in paths]
+    return ", ".join(shown) or "nothing (no job module found to watch)"
 
 
 def superuser_password(state_dir: Path) -> str:

@@ -29,16 +29,24 @@ class SourceWatcher:
         helpers beside it count as much as itself. Found without importing anything;
         installed packages (the standard library's, the virtual environment's) are left
         out."""
+        # Found where the processes find them: the current folder is importable for them
+        # (`registry.load_job_modules`), not always for this one (a console script).
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         roots = []
         installed = [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
         for module in modules:
             spec = importlib.util.find_spec(module.partition(".")[0])
-            if spec is None or spec.origin in (None, "built-in", "frozen"):
+            if spec is None or spec.origin in ("built-in", "frozen"):
                 continue
+            # A package (a namespace package has no origin, only its folders), or a module.
             locations = list(spec.submodule_search_locations or [])
-            root = Path(locations[0]) if locations else Path(spec.origin or "")
-            if not any(root.resolve().is_relative_to(prefix) for prefix in installed):
-                roots.append(root)
+            found = [Path(p) for p in locations] or ([Path(spec.origin)] if spec.origin else [])
+            roots += [
+                root
+                for root in found
+                if not any(root.resolve().is_relative_to(prefix) for prefix in installed)
+            ]
         return cls(roots)
 
     def changed(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,21 @@ def test_an_edit_that_keeps_the_size_is_seen_by_its_time(package: Path) -> None:
     target.write_text("A = 2\n")  # same size
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert watcher.changed() == [str(target)]
+
+
+def test_finds_packages_in_the_current_folder_and_namespace_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `orchestrator dev` (a console script) sees them: the current folder is not on
+    its path, but it is on the workers'."""
+    (tmp_path / "plainjobs").mkdir()
+    (tmp_path / "plainjobs" / "__init__.py").write_text("")
+    (tmp_path / "nsjobs").mkdir()  # no __init__.py: a namespace package
+    (tmp_path / "nsjobs" / "jobs.py").write_text("")
+    (tmp_path / "single.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    watcher = SourceWatcher.for_modules(["plainjobs.jobs", "nsjobs.jobs", "single"])
+    assert watcher.roots == sorted(
+        p.resolve() for p in (tmp_path / "plainjobs", tmp_path / "nsjobs", tmp_path / "single.py")
+    )
