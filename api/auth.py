@@ -77,12 +77,6 @@ class OidcVerifier:
         return claims.get("email") == self.service_account and bool(claims.get("email_verified"))
 
 
-def service_credentials_presented() -> bool:
-    """Whether this request carries service credentials (the secret, or Google's OIDC
-    token for the configured account)."""
-    return _authorised()
-
-
 def _authorised() -> bool:
     runtime: Runtime = current_app.extensions["orchestrator"]
     if verify_service_secret(

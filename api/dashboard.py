@@ -362,7 +362,7 @@ def _problem(exc: Problem) -> tuple[str, int] | Redirect:
         and TENANT_HEADER not in request.headers
         and may_pick_tenant()
     ):
-        return redirect(url_for("dashboard.choose_tenant", next=request.path))
+        return redirect(url_for("dashboard.choose_tenant", next=request.full_path.rstrip("?")))
     return error_page(exc.status, exc.title, exc.detail)
 
 

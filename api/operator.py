@@ -3,20 +3,27 @@ tenants with their backlog, running jobs and failure rate; queues with their dep
 workers consuming them; cron schedules with "fire now"; jobs scheduled for later with "run
 now"; search by job id or subject; dead letters with retry and discard, one or many.
 
-An operator proves themselves with the service secret, once, at `/ops/login` (a signed,
-HTTP-only session then says "operator"), or sends service credentials with each request
-(`X-Service-Auth`), as scripts do. Every action is a POST with the dashboard's CSRF token,
-and is logged.
+An operator proves themselves with the service secret, once, at `/ops/login`: the signed,
+HTTP-only session then holds when that was and a fingerprint of the secret, and lapses
+after `SESSION_HOURS` or when the secret changes (signing out ends it at once). A script
+sends the secret with each request (`X-Service-Auth`) instead. Only the service secret
+opens these pages: not a tenant's credentials, nor the OIDC identity Cloud Tasks pushes
+with. Every action is a POST, with the dashboard's CSRF token when it comes from a
+session, and is logged with its job ids.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from flask import (
     Blueprint,
+    Response,
     current_app,
     flash,
     redirect,
@@ -27,9 +34,9 @@ from flask import (
 )
 from werkzeug.wrappers import Response as Redirect
 
-from api.auth import service_credentials_presented, verify_service_secret
-from api.dashboard import check_csrf, safe_next, security_headers, template_helpers
-from api.errors import Problem
+from api.auth import SERVICE_AUTH_HEADER, verify_service_secret
+from api.dashboard import check_csrf, error_page, safe_next, security_headers, template_helpers
+from api.errors import Problem, problem_response
 from orchestrator import operations, tenant_stats
 from orchestrator.dispatch.celery import CeleryDispatcher
 from orchestrator.errors import JobConflict, JobDefinitionError, JobNotFound
@@ -39,6 +46,8 @@ from orchestrator.runtime import Runtime
 log = logging.getLogger("orchestrator.ops")
 blueprint = Blueprint("ops", __name__, url_prefix="/ops")
 SESSION_OPERATOR = "operator"
+SESSION_HOURS = 12
+LOGGED_IDS = 100  # a bulk action's log line names this many of its jobs
 OPEN_ENDPOINTS = frozenset({"ops.login", "ops.log_in"})
 
 
@@ -49,22 +58,57 @@ def _runtime() -> Runtime:
 
 @blueprint.before_request
 def _operators_only() -> Redirect | None:
-    if request.endpoint in OPEN_ENDPOINTS or session.get(SESSION_OPERATOR) is True:
+    if request.endpoint in OPEN_ENDPOINTS or _signed_in() or _by_header():
         return None
-    if service_credentials_presented():
-        return None
+    session.pop(SESSION_OPERATOR, None)  # lapsed, or signed with another secret
     if request.method == "GET":
         return redirect(url_for("ops.login", next=request.full_path.rstrip("?")))
     raise Problem(401, "Unauthorized", "Sign in as an operator first.")
 
 
-blueprint.before_request(check_csrf)
+@blueprint.before_request
+def _form_token() -> None:
+    """A session's forms carry its CSRF token; a script's header is no cookie a third-party
+    page could make a browser send, and needs none."""
+    if not _by_header():
+        check_csrf()
+
+
 blueprint.after_request(security_headers)
+
+
+@blueprint.errorhandler(Problem)
+def _problem(exc: Problem) -> Response | tuple[str, int]:
+    """A page for a person, problem+json for a script."""
+    if _by_header():
+        return problem_response(exc)
+    return error_page(exc.status, exc.title, exc.detail)
 
 
 @blueprint.context_processor
 def _helpers() -> dict[str, Any]:
-    return {**template_helpers(), "operator": session.get(SESSION_OPERATOR) is True}
+    return {**template_helpers(), "operator": _signed_in()}
+
+
+def _by_header() -> bool:
+    secret = _runtime().settings.service_auth_secret
+    return verify_service_secret(request.headers.get(SERVICE_AUTH_HEADER), secret)
+
+
+def _fingerprint() -> str:
+    secret = (_runtime().settings.service_auth_secret or "").encode()
+    return hmac.new(secret, b"orchestrator-operator", hashlib.sha256).hexdigest()
+
+
+def _signed_in() -> bool:
+    held = session.get(SESSION_OPERATOR)
+    if not isinstance(held, dict):
+        return False
+    since, fingerprint = held.get("since"), held.get("secret")
+    if not isinstance(since, (int, float)) or not isinstance(fingerprint, str):
+        return False
+    fresh = 0 <= time.time() - since < SESSION_HOURS * 3600
+    return fresh and hmac.compare_digest(fingerprint.encode(), _fingerprint().encode())
 
 
 # -- pages -------------------------------------------------------------------------------------
@@ -157,7 +201,7 @@ def fire_cron(cron_id: str) -> Redirect:
         fired = runtime.cron.fire(cron_id, now)
     except JobDefinitionError:
         raise Problem(404, "Unknown cron", f"There is no cron {cron_id!r}.") from None
-    _log("cron_fired_by_hand", cron=cron_id, created=fired.created)
+    _log("cron_fired_by_hand", f"{cron_id}, {fired.created} job(s) created")
     flash(f"{cron_id} fired: {fired.created} job(s) created.", "success")
     return redirect(url_for("ops.overview"), code=303)
 
@@ -181,11 +225,11 @@ def act_on_dead_letters() -> Redirect:
     action = request.form.get("action")
     if action == "discard":
         done = operations.discard(_runtime().database, chosen, utcnow())
-        _log("discarded", count=len(done))
+        _log("discarded", _ids(done))
         flash(f"Discarded {len(done)} job(s).", "success")
     elif action == "retry":
         done = [job_id for job_id in chosen if _retry(job_id)]
-        _log("retried", count=len(done))
+        _log("retried", _ids(done))
         flash(f"Retried {len(done)} job(s).", "success")
     else:
         raise Problem(400, "Unknown action", "Choose retry or discard.")
@@ -206,8 +250,16 @@ def _retry(job_id: str) -> bool:
     return True
 
 
-def _log(action: str, **extra: Any) -> None:
-    log.info("operator %s", action, extra={"action": f"ops_{action}", **extra})
+def _ids(job_ids: list[str]) -> str:
+    more = len(job_ids) - LOGGED_IDS
+    return f"{len(job_ids)} job(s): {' '.join(job_ids[:LOGGED_IDS])}" + (
+        f" and {more} more" if more > 0 else ""
+    )
+
+
+def _log(action: str, detail: str = "", **extra: Any) -> None:
+    message = f"operator {action}" + (f": {detail}" if detail else "")
+    log.info(message, extra={"action": f"ops_{action}", **extra})
 
 
 # -- sign in -----------------------------------------------------------------------------------
@@ -227,7 +279,7 @@ def log_in() -> Redirect | tuple[str, int]:
         page = render_template("ops/login.html", next=_safe_next(), error="That is not it.")
         return page, 401
     session.clear()
-    session[SESSION_OPERATOR] = True
+    session[SESSION_OPERATOR] = {"since": int(time.time()), "secret": _fingerprint()}
     _log("login")
     return redirect(_safe_next(), code=303)
 

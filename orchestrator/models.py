@@ -177,6 +177,8 @@ class Job(Base):
         _partial("ix_jobs_lease_expires_at", ["lease_expires_at"], "lease_expires_at IS NOT NULL"),
         # Metrics' gauges (queue depth, oldest queued job) read live states only.
         _partial("ix_jobs_status_updated_at", ["status", "updated_at"], LIVE_STATES_SQL),
+        # Operators' search by subject, across tenants (`operations.search`).
+        _partial("ix_jobs_subject", ["subject"], "subject IS NOT NULL"),
         # Nightly archival walks finished, unarchived jobs oldest first.
         _partial(
             "ix_jobs_finished_at_unarchived",

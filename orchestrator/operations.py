@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from orchestrator.db import Database
+from orchestrator.ids import ID_PATTERN
 from orchestrator.models import SCHEDULED_SQL, UNARCHIVED_SQL, Job
 from orchestrator.states import JobStatus
 
@@ -62,12 +63,15 @@ def scheduled(database: Database, limit: int = PAGE) -> list[Job]:
 
 
 def search(database: Database, text: str, limit: int = PAGE) -> list[Job]:
-    """The job with this id, or the jobs about this subject (any tenant), newest first."""
+    """The job with this id, or the jobs about this subject (any tenant), newest first:
+    each an index probe (the primary key, `ix_jobs_subject`)."""
     text = text.strip()
     if not text:
         return []
     with database.session() as session:
-        query = sa.select(Job).where(sa.or_(Job.id == text, Job.subject == text))
+        if ID_PATTERN.fullmatch(text) and (job := session.get(Job, text)) is not None:
+            return [job]
+        query = sa.select(Job).where(Job.subject == text, Job.subject.is_not(None))
         return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
 
 

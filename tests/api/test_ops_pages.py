@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from api import operator as api_operator
+from orchestrator.runtime import Runtime
 from orchestrator.settings import DEV_SERVICE_SECRET
 
 
@@ -118,3 +120,36 @@ def test_dead_letters_retry_and_discard_in_bulk(client: FlaskClient, operator: s
     assert first["id"] not in page and second["id"] in page
     gone = client.get(f"/v1/jobs/{first['id']}", headers={"X-Tenant-ID": "tnt_a"})
     assert gone.status_code == 410  # archived: kept on record, out of the dead letters
+
+
+def test_signing_out_ends_the_session(client: FlaskClient, operator: str) -> None:
+    assert client.post("/ops/logout", data={"csrf_token": operator}).status_code == 303
+    assert client.get("/ops").status_code == 302
+
+
+def test_a_session_lapses_and_ends_with_the_secret(
+    client: FlaskClient, operator: str, monkeypatch: pytest.MonkeyPatch, runtime: Runtime
+) -> None:
+    monkeypatch.setattr(api_operator, "SESSION_HOURS", 0)
+    assert client.get("/ops").status_code == 302  # lapsed
+    monkeypatch.undo()
+    assert client.get("/ops").status_code == 302  # and gone: signed in again, only
+    page = client.get("/ops/login").get_data(as_text=True)
+    client.post("/ops/login", data={"secret": DEV_SERVICE_SECRET, "csrf_token": _token(page)})
+    assert client.get("/ops").status_code == 200
+    rotated = runtime.settings.model_copy(update={"service_auth_secret": "a-new-secret-0123456789"})
+    monkeypatch.setattr(runtime, "settings", rotated)
+    assert client.get("/ops").status_code == 302  # the cookie was signed in with the old one
+
+
+def test_scripts_send_the_secret_and_get_problems_as_json(client: FlaskClient) -> None:
+    header = {"X-Service-Auth": DEV_SERVICE_SECRET}
+    fired = client.post("/ops/cron/nightly-archival/fire", headers=header)  # no form token
+    assert fired.status_code == 303
+    unknown = client.post("/ops/cron/nope/fire", headers=header)
+    assert unknown.status_code == 404 and unknown.content_type == "application/problem+json"
+    # Only the service secret: not as a bearer token, where Cloud Tasks' identity goes.
+    bearer = client.post(
+        "/ops/cron/nightly-archival/fire", headers={"Authorization": f"Bearer {DEV_SERVICE_SECRET}"}
+    )
+    assert bearer.status_code == 401 and bearer.mimetype == "text/html"  # a page, for a person
