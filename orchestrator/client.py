@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import requests
@@ -61,19 +62,47 @@ class Client:
         subject: str | None = None,
         idempotency_key: str | None = None,
         delay_seconds: float | None = None,
+        run_at: datetime | None = None,
         priority: int | None = None,
     ) -> Job:
-        """Create a job; with an idempotency key, a repeat returns the job made before.
+        """Create a job (`POST /v1/jobs`); with an idempotency key, a repeat returns the
+        job made before. `delay_seconds` or `run_at` (an aware datetime): run it later.
         `priority`: 1 to 10 (default 5), higher runs sooner among the tenant's jobs."""
-        body: dict[str, Any] = {"type": job_type, "input": dict(job_input or {})}
-        if priority is not None:
-            body["priority"] = priority
-        if subject is not None:
-            body["subject"] = subject
-        if delay_seconds is not None:
-            body["delaySeconds"] = delay_seconds
+        body = _job_body(
+            job_type,
+            job_input,
+            subject=subject,
+            delay_seconds=delay_seconds,
+            run_at=run_at,
+            priority=priority,
+        )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/jobs", json=body, headers=headers)
+
+    def send_batch(
+        self, jobs: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> builtins.list[Job]:
+        """Create up to 1,000 jobs in one transaction, all or none (`POST /v1/jobs:batch`).
+        Each item takes `send`'s keywords: `type`, `input`, `subject`, `delay_seconds`,
+        `run_at`, `priority`. The key names the whole batch."""
+        body = {
+            "jobs": [
+                _job_body(
+                    item["type"],
+                    item.get("input"),
+                    subject=item.get("subject"),
+                    delay_seconds=item.get("delay_seconds"),
+                    run_at=item.get("run_at"),
+                    priority=item.get("priority"),
+                )
+                for item in jobs
+            ]
+        }
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        created: builtins.list[Job] = self._call(
+            "POST", "/v1/jobs:batch", json=body, headers=headers
+        )["jobs"]
+        return created
 
     def get(self, job_id: str) -> Job:
         return self._call("GET", f"/v1/jobs/{job_id}")
@@ -108,8 +137,10 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def retry(self, job_id: str) -> Job:
-        return self._call("POST", f"/v1/jobs/{job_id}/retry")
+    def retry(self, job_id: str, *, run_now: bool = False) -> Job:
+        """Run a failed or cancelled job again; `run_now` also for one cancelled before
+        the time it was scheduled for."""
+        return self._call("POST", f"/v1/jobs/{job_id}/retry", json={"runNow": run_now})
 
     def retry_failed(self, *, job_type: str | None = None, limit: int = 100) -> builtins.list[str]:
         body: dict[str, Any] = {"limit": limit, **({"type": job_type} if job_type else {})}
@@ -142,3 +173,23 @@ class Client:
             raise ApiError(response.status_code, problem)
         answer: dict[str, Any] = response.json()
         return answer
+
+
+def _job_body(
+    job_type: str,
+    job_input: Mapping[str, Any] | None,
+    *,
+    subject: str | None,
+    delay_seconds: float | None,
+    run_at: datetime | None,
+    priority: int | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": job_type, "input": dict(job_input or {})}
+    optional = {
+        "subject": subject,
+        "delaySeconds": delay_seconds,
+        "runAt": run_at.isoformat() if run_at is not None else None,
+        "priority": priority,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    return body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,30 @@ def test_errors_are_api_errors_with_the_problem(server: tuple[str, Runtime]) -> 
     with pytest.raises(ApiError) as unauthorised:
         Client(base, api_key="ork_wrong").get("job_" + "0" * 28)
     assert unauthorised.value.status == 401
+
+
+def test_batches_run_at_and_retry_now(server: tuple[str, Runtime]) -> None:
+    base, runtime = server
+    client = Client(base, api_key=apikeys.create_key(runtime.database, "tnt_batch", "ci").key)
+    at = datetime.now(UTC) + timedelta(hours=1)
+    made = client.send_batch(
+        [
+            {"type": "TEST_ECHO_UPSTREAM", "subject": "b1", "priority": 9},
+            {"type": "TEST_ECHO_UPSTREAM", "run_at": at},
+        ],
+        idempotency_key="batch-1",
+    )
+    assert [job["subject"] for job in made] == ["b1", None]
+    assert made[0]["priority"] == 9 and made[1]["status"] == "queued"
+    assert datetime.fromisoformat(made[1]["runAt"]) == at
+    again = client.send_batch(
+        [{"type": "TEST_ECHO_UPSTREAM", "subject": "b1", "priority": 9},
+         {"type": "TEST_ECHO_UPSTREAM", "run_at": at}],
+        idempotency_key="batch-1",
+    )  # fmt: skip
+    assert [job["id"] for job in again] == [job["id"] for job in made]
+    later = made[1]["id"]
+    assert client.cancel(later)["status"] == "cancelled"
+    assert client.retry(later)["status"] == "queued"  # keeps its time
+    client.cancel(later)
+    assert client.retry(later, run_now=True)["status"] == "succeeded"  # inline: runs at once
