@@ -9,13 +9,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from orchestrator import job_events, transitions
 from orchestrator.db import Database
 from orchestrator.errors import JobCancelled
+from orchestrator.models import Job
 from orchestrator.settings import Settings
 from orchestrator.states import Attempt
 
 logger = logging.getLogger("orchestrator.job")
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """A child job a handler asked for (`JobContext.spawn`)."""
+
+    type: str
+    input: dict[str, Any]
 
 
 class JobLogger(logging.LoggerAdapter[logging.Logger]):
@@ -53,6 +64,8 @@ class JobContext:
     _settings: Settings | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     logger: JobLogger = field(init=False, repr=False)
+    # What `spawn` asked for: recorded with this attempt's success, or not at all.
+    spawned: list[Spawn] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         extra = {
@@ -99,6 +112,27 @@ class JobContext:
         """Sleep, but wake up and raise `JobCancelled` as soon as the job is cancelled."""
         if self._stop.wait(seconds):
             raise JobCancelled(self.job_id)
+
+    def spawn(self, type: str, input: dict[str, Any] | None = None) -> None:  # noqa: A002
+        """Create a child job of `type` when this run succeeds, in the same transaction as
+        its result (a failed or superseded attempt spawns nothing). The step after this
+        job in its pipeline then waits for every child: it is their join, and runs once,
+        after the last of them succeeded (`children_results` gives their results there).
+        One failing for good cancels the join. The child's type, and its input, are checked
+        when the run succeeds: an unknown type or an invalid input fails this job."""
+        self.spawned.append(Spawn(type, dict(input or {})))
+
+    def children_results(self) -> list[Any]:
+        """In a join: the results of the children its upstream step spawned, in the order
+        they were spawned."""
+        with self._database.session() as session:
+            return list(
+                session.scalars(
+                    sa.select(Job.result)
+                    .where(Job.join_id == self.job_id, Job.tenant_id == self.tenant_id)
+                    .order_by(Job.item_index)
+                )
+            )
 
     def _write_log(self, level: str, message: str) -> None:
         with self._database.transaction() as session:

@@ -122,6 +122,11 @@ class Job(Base):
     pipeline_id: Mapped[str] = mapped_column(sa.String(40))
     parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("jobs.id"))
     step_index: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
+    # A child spawned by a handler (`JobContext.spawn`): the join it counts toward (its
+    # parent's next step) and its place among its siblings. A join: children not done yet.
+    join_id: Mapped[str | None] = mapped_column(sa.String(40))
+    item_index: Mapped[int | None] = mapped_column(sa.Integer)
+    waiting_on: Mapped[int | None] = mapped_column(sa.Integer)
     created_by: Mapped[str | None] = mapped_column(sa.String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -177,6 +182,8 @@ class Job(Base):
         _partial("ix_jobs_lease_expires_at", ["lease_expires_at"], "lease_expires_at IS NOT NULL"),
         # Metrics' gauges (queue depth, oldest queued job) read live states only.
         _partial("ix_jobs_status_updated_at", ["status", "updated_at"], LIVE_STATES_SQL),
+        # A join's children, in item order (their results, and the join's count).
+        _partial("ix_jobs_join_id", ["join_id", "item_index"], "join_id IS NOT NULL"),
         # Operators' search by subject, across tenants (`operations.search`).
         _partial("ix_jobs_subject", ["subject"], "subject IS NOT NULL"),
         # Nightly archival walks finished, unarchived jobs oldest first.

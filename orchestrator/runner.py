@@ -19,13 +19,14 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from orchestrator import job_events, tracing, transitions
-from orchestrator.context import JobContext
+from orchestrator.context import JobContext, Spawn
 from orchestrator.db import Database
 from orchestrator.dispatch.base import Delivery
-from orchestrator.errors import InvalidInput, PermanentError
+from orchestrator.errors import InvalidInput, JobDefinitionError, PermanentError, UnknownJobType
 from orchestrator.heartbeat import Heartbeat, Watch
 from orchestrator.models import Job, utcnow
 from orchestrator.registry import JobType, Registry
+from orchestrator.service import child_rows
 from orchestrator.settings import Settings
 from orchestrator.states import CLAIMABLE, Attempt, ErrorInfo, JobStatus
 
@@ -58,6 +59,8 @@ class Succeeded:
     result: Any
     # The next pipeline step's delivery, when the success admitted it (to be sent).
     admitted: Delivery | None = None
+    # The child jobs the handler spawned (`JobContext.spawn`), recorded with the success.
+    spawned: tuple[Spawn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class Runner:
         # Whether a success may admit the step it releases, given that step's queue and
         # tenant (`Admission.may_admit_released`; set once admission is built).
         self.admit_next: Callable[[str, str], bool] | None = None
+        # Tells the dispatcher there are ready jobs (`Admission.became_ready`).
+        self.became_ready: Callable[[], None] | None = None
         self.heartbeat = Heartbeat(
             database,
             lease_seconds=settings.lease_seconds,
@@ -195,7 +200,8 @@ class Runner:
         )
         try:
             data = job_type.validate_input(job.input)
-            return Succeeded(_json_safe(job_type.handler(ctx, data)))
+            result = _json_safe(job_type.handler(ctx, data))
+            return Succeeded(result, spawned=tuple(ctx.spawned))
         except (PermanentError, InvalidInput) as exc:
             return Failed(_error_info(exc))
         except Exception as exc:  # a cancel's interrupt lands here too; run() sorts it out
@@ -209,6 +215,8 @@ class Runner:
     def _record(self, claimed: Claimed, outcome: Outcome) -> Outcome | None:
         """Write the outcome; what was recorded, or `None` if this attempt was superseded."""
         run, now = claimed.run, self.clock()
+        if isinstance(outcome, Succeeded) and (outcome.spawned or claimed.job.join_id):
+            return self._record_family(claimed, outcome, now)
         if isinstance(outcome, Succeeded):
             # The common case, one statement (see transitions.succeed_alone).
             then = claimed.job_type.then
@@ -231,6 +239,32 @@ class Runner:
                 assert isinstance(outcome, Failed)  # a handler's outcome is never Skipped
                 won = transitions.fail(session, run, outcome.error, now)
             return outcome if won else None
+
+    def _record_family(self, claimed: Claimed, outcome: Succeeded, now: datetime) -> Outcome | None:
+        """A success that spawned children, or a child's: one transaction for the result,
+        the children, and the join's count (`transitions.succeed_in_transaction`). A child
+        of an unknown type, or with an invalid input, fails the job that spawned it."""
+        try:
+            children = child_rows(self.registry, claimed.job, outcome.spawned, now)
+        except (InvalidInput, UnknownJobType, JobDefinitionError) as exc:
+            failed = Failed(_error_info(exc))
+            with self.database.transaction() as session:
+                return failed if transitions.fail(session, claimed.run, failed.error, now) else None
+        with self.database.transaction() as session:
+            won = transitions.succeed_in_transaction(
+                session,
+                claimed.run,
+                outcome.result,
+                now,
+                children=children,
+                join_id=claimed.job.join_id,
+                trace=tracing.current_traceparent() or claimed.job.trace_context,
+            )
+        if not won:
+            return None
+        if self.became_ready is not None:  # children, or a join, are ready now
+            self.became_ready()
+        return outcome
 
     def _may_admit(self, job_type: str, tenant_id: str) -> bool:
         admit = self.admit_next

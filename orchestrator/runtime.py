@@ -67,6 +67,7 @@ class Runtime:
         dispatcher = make_dispatcher(settings, runner, registry, stats)
         admission = make_admission(settings, database, dispatcher)
         runner.admit_next = admission.may_admit_released
+        runner.became_ready = admission.became_ready
         service = JobService(database, registry, admission, settings)
         return cls(
             settings,

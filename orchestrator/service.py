@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator import tenant_stats, tracing, transitions
 from orchestrator.admission import Admission
+from orchestrator.context import Spawn
 from orchestrator.db import Database
 from orchestrator.dispatch import Delivery
 from orchestrator.errors import (
@@ -30,6 +31,7 @@ from orchestrator.errors import (
     InvalidInput,
     JobArchived,
     JobConflict,
+    JobDefinitionError,
     JobNotFound,
     OrchestratorError,
     UnknownJobType,
@@ -706,6 +708,32 @@ def _owned(session: sa.orm.Session, tenant_id: str, job_id: str) -> Job:
     if job.archived_at is not None:
         raise JobArchived(job_id)
     return job
+
+
+def child_rows(
+    registry: Registry, parent: Job, spawns: Sequence[Spawn], now: datetime
+) -> list[Job]:
+    """The rows of the children a run spawned (`JobContext.spawn`): each ready, a pipeline
+    of its own, its parent's tenant, subject and priority, its parent as its upstream.
+    `UnknownJobType` or `InvalidInput` (each input is checked as an API request's is); a
+    type with a `then` step cannot be spawned yet (`JobDefinitionError`)."""
+    rows = []
+    for spawn in spawns:
+        job_type = registry.get(spawn.type)
+        if job_type.then is not None:
+            raise JobDefinitionError(f"{spawn.type} has a next step: it cannot be spawned")
+        data = job_type.validate_input(spawn.input).model_dump(mode="json")
+        request = NewJob(tenant_id=parent.tenant_id, type=spawn.type, subject=parent.subject)
+        job_id = new_job_id()
+        row = _step_row(
+            request, job_type, data=data, index=0, job_id=job_id, pipeline_id=job_id,
+            parent_id=parent.id, now=now,
+        )  # fmt: skip
+        row.priority = parent.priority
+        row.ready_since = now
+        row.trace_context = parent.trace_context
+        rows.append(row)
+    return rows
 
 
 def _step_row(

@@ -114,6 +114,8 @@ CLAIMED_COLUMNS = (
     "attempt",
     "max_attempts",
     "parent_id",
+    "join_id",
+    "priority",
     "run_at",
     "ready_since",
     "trace_context",

@@ -348,6 +348,87 @@ def _succeed_in_steps(
     return True
 
 
+def succeed_in_transaction(
+    session: Session,
+    run: Attempt,
+    result: Any,
+    now: datetime,
+    *,
+    children: Sequence[Job] = (),
+    join_id: str | None = None,
+    trace: str | None = None,
+) -> bool:
+    """`succeed` for a run that spawned children, or that is a child itself: in the
+    caller's transaction, and only if the fenced update wins (a superseded attempt spawns
+    nothing and counts for nothing).
+
+    - `children` (rows built `queued` and ready): recorded, and the step after this job,
+      if any, becomes their join: it stays `waiting` on their count instead of being
+      released (with no children it is released as by `succeed`).
+    - `join_id` (this run is a child): its join has one child fewer to wait for; the
+      last child's success releases it (`_count_down`).
+    """
+    params = {**_success_params(run, result, now, trace), "b_admit": False}
+    if session.execute(statements.succeed_update(), params).rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    _note(session, run, now, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    join = session.scalar(
+        sa.select(Job).where(Job.parent_id == run.job_id, Job.status == JobStatus.WAITING)
+    )
+    if children:
+        for index, child in enumerate(children):
+            child.join_id, child.item_index = (join.id if join else None), index
+        insert_pipeline(session, children, now)
+        if join is not None:
+            _update(session, (Job.id == join.id,), waiting_on=len(children), updated_at=now)
+    elif join is not None:
+        for step in session.execute(statements.release_next_step(), params).all():
+            nxt = Attempt(step.id, step.tenant_id, step.attempt)
+            _note(
+                session,
+                nxt,
+                now,
+                JobStatus.WAITING,
+                JobStatus.QUEUED,
+                message=params["b_next_message"],
+            )
+    if join_id is not None:
+        _count_down(session, join_id, now)
+    return True
+
+
+def _count_down(session: Session, join_id: str, now: datetime) -> None:
+    """A child succeeded: its join waits for one fewer. The update takes the join's row
+    lock, so two children finishing at once count down one after the other, and only the
+    one that reaches zero releases the join: it runs once."""
+    _check([JobStatus.WAITING], JobStatus.QUEUED)
+    left = session.execute(
+        sa.update(Job)
+        .where(Job.id == join_id, Job.status == JobStatus.WAITING, Job.waiting_on > 0)
+        .values(waiting_on=Job.waiting_on - 1, updated_at=now)
+        .returning(Job.waiting_on, Job.tenant_id, Job.attempt)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if left is None or left.waiting_on != 0:
+        return
+    if _update(
+        session,
+        (Job.id == join_id, Job.status == JobStatus.WAITING, Job.waiting_on == 0),
+        status=JobStatus.QUEUED,
+        ready_since=now,
+        updated_at=now,
+    ):
+        joined = Attempt(join_id, left.tenant_id, left.attempt)
+        _note(
+            session,
+            joined,
+            now,
+            JobStatus.WAITING,
+            JobStatus.QUEUED,
+            message="its children succeeded",
+        )
+
+
 def schedule_retry(
     session: Session, run: Attempt, error: ErrorInfo, now: datetime, *, run_at: datetime
 ) -> bool:
@@ -411,6 +492,26 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
         message=reason,
         finished_at=now,
     )
+    # A child that will not succeed: its join would wait for ever (join policy: the
+    # first failure fails the join; siblings still running finish, and count for nothing).
+    if job.join_id is not None and _update(
+        session,
+        (Job.id == job.join_id, Job.status == JobStatus.WAITING),
+        status=JobStatus.CANCELLED,
+        finished_at=now,
+        updated_at=now,
+    ):
+        join = session.get(Job, job.join_id)
+        assert join is not None
+        _note(
+            session,
+            Attempt.of(join),
+            now,
+            JobStatus.WAITING,
+            JobStatus.CANCELLED,
+            message=f"child {job_id}: {reason}",
+        )
+        cancel_downstream(session, join.id, now, reason=f"join {join.id} cancelled")
 
 
 def _move_later_steps(

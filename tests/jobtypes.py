@@ -145,3 +145,34 @@ def sleep_for(ctx: JobContext, data: SleepInput) -> dict[str, Any]:
         with Path(data.effectFile).open("a") as handle:
             handle.write(f"{ctx.job_id} attempt={ctx.attempt}\n")
     return {"slept": data.seconds}
+
+
+class FanOutInput(BaseModel):
+    items: list[str]
+    failItem: str | None = None  # this child fails for good
+    childType: str = "TEST_FAN_CHILD"
+
+
+class FanChildInput(BaseModel):
+    item: str
+    fail: bool = False
+
+
+@define_job("TEST_FAN_OUT", input=FanOutInput, then="TEST_FAN_JOIN", time_limit=30)
+def fan_out(ctx: JobContext, data: FanOutInput) -> dict[str, Any]:
+    """Spawns one child per item; its next step joins them."""
+    for item in data.items:
+        ctx.spawn(data.childType, {"item": item, "fail": item == data.failItem})
+    return {"spawned": len(data.items)}
+
+
+@define_job("TEST_FAN_CHILD", input=FanChildInput, time_limit=30)
+def fan_child(ctx: JobContext, data: FanChildInput) -> dict[str, Any]:
+    if data.fail:
+        raise PermanentError(f"item {data.item} cannot be done")
+    return {"item": data.item.upper(), "upstream": ctx.upstream_result}
+
+
+@define_job("TEST_FAN_JOIN", input=EmptyInput, time_limit=30)
+def fan_join(ctx: JobContext, data: EmptyInput) -> dict[str, Any]:
+    return {"children": ctx.children_results(), "upstream": ctx.upstream_result}

@@ -116,3 +116,15 @@ def _wait_for_skips(stack: Stack, tenant: str, job_id: str, count: int) -> None:
 
 def _at(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
+
+
+def test_a_fan_out_over_real_workers_joins_once(stack: Stack, tenant: str) -> None:
+    """Twenty children on two worker processes; the join runs once, after the last."""
+    items = [f"room_{i:02d}" for i in range(20)]
+    created = stack.create(tenant, {"type": "TEST_FAN_OUT", "input": {"items": items}})
+    join_id = created["pipeline"]["steps"][1]["id"]
+    join = stack.wait_for(tenant, join_id, {"succeeded", "failed", "cancelled"}, timeout=60)
+    assert join["status"] == "succeeded", join
+    assert [child["item"] for child in join["result"]["children"]] == [i.upper() for i in items]
+    starts = [e for e in stack.events(tenant, join_id) if e["toStatus"] == "running"]
+    assert len(starts) == 1

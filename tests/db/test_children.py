@@ -1,0 +1,176 @@
+"""Children spawned by a handler and the join that waits for them (`JobContext.spawn`),
+on SQLite and PostgreSQL: the join runs once, after the last child, with their results in
+order; a child failing for good cancels it; a superseded attempt spawns nothing.
+
+Inline dispatch runs each ready job in the process that made it ready."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+import orchestrator
+from orchestrator import transitions
+from orchestrator.context import Spawn
+from orchestrator.models import Job, JobEvent, utcnow
+from orchestrator.runtime import Runtime
+from orchestrator.service import NewJob, child_rows
+from orchestrator.settings import load_settings
+from orchestrator.states import Attempt, JobStatus
+
+
+@pytest.fixture
+def runtime(database_url: str) -> Iterator[Runtime]:
+    settings = load_settings(
+        database_url=database_url, dispatch_mode="inline", job_modules="tests.jobtypes"
+    )
+    built = Runtime.build(settings)
+    Runtime._current = built
+    try:
+        yield built
+    finally:
+        Runtime._current = None
+        built.database.dispose()
+
+
+def _pipeline(runtime: Runtime, head: str) -> tuple[Job, Job, list[Job]]:
+    """The spawner, its join, and the children in item order."""
+    with runtime.database.session() as session:
+        spawner = session.get(Job, head)
+        assert spawner is not None
+        join = session.scalar(sa.select(Job).where(Job.parent_id == head, Job.join_id.is_(None)))
+        assert join is not None
+        children = list(
+            session.scalars(sa.select(Job).where(Job.join_id == join.id).order_by(Job.item_index))
+        )
+        return spawner, join, children
+
+
+def _runs(runtime: Runtime, job_id: str) -> int:
+    with runtime.database.session() as session:
+        return (
+            session.scalar(
+                sa.select(sa.func.count()).where(
+                    JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.RUNNING
+                )
+            )
+            or 0
+        )
+
+
+def test_the_join_runs_once_after_every_child_with_their_results_in_order(
+    runtime: Runtime,
+) -> None:
+    items = ["a", "b", "c", "d", "e"]
+    sent = orchestrator.send_job("TEST_FAN_OUT", {"items": items}, tenant_id="tnt_a")
+    spawner, join, children = _pipeline(runtime, sent.job.id)
+    assert spawner.status is JobStatus.SUCCEEDED and len(children) == 5
+    assert {c.status for c in children} == {JobStatus.SUCCEEDED}
+    assert all(c.parent_id == spawner.id and c.tenant_id == "tnt_a" for c in children)
+    assert join.status is JobStatus.SUCCEEDED and join.waiting_on == 0
+    assert [r["item"] for r in join.result["children"]] == ["A", "B", "C", "D", "E"]
+    assert join.result["upstream"] == {"spawned": 5}
+    assert children[0].result["upstream"] == {"spawned": 5}  # the spawner's result
+    assert _runs(runtime, join.id) == 1
+
+
+def test_a_child_failing_for_good_cancels_the_join(runtime: Runtime) -> None:
+    sent = orchestrator.send_job(
+        "TEST_FAN_OUT", {"items": ["a", "b", "c"], "failItem": "b"}, tenant_id="tnt_a"
+    )
+    _, join, children = _pipeline(runtime, sent.job.id)
+    assert [c.status for c in children] == [
+        JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED
+    ]  # fmt: skip
+    assert join.status is JobStatus.CANCELLED and _runs(runtime, join.id) == 0
+
+
+def test_no_children_releases_the_next_step_as_a_line_does(runtime: Runtime) -> None:
+    sent = orchestrator.send_job("TEST_FAN_OUT", {"items": []}, tenant_id="tnt_a")
+    _, join, children = _pipeline(runtime, sent.job.id)
+    assert children == [] and join.status is JobStatus.SUCCEEDED
+    assert join.result["children"] == []
+
+
+def test_spawning_an_unknown_type_fails_the_spawner(runtime: Runtime) -> None:
+    sent = orchestrator.send_job(
+        "TEST_FAN_OUT", {"items": ["a"], "childType": "NO_SUCH"}, tenant_id="tnt_a"
+    )
+    spawner, join, children = _pipeline(runtime, sent.job.id)
+    assert spawner.status is JobStatus.FAILED and "NO_SUCH" in (spawner.error_message or "")
+    assert children == [] and join.status is JobStatus.CANCELLED
+
+
+def _running_family(runtime: Runtime, children: int) -> tuple[Job, list[Job]]:
+    """A join waiting on `children` running children, as a spawner's success leaves them
+    once workers claimed the children."""
+    service = runtime.service
+    later = NewJob(tenant_id="tnt_a", type="TEST_FAN_OUT", input={"items": []}, delay_seconds=3600)
+    created = service.create(later)
+    spawner = created.details.job
+    join = created.details.steps[1]
+    rows = _child_rows(runtime, spawner, children)
+    for index, row in enumerate(rows):
+        row.join_id, row.item_index = join.id, index
+        row.status, row.attempt = JobStatus.RUNNING, 1
+    columns = [column.key for column in Job.__table__.columns]
+    with runtime.database.transaction() as session:
+        session.execute(sa.insert(Job), [{c: vars(row).get(c) for c in columns} for row in rows])
+        session.execute(sa.update(Job).where(Job.id == join.id).values(waiting_on=children))
+    return join, rows
+
+
+def _child_rows(runtime: Runtime, spawner: Job, count: int) -> list[Job]:
+    spawns = [Spawn("TEST_FAN_CHILD", {"item": str(i)}) for i in range(count)]
+    return child_rows(runtime.registry, spawner, spawns, utcnow())
+
+
+def test_the_last_two_children_finishing_at_once_release_the_join_once(runtime: Runtime) -> None:
+    """Two workers record the last two children at the same moment: the join's row lock
+    orders the count-downs, and only the one that reaches zero releases it."""
+    for _ in range(5):  # several races, each a fresh family
+        join, children = _running_family(runtime, 2)
+        start = threading.Barrier(2)
+
+        def succeed(child: Job, start: threading.Barrier = start, join: Job = join) -> None:
+            start.wait()
+            with runtime.database.transaction() as session:
+                won = transitions.succeed_in_transaction(
+                    session, Attempt(child.id, child.tenant_id, 1), {"ok": 1}, utcnow(),
+                    join_id=join.id,
+                )  # fmt: skip
+            assert won
+
+        threads = [threading.Thread(target=succeed, args=(c,)) for c in children]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        with runtime.database.session() as session:
+            after = session.get(Job, join.id)
+            released = session.scalar(
+                sa.select(sa.func.count()).where(
+                    JobEvent.job_id == join.id, JobEvent.to_status == JobStatus.QUEUED
+                )
+            )
+        assert after is not None and after.waiting_on == 0
+        assert after.status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+        assert released == 1
+
+
+def test_a_superseded_attempt_spawns_nothing_and_counts_for_nothing(runtime: Runtime) -> None:
+    join, children = _running_family(runtime, 2)
+    stale = Attempt(children[0].id, "tnt_a", 0)  # not the attempt that runs
+    extra = _child_rows(runtime, children[0], 1)
+    with runtime.database.transaction() as session:
+        won = transitions.succeed_in_transaction(
+            session, stale, {}, utcnow() + timedelta(seconds=1), children=extra, join_id=join.id
+        )
+    assert not won
+    with runtime.database.session() as session:
+        assert session.get(Job, extra[0].id) is None
+        assert session.get(Job, join.id).waiting_on == 2  # type: ignore[union-attr]
