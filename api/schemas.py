@@ -169,6 +169,11 @@ class StepOut(BaseModel):
     id: str
     type: str
     status: JobStatus
+    children: dict[str, int] | None = Field(
+        None,
+        description="For a step that joins the children its upstream step spawned: how "
+        "many are in each status.",
+    )
 
 
 class PipelineOut(BaseModel):
@@ -198,10 +203,18 @@ class JobOut(BaseModel):
     runAt: datetime | None
     cancelRequestedAt: datetime | None
     upstreamId: str | None
+    joinId: str | None = Field(
+        None, description="For a child job (spawned by a handler): the step that joins it."
+    )
     pipeline: PipelineOut | None = None
 
     @classmethod
-    def of(cls, job: Job, steps: list[Job] | None = None) -> JobOut:
+    def of(
+        cls,
+        job: Job,
+        steps: list[Job] | None = None,
+        children: dict[str, dict[str, int]] | None = None,
+    ) -> JobOut:
         return cls(
             id=job.id,
             tenantId=job.tenant_id,
@@ -224,17 +237,23 @@ class JobOut(BaseModel):
             runAt=job.run_at,
             cancelRequestedAt=job.cancel_requested_at,
             upstreamId=job.parent_id,
+            joinId=job.join_id,
             pipeline=None
             if steps is None
             else PipelineOut(
                 id=job.pipeline_id,
-                steps=[StepOut(id=s.id, type=s.type, status=s.status) for s in steps],
+                steps=[
+                    StepOut(
+                        id=s.id, type=s.type, status=s.status, children=(children or {}).get(s.id)
+                    )
+                    for s in steps
+                ],
             ),
         )
 
     @classmethod
     def of_details(cls, details: JobDetails) -> JobOut:
-        return cls.of(details.job, details.steps)
+        return cls.of(details.job, details.steps, details.children)
 
 
 class JobBatch(BaseModel):

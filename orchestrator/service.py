@@ -92,6 +92,8 @@ class NewJob:
 class JobDetails:
     job: Job
     steps: list[Job]
+    # For each step that joins children (`JobContext.spawn`): its children by status.
+    children: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -430,7 +432,8 @@ class JobService:
                 .where(Job.pipeline_id == job.pipeline_id, Job.tenant_id == tenant_id)
                 .order_by(Job.step_index)
             ).all()
-            return JobDetails(job=job, steps=list(steps))
+            joins = [step.id for step in steps if step.waiting_on is not None]
+            return JobDetails(job=job, steps=list(steps), children=_children(session, joins))
 
     def list_jobs(
         self, tenant_id: str, filters: JobFilter, *, limit: int = 50, cursor: str | None = None
@@ -708,6 +711,21 @@ def _owned(session: sa.orm.Session, tenant_id: str, job_id: str) -> Job:
     if job.archived_at is not None:
         raise JobArchived(job_id)
     return job
+
+
+def _children(session: sa.orm.Session, joins: list[str]) -> dict[str, dict[str, int]]:
+    """Each join's children by status (one probe of `ix_jobs_join_id` per join)."""
+    if not joins:
+        return {}
+    counts: dict[str, dict[str, int]] = {join: {} for join in joins}
+    rows = session.execute(
+        sa.select(Job.join_id, Job.status, sa.func.count())
+        .where(Job.join_id.in_(joins))
+        .group_by(Job.join_id, Job.status)
+    )
+    for join_id, status, count in rows:
+        counts[str(join_id)][JobStatus(status).value] = count
+    return counts
 
 
 def child_rows(

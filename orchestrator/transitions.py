@@ -479,10 +479,13 @@ def fail(session: Session, run: Attempt, error: ErrorInfo, now: datetime) -> boo
 
 
 def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: str) -> None:
-    """Cancel every not-yet-started step after `job_id` in its pipeline."""
+    """Cancel every not-yet-started step after `job_id` in its pipeline; for a join, its
+    children that have not finished too (`_stop_children`); for a child, its join."""
     _check([JobStatus.WAITING], JobStatus.CANCELLED)
     job = session.get(Job, job_id)
     assert job is not None
+    if job.waiting_on is not None:
+        _stop_children(session, job, now, reason=f"join {job.id}: {reason}")
     _move_later_steps(
         session,
         job,
@@ -512,6 +515,30 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
             message=f"child {job_id}: {reason}",
         )
         cancel_downstream(session, join.id, now, reason=f"join {join.id} cancelled")
+
+
+def _stop_children(session: Session, join: Job, now: datetime, *, reason: str) -> None:
+    """A join that will not run: its children waiting to run are cancelled, and those
+    running are asked to stop (their heartbeat notices), as a cancel of each would."""
+    waiting = (JobStatus.QUEUED, JobStatus.RETRYING)
+    _check(waiting, JobStatus.CANCELLED)
+    children = session.scalars(
+        sa.select(Job).where(Job.join_id == join.id, Job.status.in_((*waiting, JobStatus.RUNNING)))
+    ).all()
+    for child in children:
+        if child.status is JobStatus.RUNNING:
+            _request_stop(session, child, now)
+        elif _update(
+            session,
+            (Job.id == child.id, Job.status == child.status),
+            status=JobStatus.CANCELLED,
+            cancel_requested_at=now,
+            finished_at=now,
+            updated_at=now,
+        ):
+            _note(
+                session, Attempt.of(child), now, child.status, JobStatus.CANCELLED, message=reason
+            )
 
 
 def _move_later_steps(

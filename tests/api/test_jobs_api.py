@@ -816,3 +816,15 @@ def test_a_lone_job_keyed_before_migration_0011_answers_either_repeat(
     )
     assert (single.status_code, single.get_json()["id"]) == (200, made["id"])
     assert (batch.status_code, batch.get_json()["jobs"][0]["id"]) == (200, made["id"])
+
+
+def test_a_join_shows_its_children_and_a_child_its_join(client: FlaskClient, tenant: str) -> None:
+    created = create(client, tenant, {"type": "TEST_FAN_OUT", "input": {"items": ["a", "b"]}})
+    head = client.get(f"/v1/jobs/{created['id']}", headers=tenant_headers(tenant)).get_json()
+    join = head["pipeline"]["steps"][1]
+    assert join["children"] == {"succeeded": 2} and head["pipeline"]["steps"][0]["children"] is None
+    children = client.get(
+        "/v1/jobs?type=TEST_FAN_CHILD", headers=tenant_headers(tenant)
+    ).get_json()["jobs"]
+    assert {c["joinId"] for c in children} == {join["id"]}
+    assert {c["upstreamId"] for c in children} == {created["id"]}
