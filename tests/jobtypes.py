@@ -151,18 +151,21 @@ class FanOutInput(BaseModel):
     items: list[str]
     failItem: str | None = None  # this child fails for good
     childType: str = "TEST_FAN_CHILD"
+    childSleep: float = 0.0
 
 
 class FanChildInput(BaseModel):
     item: str
     fail: bool = False
+    sleep: float = 0.0
 
 
 @define_job("TEST_FAN_OUT", input=FanOutInput, then="TEST_FAN_JOIN", time_limit=30)
 def fan_out(ctx: JobContext, data: FanOutInput) -> dict[str, Any]:
     """Spawns one child per item; its next step joins them."""
     for item in data.items:
-        ctx.spawn(data.childType, {"item": item, "fail": item == data.failItem})
+        child = {"item": item, "fail": item == data.failItem, "sleep": data.childSleep}
+        ctx.spawn(data.childType, child)
     return {"spawned": len(data.items)}
 
 
@@ -170,6 +173,7 @@ def fan_out(ctx: JobContext, data: FanOutInput) -> dict[str, Any]:
 def fan_child(ctx: JobContext, data: FanChildInput) -> dict[str, Any]:
     if data.fail:
         raise PermanentError(f"item {data.item} cannot be done")
+    time.sleep(data.sleep)
     return {"item": data.item.upper(), "upstream": ctx.upstream_result}
 
 

@@ -455,3 +455,29 @@ def _wait_for_event(stack: Stack, tenant: str, job_id: str, kind: str, timeout: 
             return
         time.sleep(0.2)
     raise AssertionError(f"no {kind} event for {job_id}")
+
+
+def test_kill_9_of_workers_during_fan_outs_joins_each_once(chaos: Stack, tenant: str) -> None:
+    """Thirty fan-outs of ten children, worker pool processes killed six times meanwhile:
+    every child runs to success (a killed one again), every join succeeds exactly once,
+    with all ten results in order."""
+    items = [f"room_{i}" for i in range(10)]
+    body = {"type": "TEST_FAN_OUT", "input": {"items": items, "childSleep": 0.05}}
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(lambda _: chaos.create(tenant, body), range(30)))
+    joins = [job["pipeline"]["steps"][1]["id"] for job in created]
+    kills = 0
+    rng = random.Random(11)
+    for _ in range(6):
+        time.sleep(0.5)
+        if children := chaos.worker.children():
+            os.kill(rng.choice(children), signal.SIGKILL)
+            kills += 1
+    statuses = _wait_all(chaos, tenant, joins, timeout=180)
+    successes = _success_events(chaos, joins)
+    _report("kill_9_fan_out", {"fan_outs": len(joins), "children": 10 * len(joins), "kills": kills})
+    assert Counter(statuses.values()) == {"succeeded": len(joins)}
+    assert all(successes[join] == 1 for join in joins)
+    for join in joins:
+        result = chaos.get(tenant, f"/v1/jobs/{join}").json()["result"]
+        assert [child["item"] for child in result["children"]] == [i.upper() for i in items]
