@@ -116,6 +116,16 @@ def test_pipeline_succeeds(system: Stack, tenant: str) -> None:
     assert follow["result"] == {"upstream": {"attempt": 1}}
 
 
+def test_a_fan_out_joins_once_after_its_children(system: Stack, tenant: str) -> None:
+    items = ["a", "b", "c", "d"]
+    created = system.create(tenant, {"type": "TEST_FAN_OUT", "input": {"items": items}})
+    join_id = created["pipeline"]["steps"][1]["id"]
+    join = system.wait_for(tenant, join_id, timeout=60)
+    assert join["status"] == "succeeded", join
+    assert [child["item"] for child in join["result"]["children"]] == ["A", "B", "C", "D"]
+    assert sum(e["toStatus"] == "running" for e in system.events(tenant, join_id)) == 1
+
+
 def test_flaky_job_retries_with_growing_delays(system: Stack, tenant: str) -> None:
     created = system.create(tenant, {"type": "TEST_FLAKY", "input": {"failTimes": 2}})
     job = system.wait_for(tenant, created["id"], timeout=60)
