@@ -1,8 +1,10 @@
-"""Property inspections: analyse the rooms of an inspection, then write its report.
+"""Property inspections: analyse the rooms of an inspection in parallel, then write its
+report, once, after the last room.
 
-ANALYZE_INSPECTION scores each room from a deterministic set of checks (DEEP runs more of
-them); GENERATE_REPORT, which follows it in the pipeline, assembles the report from that
-analysis. Same input, same output, on any machine.
+ANALYZE_INSPECTION fans out: one ANALYZE_ROOM child per room (`JobContext.spawn`), each
+scoring its room from a deterministic set of checks (DEEP runs more of them).
+GENERATE_REPORT, the step after it, joins them: it runs once every room is analysed and
+assembles the report from their results. Same input, same output, on any machine.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def analyse_room(room_id: str, checks: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+class RoomInput(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    roomId: RoomId  # noqa: N815 - the API's field name
+    analysisMode: Literal["QUICK", "DEEP"]  # noqa: N815
+
+
 @define_job(
     "ANALYZE_INSPECTION",
     input=AnalyzeInput,
@@ -59,14 +68,25 @@ def analyse_room(room_id: str, checks: tuple[str, ...]) -> dict[str, Any]:
     time_limit=600,
 )
 def analyze_inspection(ctx: JobContext, data: AnalyzeInput) -> dict[str, Any]:
-    checks = DEEP_CHECKS if data.analysisMode == "DEEP" else QUICK_CHECKS
+    """One ANALYZE_ROOM per room, run in parallel; GENERATE_REPORT joins them."""
     room_ids = list(dict.fromkeys(data.roomIds))  # each room once, in the order given
-    rooms = []
-    for done, room_id in enumerate(room_ids, start=1):
-        rooms.append(analyse_room(room_id, checks))
-        ctx.progress(done / len(room_ids), f"analysed {room_id}")
-    ctx.logger.info("analysed %d rooms with %d checks each", len(rooms), len(checks))
-    return {"inspectionId": ctx.subject, "mode": data.analysisMode, "rooms": rooms}
+    for room_id in room_ids:
+        ctx.spawn("ANALYZE_ROOM", {"roomId": room_id, "analysisMode": data.analysisMode})
+    ctx.progress(1.0, f"{len(room_ids)} room(s) sent for analysis")
+    ctx.logger.info("sent %d room(s) for %s analysis", len(room_ids), data.analysisMode)
+    return {"inspectionId": ctx.subject, "mode": data.analysisMode, "roomIds": room_ids}
+
+
+@define_job(
+    "ANALYZE_ROOM",
+    input=RoomInput,
+    retry=RetryPolicy(max_attempts=5, backoff="exponential", initial_delay=2, max_delay=120),
+    time_limit=300,
+    public=False,  # spawned by ANALYZE_INSPECTION, not created over the API
+)
+def analyze_room(ctx: JobContext, data: RoomInput) -> dict[str, Any]:
+    checks = DEEP_CHECKS if data.analysisMode == "DEEP" else QUICK_CHECKS
+    return analyse_room(data.roomId, checks)
 
 
 @define_job(
@@ -78,15 +98,21 @@ def analyze_inspection(ctx: JobContext, data: AnalyzeInput) -> dict[str, Any]:
 )
 def generate_report(ctx: JobContext, data: ReportInput) -> dict[str, Any]:
     analysis = ctx.upstream_result
-    if not isinstance(analysis, dict) or not analysis.get("rooms"):
+    if not isinstance(analysis, dict):
         raise PermanentError("GENERATE_REPORT needs the result of ANALYZE_INSPECTION")
-    rooms = sorted(analysis["rooms"], key=lambda room: (room["score"], room["roomId"]))
+    # Its rooms' analyses, in the inspection's order (an inspection analysed before the
+    # fan-out carries them in its own result).
+    analysed = ctx.children_results() or analysis.get("rooms") or []
+    if not analysed:
+        raise PermanentError("GENERATE_REPORT found no analysed room")
+    rooms = sorted(analysed, key=lambda room: (room["score"], room["roomId"]))
     ctx.progress(0.5, "assembling report")
     overall = round(sum(room["score"] for room in rooms) / len(rooms), 1)
     report: dict[str, Any] = {
         "inspectionId": analysis.get("inspectionId"),
         "overallScore": overall,
         "verdict": "pass" if overall >= PASS_MARK else "needs attention",
+        "roomIds": [room["roomId"] for room in analysed],
         "roomsNeedingAttention": [room["roomId"] for room in rooms if room["issues"]],
         "summary": _summary_line(analysis.get("inspectionId"), overall, rooms),
     }

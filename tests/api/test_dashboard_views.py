@@ -92,22 +92,24 @@ def test_overview_shows_counts_chart_and_newest_jobs_first(
     analysis = create(client, tenant, ANALYZE)
     failed = gated(client, tenant, gate)
     html = page(client, tenant, "/dashboard")
-    # A succeeded two-step pipeline; a failed gate whose next step was cancelled.
+    # A succeeded inspection (its analysis, two room analyses, its report); a failed gate
+    # whose next step was cancelled.
     assert counts(html) == {
-        "total": 4,
+        "total": 6,
         "queued": 0,
         "running": 0,
         "retrying": 0,
         "waiting": 0,
-        "succeeded": 2,
+        "succeeded": 4,
         "failed": 1,
         "cancelled": 1,
     }
     steps = [s["id"] for s in analysis["pipeline"]["steps"] + failed["pipeline"]["steps"]]
-    assert rows(html) == sorted(steps, reverse=True)
+    rooms = page(client, tenant, "/dashboard?type=ANALYZE_ROOM")
+    assert rows(html) == sorted(steps + rows(rooms), reverse=True) and len(rows(rooms)) == 2
     assert '<svg class="chart"' in html
     assert html.count('class="seg seg-succeeded"') == 1  # all in this minute: one bar
-    assert re.search(r"succeeded <strong>2</strong>", html)
+    assert re.search(r"succeeded <strong>4</strong>", html)
     assert re.search(r"failed <strong>1</strong>", html)
     assert f'<span class="tenant" title="Tenant">{tenant}</span>' in html
 
@@ -194,9 +196,9 @@ def test_job_page_of_a_succeeded_job_has_no_buttons(client: FlaskClient, tenant:
     analysis = create(client, tenant, ANALYZE)
     html = page(client, tenant, f"/dashboard/jobs/{analysis['id']}")
     assert 'value="100.0"' in html  # the progress bar, full
-    assert "analysed room_2" in html  # a progress event
+    assert "2 room(s) sent for analysis" in html  # a progress event
     assert "Retry</button>" not in html and "Cancel</button>" not in html
-    assert "&#34;rooms&#34;" in html  # the result, escaped JSON
+    assert "&#34;roomIds&#34;" in html  # the result, escaped JSON
 
 
 def test_queued_job_page_offers_cancel_and_refreshes_itself(

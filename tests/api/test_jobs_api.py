@@ -160,7 +160,7 @@ def test_the_readme_example_runs_its_whole_pipeline(client: FlaskClient, tenant:
     assert job["attempt"] == 1
     assert job["input"] == README_JOB["input"]
     assert job["result"]["inspectionId"] == "insp_999"
-    assert [room["roomId"] for room in job["result"]["rooms"]] == ["room_1"]
+    assert job["result"]["roomIds"] == ["room_1"]
     assert job["startedAt"] is not None
     assert job["finishedAt"] is not None
     steps = job["pipeline"]["steps"]
@@ -168,13 +168,19 @@ def test_the_readme_example_runs_its_whole_pipeline(client: FlaskClient, tenant:
         ("ANALYZE_INSPECTION", "succeeded"),
         ("GENERATE_REPORT", "succeeded"),
     ]
+    assert steps[1]["children"] == {"succeeded": 1}  # one ANALYZE_ROOM, joined by the report
     assert job["pipeline"]["id"] == job["id"]
 
     report = get_job(client, tenant, steps[1]["id"])
     assert report["upstreamId"] == job["id"]
     assert report["subject"] == "insp_999"
     assert report["result"]["inspectionId"] == "insp_999"
-    assert report["result"]["overallScore"] == job["result"]["rooms"][0]["score"]
+    assert report["result"]["roomIds"] == ["room_1"]
+    room = client.get("/v1/jobs?type=ANALYZE_ROOM", headers=tenant_headers(tenant)).get_json()[
+        "jobs"
+    ][0]
+    assert (room["joinId"], room["upstreamId"]) == (steps[1]["id"], job["id"])
+    assert report["result"]["overallScore"] == room["result"]["score"]
     assert report["pipeline"] == job["pipeline"]
 
 
@@ -522,8 +528,10 @@ def test_events_tell_a_jobs_life_in_order(client: FlaskClient, tenant: str) -> N
         assert started < events.index(event) < finished
         assert event["attempt"] == 1
     assert progress[-1]["data"]["percent"] == 100.0
-    assert progress[-1]["message"] == "analysed room_1"
-    assert any(e["level"] == "INFO" and "analysed 1 rooms" in e["message"] for e in logs)
+    assert progress[-1]["message"] == "1 room(s) sent for analysis"
+    assert any(
+        e["level"] == "INFO" and e["message"] == "sent 1 room(s) for DEEP analysis" for e in logs
+    )
     assert kinds.count("transition") == 3
 
 

@@ -85,12 +85,13 @@ def archive_json(env: dict[str, str], *flags: str, **extra_env: str) -> dict[str
 
 @pytest.fixture
 def two_tenants(env: dict[str, str], db_file: Path) -> dict[str, list[str]]:
-    """Two pipelines (4 jobs) for a free tenant, one (2 jobs) for a pro tenant, all done."""
+    """Two inspections (6 jobs: analysis, its one room, report) for a free tenant, one (3
+    jobs) for a pro tenant, all done."""
     assert ok(run(env, "db", "upgrade")).strip() == "database at head"
     jobs = {FREE: send(env, FREE) + send(env, FREE), PRO: send(env, PRO)}
     assert ok(run(env, "tenants", "set-tier", PRO, "pro")).strip() == f"{PRO}: pro (365 days)"
     state = jobs_in(db_file)
-    assert len(state) == 6
+    assert len(state) == 9
     assert {status for _, status, _ in state.values()} == {"succeeded"}
     assert all(archived is None for _, _, archived in state.values())
     return jobs
@@ -103,18 +104,19 @@ def test_dry_run_then_archive_then_runs(
 
     dry = archive_json(env, "--dry-run", **retention)
     assert dry["dryRun"] is True
-    assert dry["archived"] == 4
-    assert dry["perTenant"] == {FREE: 4}
+    assert dry["archived"] == 6
+    assert dry["perTenant"] == {FREE: 6}
     assert isinstance(dry["maintenanceRunId"], int) and dry["seconds"] >= 0
     assert all(archived is None for _, _, archived in jobs_in(db_file).values())
 
     real = archive_json(env, **retention)
     assert real["dryRun"] is False
-    assert (real["archived"], real["perTenant"]) == (4, {FREE: 4})
+    assert (real["archived"], real["perTenant"]) == (6, {FREE: 6})
     assert real["maintenanceRunId"] > dry["maintenanceRunId"]
     state = jobs_in(db_file)
     archived = {job_id for job_id, (_, _, at) in state.items() if at is not None}
-    assert archived == set(two_tenants[FREE])  # the pro tenant's jobs are kept
+    assert set(two_tenants[FREE]) <= archived  # the pro tenant's jobs are kept
+    assert archived == {job_id for job_id, (tenant, _, _) in state.items() if tenant == FREE}
 
     again = archive_json(env, **retention)
     assert (again["archived"], again["perTenant"]) == (0, {})
@@ -128,8 +130,8 @@ def test_dry_run_then_archive_then_runs(
     ]
     assert [(r["dryRun"], r["total"], r["perTenant"]) for r in runs] == [
         (False, 0, {}),
-        (False, 4, {FREE: 4}),
-        (True, 4, {FREE: 4}),
+        (False, 6, {FREE: 6}),
+        (True, 6, {FREE: 6}),
     ]
     assert {(r["kind"], r["status"]) for r in runs} == {("archive", "succeeded")}
     assert all(r["startedAt"] for r in runs)
@@ -141,7 +143,7 @@ def test_the_pro_tier_follows_its_own_retention(
     env: dict[str, str], db_file: Path, two_tenants: dict[str, list[str]]
 ) -> None:
     report = archive_json(env, ORCH_RETENTION_DAYS="free=365,pro=0")
-    assert (report["archived"], report["perTenant"]) == (2, {PRO: 2})
+    assert (report["archived"], report["perTenant"]) == (3, {PRO: 3})
     # Default retention (free=30, pro=365): nothing just finished is due.
     fresh = archive_json(env)
     assert fresh["archived"] == 0
@@ -152,10 +154,10 @@ def test_human_output(
 ) -> None:
     retention = {"ORCH_RETENTION_DAYS": "free=0,pro=0"}
     dry = ok(run(env, "maintenance", "archive", "--dry-run", **retention)).splitlines()
-    assert dry[0].startswith("would archive 6 job(s) in ")
-    assert [line.split() for line in dry[1:]] == [[FREE, "4"], [PRO, "2"]]
+    assert dry[0].startswith("would archive 9 job(s) in ")
+    assert [line.split() for line in dry[1:]] == [[FREE, "6"], [PRO, "3"]]
     real = ok(run(env, "maintenance", "archive", **retention)).splitlines()
-    assert real[0].startswith("archived 6 job(s) in ")
+    assert real[0].startswith("archived 9 job(s) in ")
     assert all(at is not None for _, _, at in jobs_in(db_file).values())
 
 

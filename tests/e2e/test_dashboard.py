@@ -151,15 +151,17 @@ def test_overview_shows_counts_chart_and_rows(
     loop = looping(stack, tenant, tmp_path)
     try:
         page.goto("/dashboard")
-        expected = {"succeeded": 2, "failed": 1, "cancelled": 1, "running": 1, "waiting": 1}
+        # The inspection: its analysis, its three rooms (ANALYZE_ROOM, in parallel), its report.
+        expected = {"succeeded": 5, "failed": 1, "cancelled": 1, "running": 1, "waiting": 1}
         assert {status: count(page, status) for status in expected} == expected
-        assert count(page, "total") == 6
+        assert count(page, "total") == 9
         steps = [s["id"] for job in (analysis, failed, loop) for s in job["pipeline"]["steps"]]
-        assert listed(page) == sorted(steps, reverse=True)
+        rooms = [j["id"] for j in stack.get(tenant, "/v1/jobs?type=ANALYZE_ROOM").json()["jobs"]]
+        assert len(rooms) == 3 and listed(page) == sorted(steps + rooms, reverse=True)
         row = page.locator(f'#jobs tr[data-job-id="{failed["id"]}"]')
         expect(row.locator(".badge")).to_have_text("failed")
         assert page.locator("svg.chart rect.seg-succeeded").count() in (1, 2)  # minute edge
-        expect(page.locator(".legend")).to_contain_text("succeeded 2")
+        expect(page.locator(".legend")).to_contain_text("succeeded 5")
         screenshot(page, "overview")
 
         page.select_option("select[name=status]", "failed")  # applies on change
@@ -168,7 +170,7 @@ def test_overview_shows_counts_chart_and_rows(
         screenshot(page, "overview-filtered")
 
         page.goto(f"/dashboard/jobs/{analysis['id']}")
-        expect(page.locator(".events-table")).to_contain_text("analysed cellar")
+        expect(page.locator(".events-table")).to_contain_text("3 room(s) sent for analysis")
         page.get_by_role("link", name="GENERATE_REPORT").click()
         expect(page.locator("#job h1")).to_contain_text("GENERATE_REPORT")
         expect(page.locator("#job pre").last).to_contain_text("overallScore")

@@ -27,8 +27,11 @@ def test_pipeline_succeeds_end_to_end(stack: Stack, tenant: str) -> None:
     report = stack.wait_for(tenant, report_id, {"succeeded", "failed", "cancelled"})
 
     assert report["status"] == "succeeded", report
-    assert [r["roomId"] for r in job["result"]["rooms"]] == ["room_1", "room_2"]
-    assert job["progress"] == {"percent": 100.0, "message": "analysed room_2"}
+    assert job["result"]["roomIds"] == ["room_1", "room_2"]
+    assert job["progress"] == {"percent": 100.0, "message": "2 room(s) sent for analysis"}
+    # The rooms ran as jobs of their own (ANALYZE_ROOM), and the report joined them.
+    assert report["pipeline"]["steps"][1]["children"] == {"succeeded": 2}
+    assert report["result"]["roomIds"] == ["room_1", "room_2"]
     assert report["result"]["inspectionId"] == "insp_999"
     assert report["result"]["summary"].startswith("Inspection insp_999: 2 room(s)")
     assert report["upstreamId"] == job["id"]

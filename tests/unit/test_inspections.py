@@ -1,4 +1,5 @@
-"""The inspection job types: deterministic analysis, and a report derived from it.
+"""The inspection job types: a fan-out of deterministic room analyses, and a report that
+joins them.
 
 The pure helpers are called directly; the handlers run through the real runner with inline
 dispatch against a migrated SQLite database, as they would in a worker.
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
@@ -55,6 +57,17 @@ def analyse_and_report(runtime: Runtime, mode: str, rooms: list[str]) -> tuple[J
     assert analysis.status is JobStatus.SUCCEEDED, analysis.error_message
     assert report.status is JobStatus.SUCCEEDED, report.error_message
     return analysis, report
+
+
+def rooms_of(runtime: Runtime, report: Job) -> list[dict[str, Any]]:
+    """The ANALYZE_ROOM results the report joined, in the inspection's order."""
+    with runtime.database.session() as session:
+        children = session.scalars(
+            sa.select(Job).where(Job.join_id == report.id).order_by(Job.item_index)
+        ).all()
+    assert {child.type for child in children} <= {"ANALYZE_ROOM"}
+    assert {child.status for child in children} <= {JobStatus.SUCCEEDED}
+    return [child.result for child in children]
 
 
 # --- the pure helpers ---------------------------------------------------------------
@@ -128,27 +141,29 @@ def test_analyze_input_rejects_bad_input(data: dict[str, Any]) -> None:
 def test_analysis_runs_the_checks_of_its_mode(
     runtime: Runtime, mode: str, checks: tuple[str, ...]
 ) -> None:
-    analysis, _ = analyse_and_report(runtime, mode, ROOMS)
+    analysis, report = analyse_and_report(runtime, mode, ROOMS)
     result = analysis.result
-    assert result["mode"] == mode
-    assert result["inspectionId"] == "insp_1"
-    assert [room["roomId"] for room in result["rooms"]] == ROOMS
-    for room in result["rooms"]:
+    assert result == {"inspectionId": "insp_1", "mode": mode, "roomIds": ROOMS}
+    rooms = rooms_of(runtime, report)  # one ANALYZE_ROOM per room, in order
+    assert [room["roomId"] for room in rooms] == ROOMS
+    assert report.result["roomIds"] == ROOMS
+    for room in rooms:
         assert len(room["checks"]) == len(checks)
         assert room == analyse_room(room["roomId"], checks)
 
 
 def test_quick_and_deep_agree_on_the_checks_they_share(runtime: Runtime) -> None:
-    deep, _ = analyse_and_report(runtime, "DEEP", ROOMS)
-    quick, _ = analyse_and_report(runtime, "QUICK", ROOMS)
-    for deep_room, quick_room in zip(deep.result["rooms"], quick.result["rooms"], strict=True):
+    _, deep = analyse_and_report(runtime, "DEEP", ROOMS)
+    _, quick = analyse_and_report(runtime, "QUICK", ROOMS)
+    pairs = zip(rooms_of(runtime, deep), rooms_of(runtime, quick), strict=True)
+    for deep_room, quick_room in pairs:
         shared = {c: deep_room["checks"][c] for c in quick_room["checks"]}
         assert shared == quick_room["checks"]
 
 
 def test_report_derives_from_the_analysis(runtime: Runtime) -> None:
-    analysis, report = analyse_and_report(runtime, "DEEP", ROOMS)
-    rooms = analysis.result["rooms"]
+    _, report = analyse_and_report(runtime, "DEEP", ROOMS)
+    rooms = rooms_of(runtime, report)
     body = report.result
     assert body["inspectionId"] == "insp_1"
     assert body["overallScore"] == pytest.approx(
@@ -181,11 +196,13 @@ def test_the_same_input_gives_the_same_results(runtime: Runtime) -> None:
     assert first_analysis.id != second_analysis.id
     assert first_analysis.result == second_analysis.result
     assert first_report.result == second_report.result
+    assert rooms_of(runtime, first_report) == rooms_of(runtime, second_report)
 
 
 def test_duplicate_room_ids_are_analysed_once(runtime: Runtime) -> None:
     analysis, report = analyse_and_report(runtime, "DEEP", ["a", "b", "a", "b", "a"])
-    assert [room["roomId"] for room in analysis.result["rooms"]] == ["a", "b"]
+    assert analysis.result["roomIds"] == ["a", "b"]
+    assert [room["roomId"] for room in rooms_of(runtime, report)] == ["a", "b"]
     assert report.result["summary"].startswith("Inspection insp_1: 2 room(s)")
 
 
@@ -197,17 +214,19 @@ def _handler_progress(runtime: Runtime, job: Job) -> list[float]:
     ]
 
 
-def test_progress_reaches_the_end_room_by_room(runtime: Runtime) -> None:
-    analysis, _ = analyse_and_report(runtime, "QUICK", ["a", "b", "c", "d"])
-    assert _handler_progress(runtime, analysis) == pytest.approx([25, 50, 75, 100])
-    assert analysis.progress == 1.0
-
-
-def test_progress_with_duplicate_rooms_reaches_the_end(runtime: Runtime) -> None:
+def test_progress_says_the_rooms_were_sent(runtime: Runtime) -> None:
     analysis, _ = analyse_and_report(runtime, "QUICK", ["a", "b", "a"])
-    progress = _handler_progress(runtime, analysis)
-    assert progress == sorted(progress)
-    assert progress[-1] == 100
+    assert _handler_progress(runtime, analysis) == [100]
+    assert analysis.progress == 1.0 and analysis.progress_message == "2 room(s) sent for analysis"
+
+
+def test_the_report_runs_once_after_the_last_room(runtime: Runtime) -> None:
+    _, report = analyse_and_report(runtime, "QUICK", ROOMS)
+    with runtime.database.session() as session:
+        last_room = max(session.scalars(sa.select(Job.finished_at).where(Job.join_id == report.id)))
+    assert report.started_at is not None and report.started_at >= last_room
+    starts = [e for e in runtime.service.events(TENANT, report.id) if e.to_status == "running"]
+    assert len(starts) == 1
 
 
 def test_the_handler_logs_what_it_did(runtime: Runtime) -> None:
@@ -215,8 +234,7 @@ def test_the_handler_logs_what_it_did(runtime: Runtime) -> None:
     logs = [e for e in runtime.service.events(TENANT, analysis.id) if e.kind == "log"]
     assert len(logs) == 1
     assert logs[0].level == "INFO"
-    assert "2 rooms" in (logs[0].message or "")
-    assert str(len(DEEP_CHECKS)) in (logs[0].message or "")
+    assert logs[0].message == "sent 2 room(s) for DEEP analysis"
 
 
 def test_an_inspection_without_an_id_still_reports(runtime: Runtime) -> None:
