@@ -27,3 +27,20 @@ def first_step(ctx: JobContext, data: Nothing) -> None:
 def slow(ctx: JobContext, data: Nothing) -> None:
     """20 ms of waiting: a tenant's backlog that takes real time to drain."""
     time.sleep(0.02)
+
+
+class FanOut(BaseModel):
+    children: int = 1000
+
+
+@define_job("BENCH_FAN_OUT", input=FanOut, then="BENCH_JOIN", time_limit=300)
+def fan_out(ctx: JobContext, data: FanOut) -> None:
+    """`children` no-op children; the next step joins them."""
+    for _ in range(data.children):
+        ctx.spawn("BENCH_NOOP", {})
+
+
+@define_job("BENCH_JOIN", input=Nothing, time_limit=300)
+def join(ctx: JobContext, data: Nothing) -> int:
+    """Reads its children's results, as a chord's callback receives them."""
+    return len(ctx.children_results())

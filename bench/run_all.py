@@ -16,6 +16,7 @@ FULL = [
     ["bench.publish"],
     ["bench.capacity", "--jobs", "5000"],
     ["bench.make_run"],
+    ["bench.fanout"],
 ]
 QUICK = [
     ["bench.throughput", "--jobs", "2000", "--rounds", "1"],
@@ -28,6 +29,7 @@ QUICK = [
     ["bench.publish", "--batches", "50", "--rounds", "1"],
     ["bench.capacity", "--jobs", "500"],
     ["bench.make_run", "--pipelines", "50"],
+    ["bench.fanout", "--children", "200", "--rounds", "1"],
 ]
 
 
