@@ -259,13 +259,17 @@ def jobs_fragment() -> str:
 def _job(job_id: str) -> dict[str, Any]:
     tenant = _tenant()
     details = _service().get(tenant, job_id)
+    unfinished = {str(status) for status in CANCELLABLE}
     return {
         "job": details.job,
         "steps": details.steps,
+        "children": details.children,
         "events": _service().events(tenant, job_id),
         "place": _service().place_in_line(details.job),
-        # The page refreshes itself while any step of the pipeline may still change.
-        "live": any(step.status in CANCELLABLE for step in details.steps),
+        # The page refreshes itself while any step of the pipeline (or child of a join)
+        # may still change.
+        "live": any(step.status in CANCELLABLE for step in details.steps)
+        or any(unfinished & counts.keys() for counts in details.children.values()),
     }
 
 

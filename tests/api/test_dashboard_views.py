@@ -479,3 +479,18 @@ def test_the_tenant_sees_its_backlog_and_each_waiting_jobs_place_in_line(
 
     # The admitted job goes first whatever comes after it; then priority, then age.
     assert [place(j) for j in (first, urgent, second, third)] == ["admitted", "1", "2", "3"]
+
+
+def test_a_fan_out_shows_its_children_as_one_node_with_counts(
+    client: FlaskClient, tenant: str
+) -> None:
+    analysis = create(client, tenant, ANALYZE)  # two rooms: two ANALYZE_ROOM children
+    html = page(client, tenant, f"/dashboard/jobs/{analysis['id']}")
+    join = analysis["pipeline"]["steps"][1]["id"]
+    node = re.search(rf'data-children-of="{join}">(.*?)</li>', html, re.S)
+    assert node is not None and "2 child jobs" in node.group(1)
+    assert 'data-count="succeeded">2 succeeded' in node.group(1)
+    room = client.get("/v1/jobs?type=ANALYZE_ROOM", headers={"X-Tenant-ID": tenant}).get_json()
+    child = page(client, tenant, f"/dashboard/jobs/{room['jobs'][0]['id']}")
+    assert f'spawned by <a href="/dashboard/jobs/{analysis["id"]}"' in child
+    assert f'joined by <a href="/dashboard/jobs/{join}"' in child
