@@ -124,15 +124,29 @@ class JobContext:
 
     def children_results(self) -> list[Any]:
         """In a join: the results of the children its upstream step spawned, in the order
-        they were spawned."""
+        they were spawned (`None` for one that failed, when the join allows failures)."""
+        return [child["result"] for child in self.children()]
+
+    def children(self) -> list[dict[str, Any]]:
+        """In a join: each child, in spawn order, as `{"id", "status", "result", "error"}`
+        (`error` the last error's type and message, for one that failed)."""
         with self._database.session() as session:
-            return list(
-                session.scalars(
-                    sa.select(Job.result)
-                    .where(Job.join_id == self.job_id, Job.tenant_id == self.tenant_id)
-                    .order_by(Job.item_index)
-                )
-            )
+            rows = session.execute(
+                sa.select(Job.id, Job.status, Job.result, Job.error_type, Job.error_message)
+                .where(Job.join_id == self.job_id, Job.tenant_id == self.tenant_id)
+                .order_by(Job.item_index)
+            ).all()
+        return [
+            {
+                "id": row.id,
+                "status": str(row.status),
+                "result": row.result,
+                "error": None
+                if row.error_type is None
+                else f"{row.error_type}: {row.error_message}",
+            }
+            for row in rows
+        ]
 
     def _write_log(self, level: str, message: str) -> None:
         with self._database.transaction() as session:

@@ -123,10 +123,13 @@ class Job(Base):
     parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("jobs.id"))
     step_index: Mapped[int] = mapped_column(sa.SmallInteger, default=0)
     # A child spawned by a handler (`JobContext.spawn`): the join it counts toward (its
-    # parent's next step) and its place among its siblings. A join: children not done yet.
+    # parent's next step) and its place among its siblings. A join: its children not
+    # finished yet, those failed for good, and how many may fail (-1: any number).
     join_id: Mapped[str | None] = mapped_column(sa.String(40))
     item_index: Mapped[int | None] = mapped_column(sa.Integer)
     waiting_on: Mapped[int | None] = mapped_column(sa.Integer)
+    children_failed: Mapped[int | None] = mapped_column(sa.Integer)
+    failures_allowed: Mapped[int | None] = mapped_column(sa.Integer)
     created_by: Mapped[str | None] = mapped_column(sa.String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -44,6 +44,9 @@ class AnyInput(BaseModel):
     model_config = {"extra": "allow"}
 
 
+ALL_MAY_FAIL = -1  # `allow_failures="all"`, as stored on a join's row
+
+
 @dataclass(frozen=True)
 class JobType:
     name: str
@@ -55,6 +58,9 @@ class JobType:
     queue: str = DEFAULT_QUEUE
     # False for system jobs (archival, cron firings): the public API cannot create them.
     public: bool = True
+    # As a join (the step after a job that spawns children): how many of its children may
+    # fail for good and it still run; `ALL_MAY_FAIL` waits for every child whatever its end.
+    allow_failures: int = 0
 
     def validate_input(self, data: object) -> BaseModel:
         """The input as the handler will see it, or `InvalidInput` with per-field messages."""
@@ -163,12 +169,15 @@ def define_job(
     time_limit: float = DEFAULT_TIME_LIMIT,
     queue: str = DEFAULT_QUEUE,
     public: bool = True,
+    allow_failures: int | Literal["all"] = 0,
     target: Registry | None = None,
 ) -> Callable[[H], H]:
     """Declare a job type; the decorated function is its handler.
 
     Options are keyword-only, so a misspelt one is a `TypeError` at import time rather than
-    a silently ignored setting.
+    a silently ignored setting. `allow_failures` is for a join (the step after a job that
+    spawns children): 0, the default, cancels it at its first child's failure; N lets it
+    run with up to N children failed; "all" waits for every child, failed or not.
     """
     if not NAME_PATTERN.match(name):
         raise JobDefinitionError(f"job type name {name!r} must match {NAME_PATTERN.pattern}")
@@ -176,6 +185,9 @@ def define_job(
         raise JobDefinitionError(f"{name}: input must be a pydantic model class")
     if not (time_limit > 0 and math.isfinite(time_limit)):
         raise JobDefinitionError(f"{name}: time_limit must be positive")
+    if allow_failures != "all" and not (isinstance(allow_failures, int) and allow_failures >= 0):
+        raise JobDefinitionError(f'{name}: allow_failures must be a count from 0, or "all"')
+    tolerated = ALL_MAY_FAIL if allow_failures == "all" else int(allow_failures)
 
     def register(handler: H) -> H:
         job_type = JobType(
@@ -187,6 +199,7 @@ def define_job(
             time_limit=float(time_limit),
             queue=queue,
             public=public,
+            allow_failures=tolerated,
         )
         (target or registry).add(job_type)
         return handler

@@ -250,6 +250,8 @@ class Runner:
             failed = Failed(_error_info(exc))
             with self.database.transaction() as session:
                 return failed if transitions.fail(session, claimed.run, failed.error, now) else None
+        then = claimed.job_type.then
+        allowed = self.registry.resolve(then).allow_failures if then else 0
         with self.database.transaction() as session:
             won = transitions.succeed_in_transaction(
                 session,
@@ -258,6 +260,7 @@ class Runner:
                 now,
                 children=children,
                 join_id=claimed.job.join_id,
+                failures_allowed=allowed,
                 trace=tracing.current_traceparent() or claimed.job.trace_context,
             )
         if not won:

@@ -34,6 +34,7 @@ from orchestrator.db import Database
 from orchestrator.dispatch.base import Delivery
 from orchestrator.job_events import event as _event
 from orchestrator.models import Job, JobEvent
+from orchestrator.registry import ALL_MAY_FAIL
 from orchestrator.states import (
     ALLOWED,
     CLAIMABLE,
@@ -356,6 +357,7 @@ def succeed_in_transaction(
     *,
     children: Sequence[Job] = (),
     join_id: str | None = None,
+    failures_allowed: int = 0,
     trace: str | None = None,
 ) -> bool:
     """`succeed` for a run that spawned children, or that is a child itself: in the
@@ -364,7 +366,8 @@ def succeed_in_transaction(
 
     - `children` (rows built `queued` and ready): recorded, and the step after this job,
       if any, becomes their join: it stays `waiting` on their count instead of being
-      released (with no children it is released as by `succeed`).
+      released (with no children it is released as by `succeed`), `failures_allowed` of
+      them may fail for good (its type's `allow_failures`).
     - `join_id` (this run is a child): its join has one child fewer to wait for; the
       last child's success releases it (`_count_down`).
     """
@@ -380,7 +383,14 @@ def succeed_in_transaction(
             child.join_id, child.item_index = (join.id if join else None), index
         insert_pipeline(session, children, now)
         if join is not None:
-            _update(session, (Job.id == join.id,), waiting_on=len(children), updated_at=now)
+            _update(
+                session,
+                (Job.id == join.id,),
+                waiting_on=len(children),
+                children_failed=0,
+                failures_allowed=failures_allowed,
+                updated_at=now,
+            )
     elif join is not None:
         for step in session.execute(statements.release_next_step(), params).all():
             nxt = Attempt(step.id, step.tenant_id, step.attempt)
@@ -409,24 +419,58 @@ def _count_down(session: Session, join_id: str, now: datetime) -> None:
         .returning(Job.waiting_on, Job.tenant_id, Job.attempt)
         .execution_options(synchronize_session=False)
     ).first()
-    if left is None or left.waiting_on != 0:
-        return
+    if left is not None and left.waiting_on == 0:
+        _release_join(session, Attempt(join_id, left.tenant_id, left.attempt), now)
+
+
+def _release_join(session: Session, join: Attempt, now: datetime) -> None:
+    """Every child finished: the join runs (the update is conditional: once)."""
     if _update(
         session,
-        (Job.id == join_id, Job.status == JobStatus.WAITING, Job.waiting_on == 0),
+        (Job.id == join.job_id, Job.status == JobStatus.WAITING, Job.waiting_on == 0),
         status=JobStatus.QUEUED,
         ready_since=now,
         updated_at=now,
     ):
-        joined = Attempt(join_id, left.tenant_id, left.attempt)
-        _note(
-            session,
-            joined,
-            now,
-            JobStatus.WAITING,
-            JobStatus.QUEUED,
-            message="its children succeeded",
+        message = "its children finished"
+        _note(session, join, now, JobStatus.WAITING, JobStatus.QUEUED, message=message)
+
+
+def _child_lost(session: Session, child: Job, now: datetime, *, reason: str) -> None:
+    """A child failed for good, or was cancelled: its join counts it finished and failed.
+    Past what the join allows (`failures_allowed`; by default none), the join is
+    cancelled, and with it its children not finished; within it, the last child to finish
+    releases the join as a success does."""
+    counted = session.execute(
+        sa.update(Job)
+        .where(Job.id == child.join_id, Job.status == JobStatus.WAITING, Job.waiting_on > 0)
+        .values(
+            waiting_on=Job.waiting_on - 1,
+            children_failed=sa.func.coalesce(Job.children_failed, 0) + 1,
+            updated_at=now,
         )
+        .returning(
+            Job.waiting_on, Job.children_failed, Job.failures_allowed, Job.tenant_id, Job.attempt
+        )
+        .execution_options(synchronize_session=False)
+    ).first()
+    if counted is None:
+        return
+    join = Attempt(str(child.join_id), counted.tenant_id, counted.attempt)
+    allowed = counted.failures_allowed or 0
+    if allowed != ALL_MAY_FAIL and counted.children_failed > allowed:
+        if _update(
+            session,
+            (Job.id == join.job_id, Job.status == JobStatus.WAITING),
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            updated_at=now,
+        ):
+            message = f"child {child.id}: {reason}"
+            _note(session, join, now, JobStatus.WAITING, JobStatus.CANCELLED, message=message)
+            cancel_downstream(session, join.job_id, now, reason=f"join {join.job_id} cancelled")
+    elif counted.waiting_on == 0:
+        _release_join(session, join, now)
 
 
 def schedule_retry(
@@ -495,26 +539,8 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
         message=reason,
         finished_at=now,
     )
-    # A child that will not succeed: its join would wait for ever (join policy: the
-    # first failure fails the join; siblings still running finish, and count for nothing).
-    if job.join_id is not None and _update(
-        session,
-        (Job.id == job.join_id, Job.status == JobStatus.WAITING),
-        status=JobStatus.CANCELLED,
-        finished_at=now,
-        updated_at=now,
-    ):
-        join = session.get(Job, job.join_id)
-        assert join is not None
-        _note(
-            session,
-            Attempt.of(join),
-            now,
-            JobStatus.WAITING,
-            JobStatus.CANCELLED,
-            message=f"child {job_id}: {reason}",
-        )
-        cancel_downstream(session, join.id, now, reason=f"join {join.id} cancelled")
+    if job.join_id is not None:  # a child that will not succeed
+        _child_lost(session, job, now, reason=reason)
 
 
 def _stop_children(session: Session, join: Job, now: datetime, *, reason: str) -> None:

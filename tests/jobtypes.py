@@ -150,6 +150,7 @@ def sleep_for(ctx: JobContext, data: SleepInput) -> dict[str, Any]:
 class FanOutInput(BaseModel):
     items: list[str]
     failItem: str | None = None  # this child fails for good
+    failItems: list[str] = []
     childType: str = "TEST_FAN_CHILD"
     childSleep: float = 0.0
 
@@ -164,7 +165,8 @@ class FanChildInput(BaseModel):
 def fan_out(ctx: JobContext, data: FanOutInput) -> dict[str, Any]:
     """Spawns one child per item; its next step joins them."""
     for item in data.items:
-        child = {"item": item, "fail": item == data.failItem, "sleep": data.childSleep}
+        fail = item == data.failItem or item in data.failItems
+        child = {"item": item, "fail": fail, "sleep": data.childSleep}
         ctx.spawn(data.childType, child)
     return {"spawned": len(data.items)}
 
@@ -180,3 +182,19 @@ def fan_child(ctx: JobContext, data: FanChildInput) -> dict[str, Any]:
 @define_job("TEST_FAN_JOIN", input=EmptyInput, time_limit=30)
 def fan_join(ctx: JobContext, data: EmptyInput) -> dict[str, Any]:
     return {"children": ctx.children_results(), "upstream": ctx.upstream_result}
+
+
+# The same fan-out before joins with other failure policies.
+define_job("TEST_FAN_OUT_ALL", input=FanOutInput, then="TEST_FAN_JOIN_ALL", time_limit=30)(fan_out)
+define_job("TEST_FAN_OUT_ONE", input=FanOutInput, then="TEST_FAN_JOIN_ONE", time_limit=30)(fan_out)
+
+
+@define_job("TEST_FAN_JOIN_ALL", input=EmptyInput, time_limit=30, allow_failures="all")
+def fan_join_all(ctx: JobContext, data: EmptyInput) -> dict[str, Any]:
+    """Waits for every child, failed or not, and sees how each ended."""
+    return {"children": ctx.children()}
+
+
+@define_job("TEST_FAN_JOIN_ONE", input=EmptyInput, time_limit=30, allow_failures=1)
+def fan_join_one(ctx: JobContext, data: EmptyInput) -> dict[str, Any]:
+    return {"children": ctx.children_results()}

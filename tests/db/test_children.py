@@ -203,3 +203,44 @@ def test_the_pipeline_shows_the_joins_children_by_status(runtime: Runtime) -> No
         tenant_id="tnt_a",
     )
     assert child.job.join_id == join.id and child.job.parent_id == sent.job.id
+
+
+def test_a_join_that_allows_every_failure_runs_and_sees_how_each_child_ended(
+    runtime: Runtime,
+) -> None:
+    sent = orchestrator.send_job(
+        "TEST_FAN_OUT_ALL", {"items": ["a", "b", "c"], "failItems": ["a", "c"]}, tenant_id="tnt_a"
+    )
+    _, join, _ = _pipeline(runtime, sent.job.id)
+    assert join.status is JobStatus.SUCCEEDED and join.children_failed == 2
+    ended = [(c["status"], c["result"]) for c in join.result["children"]]
+    assert ended[1] == ("succeeded", {"item": "B", "upstream": {"spawned": 3}})
+    assert [status for status, _ in ended] == ["failed", "succeeded", "failed"]
+    assert "item a cannot be done" in join.result["children"][0]["error"]
+
+
+@pytest.mark.parametrize(("failing", "runs"), [(["b"], True), (["a", "b"], False)])
+def test_a_join_that_allows_one_failure_runs_with_one_not_two(
+    runtime: Runtime, failing: list[str], runs: bool
+) -> None:
+    sent = orchestrator.send_job(
+        "TEST_FAN_OUT_ONE", {"items": ["a", "b", "c"], "failItems": failing}, tenant_id="tnt_a"
+    )
+    _, join, _ = _pipeline(runtime, sent.job.id)
+    if runs:
+        assert join.status is JobStatus.SUCCEEDED
+        upstream = {"spawned": 3}
+        assert join.result["children"] == [
+            {"item": "A", "upstream": upstream}, None, {"item": "C", "upstream": upstream}
+        ]  # fmt: skip
+    else:
+        assert join.status is JobStatus.CANCELLED and _runs(runtime, join.id) == 0
+
+
+def test_allow_failures_is_a_count_or_all() -> None:
+    from orchestrator.errors import JobDefinitionError  # noqa: PLC0415
+    from orchestrator.registry import Registry, define_job  # noqa: PLC0415
+
+    for wrong in (-1, "some", 1.5):
+        with pytest.raises(JobDefinitionError, match="allow_failures"):
+            define_job("X_BAD", allow_failures=wrong, target=Registry())(lambda ctx, data: None)  # type: ignore[arg-type]
