@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -160,6 +161,7 @@ class Admission:
         self._contending: dict[str, int] = {}  # tenants with ready jobs at the last fill
         self._full: dict[str, tuple[float, int]] = {}  # windows left full: when, holding
         self._suspects: set[int] = set()  # deliveries the last check found missing
+        self._pumping = threading.local()  # a pump is running on this thread's stack
 
     def fill(self, fence: sa.ScalarSelect[Any] | None = None) -> list[Delivery]:
         """Admit as many ready jobs as the windows have room for; their deliveries, to be
@@ -336,12 +338,21 @@ class Admission:
         """Fill and send, here and now (push and inline modes, after a job became ready).
         Inline sends run their jobs, whose successes make later steps ready: those are
         filled and run too, until nothing ready is left."""
+        if getattr(self._pumping, "active", False):
+            # Inline: a job this pump runs made others ready (children, a join). The pump
+            # further up this thread's stack fills again; pumping here would nest a run
+            # per job, and a fan-out of hundreds would overflow the stack.
+            return 0
+        self._pumping.active = True
         sent = 0
-        while deliveries := self.fill():
-            self.send(deliveries)
-            sent += len(deliveries)
-            if self.dispatcher.mode != "inline":
-                break
+        try:
+            while deliveries := self.fill():
+                self.send(deliveries)
+                sent += len(deliveries)
+                if self.dispatcher.mode != "inline":
+                    break
+        finally:
+            self._pumping.active = False
         return sent
 
     def tick(self) -> tuple[int, int]:

@@ -245,7 +245,7 @@ class Runner:
         the children, and the join's count (`transitions.succeed_in_transaction`). A child
         of an unknown type, or with an invalid input, fails the job that spawned it."""
         try:
-            children = child_rows(self.registry, claimed.job, outcome.spawned, now)
+            children = child_rows(self.registry, self.settings, claimed.job, outcome.spawned, now)
         except (InvalidInput, UnknownJobType, JobDefinitionError) as exc:
             failed = Failed(_error_info(exc))
             with self.database.transaction() as session:

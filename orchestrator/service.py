@@ -51,6 +51,7 @@ MAX_PAGE_SIZE = 100
 MIN_PRIORITY, DEFAULT_PRIORITY, MAX_PRIORITY = 1, 5, 10
 TERMINAL_NAMES = ("succeeded", "failed", "cancelled")
 MAX_BULK_RETRY = 1000
+MAX_CHILDREN = 10_000  # children one run may spawn
 CANCEL_POLL_SECONDS = 0.05
 # Tenants this process already recorded; creation skips the upsert for them.
 KNOWN_TENANTS_CACHE = 10_000
@@ -606,10 +607,31 @@ class JobService:
             parent = session.get(Job, job.parent_id)
             if parent is not None and parent.status is not JobStatus.SUCCEEDED:
                 raise JobConflict(f"retry the upstream step {parent.id} instead")
+        _check_family_retry(session, job)
         attempts = _budget(self.registry, job)
         now = self.clock()
         run_at = job.run_at if job.run_at is not None and job.run_at > now and not run_now else now
         return transitions.requeue(session, job, attempts, now, run_at=run_at)
+
+
+def _check_family_retry(session: sa.orm.Session, job: Job) -> None:
+    """Retries inside a fan-out are not supported yet: a child's end was counted by its
+    join (a second end would count twice), and a join runs only after its children."""
+    if job.join_id is not None:
+        raise JobConflict(
+            f"job {job.id} is a child of join {job.join_id}: a child cannot be retried by hand yet"
+        )
+    if job.waiting_on is not None:
+        unfinished = session.scalar(
+            sa.select(sa.func.count()).where(
+                Job.join_id == job.id, Job.status != JobStatus.SUCCEEDED
+            )
+        )
+        if unfinished:
+            raise JobConflict(
+                f"join {job.id} has {unfinished} child job(s) that did not succeed: "
+                "it cannot be retried without them yet"
+            )
 
 
 def status_counts(
@@ -728,19 +750,34 @@ def _children(session: sa.orm.Session, joins: list[str]) -> dict[str, dict[str, 
     return counts
 
 
+def _spawned(index: int, job_type: str, problem: FieldError) -> FieldError:
+    return FieldError(f"spawn[{index}] {job_type} {problem.field}", problem.message)
+
+
 def child_rows(
-    registry: Registry, parent: Job, spawns: Sequence[Spawn], now: datetime
+    registry: Registry, settings: Settings, parent: Job, spawns: Sequence[Spawn], now: datetime
 ) -> list[Job]:
     """The rows of the children a run spawned (`JobContext.spawn`): each ready, a pipeline
     of its own, its parent's tenant, subject and priority, its parent as its upstream.
     `UnknownJobType` or `InvalidInput` (each input is checked as an API request's is); a
     type with a `then` step cannot be spawned yet (`JobDefinitionError`)."""
+    if not spawns:
+        return []
+    if parent.join_id is not None:
+        raise JobDefinitionError("a child job cannot spawn children of its own yet")
+    if len(spawns) > MAX_CHILDREN:
+        raise JobDefinitionError(f"{len(spawns)} children spawned; at most {MAX_CHILDREN}")
     rows = []
-    for spawn in spawns:
+    for index, spawn in enumerate(spawns):
         job_type = registry.get(spawn.type)
         if job_type.then is not None:
             raise JobDefinitionError(f"{spawn.type} has a next step: it cannot be spawned")
-        data = job_type.validate_input(spawn.input).model_dump(mode="json")
+        if problems := input_problems(spawn.input, settings):
+            raise InvalidInput([_spawned(index, spawn.type, p) for p in problems])
+        try:
+            data = job_type.validate_input(spawn.input).model_dump(mode="json")
+        except InvalidInput as exc:
+            raise InvalidInput([_spawned(index, spawn.type, p) for p in exc.errors]) from None
         request = NewJob(tenant_id=parent.tenant_id, type=spawn.type, subject=parent.subject)
         job_id = new_job_id()
         row = _step_row(

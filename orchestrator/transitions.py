@@ -403,11 +403,12 @@ def succeed_in_transaction(
                 message=params["b_next_message"],
             )
     if join_id is not None:
-        _count_down(session, join_id, now)
+        _count_down(session, join_id, now, trace=trace)
+    metrics.count(session, "succeeded", run.job_type, _ran(run, now))
     return True
 
 
-def _count_down(session: Session, join_id: str, now: datetime) -> None:
+def _count_down(session: Session, join_id: str, now: datetime, *, trace: str | None) -> None:
     """A child succeeded: its join waits for one fewer. The update takes the join's row
     lock, so two children finishing at once count down one after the other, and only the
     one that reaches zero releases the join: it runs once."""
@@ -420,17 +421,21 @@ def _count_down(session: Session, join_id: str, now: datetime) -> None:
         .execution_options(synchronize_session=False)
     ).first()
     if left is not None and left.waiting_on == 0:
-        _release_join(session, Attempt(join_id, left.tenant_id, left.attempt), now)
+        _release_join(session, Attempt(join_id, left.tenant_id, left.attempt), now, trace=trace)
 
 
-def _release_join(session: Session, join: Attempt, now: datetime) -> None:
-    """Every child finished: the join runs (the update is conditional: once)."""
+def _release_join(
+    session: Session, join: Attempt, now: datetime, *, trace: str | None = None
+) -> None:
+    """Every child finished: the join runs (the update is conditional: once), carrying the
+    trace of the run that finished last on."""
     if _update(
         session,
         (Job.id == join.job_id, Job.status == JobStatus.WAITING, Job.waiting_on == 0),
         status=JobStatus.QUEUED,
         ready_since=now,
         updated_at=now,
+        **({"trace_context": trace} if trace else {}),
     ):
         message = "its children finished"
         _note(session, join, now, JobStatus.WAITING, JobStatus.QUEUED, message=message)
@@ -548,8 +553,13 @@ def _stop_children(session: Session, join: Job, now: datetime, *, reason: str) -
     running are asked to stop (their heartbeat notices), as a cancel of each would."""
     waiting = (JobStatus.QUEUED, JobStatus.RETRYING)
     _check(waiting, JobStatus.CANCELLED)
+    # SKIP LOCKED: a sibling whose own success or failure is being recorded holds its row
+    # and waits for the join's, which this transaction holds: waiting for it would be a
+    # deadlock. Its transition then finds the join no longer waiting, and counts nothing.
     children = session.scalars(
-        sa.select(Job).where(Job.join_id == join.id, Job.status.in_((*waiting, JobStatus.RUNNING)))
+        sa.select(Job)
+        .where(Job.join_id == join.id, Job.status.in_((*waiting, JobStatus.RUNNING)))
+        .with_for_update(skip_locked=True)
     ).all()
     for child in children:
         if child.status is JobStatus.RUNNING:

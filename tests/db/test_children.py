@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import orchestrator
 from orchestrator import transitions
 from orchestrator.context import Spawn
+from orchestrator.errors import InvalidInput, JobConflict, JobDefinitionError
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, NewJob, child_rows
@@ -127,7 +128,7 @@ def _running_family(runtime: Runtime, children: int) -> tuple[Job, list[Job]]:
 
 def _child_rows(runtime: Runtime, spawner: Job, count: int) -> list[Job]:
     spawns = [Spawn("TEST_FAN_CHILD", {"item": str(i)}) for i in range(count)]
-    return child_rows(runtime.registry, spawner, spawns, utcnow())
+    return child_rows(runtime.registry, runtime.settings, spawner, spawns, utcnow())
 
 
 def test_the_last_two_children_finishing_at_once_release_the_join_once(runtime: Runtime) -> None:
@@ -166,7 +167,7 @@ def test_the_last_two_children_finishing_at_once_release_the_join_once(runtime: 
 def test_a_superseded_attempt_spawns_nothing_and_counts_for_nothing(runtime: Runtime) -> None:
     join, children = _running_family(runtime, 2)
     stale = Attempt(children[0].id, "tnt_a", 0)  # not the attempt that runs
-    extra = _child_rows(runtime, children[0], 1)
+    extra = _child_rows(runtime, join, 1)
     with runtime.database.transaction() as session:
         won = transitions.succeed_in_transaction(
             session, stale, {}, utcnow() + timedelta(seconds=1), children=extra, join_id=join.id
@@ -244,3 +245,55 @@ def test_allow_failures_is_a_count_or_all() -> None:
     for wrong in (-1, "some", 1.5):
         with pytest.raises(JobDefinitionError, match="allow_failures"):
             define_job("X_BAD", allow_failures=wrong, target=Registry())(lambda ctx, data: None)  # type: ignore[arg-type]
+
+
+def test_retries_inside_a_fan_out_are_refused_until_supported(runtime: Runtime) -> None:
+    """A child's end was counted by its join, and a join runs only after its children:
+    retrying either by hand would break the count."""
+    sent = orchestrator.send_job(
+        "TEST_FAN_OUT", {"items": ["a", "b"], "failItem": "a"}, tenant_id="tnt_a"
+    )
+    _, join, children = _pipeline(runtime, sent.job.id)
+    assert join.status is JobStatus.CANCELLED
+    with pytest.raises(JobConflict, match="child of join"):
+        orchestrator.retry_job(children[0].id, tenant_id="tnt_a")
+    with pytest.raises(JobConflict, match="did not succeed"):
+        orchestrator.retry_job(join.id, tenant_id="tnt_a")
+    assert orchestrator.retry_failed_jobs(tenant_id="tnt_a") == []  # skipped, not broken
+
+
+def test_a_child_cannot_spawn_children_of_its_own_yet(runtime: Runtime) -> None:
+    _, children = _running_family(runtime, 1)
+    with pytest.raises(JobDefinitionError, match="cannot spawn"):
+        nested = [Spawn("TEST_FAN_CHILD", {"item": "x"})]
+        child_rows(runtime.registry, runtime.settings, children[0], nested, utcnow())
+
+
+def test_a_spawn_with_a_bad_input_fails_the_spawner_naming_the_child(runtime: Runtime) -> None:
+    _, children = _running_family(runtime, 1)
+    spawner = runtime.service.get("tnt_a", children[0].parent_id or "").job
+    bad = [Spawn("TEST_FAN_CHILD", {"item": "ok"}), Spawn("TEST_FAN_CHILD", {"nope": 1})]
+    with pytest.raises(InvalidInput) as invalid:
+        child_rows(runtime.registry, runtime.settings, spawner, bad, utcnow())
+    assert [e.field for e in invalid.value.errors] == ["spawn[1] TEST_FAN_CHILD input.item"]
+
+
+def test_a_large_fan_out_inline_does_not_nest_a_run_per_child(database_url: str) -> None:
+    """Inline dispatch with a small window: each child's success makes the next ready; the
+    pump already running fills again rather than nesting one run per child."""
+    settings = load_settings(
+        database_url=database_url,
+        dispatch_mode="inline",
+        job_modules="tests.jobtypes",
+        dispatch_window=2,
+    )
+    built = Runtime.build(settings)
+    Runtime._current = built
+    try:
+        items = [str(i) for i in range(300)]
+        sent = orchestrator.send_job("TEST_FAN_OUT", {"items": items}, tenant_id="tnt_a")
+        _, join, children = _pipeline(built, sent.job.id)
+        assert join.status is JobStatus.SUCCEEDED and len(children) == 300
+    finally:
+        Runtime._current = None
+        built.database.dispose()
