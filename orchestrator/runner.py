@@ -22,7 +22,7 @@ from orchestrator import job_events, tracing, transitions
 from orchestrator.context import JobContext, Spawn
 from orchestrator.db import Database
 from orchestrator.dispatch.base import Delivery
-from orchestrator.errors import InvalidInput, JobDefinitionError, PermanentError, UnknownJobType
+from orchestrator.errors import InvalidInput, PermanentError
 from orchestrator.heartbeat import Heartbeat, Watch
 from orchestrator.models import Job, utcnow
 from orchestrator.registry import JobType, Registry
@@ -246,7 +246,9 @@ class Runner:
         of an unknown type, or with an invalid input, fails the job that spawned it."""
         try:
             children = child_rows(self.registry, self.settings, claimed.job, outcome.spawned, now)
-        except (InvalidInput, UnknownJobType, JobDefinitionError) as exc:
+        except Exception as exc:
+            # An unknown type, an invalid input, or one that is not JSON: the handler's
+            # mistake, the same on every attempt.
             failed = Failed(_error_info(exc))
             with self.database.transaction() as session:
                 return failed if transitions.fail(session, claimed.run, failed.error, now) else None
