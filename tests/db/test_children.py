@@ -7,7 +7,6 @@ Inline dispatch runs each ready job in the process that made it ready."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -20,22 +19,13 @@ from orchestrator.errors import InvalidInput, JobConflict, JobDefinitionError
 from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, NewJob, child_rows
-from orchestrator.settings import load_settings
 from orchestrator.states import Attempt, JobStatus
+from tests.db.conftest import current_runtime
 
 
 @pytest.fixture
-def runtime(database_url: str) -> Iterator[Runtime]:
-    settings = load_settings(
-        database_url=database_url, dispatch_mode="inline", job_modules="tests.jobtypes"
-    )
-    built = Runtime.build(settings)
-    Runtime._current = built
-    try:
-        yield built
-    finally:
-        Runtime._current = None
-        built.database.dispose()
+def runtime(inline_runtime: Runtime) -> Runtime:
+    return inline_runtime
 
 
 def _pipeline(runtime: Runtime, head: str) -> tuple[Job, Job, list[Job]]:
@@ -281,19 +271,8 @@ def test_a_spawn_with_a_bad_input_fails_the_spawner_naming_the_child(runtime: Ru
 def test_a_large_fan_out_inline_does_not_nest_a_run_per_child(database_url: str) -> None:
     """Inline dispatch with a small window: each child's success makes the next ready; the
     pump already running fills again rather than nesting one run per child."""
-    settings = load_settings(
-        database_url=database_url,
-        dispatch_mode="inline",
-        job_modules="tests.jobtypes",
-        dispatch_window=2,
-    )
-    built = Runtime.build(settings)
-    Runtime._current = built
-    try:
+    with current_runtime(database_url, dispatch_window=2) as built:
         items = [str(i) for i in range(300)]
         sent = orchestrator.send_job("TEST_FAN_OUT", {"items": items}, tenant_id="tnt_a")
         _, join, children = _pipeline(built, sent.job.id)
         assert join.status is JobStatus.SUCCEEDED and len(children) == 300
-    finally:
-        Runtime._current = None
-        built.database.dispose()

@@ -6,7 +6,6 @@ been dispatched."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,22 +24,12 @@ from orchestrator.errors import (
 )
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
-from orchestrator.settings import load_settings
 from orchestrator.states import JobStatus
 
 
 @pytest.fixture
-def runtime(database_url: str) -> Iterator[Runtime]:
-    settings = load_settings(
-        database_url=database_url, dispatch_mode="inline", job_modules="tests.jobtypes"
-    )
-    built = Runtime.build(settings)
-    Runtime._current = built
-    try:
-        yield built
-    finally:
-        Runtime._current = None
-        built.database.dispose()
+def runtime(inline_runtime: Runtime) -> Runtime:
+    return inline_runtime
 
 
 def _status(runtime: Runtime, job_id: str) -> JobStatus | None:
