@@ -238,7 +238,9 @@ class Runner:
             else:
                 assert isinstance(outcome, Failed)  # a handler's outcome is never Skipped
                 won = transitions.fail(session, run, outcome.error, now)
-            return outcome if won else None
+        if won and claimed.job.join_id is not None and self.became_ready is not None:
+            self.became_ready()  # a join that allows failures may be ready now
+        return outcome if won else None
 
     def _record_family(self, claimed: Claimed, outcome: Succeeded, now: datetime) -> Outcome | None:
         """A success that spawned children, or a child's: one transaction for the result,

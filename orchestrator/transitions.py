@@ -375,23 +375,21 @@ def succeed_in_transaction(
     if session.execute(statements.succeed_update(), params).rowcount != 1:  # type: ignore[attr-defined]
         return False
     _note(session, run, now, JobStatus.RUNNING, JobStatus.SUCCEEDED)
-    join = session.scalar(
-        sa.select(Job).where(Job.parent_id == run.job_id, Job.status == JobStatus.WAITING)
-    )
-    if children:
+    # The next step, in whatever status: one cancelled meanwhile (with the pipeline) wants
+    # no children, and no step at all means children no one waits for.
+    join = session.scalar(sa.select(Job).where(Job.parent_id == run.job_id, Job.join_id.is_(None)))
+    if children and (join is None or _update(
+        session,
+        (Job.id == join.id, Job.status == JobStatus.WAITING),  # takes its row lock first
+        waiting_on=len(children),
+        children_failed=0,
+        failures_allowed=failures_allowed,
+        updated_at=now,
+    )):  # fmt: skip
         for index, child in enumerate(children):
             child.join_id, child.item_index = (join.id if join else None), index
         insert_pipeline(session, children, now)
-        if join is not None:
-            _update(
-                session,
-                (Job.id == join.id,),
-                waiting_on=len(children),
-                children_failed=0,
-                failures_allowed=failures_allowed,
-                updated_at=now,
-            )
-    elif join is not None:
+    elif not children and join is not None and join.status is JobStatus.WAITING:
         for step in session.execute(statements.release_next_step(), params).all():
             nxt = Attempt(step.id, step.tenant_id, step.attempt)
             _note(
