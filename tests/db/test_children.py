@@ -276,3 +276,26 @@ def test_a_large_fan_out_inline_does_not_nest_a_run_per_child(database_url: str)
         sent = orchestrator.send_job("TEST_FAN_OUT", {"items": items}, tenant_id="tnt_a")
         _, join, children = _pipeline(built, sent.job.id)
         assert join.status is JobStatus.SUCCEEDED and len(children) == 300
+
+
+def test_a_spawner_whose_join_was_cancelled_meanwhile_records_no_children(
+    runtime: Runtime,
+) -> None:
+    later = NewJob(tenant_id="tnt_a", type="TEST_FAN_OUT", input={"items": []}, delay_seconds=60)
+    created = runtime.service.create(later).details
+    spawner, join = created.job, created.steps[1]
+    with runtime.database.transaction() as session:  # a worker runs it...
+        session.execute(
+            sa.update(Job).where(Job.id == spawner.id).values(status=JobStatus.RUNNING, attempt=1)
+        )
+    with runtime.database.transaction() as session:  # ...while its join is cancelled
+        transitions.cancel(session, session.get(Job, join.id), utcnow())  # type: ignore[arg-type]
+    rows = _child_rows(runtime, spawner, 2)
+    with runtime.database.transaction() as session:
+        won = transitions.succeed_in_transaction(
+            session, Attempt(spawner.id, "tnt_a", 1), {}, utcnow(), children=rows
+        )
+    assert won
+    with runtime.database.session() as session:
+        assert session.get(Job, rows[0].id) is None
+        assert session.get(Job, join.id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
