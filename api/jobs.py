@@ -12,6 +12,8 @@ from api.identity import Identity, current_identity
 from api.schemas import (
     BulkRetry,
     BulkRetryResult,
+    ChildList,
+    ChildrenQuery,
     CreateBatch,
     CreateJob,
     EventList,
@@ -177,6 +179,18 @@ def job_events(job_id: str) -> Response:
 def _slot(tenant_id: str) -> AbstractContextManager[None]:
     slots: TenantSlots = current_app.extensions["tenant_slots"]
     return slots.held(tenant_id)
+
+
+@blueprint.get("/jobs/<job:job_id>/children")
+def job_children(job_id: str) -> Response:
+    """A join's children (`JobContext.spawn`), in spawn order, a page at a time."""
+    identity = current_identity()
+    query = ChildrenQuery.model_validate(request.args.to_dict())
+    rows, next_after = service().children(
+        identity.tenant_id, job_id, limit=query.limit, after=query.after
+    )
+    children = [JobOut.of(row) for row in rows]
+    return json_response(ChildList(jobId=job_id, children=children, nextAfter=next_after))
 
 
 @blueprint.post("/jobs/<job:job_id>/cancel")

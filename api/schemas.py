@@ -147,6 +147,13 @@ class ListQuery(BaseModel):
     )
 
 
+class ChildrenQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: int = Field(-1, ge=-1, le=2**31 - 1, description="`nextAfter` of the page before.")
+    limit: int = Field(50, ge=1, le=100)
+
+
 class EventsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -434,3 +441,9 @@ class TenantStatsOut(BaseModel):
                 runSeconds=SpreadOut(p50=window.run_time.p50, p95=window.run_time.p95),
             ),
         )
+
+
+class ChildList(BaseModel):
+    jobId: str
+    children: list[JobOut] = Field(description="The join's children, in spawn order.")
+    nextAfter: int | None = Field(description="Pass as `after` for the next page; null at the end.")

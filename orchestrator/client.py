@@ -129,6 +129,16 @@ class Client:
         ]
         return events
 
+    def children(self, job_id: str, *, limit: int = 50) -> Iterator[Job]:
+        """A join's children, in spawn order, following the pages."""
+        params: dict[str, Any] = {"limit": limit}
+        while True:
+            page = self._call("GET", f"/v1/jobs/{job_id}/children", params=params)
+            yield from page["children"]
+            if page.get("nextAfter") is None:
+                return
+            params["after"] = page["nextAfter"]
+
     def stats(self, *, window_seconds: int = 3600) -> dict[str, Any]:
         """The tenant's jobs in figures (`GET /v1/stats`): counts by status, and over the
         window's jobs counts by type, the failure rate, queue wait and run time."""

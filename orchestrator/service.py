@@ -436,6 +436,30 @@ class JobService:
             joins = [step.id for step in steps if step.waiting_on is not None]
             return JobDetails(job=job, steps=list(steps), children=_children(session, joins))
 
+    def children(
+        self, tenant_id: str, job_id: str, *, limit: int = 50, after: int = -1
+    ) -> tuple[list[Job], int | None]:
+        """The children a join waits for (or waited for), in spawn order, `limit` at a
+        time after the item `after`; and the item to pass as `after` for the next page.
+        `JobNotFound` for an unknown job or another tenant's."""
+        limit = max(1, min(limit, MAX_PAGE_SIZE))
+        with self.database.session() as session:
+            _owned(session, tenant_id, job_id)
+            rows = list(
+                session.scalars(
+                    sa.select(Job)
+                    .where(
+                        Job.join_id == job_id,
+                        Job.tenant_id == tenant_id,
+                        Job.item_index > after,
+                    )
+                    .order_by(Job.item_index)
+                    .limit(limit + 1)
+                )
+            )
+        more = len(rows) > limit
+        return rows[:limit], (rows[limit - 1].item_index if more else None)
+
     def list_jobs(
         self, tenant_id: str, filters: JobFilter, *, limit: int = 50, cursor: str | None = None
     ) -> Page:

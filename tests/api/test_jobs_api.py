@@ -836,3 +836,26 @@ def test_a_join_shows_its_children_and_a_child_its_join(client: FlaskClient, ten
     ).get_json()["jobs"]
     assert {c["joinId"] for c in children} == {join["id"]}
     assert {c["upstreamId"] for c in children} == {created["id"]}
+
+
+def test_a_joins_children_come_in_spawn_order_a_page_at_a_time(
+    client: FlaskClient, tenant: str
+) -> None:
+    items = [f"r{i}" for i in range(5)]
+    created = create(client, tenant, {"type": "TEST_FAN_OUT", "input": {"items": items}})
+    join = created["pipeline"]["steps"][1]["id"]
+    seen, after = [], -1
+    while True:
+        page = client.get(
+            f"/v1/jobs/{join}/children?limit=2&after={after}", headers=tenant_headers(tenant)
+        ).get_json()
+        assert page["jobId"] == join and len(page["children"]) <= 2
+        seen += [child["result"]["item"] for child in page["children"]]
+        if page["nextAfter"] is None:
+            break
+        after = page["nextAfter"]
+    assert seen == [i.upper() for i in items]
+    other = client.get(f"/v1/jobs/{join}/children", headers=tenant_headers("tnt_other"))
+    assert other.status_code == 404
+    empty = client.get(f"/v1/jobs/{created['id']}/children", headers=tenant_headers(tenant))
+    assert empty.get_json() == {"jobId": created["id"], "children": [], "nextAfter": None}

@@ -26,6 +26,7 @@ SECRET = "service-secret-" + "z" * 24
 TENANT_JOB_ROUTES = {
     ("GET", "/v1/jobs/<job:job_id>"),
     ("GET", "/v1/jobs/<job:job_id>/events"),
+    ("GET", "/v1/jobs/<job:job_id>/children"),
     ("POST", "/v1/jobs/<job:job_id>/cancel"),
     ("POST", "/v1/jobs/<job:job_id>/retry"),
     ("GET", "/dashboard/jobs/<job_id>"),

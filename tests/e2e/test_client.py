@@ -112,3 +112,6 @@ def test_batches_run_at_and_retry_now(server: tuple[str, Runtime]) -> None:
     assert client.retry(later)["status"] == "queued"  # keeps its time
     client.cancel(later)
     assert client.retry(later, run_now=True)["status"] == "succeeded"  # inline: runs at once
+    fan = client.send("TEST_FAN_OUT", {"items": ["a", "b", "c"]})
+    join = fan["pipeline"]["steps"][1]["id"]
+    assert [c["result"]["item"] for c in client.children(join, limit=2)] == ["A", "B", "C"]
