@@ -17,6 +17,7 @@ from orchestrator.db import Database
 from orchestrator.ids import ID_PATTERN
 from orchestrator.models import SCHEDULED_SQL, UNARCHIVED_SQL, Job
 from orchestrator.states import JobStatus
+from orchestrator.text import text_problem
 
 PAGE = 100
 FAILURE_WINDOW = timedelta(hours=1)
@@ -66,7 +67,7 @@ def search(database: Database, text: str, limit: int = PAGE) -> list[Job]:
     """The job with this id, or the jobs about this subject (any tenant), newest first:
     each an index probe (the primary key, `ix_jobs_subject`)."""
     text = text.strip()
-    if not text:
+    if not text or text_problem(text):  # no job's id or subject holds a NUL or a surrogate
         return []
     with database.session() as session:
         if ID_PATTERN.fullmatch(text) and (job := session.get(Job, text)) is not None:

@@ -153,3 +153,11 @@ def test_scripts_send_the_secret_and_get_problems_as_json(client: FlaskClient) -
         "/ops/cron/nightly-archival/fire", headers={"Authorization": f"Bearer {DEV_SERVICE_SECRET}"}
     )
     assert bearer.status_code == 401 and bearer.mimetype == "text/html"  # a page, for a person
+
+
+def test_a_search_for_text_no_job_can_hold_finds_nothing(
+    client: FlaskClient, operator: str
+) -> None:
+    for query in ("%00", "%ED%A0%80"):
+        response = client.get(f"/ops/search?q={query}")
+        assert response.status_code == 200 and "Nothing here." in response.get_data(as_text=True)
