@@ -31,6 +31,10 @@ worker_send_task_events = False
 task_send_sent_event = False
 
 broker_connection_retry_on_startup = True
+# A worker that loses the broker mid-task reconnects, and must not exit instead: kombu's
+# Redis channel fails on a connection Celery already closed with an error Celery does not
+# recover from, so the worker app turns it into a connection error
+# (`orchestrator.celery_app.tolerate_closed_broker_connections`, which says when).
 # A web request must not hang on a dead broker: fail fast; the job is recorded, ready, and
 # the dispatcher admits it again once the broker is back.
 broker_connection_timeout = 2

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import prometheus_client
+import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import (
@@ -18,6 +20,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
 )
+from kombu.transport import redis as kombu_redis
 
 from orchestrator import metrics, tracing
 from orchestrator.beat import CATCH_UP_TASK, FIRE_TASK, MAINTENANCE_QUEUE, cron_entry
@@ -87,8 +90,40 @@ def _register(app: Celery, job_type: JobType) -> None:
     )
 
 
+def tolerate_closed_broker_connections() -> None:
+    """Make a Redis channel of a closed broker connection fail with a connection error,
+    which Celery recovers from, instead of an `AttributeError`, which stops the worker.
+
+    Why: when the broker goes away while the worker waits on a BRPOP and holds a message
+    it has not acknowledged (a task running, `acks_late`), Celery's consumer tears the
+    connection down twice (`Connection.collect()`, then `close()`). The first pass fails
+    half-way on the dead socket, leaving the task channel open, and ends by detaching the
+    transport from its connection; the second pass closes that channel, which tries to
+    put its unacknowledged message back and builds a new Redis pool from the detached
+    transport: `'NoneType' object has no attribute 'hostname'`. That is not a connection
+    error, so the worker logs "Unrecoverable error" and exits instead of reconnecting
+    (kombu and celery 5.7.0; about one Redis restart in four mid-fan-out). A task that
+    finishes after the loss acknowledges through the same closed channel and fails the
+    same way. As a connection error, the close is ignored and the acknowledgement logged,
+    the consumer reconnects, and the message is the broker's to give back after the
+    visibility timeout (or the dispatcher's to admit again if the broker lost it).
+    """
+    original: Callable[..., Any] = kombu_redis.Channel._connparams
+    if getattr(original, "_tolerates_closed_connection", False):
+        return  # patched already
+
+    def connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection of this channel is closed")
+        return original(self, asynchronous=asynchronous)
+
+    connparams._tolerates_closed_connection = True  # type: ignore[attr-defined]
+    setattr(kombu_redis.Channel, "_connparams", connparams)  # noqa: B010 (a library's method)
+
+
 def create_worker_app(settings: Settings | None = None) -> Celery:
     """The app `celery -A tasks.worker` loads: every job type registered as a task."""
+    tolerate_closed_broker_connections()
     settings = settings or get_settings()
     registry = load_job_modules(settings.job_modules)
     app = create_celery_app(settings)
