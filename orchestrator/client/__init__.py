@@ -5,7 +5,7 @@ another process: `Client` (sync, on `httpx.Client`) and `AsyncClient` (asyncio, 
 `/admin` routes. Error answers raise `ApiError`. See docs/client.md.
 
     with Client("https://jobs.example.com", api_key="ork_...") as client:
-        job = client.send_job("ANALYZE_INSPECTION", {"analysisMode": "QUICK"})
+        job = client.send_job("ANALYZE_INSPECTION", {"analysisMode": "QUICK", "roomIds": ["hall"]})
         done = client.wait_for_job(job["id"], timeout=60)
 """
 

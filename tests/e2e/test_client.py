@@ -3,14 +3,26 @@ loopback): every method, the pages, the errors, and the first names' warnings.""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from orchestrator.client import AdminClient, ApiError, Client, JobSpec
+import api
+from orchestrator.client import (
+    AdminClient,
+    ApiError,
+    AsyncAdminClient,
+    AsyncClient,
+    Call,
+    Client,
+    JobSpec,
+    routes,
+)
 from tests import REAL_SECRET
 from tests.e2e.client_server import GATEWAY_SECRET, Served, gateway_stand_in, serving
 
@@ -203,3 +215,46 @@ def test_admin_client_runs_the_operators_routes(server: Served) -> None:
     with pytest.raises(ApiError) as refused:
         AdminClient(server.url, service_secret="not-it").sweep()
     assert refused.value.status == 401
+
+
+def test_the_clients_cover_every_route_of_the_api_admin_and_probes(server: Served) -> None:
+    """A route added to `/v1`, `/admin` or the probes without a client method fails here."""
+    urls = api.create_app(runtime=server.runtime).url_map
+    audiences = {"jobs", "admin", "health"}
+    expected = {
+        rule.endpoint for rule in urls.iter_rules() if rule.endpoint.split(".")[0] in audiences
+    }
+    each_route: list[Call[Any]] = [
+        routes.send_job("T"),
+        routes.schedule_job("T", delay=1),
+        routes.send_jobs([]),
+        routes.get_job(UNKNOWN_JOB),
+        routes.list_jobs(),
+        routes.job_events(UNKNOWN_JOB),
+        routes.job_children(UNKNOWN_JOB),
+        routes.cancel_job(UNKNOWN_JOB),
+        routes.retry_job(UNKNOWN_JOB),
+        routes.retry_failed_jobs(),
+        routes.stats(),
+        routes.health(),
+        routes.readiness(),
+        routes.archive(),
+        routes.maintenance_runs(),
+        routes.tenant_stats(),
+        routes.sweep(),
+        routes.reap(),
+        routes.cron_tick(),
+    ]
+    adapter = urls.bind("localhost")
+    covered = {adapter.match(call.path, call.method)[0] for call in each_route}
+    assert covered == expected
+
+
+def test_the_sync_and_asyncio_clients_have_a_method_for_each_route() -> None:
+    described = {
+        name
+        for name, value in vars(routes).items()
+        if inspect.isfunction(value) and value.__module__ == routes.__name__ and name[0] != "_"
+    }
+    for tenant_side, admin_side in ((Client, AdminClient), (AsyncClient, AsyncAdminClient)):
+        assert described <= set(dir(tenant_side)) | set(dir(admin_side))
