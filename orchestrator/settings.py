@@ -1,7 +1,7 @@
 """Configuration: every `ORCH_*` environment variable, read once into one typed object.
 
-The README's configuration table lists the same fields; `tests/unit/test_settings.py` checks
-that the two never drift apart.
+docs/configuration.md's table is generated from these fields (`python -m docs.settings_table
+--write`), and `tests/unit/test_settings.py` fails when the committed table is stale.
 """
 
 from __future__ import annotations

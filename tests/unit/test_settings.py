@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from docs import settings_table
 from orchestrator.registry import DEFAULT_QUEUE
 from orchestrator.settings import (
     ConfigurationError,
@@ -19,7 +20,7 @@ from orchestrator.settings import (
 )
 from tests import REAL_SECRET
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION_PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 @pytest.fixture(autouse=True)
@@ -265,8 +266,17 @@ def _variable(field: str) -> str:
 
 
 def test_configuration_table_lists_exactly_the_settings() -> None:
-    """One README table row per variable: `| `ORCH_NAME` | default | meaning |`."""
-    rows = re.findall(r"^\| `((?:ORCH_[A-Z0-9_]+)|PORT)`", README.read_text(), re.MULTILINE)
+    """One docs/configuration.md row per variable: `| `ORCH_NAME` | default | meaning |`."""
+    page = CONFIGURATION_PAGE.read_text()
+    rows = re.findall(r"^\| `((?:ORCH_[A-Z0-9_]+)|PORT)`", page, re.MULTILINE)
     expected = {_variable(name) for name in Settings.model_fields}
     assert sorted(set(rows)) == sorted(expected)
     assert len(rows) == len(set(rows)), "a variable is listed twice"
+
+
+def test_the_committed_configuration_table_is_the_generated_one() -> None:
+    """The table is generated from the settings' fields; a stale one fails here."""
+    page = CONFIGURATION_PAGE.read_text()
+    assert settings_table.rendered(page) == page, (
+        "docs/configuration.md is stale: run `python -m docs.settings_table --write`"
+    )
