@@ -13,7 +13,7 @@ EMULATOR_STAMP := $(EMULATOR_VENV)/.installed-$(shell cat requirements-emulator.
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-quick lint format lock clean emulator browser bench bench-quick
+.PHONY: run test test-quick lint format lock clean emulator browser bench bench-quick docs
 
 $(RUN_STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,10 +63,15 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run_all --quick
 
+# ruff formats the Python blocks of README.md and docs/*.md too.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy orchestrator api tasks bench celeryconfig.py
+	$(BIN)/mypy orchestrator api tasks bench celeryconfig.py docs/settings_table.py
+
+## docs: the documentation site (mkdocs.yml, docs/) in site/; a warning fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -88,4 +93,4 @@ lock:
 	rm -rf .lock-venv .lock-all.txt
 
 clean:
-	rm -rf $(VENV) $(EMULATOR_VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EMULATOR_VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache site
