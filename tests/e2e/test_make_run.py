@@ -1,22 +1,25 @@
 """`make run` as a user runs it, with its embedded defaults (PostgreSQL and Redis from
-their wheels): the system comes up, runs a pipeline, stops on SIGTERM."""
+their wheels): the system comes up, runs a pipeline and the documentation's examples, stops
+on SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import requests
 
+from tests.docblocks import SESSION_RUNNER, Block, all_blocks, python_sessions
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,32 +120,82 @@ def test_make_run_serves_the_pipeline(dev_system: DevSystem) -> None:
     assert report["result"]["inspectionId"] == "insp_999"
 
 
-def readme_bash_blocks() -> list[str]:
-    return re.findall(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+def _shell(system: DevSystem) -> dict[str, str]:
+    """The shell a reader types the examples in: a second shell in the project folder,
+    with the virtualenv on PATH, and curl failing on an error answer (the examples do not
+    say --fail, but an example that gets a 4xx is broken)."""
+    curl_home = system.state / "curl"
+    curl_home.mkdir(exist_ok=True)
+    (curl_home / ".curlrc").write_text("fail-with-body\n")
+    env = _second_shell(system.state)
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
+    return {**env, "CURL_HOME": str(curl_home)}
 
 
-def test_readme_curl_examples_work_as_written(dev_system: DevSystem) -> None:
-    """Every ```bash block of the README, run by bash; only the port is this test's own."""
-    blocks = readme_bash_blocks()
-    assert len(blocks) >= 3 and all("curl" in block for block in blocks)
-    port = dev_system.base_url.rsplit(":", 1)[1]
+def _run_bash(system: DevSystem, block: Block) -> str:
+    port = system.base_url.rsplit(":", 1)[1]
+    script = "set -euo pipefail\n" + block.code.replace("localhost:8080", f"localhost:{port}")
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=_shell(system),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{block.where}\n{block.code}\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def test_the_docs_shell_examples_work_as_written(dev_system: DevSystem) -> None:
+    """Every ```bash block of the README and of docs/, run by bash in order, page by page;
+    only the port is this test's own."""
+    blocks = [block for block in all_blocks() if block.lang == "bash" and block.runs]
+    readme = [block for block in blocks if block.path.name == "README.md"]
+    assert len(readme) >= 3 and all("curl" in block.code for block in readme)
+    assert {block.path.name for block in blocks} >= {"api.md", "operating.md", "tutorial.md"}
     outputs = []
     for block in blocks:
-        script = "set -euo pipefail\n" + block.replace("localhost:8080", f"localhost:{port}")
-        result = subprocess.run(
-            ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
-        )
-        assert result.returncode == 0, f"{block}\n{result.stderr}"
-        outputs.append(result.stdout)
-        if "JOB_ID=" in block:
+        outputs.append(_run_bash(dev_system, block))
+        if "JOB_ID=" in block.code:
             _wait_for_pipeline(dev_system, json.loads(outputs[-1].splitlines()[0])["id"])
+
+    def output_of(needle: str) -> Any:
+        return json.loads(outputs[next(i for i, b in enumerate(blocks) if needle in b.code)])
+
     created = json.loads(outputs[0])
     assert created["status"] == "queued" and created["type"] == "ANALYZE_INSPECTION"
-    listing = next(i for i, block in enumerate(blocks) if "/v1/jobs?status=" in block)
-    listed = json.loads(outputs[listing])
+    listed = output_of("/v1/jobs?status=")
     assert listed["jobs"] and {j["status"] for j in listed["jobs"]} == {"succeeded"}
-    stats = json.loads(outputs[next(i for i, b in enumerate(blocks) if "/v1/stats" in b)])
+    stats = output_of("/v1/stats")
     assert stats["tenantId"] == "acme" and stats["window"]["seconds"] == 3600
+    assert output_of('"priority": 9')["priority"] == 9
+
+
+# Placeholders of the client examples, and what stands for them against `make run`: its
+# URL (only the port is this test's own), and, as it takes trusted headers, the tenant
+# the example's own comment names in place of an API key.
+CLIENT_PLACEHOLDERS = {
+    "https://jobs.example.com": "{base_url}",
+    "http://127.0.0.1:8080": "{base_url}",
+    "http://localhost:8080": "{base_url}",
+    'api_key="ork_..."': 'tenant="tnt_123"',
+}
+
+
+def test_the_docs_client_examples_work_as_written(dev_system: DevSystem) -> None:
+    """Every ```python block that uses the HTTP client, page by page in one interpreter,
+    against the running system."""
+    sessions = python_sessions(client=True)
+    assert any(page.name == "client.md" for page in sessions)
+    for blocks in sessions.values():
+        examples = []
+        for block in blocks:
+            code = block.code
+            for placeholder, value in CLIENT_PLACEHOLDERS.items():
+                code = code.replace(placeholder, value.format(base_url=dev_system.base_url))
+            examples.append((block.where, code))
+        ran = subprocess.run(
+            [sys.executable, "-c", SESSION_RUNNER], input=json.dumps(examples), cwd=ROOT,
+            env=_shell(dev_system), capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stdout + ran.stderr
 
 
 def _wait_for_pipeline(
