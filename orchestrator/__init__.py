@@ -1,7 +1,8 @@
 """A multi-tenant background-job orchestrator on Celery.
 
 The public API: declare job types with `define_job` (and cron schedules with
-`define_cron_job`); create jobs with `send_job` or `schedule_job` (inside your own
+`define_cron_job`, and workflows of steps with `define_workflow`, `step` and
+`map_step`); create jobs with `send_job` or `schedule_job` (inside your own
 transaction with `session=`); read them with `get_job` and `list_jobs`; `cancel_job`,
 `retry_job` and `retry_failed_jobs`. Handlers receive a `JobContext` and raise
 `PermanentError` to fail at once.
@@ -12,6 +13,7 @@ from orchestrator.cron import define_cron_job
 from orchestrator.errors import PermanentError
 from orchestrator.registry import define_job
 from orchestrator.retry import RetryPolicy
+from orchestrator.workflows import define_workflow, map_step, step
 
 _OPERATIONS = (
     "send_job",
@@ -41,10 +43,13 @@ __all__ = [
     "cancel_job",
     "define_cron_job",
     "define_job",
+    "define_workflow",
     "get_job",
     "list_jobs",
+    "map_step",
     "retry_failed_jobs",
     "retry_job",
     "schedule_job",
     "send_job",
+    "step",
 ]

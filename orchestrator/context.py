@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 import sqlalchemy as sa
+from pydantic import TypeAdapter
+from sqlalchemy.orm import Session
 
 from orchestrator import job_events, transitions
 from orchestrator.db import Database
 from orchestrator.errors import JobCancelled
 from orchestrator.models import Job
 from orchestrator.settings import Settings
-from orchestrator.states import Attempt
+from orchestrator.states import Attempt, JobStatus
+
+if TYPE_CHECKING:
+    from orchestrator.registry import Registry
+    from orchestrator.workflows import Workflow
 
 logger = logging.getLogger("orchestrator.job")
+T = TypeVar("T")
+
+
+class _StepOutcomes(NamedTuple):
+    is_map: bool
+    rows: Sequence[Any]
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,10 @@ class Spawn:
 
     type: str
     input: dict[str, Any]
+    # A workflow's gate spawning a step: its name, and whether it waits for a sibling to
+    # finish first (a map past its concurrency).
+    step: str | None = None
+    held: bool = False
 
 
 class JobLogger(logging.LoggerAdapter[logging.Logger]):
@@ -63,6 +80,9 @@ class JobContext:
     _clock: Callable[[], datetime] = field(repr=False)
     _settings: Settings | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    # In a workflow run: the step this job runs, and where its definition is found.
+    step: str | None = None
+    _registry: Registry | None = field(default=None, repr=False)
     logger: JobLogger = field(init=False, repr=False)
     # What `spawn` asked for: recorded with this attempt's success, or not at all.
     spawned: list[Spawn] = field(default_factory=list, init=False, repr=False)
@@ -147,6 +167,60 @@ class JobContext:
             }
             for row in rows
         ]
+
+    @overload
+    def result(self, step: str) -> Any: ...
+
+    @overload
+    def result(self, step: str, as_: builtins.type[T]) -> T: ...
+
+    def result(self, step: str, as_: builtins.type[Any] | None = None) -> Any:
+        """In a workflow: the result of its step `step` (for a map, the list of its jobs'
+        results in item order, `None` for one that failed). `as_` (a pydantic model, or
+        any type such as `list[Model]`) validates it into that type."""
+        outcomes = self._step_outcomes(step)
+        found = [row.result for row in outcomes.rows]
+        value = found if outcomes.is_map else (found[0] if found else None)
+        return value if as_ is None else TypeAdapter(as_).validate_python(value)
+
+    def failed_count(self, step: str) -> int:
+        """In a workflow: how many of step `step`'s jobs failed for good or were cancelled."""
+        lost = (JobStatus.FAILED, JobStatus.CANCELLED)
+        return sum(row.status in lost for row in self._step_outcomes(step).rows)
+
+    def _step_outcomes(self, step: str) -> _StepOutcomes:
+        with self._database.session() as session:
+            run, workflow = self._workflow_run(session)
+            try:
+                is_map = workflow.step(step).is_map
+            except KeyError:
+                raise ValueError(f"workflow {workflow.name} has no step {step!r}") from None
+            gates = sa.select(Job.id).where(Job.pipeline_id == run, Job.tenant_id == self.tenant_id)
+            rows = session.execute(
+                sa.select(Job.result, Job.status)
+                .where(Job.join_id.in_(gates), Job.step == step, Job.tenant_id == self.tenant_id)
+                .order_by(Job.item_index)
+            ).all()
+        return _StepOutcomes(is_map, rows)
+
+    def _workflow_run(self, session: Session) -> tuple[str, Workflow]:
+        """The run this job belongs to (its first gate's id) and its definition: a gate's
+        own pipeline, or for a step's job, its gate's (the job that spawned it)."""
+        me = session.execute(
+            sa.select(Job.pipeline_id, Job.type, Job.parent_id, Job.join_id).where(
+                Job.id == self.job_id
+            )
+        ).one()
+        if me.join_id is not None and me.parent_id is not None:
+            me = session.execute(
+                sa.select(Job.pipeline_id, Job.type, Job.parent_id, Job.join_id).where(
+                    Job.id == me.parent_id
+                )
+            ).one()
+        workflow = self._registry.resolve(me.type).workflow if self._registry else None
+        if workflow is None:
+            raise RuntimeError(f"job {self.job_id} does not run in a workflow")
+        return me.pipeline_id, workflow
 
     def _write_log(self, level: str, message: str) -> None:
         with self._database.transaction() as session:

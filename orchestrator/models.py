@@ -130,6 +130,8 @@ class Job(Base):
     waiting_on: Mapped[int | None] = mapped_column(sa.Integer)
     children_failed: Mapped[int | None] = mapped_column(sa.Integer)
     failures_allowed: Mapped[int | None] = mapped_column(sa.Integer)
+    # In a workflow run: the step this row runs ("#0", "#1"... for its gates).
+    step: Mapped[str | None] = mapped_column(sa.String(64))
     created_by: Mapped[str | None] = mapped_column(sa.String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

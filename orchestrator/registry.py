@@ -22,6 +22,7 @@ from orchestrator.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from orchestrator.context import JobContext
+    from orchestrator.workflows import Workflow
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
 DEFAULT_QUEUE = "default"
@@ -61,6 +62,8 @@ class JobType:
     # As a join (the step after a job that spawns children): how many of its children may
     # fail for good and it still run; `ALL_MAY_FAIL` waits for every child whatever its end.
     allow_failures: int = 0
+    # A workflow's type (`define_workflow`): its jobs are the run's gates.
+    workflow: Workflow | None = None
 
     def validate_input(self, data: object) -> BaseModel:
         """The input as the handler will see it, or `InvalidInput` with per-field messages."""
@@ -108,7 +111,10 @@ class Registry:
         return sorted(job_type.name for job_type in self if job_type.public)
 
     def pipeline_of(self, name: str) -> list[JobType]:
-        """The job type and every type that follows it, in order."""
+        """The job type and every type that follows it, in order (a workflow: its gates)."""
+        first = self.get(name)
+        if first.workflow is not None:
+            return [first] * first.workflow.gates
         steps: list[JobType] = []
         current: str | None = name
         while current is not None:
@@ -130,8 +136,9 @@ class Registry:
                 raise JobDefinitionError(
                     f"{job_type.name}: then={job_type.then!r} is not a known job type"
                 )
-            for later in self.pipeline_of(job_type.name)[1:]:
-                _require_defaults(later)
+            if job_type.workflow is None:
+                for later in self.pipeline_of(job_type.name)[1:]:
+                    _require_defaults(later)
 
 
 def _require_defaults(job_type: JobType) -> None:

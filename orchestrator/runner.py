@@ -29,6 +29,7 @@ from orchestrator.registry import JobType, Registry
 from orchestrator.service import child_rows
 from orchestrator.settings import Settings
 from orchestrator.states import CLAIMABLE, Attempt, ErrorInfo, JobStatus
+from orchestrator.workflows import gate_index
 
 log = logging.getLogger("orchestrator.runner")
 
@@ -197,6 +198,8 @@ class Runner:
             _clock=self.clock,
             _settings=self.settings,
             _stop=watch.stop,
+            step=job.step,
+            _registry=self.registry,
         )
         try:
             data = job_type.validate_input(job.input)
@@ -215,7 +218,9 @@ class Runner:
     def _record(self, claimed: Claimed, outcome: Outcome) -> Outcome | None:
         """Write the outcome; what was recorded, or `None` if this attempt was superseded."""
         run, now = claimed.run, self.clock()
-        if isinstance(outcome, Succeeded) and (outcome.spawned or claimed.job.join_id):
+        # A workflow's gate too: an empty stage still releases the next gate.
+        family = claimed.job.join_id or claimed.job_type.workflow
+        if isinstance(outcome, Succeeded) and (outcome.spawned or family):
             return self._record_family(claimed, outcome, now)
         if isinstance(outcome, Succeeded):
             # The common case, one statement (see transitions.succeed_alone).
@@ -254,8 +259,6 @@ class Runner:
             failed = Failed(_error_info(exc))
             with self.database.transaction() as session:
                 return failed if transitions.fail(session, claimed.run, failed.error, now) else None
-        then = claimed.job_type.then
-        allowed = self.registry.resolve(then).allow_failures if then else 0
         with self.database.transaction() as session:
             won = transitions.succeed_in_transaction(
                 session,
@@ -264,7 +267,8 @@ class Runner:
                 now,
                 children=children,
                 join_id=claimed.job.join_id,
-                failures_allowed=allowed,
+                step=claimed.job.step,
+                failures_allowed=self._failures_allowed(claimed),
                 trace=tracing.current_traceparent() or claimed.job.trace_context,
             )
         if not won:
@@ -272,6 +276,14 @@ class Runner:
         if self.became_ready is not None:  # children, or a join, are ready now
             self.became_ready()
         return outcome
+
+    def _failures_allowed(self, claimed: Claimed) -> int:
+        """How many children the next step, their join, lets fail for good: its type's
+        `allow_failures`, or for a workflow's gate, what its stage allows."""
+        workflow, then = claimed.job_type.workflow, claimed.job_type.then
+        if workflow is not None:
+            return workflow.failures_allowed_before(gate_index(claimed.job.step) + 1)
+        return self.registry.resolve(then).allow_failures if then else 0
 
     def _may_admit(self, job_type: str, tenant_id: str) -> bool:
         admit = self.admit_next

@@ -43,6 +43,7 @@ from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
 from orchestrator.states import JobStatus
 from orchestrator.text import name_problem, text_problem
+from orchestrator.workflows import gate_name
 
 log = logging.getLogger("orchestrator.service")
 
@@ -389,9 +390,11 @@ class JobService:
     def _build_pipeline(self, request: NewJob, now: datetime) -> list[Job]:
         """Every step up front: the first `queued`, the rest `waiting` on their upstream."""
         types = self.registry.pipeline_of(request.type)
+        workflow = types[0].workflow
         # Later steps get their type's defaults; registry.check() proved those are valid.
+        # A workflow's gates each get its input: each builds its stage's inputs from it.
         inputs = [types[0].validate_input(request.input)]
-        inputs += [job_type.validate_input({}) for job_type in types[1:]]
+        inputs += [inputs[0] if workflow else t.validate_input({}) for t in types[1:]]
         pipeline_id = new_job_id()
         steps: list[Job] = []
         for index, (job_type, data) in enumerate(zip(types, inputs, strict=True)):
@@ -405,6 +408,7 @@ class JobService:
                 parent_id=steps[-1].id if steps else None,
                 now=now,
             )
+            step.step = gate_name(index) if workflow else None
             steps.append(step)
         head = steps[0]
         head.idempotency_key = request.idempotency_key
@@ -791,28 +795,36 @@ def child_rows(
         raise JobDefinitionError("a child job cannot spawn children of its own yet")
     if len(spawns) > MAX_CHILDREN:
         raise JobDefinitionError(f"{len(spawns)} children spawned; at most {MAX_CHILDREN}")
-    rows = []
-    for index, spawn in enumerate(spawns):
-        job_type = registry.get(spawn.type)
-        if job_type.then is not None:
-            raise JobDefinitionError(f"{spawn.type} has a next step: it cannot be spawned")
-        if problems := input_problems(spawn.input, settings):
-            raise InvalidInput([_spawned(index, spawn.type, p) for p in problems])
-        try:
-            data = job_type.validate_input(spawn.input).model_dump(mode="json")
-        except InvalidInput as exc:
-            raise InvalidInput([_spawned(index, spawn.type, p) for p in exc.errors]) from None
-        request = NewJob(tenant_id=parent.tenant_id, type=spawn.type, subject=parent.subject)
-        job_id = new_job_id()
-        row = _step_row(
-            request, job_type, data=data, index=0, job_id=job_id, pipeline_id=job_id,
-            parent_id=parent.id, now=now,
-        )  # fmt: skip
-        row.priority = parent.priority
-        row.ready_since = now
-        row.trace_context = parent.trace_context
-        rows.append(row)
-    return rows
+    return [
+        _child_row(registry, settings, parent, spawn, index=i, now=now)
+        for i, spawn in enumerate(spawns)
+    ]
+
+
+def _child_row(
+    registry: Registry, settings: Settings, parent: Job, spawn: Spawn, *, index: int, now: datetime
+) -> Job:
+    job_type = registry.get(spawn.type)
+    if job_type.then is not None or job_type.workflow is not None:
+        raise JobDefinitionError(f"{spawn.type} has steps of its own: it cannot be spawned")
+    if problems := input_problems(spawn.input, settings):
+        raise InvalidInput([_spawned(index, spawn.type, p) for p in problems])
+    try:
+        data = job_type.validate_input(spawn.input).model_dump(mode="json")
+    except InvalidInput as exc:
+        raise InvalidInput([_spawned(index, spawn.type, p) for p in exc.errors]) from None
+    request = NewJob(tenant_id=parent.tenant_id, type=spawn.type, subject=parent.subject)
+    job_id = new_job_id()
+    # A map's job past its concurrency waits (`held`): a sibling's end releases it.
+    row = _step_row(
+        request, job_type, data=data, index=0, job_id=job_id, pipeline_id=job_id,
+        parent_id=parent.id, now=now, held=spawn.held,
+    )  # fmt: skip
+    row.priority = parent.priority
+    row.step = spawn.step
+    row.trace_context = parent.trace_context
+    row.ready_since = None if spawn.held else now
+    return row
 
 
 def _step_row(
@@ -825,8 +837,9 @@ def _step_row(
     pipeline_id: str,
     parent_id: str | None,
     now: datetime,
+    held: bool = False,
 ) -> Job:
-    first = index == 0
+    first = index == 0 and not held
     return Job.fresh(
         id=job_id,
         tenant_id=request.tenant_id,

@@ -115,6 +115,7 @@ CLAIMED_COLUMNS = (
     "max_attempts",
     "parent_id",
     "join_id",
+    "step",
     "priority",
     "run_at",
     "ready_since",

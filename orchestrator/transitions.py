@@ -357,6 +357,7 @@ def succeed_in_transaction(
     *,
     children: Sequence[Job] = (),
     join_id: str | None = None,
+    step: str | None = None,
     failures_allowed: int = 0,
     trace: str | None = None,
 ) -> bool:
@@ -390,8 +391,8 @@ def succeed_in_transaction(
             child.join_id, child.item_index = (join.id if join else None), index
         insert_pipeline(session, children, now)
     elif not children and join is not None and join.status is JobStatus.WAITING:
-        for step in session.execute(statements.release_next_step(), params).all():
-            nxt = Attempt(step.id, step.tenant_id, step.attempt)
+        for released in session.execute(statements.release_next_step(), params).all():
+            nxt = Attempt(released.id, released.tenant_id, released.attempt)
             _note(
                 session,
                 nxt,
@@ -400,16 +401,17 @@ def succeed_in_transaction(
                 JobStatus.QUEUED,
                 message=params["b_next_message"],
             )
-    if join_id is not None:
-        _count_down(session, join_id, now, trace=trace)
+    if join_id is not None and _count_down(session, join_id, now, trace=trace):
+        _release_held_sibling(session, join_id, step, now)
     metrics.count(session, "succeeded", run.job_type, _ran(run, now))
     return True
 
 
-def _count_down(session: Session, join_id: str, now: datetime, *, trace: str | None) -> None:
+def _count_down(session: Session, join_id: str, now: datetime, *, trace: str | None) -> bool:
     """A child succeeded: its join waits for one fewer. The update takes the join's row
     lock, so two children finishing at once count down one after the other, and only the
-    one that reaches zero releases the join: it runs once."""
+    one that reaches zero releases the join: it runs once. False if the join no longer
+    waits (cancelled meanwhile)."""
     _check([JobStatus.WAITING], JobStatus.QUEUED)
     left = session.execute(
         sa.update(Job)
@@ -420,6 +422,31 @@ def _count_down(session: Session, join_id: str, now: datetime, *, trace: str | N
     ).first()
     if left is not None and left.waiting_on == 0:
         _release_join(session, Attempt(join_id, left.tenant_id, left.attempt), now, trace=trace)
+    return left is not None
+
+
+def _release_held_sibling(session: Session, join_id: str, step: str | None, now: datetime) -> None:
+    """A workflow map's job finished: the first of its siblings held back by the map's
+    concurrency runs now. Callers hold the join's row lock (they just counted down), so
+    two siblings finishing at once release two different jobs."""
+    if step is None:
+        return  # spawned by a handler: none is ever held
+    held = session.execute(
+        sa.select(Job.id, Job.tenant_id, Job.attempt)
+        .where(Job.join_id == join_id, Job.step == step, Job.status == JobStatus.WAITING)
+        .order_by(Job.item_index)
+        .limit(1)
+    ).first()
+    if held is not None and _update(
+        session,
+        (Job.id == held.id, Job.status == JobStatus.WAITING),
+        status=JobStatus.QUEUED,
+        ready_since=now,
+        updated_at=now,
+    ):
+        message = "a sibling finished"
+        _note(session, Attempt(held.id, held.tenant_id, held.attempt), now, JobStatus.WAITING,
+              JobStatus.QUEUED, message=message)  # fmt: skip
 
 
 def _release_join(
@@ -472,8 +499,10 @@ def _child_lost(session: Session, child: Job, now: datetime, *, reason: str) -> 
             message = f"child {child.id}: {reason}"
             _note(session, join, now, JobStatus.WAITING, JobStatus.CANCELLED, message=message)
             cancel_downstream(session, join.job_id, now, reason=f"join {join.job_id} cancelled")
-    elif counted.waiting_on == 0:
-        _release_join(session, join, now)
+    else:
+        if counted.waiting_on == 0:
+            _release_join(session, join, now)
+        _release_held_sibling(session, join.job_id, child.step, now)
 
 
 def schedule_retry(
@@ -549,7 +578,8 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
 def _stop_children(session: Session, join: Job, now: datetime, *, reason: str) -> None:
     """A join that will not run: its children waiting to run are cancelled, and those
     running are asked to stop (their heartbeat notices), as a cancel of each would."""
-    waiting = (JobStatus.QUEUED, JobStatus.RETRYING)
+    # `waiting`: a workflow map's jobs held back by its concurrency.
+    waiting = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.WAITING)
     _check(waiting, JobStatus.CANCELLED)
     # SKIP LOCKED: a sibling whose own success or failure is being recorded holds its row
     # and waits for the join's, which this transaction holds: waiting for it would be a

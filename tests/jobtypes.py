@@ -9,7 +9,16 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel
 
-from orchestrator import JobContext, PermanentError, RetryPolicy, define_job
+from orchestrator import (
+    JobContext,
+    PermanentError,
+    RetryPolicy,
+    define_job,
+    define_workflow,
+    map_step,
+    step,
+)
+from orchestrator.canvas import chord, signature
 
 
 class FlakyInput(BaseModel):
@@ -198,3 +207,91 @@ def fan_join_all(ctx: JobContext, data: EmptyInput) -> dict[str, Any]:
 @define_job("TEST_FAN_JOIN_ONE", input=EmptyInput, time_limit=30, allow_failures=1)
 def fan_join_one(ctx: JobContext, data: EmptyInput) -> dict[str, Any]:
     return {"children": ctx.children_results()}
+
+
+# -- workflows ---------------------------------------------------------------------------
+
+
+class FlowInput(BaseModel):
+    """A workflow's input: its steps take the fields their own inputs declare."""
+
+    items: list[str] = []
+    failItems: list[str] = []
+    sleep: float = 0.0
+
+
+class FlowPrepareInput(BaseModel):
+    items: list[str]
+
+
+class FlowItemInput(BaseModel):
+    item: str
+    failItems: list[str] = []
+    sleep: float = 0.0
+
+
+class FlowItemResult(BaseModel):
+    item: str
+
+
+@define_job("TEST_FLOW_PREPARE", input=FlowPrepareInput, time_limit=30)
+def flow_prepare(ctx: JobContext, data: FlowPrepareInput) -> dict[str, Any]:
+    return {"items": list(data.items), "count": len(data.items)}
+
+
+@define_job("TEST_FLOW_ITEM", input=FlowItemInput, time_limit=30)
+def flow_item(ctx: JobContext, data: FlowItemInput) -> dict[str, Any]:
+    if data.item in data.failItems:
+        raise PermanentError(f"item {data.item} cannot be done")
+    time.sleep(data.sleep)
+    return {"item": data.item.upper()}
+
+
+@define_job("TEST_FLOW_SUMMARY", input=EmptyInput, time_limit=30)
+def flow_summary(ctx: JobContext, data: EmptyInput) -> dict[str, Any]:
+    """Reads its upstream steps' results by name, the map's typed."""
+    items = ctx.result("items", list[FlowItemResult | None])
+    return {
+        "prepared": ctx.result("prepare"),
+        "items": [None if item is None else item.item for item in items],
+        "failed": ctx.failed_count("items"),
+    }
+
+
+def _flow(name: str, *, allow_failures: int | str = 0) -> None:
+    define_workflow(
+        name,
+        input=FlowInput,
+        steps=[
+            step("prepare", "TEST_FLOW_PREPARE"),
+            map_step(
+                "items",
+                "TEST_FLOW_ITEM",
+                over="prepare.items",
+                item="item",
+                concurrency=2,
+                after=["prepare"],
+                allow_failures=allow_failures,  # type: ignore[arg-type]
+            ),
+            step("summary", "TEST_FLOW_SUMMARY", after=["items"]),
+        ],
+    )
+
+
+_flow("TEST_FLOW")
+_flow("TEST_FLOW_TOLERANT", allow_failures=1)
+
+
+@define_job("TEST_CANVAS_SUMMARY", input=EmptyInput, time_limit=30)
+def canvas_summary(ctx: JobContext, data: EmptyInput) -> dict[str, Any]:
+    return {"first": ctx.result("TEST_FLOW_ITEM"), "second": ctx.result("TEST_FLOW_ITEM-2")}
+
+
+define_workflow(
+    "TEST_CANVAS",
+    input=FlowInput,
+    steps=chord(
+        [signature("TEST_FLOW_ITEM", item="a"), signature("TEST_FLOW_ITEM", item="b")],
+        signature("TEST_CANVAS_SUMMARY"),
+    ),
+)

@@ -1,0 +1,151 @@
+"""Workflows (`define_workflow`) on SQLite and PostgreSQL, with inline dispatch: steps in
+dependency order, a map's jobs in item order and at most `concurrency` at once, results
+read downstream by step name, failure policies, cancel, and canvases.
+
+The definitions are in tests/jobtypes.py: TEST_FLOW is prepare -> items (a map over
+prepare's result, concurrency 2) -> summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import sqlalchemy as sa
+
+import orchestrator
+from orchestrator.models import Job, JobEvent
+from orchestrator.runtime import Runtime
+from orchestrator.states import JobStatus
+
+
+@pytest.fixture
+def runtime(inline_runtime: Runtime) -> Runtime:
+    return inline_runtime
+
+
+def _rows(runtime: Runtime, head: str) -> tuple[list[Job], dict[str, list[Job]]]:
+    """The run's gates in order, and each step's jobs in item order."""
+    with runtime.database.session() as session:
+        gates = list(
+            session.scalars(sa.select(Job).where(Job.pipeline_id == head).order_by(Job.step_index))
+        )
+        children = session.scalars(
+            sa.select(Job)
+            .where(Job.join_id.in_([g.id for g in gates]))
+            .order_by(Job.join_id, Job.item_index)
+        )
+        steps: dict[str, list[Job]] = {}
+        for child in children:
+            steps.setdefault(str(child.step), []).append(child)
+        return gates, steps
+
+
+def _released_by_a_sibling(runtime: Runtime, jobs: list[Job]) -> int:
+    with runtime.database.session() as session:
+        return (
+            session.scalar(
+                sa.select(sa.func.count()).where(
+                    JobEvent.job_id.in_([j.id for j in jobs]),
+                    JobEvent.message == "a sibling finished",
+                )
+            )
+            or 0
+        )
+
+
+def test_a_workflow_runs_its_steps_in_order_and_its_join_reads_them_by_name(
+    runtime: Runtime,
+) -> None:
+    items = ["a", "b", "c", "d", "e"]
+    sent = orchestrator.send_job("TEST_FLOW", {"items": items}, tenant_id="tnt_a")
+    gates, steps = _rows(runtime, sent.job.id)
+    assert [g.step for g in gates] == ["#0", "#1", "#2", "#3"]
+    assert {g.status for g in gates} == {JobStatus.SUCCEEDED}
+    assert sorted(steps) == ["items", "prepare", "summary"]
+    assert [len(steps[name]) for name in ("prepare", "items", "summary")] == [1, 5, 1]
+    summary = steps["summary"][0]
+    assert summary.status is JobStatus.SUCCEEDED
+    assert summary.result == {
+        "prepared": {"items": items, "count": 5},
+        "items": ["A", "B", "C", "D", "E"],
+        "failed": 0,
+    }
+    # The last gate's result: the final stage's results, by step name.
+    assert gates[-1].result == {"summary": summary.result}
+    assert all(job.tenant_id == "tnt_a" for jobs in steps.values() for job in jobs)
+
+
+def test_a_map_runs_at_most_its_concurrency_and_releases_the_rest_in_order(
+    runtime: Runtime,
+) -> None:
+    items = [f"i{n}" for n in range(6)]
+    sent = orchestrator.send_job("TEST_FLOW", {"items": items}, tenant_id="tnt_a")
+    _, steps = _rows(runtime, sent.job.id)
+    mapped = steps["items"]
+    assert [j.input["item"] for j in mapped] == items
+    assert {j.status for j in mapped} == {JobStatus.SUCCEEDED}
+    # Concurrency 2: the first two were ready at once; each other one was held, then
+    # released by a sibling's end, in item order.
+    assert _released_by_a_sibling(runtime, mapped) == 4
+    started = sorted(mapped, key=lambda j: j.started_at or j.created_at)
+    assert [j.input["item"] for j in started][2:] == items[2:]
+
+
+def test_a_step_failing_stops_the_workflow_and_cancels_what_had_not_run(
+    runtime: Runtime,
+) -> None:
+    items = ["a", "b", "c", "d"]
+    sent = orchestrator.send_job(
+        "TEST_FLOW", {"items": items, "failItems": ["b"]}, tenant_id="tnt_a"
+    )
+    gates, steps = _rows(runtime, sent.job.id)
+    statuses = Counter(j.status for j in steps["items"])
+    assert statuses[JobStatus.FAILED] == 1
+    assert JobStatus.WAITING not in statuses and JobStatus.QUEUED not in statuses
+    assert [g.status for g in gates][2:] == [JobStatus.CANCELLED, JobStatus.CANCELLED]
+    assert "summary" not in steps
+
+
+def test_a_tolerant_map_goes_on_with_one_failure_and_not_two(runtime: Runtime) -> None:
+    one = orchestrator.send_job(
+        "TEST_FLOW_TOLERANT", {"items": ["a", "b", "c"], "failItems": ["b"]}, tenant_id="tnt_a"
+    )
+    _, steps = _rows(runtime, one.job.id)
+    assert steps["summary"][0].result["items"] == ["A", None, "C"]
+    assert steps["summary"][0].result["failed"] == 1
+
+    two = orchestrator.send_job(
+        "TEST_FLOW_TOLERANT", {"items": ["a", "b", "c"], "failItems": ["a", "b"]}, tenant_id="tnt_a"
+    )
+    gates, steps = _rows(runtime, two.job.id)
+    assert gates[2].status is JobStatus.FAILED
+    assert gates[2].error_message == "step items: 2 job(s) failed, 1 allowed"
+    assert gates[3].status is JobStatus.CANCELLED and "summary" not in steps
+
+
+def test_an_empty_map_goes_straight_on(runtime: Runtime) -> None:
+    sent = orchestrator.send_job("TEST_FLOW", {"items": []}, tenant_id="tnt_a")
+    gates, steps = _rows(runtime, sent.job.id)
+    assert {g.status for g in gates} == {JobStatus.SUCCEEDED}
+    assert "items" not in steps
+    assert steps["summary"][0].result["items"] == []
+
+
+def test_a_chord_runs_its_header_side_by_side_then_its_body_once(runtime: Runtime) -> None:
+    sent = orchestrator.send_job("TEST_CANVAS", {}, tenant_id="tnt_a")
+    gates, steps = _rows(runtime, sent.job.id)
+    assert [g.status for g in gates] == [JobStatus.SUCCEEDED] * 3
+    # The header's two jobs were spawned together, by the first gate.
+    assert {j.parent_id for j in steps["TEST_FLOW_ITEM"] + steps["TEST_FLOW_ITEM-2"]} == {
+        gates[0].id
+    }
+    assert steps["TEST_CANVAS_SUMMARY"][0].result == {
+        "first": {"item": "A"},
+        "second": {"item": "B"},
+    }
+
+
+def test_a_workflow_input_is_checked_as_a_job_input_is(runtime: Runtime) -> None:
+    with pytest.raises(orchestrator.errors.InvalidInput) as caught:
+        orchestrator.send_job("TEST_FLOW", {"items": "not a list"}, tenant_id="tnt_a")
+    assert caught.value.errors[0].field == "input.items"
