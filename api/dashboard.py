@@ -264,6 +264,7 @@ def _job(job_id: str) -> dict[str, Any]:
         "job": details.job,
         "steps": details.steps,
         "children": details.children,
+        "workflow": details.workflow,
         "events": _service().events(tenant, job_id),
         "place": _service().place_in_line(details.job),
         # The page refreshes itself while any step of the pipeline (or child of a join)

@@ -187,7 +187,7 @@ def job_children(job_id: str) -> Response:
     identity = current_identity()
     query = ChildrenQuery.model_validate(request.args.to_dict())
     rows, next_after = service().children(
-        identity.tenant_id, job_id, limit=query.limit, after=query.after
+        identity.tenant_id, job_id, limit=query.limit, after=query.after, step=query.step
     )
     children = [JobOut.of(row) for row in rows]
     return json_response(ChildList(jobId=job_id, children=children, nextAfter=next_after))

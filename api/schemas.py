@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -21,10 +21,12 @@ from pydantic import (
 from orchestrator.ids import ID_PATTERN
 from orchestrator.job_stats import DEFAULT_WINDOW_SECONDS, TenantFigures
 from orchestrator.models import Job, JobEvent, MaintenanceRun
+from orchestrator.registry import ALL_MAY_FAIL
 from orchestrator.service import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, JobDetails
 from orchestrator.states import JobStatus
 from orchestrator.tenant_stats import Standing
 from orchestrator.text import name_problem, text_problem
+from orchestrator.workflow_state import WorkflowState
 
 # Field names here are the API's, so they are camelCase on purpose.
 # ruff: noqa: N815
@@ -152,6 +154,9 @@ class ChildrenQuery(BaseModel):
 
     after: int = Field(-1, ge=-1, le=2**31 - 1, description="`nextAfter` of the page before.")
     limit: int = Field(50, ge=1, le=100)
+    step: str | None = Field(
+        None, max_length=64, description="Only a workflow step's jobs (its name)."
+    )
 
 
 class EventsQuery(BaseModel):
@@ -188,6 +193,55 @@ class PipelineOut(BaseModel):
     steps: list[StepOut]
 
 
+class WorkflowStepOut(BaseModel):
+    name: str
+    type: str
+    after: list[str] = Field(description="The steps it runs after.")
+    map: bool = Field(description="One job per item of a list (`map_step`).")
+    over: str | None = Field(None, description="For a map: the list it maps over.")
+    concurrency: int | None = Field(None, description="For a map: at most this many at once.")
+    allowFailures: int | Literal["all"] = Field(
+        description="How many of its jobs may fail for good and the workflow go on."
+    )
+    jobs: dict[str, int] = Field(description="Its jobs so far, by status.")
+    jobId: str | None = Field(None, description="For a single step: its job, once spawned.")
+    joinId: str | None = Field(
+        None,
+        description="The gate that joins its jobs: `GET /v1/jobs/{joinId}/children?step=` "
+        "pages them.",
+    )
+
+
+class WorkflowOut(BaseModel):
+    name: str
+    status: JobStatus = Field(description="The run's as a whole.")
+    steps: list[WorkflowStepOut]
+
+    @classmethod
+    def of(cls, state: WorkflowState) -> WorkflowOut:
+        return cls(
+            name=state.name,
+            status=JobStatus(state.status),
+            steps=[
+                WorkflowStepOut(
+                    name=s.step.name,
+                    type=s.step.type,
+                    after=list(s.step.after),
+                    map=s.step.is_map,
+                    over=s.step.over,
+                    concurrency=s.step.concurrency,
+                    allowFailures="all"
+                    if s.step.allow_failures == ALL_MAY_FAIL
+                    else s.step.allow_failures,
+                    jobs=s.jobs,
+                    jobId=s.job_id,
+                    joinId=s.join_id,
+                )
+                for s in state.steps
+            ],
+        )
+
+
 class JobOut(BaseModel):
     id: str
     tenantId: str
@@ -213,7 +267,13 @@ class JobOut(BaseModel):
     joinId: str | None = Field(
         None, description="For a child job (spawned by a handler): the step that joins it."
     )
+    step: str | None = Field(
+        None, description="In a workflow: the step this job runs (`#0`, `#1`... for its gates)."
+    )
     pipeline: PipelineOut | None = None
+    workflow: WorkflowOut | None = Field(
+        None, description="For a workflow's run (its gates): its steps as they stand."
+    )
 
     @classmethod
     def of(
@@ -245,6 +305,7 @@ class JobOut(BaseModel):
             cancelRequestedAt=job.cancel_requested_at,
             upstreamId=job.parent_id,
             joinId=job.join_id,
+            step=job.step,
             pipeline=None
             if steps is None
             else PipelineOut(
@@ -260,7 +321,10 @@ class JobOut(BaseModel):
 
     @classmethod
     def of_details(cls, details: JobDetails) -> JobOut:
-        return cls.of(details.job, details.steps, details.children)
+        out = cls.of(details.job, details.steps, details.children)
+        if details.workflow is not None:
+            out.workflow = WorkflowOut.of(details.workflow)
+        return out
 
 
 class JobBatch(BaseModel):

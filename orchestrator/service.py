@@ -43,6 +43,7 @@ from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
 from orchestrator.states import JobStatus
 from orchestrator.text import name_problem, text_problem
+from orchestrator.workflow_state import WorkflowState, workflow_state
 from orchestrator.workflows import gate_name
 
 log = logging.getLogger("orchestrator.service")
@@ -96,6 +97,8 @@ class JobDetails:
     steps: list[Job]
     # For each step that joins children (`JobContext.spawn`): its children by status.
     children: dict[str, dict[str, int]] = field(default_factory=dict)
+    # For a workflow's run (`define_workflow`): its steps as they stand.
+    workflow: WorkflowState | None = None
 
 
 @dataclass(frozen=True)
@@ -438,14 +441,29 @@ class JobService:
                 .order_by(Job.step_index)
             ).all()
             joins = [step.id for step in steps if step.waiting_on is not None]
-            return JobDetails(job=job, steps=list(steps), children=_children(session, joins))
+            definition = self.registry.resolve(job.type).workflow
+            return JobDetails(
+                job=job,
+                steps=list(steps),
+                children=_children(session, joins),
+                workflow=None
+                if definition is None
+                else workflow_state(session, definition, steps, tenant_id),
+            )
 
     def children(
-        self, tenant_id: str, job_id: str, *, limit: int = 50, after: int = -1
+        self,
+        tenant_id: str,
+        job_id: str,
+        *,
+        limit: int = 50,
+        after: int = -1,
+        step: str | None = None,
     ) -> tuple[list[Job], int | None]:
         """The children a join waits for (or waited for), in spawn order, `limit` at a
         time after the item `after`; and the item to pass as `after` for the next page.
-        `JobNotFound` for an unknown job or another tenant's."""
+        `step`: only a workflow step's. `JobNotFound` for an unknown job or another
+        tenant's."""
         limit = max(1, min(limit, MAX_PAGE_SIZE))
         with self.database.session() as session:
             _owned(session, tenant_id, job_id)
@@ -456,6 +474,7 @@ class JobService:
                         Job.join_id == job_id,
                         Job.tenant_id == tenant_id,
                         Job.item_index > after,
+                        *([Job.step == step] if step is not None else []),
                     )
                     .order_by(Job.item_index)
                     .limit(limit + 1)

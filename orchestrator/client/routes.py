@@ -138,17 +138,26 @@ def job_events(job_id: str, *, after: int = 0, limit: int = 500) -> Call[list[Ev
     return Call("GET", f"{_job_path(job_id)}/events", _key("events"), params=params)
 
 
-def job_children(job_id: str, *, limit: int = 50, after: int = -1) -> Call[Page[Job]]:
+def job_children(
+    job_id: str, *, limit: int = 50, after: int = -1, step: str | None = None
+) -> Call[Page[Job]]:
     """A join's children (`GET /v1/jobs/{id}/children`), in spawn order, read `limit`
-    (1 to 100) a page; `after`: start after a page's `nextAfter`."""
+    (1 to 100) a page; `after`: start after a page's `nextAfter`; `step`: only a workflow
+    step's jobs (with a step's `joinId` from its workflow's `steps`)."""
 
     def page(answer: Json) -> Page[Job]:
         following = answer.get("nextAfter")
-        more = None if following is None else job_children(job_id, limit=limit, after=following)
+        more = (
+            None
+            if following is None
+            else job_children(job_id, limit=limit, after=following, step=step)
+        )
         return Page(answer["children"], more)
 
-    path = f"{_job_path(job_id)}/children"
-    return Call("GET", path, page, params={"limit": limit, "after": after})
+    params: dict[str, Any] = {"limit": limit, "after": after}
+    if step is not None:
+        params["step"] = step
+    return Call("GET", f"{_job_path(job_id)}/children", page, params=params)
 
 
 def cancel_job(job_id: str) -> Call[Job]:

@@ -494,3 +494,29 @@ def test_a_fan_out_shows_its_children_as_one_node_with_counts(
     child = page(client, tenant, f"/dashboard/jobs/{room['jobs'][0]['id']}")
     assert f'spawned by <a href="/dashboard/jobs/{analysis["id"]}"' in child
     assert f'joined by <a href="/dashboard/jobs/{join}"' in child
+
+
+def test_a_workflow_is_drawn_by_stage_with_each_steps_status(
+    client: FlaskClient, tenant: str
+) -> None:
+    body = {"type": "TEST_FLOW", "input": {"items": ["a", "b", "c"], "failItems": ["c"]}}
+    flow = create(client, tenant, body)
+    html = page(client, tenant, f"/dashboard/jobs/{flow['id']}")
+    panel = re.search(r'data-workflow="TEST_FLOW">(.*?)</section>', html, re.S)
+    assert panel is not None
+    drawn = panel.group(1)
+    assert 'badge-failed">failed' in drawn  # the run as a whole
+    stages = re.findall(r'<li class="stage">(.*?)</li>', drawn, re.S)
+    assert [re.findall(r'data-step="([^"]+)"', stage) for stage in stages] == [
+        ["prepare"],
+        ["items"],
+        ["summary"],
+    ]
+    items = re.search(r'data-step="items">(.*?)</div>\s*</div>', stages[1], re.S)
+    assert items is not None
+    assert "map over prepare.items, 2 at once" in stages[1]
+    assert 'data-count="succeeded">2 succeeded' in stages[1]
+    assert 'data-count="failed">1 failed' in stages[1]
+    assert "not started" in stages[2] and "after items" in stages[2]
+    prepare = re.search(r'href="/dashboard/jobs/([^"]+)">prepare<', stages[0])
+    assert prepare is not None  # a single step links to its job

@@ -126,6 +126,25 @@ def test_a_fan_out_joins_once_after_its_children(system: Stack, tenant: str) -> 
     assert sum(e["toStatus"] == "running" for e in system.events(tenant, join_id)) == 1
 
 
+def test_a_workflow_maps_within_its_concurrency_and_joins_once(system: Stack, tenant: str) -> None:
+    items = [f"i{n}" for n in range(6)]
+    body = {"type": "TEST_FLOW", "input": {"items": items, "sleep": 0.1}}
+    created = system.create(tenant, body)
+    last_gate = created["pipeline"]["steps"][-1]["id"]
+    assert system.wait_for(tenant, last_gate, timeout=90)["status"] == "succeeded"
+    flow = system.get(tenant, f"/v1/jobs/{created['id']}").json()["workflow"]
+    steps = {s["name"]: s for s in flow["steps"]}
+    assert flow["status"] == "succeeded" and steps["items"]["jobs"] == {"succeeded": 6}
+    summary = system.get(tenant, f"/v1/jobs/{steps['summary']['jobId']}").json()
+    assert summary["result"]["items"] == [i.upper() for i in items]
+    assert sum(e["toStatus"] == "running" for e in system.events(tenant, last_gate)) == 1
+    # Concurrency 2: no moment saw three of the map's jobs running.
+    join = steps["items"]["joinId"]
+    jobs = system.get(tenant, f"/v1/jobs/{join}/children?step=items").json()["children"]
+    spans = [(_at(j["startedAt"]), _at(j["finishedAt"])) for j in jobs]
+    assert max(sum(s <= t < f for s, f in spans) for t, _ in spans) <= 2
+
+
 def test_flaky_job_retries_with_growing_delays(system: Stack, tenant: str) -> None:
     created = system.create(tenant, {"type": "TEST_FLAKY", "input": {"failTimes": 2}})
     job = system.wait_for(tenant, created["id"], timeout=60)

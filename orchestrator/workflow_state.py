@@ -1,0 +1,81 @@
+"""A workflow run as its steps stand: what `GET /v1/jobs/{id}` shows and the dashboard
+draws. One grouped count over the jobs its gates spawned, whatever the run's size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from orchestrator.models import Job
+from orchestrator.states import JobStatus
+from orchestrator.workflows import Step, Workflow
+
+LOST = (JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class StepState:
+    step: Step
+    stage: int
+    # The gate that joins this step's jobs (page them with its children, by step).
+    join_id: str | None
+    jobs: dict[str, int] = field(default_factory=dict)  # how many in each status
+    job_id: str | None = None  # a single step's job, once spawned
+
+
+@dataclass(frozen=True)
+class WorkflowState:
+    name: str
+    status: str
+    steps: list[StepState]
+
+    @property
+    def stages(self) -> list[list[StepState]]:
+        """The steps by stage: those of a stage run side by side, after the stage before."""
+        stages: list[list[StepState]] = []
+        for each in self.steps:
+            if each.stage == len(stages):
+                stages.append([])
+            stages[-1].append(each)
+        return stages
+
+
+def workflow_state(
+    session: Session, workflow: Workflow, gates: Sequence[Job], tenant_id: str
+) -> WorkflowState:
+    """`gates`: the run's gates in order (its pipeline's rows)."""
+    counts: dict[str, dict[str, int]] = {}
+    single: dict[str, str] = {}
+    rows = session.execute(
+        sa.select(Job.step, Job.status, sa.func.count(), sa.func.min(Job.id))
+        .where(Job.join_id.in_([g.id for g in gates]), Job.tenant_id == tenant_id)
+        .group_by(Job.step, Job.status)
+    )
+    for step_name, status, count, some_id in rows:
+        counts.setdefault(str(step_name), {})[JobStatus(status).value] = count
+        single[str(step_name)] = some_id
+    steps = []
+    for index, stage in enumerate(workflow.stages):
+        join = gates[index + 1].id if index + 1 < len(gates) else None
+        for each in stage:
+            job_id = None if each.is_map else single.get(each.name)
+            steps.append(StepState(each, index, join, counts.get(each.name, {}), job_id))
+    return WorkflowState(workflow.name, _status(gates, steps), steps)
+
+
+def _status(gates: Sequence[Job], steps: Sequence[StepState]) -> str:
+    """The run's status: succeeded once its last gate has; failed (or cancelled) once a
+    gate has; otherwise running once anything started, else queued."""
+    ends = [gate.status for gate in gates]
+    if ends[-1] is JobStatus.SUCCEEDED:
+        return JobStatus.SUCCEEDED.value
+    for lost in LOST:
+        if lost in ends:
+            failed = any(s.jobs.get(JobStatus.FAILED.value) for s in steps)
+            return JobStatus.FAILED.value if failed or lost is JobStatus.FAILED else lost.value
+    if ends[0] is JobStatus.QUEUED and not any(s.jobs for s in steps):
+        return JobStatus.QUEUED.value
+    return JobStatus.RUNNING.value
