@@ -573,18 +573,21 @@ class JobService:
         (however many) only reads.
         """
         details = self.get(tenant_id, job_id)
-        if _cancel_is_news(details.job):
+        target = _cancel_target(details)
+        if _cancel_is_news(target):
             with self.database.transaction() as session:
-                job = _owned(session, tenant_id, job_id)
+                job = _owned(session, tenant_id, target.id)
                 status = transitions.cancel(session, job, self.clock())
             log.info(
                 "job cancel: %s",
                 status,
-                extra={"job_id": job_id, "tenant_id": tenant_id, "action": "cancel"},
+                extra={"job_id": target.id, "tenant_id": tenant_id, "action": "cancel"},
             )
             details = self.get(tenant_id, job_id)
-        if details.job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            raise JobConflict(f"job {job_id} already {details.job.status}; nothing to cancel")
+        ended = details.workflow.status if details.workflow else details.job.status.value
+        if ended in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            what = "workflow" if details.workflow else "job"
+            raise JobConflict(f"{what} {job_id} already {ended}; nothing to cancel")
         return details
 
     def wait_while_running(self, tenant_id: str, job_id: str, timeout: float) -> JobDetails:
@@ -760,6 +763,15 @@ def _budget(registry: Registry, job: Job) -> int:
         "does not record its attempts (it was retried before they were recorded): load "
         "the module that defines it (ORCH_JOB_MODULES) to retry it"
     )
+
+
+def _cancel_target(details: JobDetails) -> Job:
+    """What a cancel stops: the job itself, or for a workflow's run, its first gate not
+    finished (cancelling it cancels its stage's jobs not finished and every gate after)."""
+    if details.workflow is None:
+        return details.job
+    later = details.steps[details.job.step_index :]
+    return next((gate for gate in later if not gate.status.is_terminal), details.job)
 
 
 def _cancel_is_news(job: Job) -> bool:

@@ -121,6 +121,39 @@ def _at(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
+def test_cancelling_a_workflow_stops_every_step_not_finished(stack: Stack, tenant: str) -> None:
+    """Six slow jobs of a map (two at a time) on real workers: a cancel of the workflow
+    (its first job's id) cancels the held ones, stops the running ones, and every gate
+    after; nothing of it runs afterwards."""
+    items = [f"i{n}" for n in range(6)]
+    created = stack.create(tenant, {"type": "TEST_FLOW", "input": {"items": items, "sleep": 2}})
+    path = f"/v1/jobs/{created['id']}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        steps = {s["name"]: s for s in stack.get(tenant, path).json()["workflow"]["steps"]}
+        if steps["items"]["jobs"].get("running"):
+            break
+        time.sleep(0.1)
+    cancelled = stack.post(tenant, f"{path}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    last_gate = created["pipeline"]["steps"][-1]["id"]
+    assert stack.wait_for(tenant, last_gate, {"cancelled"}, timeout=30)["status"] == "cancelled"
+    join = steps["items"]["joinId"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        jobs = stack.get(tenant, f"/v1/jobs/{join}/children?step=items").json()["children"]
+        if all(j["status"] in {"succeeded", "failed", "cancelled"} for j in jobs):
+            break
+        time.sleep(0.2)
+    statuses = [j["status"] for j in jobs]
+    assert statuses.count("cancelled") >= 4, statuses  # the held ones at least
+    flow = stack.get(tenant, path).json()["workflow"]
+    assert flow["status"] == "cancelled"
+    assert {s["name"]: s for s in flow["steps"]}["summary"]["jobs"] == {}
+    again = stack.post(tenant, f"{path}/cancel")
+    assert again.status_code == 200  # a repeat only reads
+
+
 def test_a_fan_out_over_real_workers_joins_once(stack: Stack, tenant: str) -> None:
     """Twenty children on two worker processes; the join runs once, after the last."""
     items = [f"room_{i:02d}" for i in range(20)]
