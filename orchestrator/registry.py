@@ -79,10 +79,16 @@ def _field_error(err: Any) -> FieldError:
 
 
 class Registry:
-    """Every known job type; each process fills one at start-up."""
+    """Every known job type; each process fills one at start-up.
 
-    def __init__(self) -> None:
+    A process's registry (`load_job_modules`) also finds, when asked for it by name, a
+    type its job modules defined after it was made: a module that defines a type, sends
+    a job of it, then defines another (a script, a notebook) can send that one too."""
+
+    def __init__(self, source: Registry | None = None, modules: tuple[str, ...] = ()) -> None:
         self._types: dict[str, JobType] = {}
+        self._source = source
+        self._modules = modules
 
     def add(self, job_type: JobType) -> None:
         existing = self._types.get(job_type.name)
@@ -91,18 +97,26 @@ class Registry:
         self._types[job_type.name] = job_type
 
     def get(self, name: str) -> JobType:
-        try:
-            return self._types[name]
-        except KeyError:
-            raise UnknownJobType(name) from None
+        found = self._find(name)
+        if found is None:
+            raise UnknownJobType(name)
+        return found
 
     def resolve(self, name: str) -> JobType:
         """The type, or `undefined_job_type(name)` for one this process does not define."""
-        found = self._types.get(name)
+        found = self._find(name)
         return found if found is not None else undefined_job_type(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._types
+        return isinstance(name, str) and self._find(name) is not None
+
+    def _find(self, name: str) -> JobType | None:
+        found = self._types.get(name)
+        if found is None and self._source is not None:
+            later = self._source._types.get(name)
+            if later is not None and any(_defined_in(later, m) for m in self._modules):
+                self._types[name] = found = later
+        return found
 
     def __iter__(self) -> Iterator[JobType]:
         return iter(self._types.values())
@@ -230,7 +244,7 @@ def load_job_modules(extra: tuple[str, ...] = ()) -> Registry:
             raise JobDefinitionError(f"cannot import job module {module!r}: {exc}") from exc
     # Only the types these modules define: a process offers what its settings name, even
     # when other modules that define job types were imported into it too.
-    offered = Registry()
+    offered = Registry(source=registry, modules=modules)
     for job_type in registry:
         if any(_defined_in(job_type, module) for module in modules):
             offered.add(job_type)

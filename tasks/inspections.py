@@ -5,6 +5,9 @@ ANALYZE_INSPECTION fans out: one ANALYZE_ROOM child per room (`JobContext.spawn`
 scoring its room from a deterministic set of checks (DEEP runs more of them).
 GENERATE_REPORT, the step after it, joins them: it runs once every room is analysed and
 assembles the report from their results. Same input, same output, on any machine.
+
+INSPECTION_REVIEW declares the same work as a workflow (`define_workflow`): a map over the
+rooms with at most eight at once, then the report.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from orchestrator import JobContext, PermanentError, RetryPolicy, define_job
+from orchestrator import (
+    JobContext,
+    PermanentError,
+    RetryPolicy,
+    define_job,
+    define_workflow,
+    map_step,
+    step,
+)
 
 QUICK_CHECKS = ("moisture", "electrical", "structure")
 DEEP_CHECKS = (*QUICK_CHECKS, "ventilation", "insulation", "fire_safety")
@@ -100,16 +111,14 @@ def generate_report(ctx: JobContext, data: ReportInput) -> dict[str, Any]:
     analysis = ctx.upstream_result
     if not isinstance(analysis, dict):
         raise PermanentError("GENERATE_REPORT needs the result of ANALYZE_INSPECTION")
-    # Its rooms' analyses, in the inspection's order (an inspection analysed before the
-    # fan-out carries them in its own result).
-    analysed = ctx.children_results() or analysis.get("rooms") or []
+    analysed = _analysed_rooms(ctx, analysis)
     if not analysed:
         raise PermanentError("GENERATE_REPORT found no analysed room")
     rooms = sorted(analysed, key=lambda room: (room["score"], room["roomId"]))
     ctx.progress(0.5, "assembling report")
     overall = round(sum(room["score"] for room in rooms) / len(rooms), 1)
     report: dict[str, Any] = {
-        "inspectionId": analysis.get("inspectionId"),
+        "inspectionId": analysis.get("inspectionId", ctx.subject),
         "overallScore": overall,
         "verdict": "pass" if overall >= PASS_MARK else "needs attention",
         "roomIds": [room["roomId"] for room in analysed],
@@ -121,6 +130,15 @@ def generate_report(ctx: JobContext, data: ReportInput) -> dict[str, Any]:
     return report
 
 
+def _analysed_rooms(ctx: JobContext, analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rooms' analyses, in the inspection's order: the "rooms" step's in the
+    INSPECTION_REVIEW workflow; else the children ANALYZE_INSPECTION spawned (or, for an
+    inspection analysed before the fan-out, the rooms in its own result)."""
+    if ctx.step is not None:
+        return [room for room in ctx.result("rooms") if room is not None]
+    return ctx.children_results() or analysis.get("rooms") or []
+
+
 def _summary_line(inspection: str | None, overall: float, rooms: list[dict[str, Any]]) -> str:
     issues = sum(len(room["issues"]) for room in rooms)
     worst = rooms[0]["roomId"]
@@ -128,3 +146,15 @@ def _summary_line(inspection: str | None, overall: float, rooms: list[dict[str, 
         f"Inspection {inspection or '(none)'}: {len(rooms)} room(s), overall score "
         f"{overall}, {issues} issue(s); lowest-scoring room {worst}."
     )
+
+
+# The same analysis as a declared workflow: a map over the rooms, eight at a time, then
+# the report, once, after the last room.
+define_workflow(
+    "INSPECTION_REVIEW",
+    input=AnalyzeInput,
+    steps=[
+        map_step("rooms", "ANALYZE_ROOM", over="input.roomIds", item="roomId", concurrency=8),
+        step("report", "GENERATE_REPORT", after=["rooms"]),
+    ],
+)

@@ -76,3 +76,20 @@ def test_another_tenant_sees_nothing_of_it(client: FlaskClient, tenant: str) -> 
 def test_the_openapi_document_offers_the_workflow_with_its_input(client: FlaskClient) -> None:
     document = client.get("/openapi.json").get_json()
     assert "TEST_FLOW" in str(document["components"]["schemas"])
+
+
+def test_the_stock_inspection_review_maps_over_rooms_and_reports_once(
+    client: FlaskClient, tenant: str
+) -> None:
+    rooms = ["kitchen", "hall", "bath"]
+    body = {"type": "INSPECTION_REVIEW", "input": {"analysisMode": "QUICK", "roomIds": rooms}}
+    created = create(client, tenant, {**body, "subject": "insp_9"})
+    shown = client.get(f"/v1/jobs/{created['id']}", headers=tenant_headers(tenant)).get_json()
+    steps = {s["name"]: s for s in shown["workflow"]["steps"]}
+    assert shown["workflow"]["status"] == "succeeded"
+    assert steps["rooms"]["jobs"] == {"succeeded": 3}
+    report = client.get(
+        f"/v1/jobs/{steps['report']['jobId']}", headers=tenant_headers(tenant)
+    ).get_json()
+    assert report["result"]["roomIds"] == rooms
+    assert report["result"]["inspectionId"] == "insp_9"

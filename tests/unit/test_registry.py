@@ -274,6 +274,22 @@ def test_a_process_offers_only_the_types_its_modules_define() -> None:
     assert "TEST_EFFECT" not in offered and "TEST_EFFECT" in global_registry
 
 
+def test_a_type_its_modules_define_later_is_found_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script that defines a type, sends a job, then defines another can send that too."""
+    (tmp_path / "unit_late_jobs.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    offered = load_job_modules(("unit_late_jobs",))
+    assert "UNIT_LATE" not in offered
+    late = define_job("UNIT_LATE")(lambda ctx, data: None)
+    late.__module__ = "unit_late_jobs"  # as if written in the module, after the start
+    elsewhere = define_job("UNIT_ELSEWHERE")(lambda ctx, data: None)
+    elsewhere.__module__ = "unit_other_jobs"
+    assert offered.get("UNIT_LATE").handler is late
+    assert "UNIT_ELSEWHERE" not in offered  # a module this process does not name
+
+
 def test_load_job_modules_names_a_missing_module() -> None:
     with pytest.raises(JobDefinitionError, match=re.escape("tests.no_such_job_module")):
         load_job_modules(("tests.no_such_job_module",))
