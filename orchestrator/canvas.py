@@ -68,18 +68,22 @@ Canvas = Signature | Chain | Group
 
 
 def signature(type: str, **constants: Any) -> Signature:  # noqa: A002
+    """One job of `type` (Celery's `task.s(...)`); `constants` go into its input."""
     return Signature(type, constants)
 
 
 def chain(*tasks: Canvas) -> Chain:
+    """Each task after the one before it has finished (all of it, for a group)."""
     return Chain(tasks)
 
 
 def group(*tasks: Canvas) -> Group:
+    """The tasks side by side; what follows the group waits for every one."""
     return Group(tasks)
 
 
 def chord(header: Iterable[Canvas], body: Canvas) -> Chain:
+    """`body` once, after every task of `header` has finished: `chain(group(*header), body)`."""
     return Chain((Group(tuple(header)), body))
 
 
