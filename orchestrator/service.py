@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -43,8 +44,9 @@ from orchestrator.registry import JobType, Registry
 from orchestrator.settings import Settings
 from orchestrator.states import JobStatus
 from orchestrator.text import name_problem, text_problem
+from orchestrator.transitions import Rerun
 from orchestrator.workflow_state import WorkflowState, workflow_state
-from orchestrator.workflows import gate_name
+from orchestrator.workflows import Workflow, gate_name
 
 log = logging.getLogger("orchestrator.service")
 
@@ -653,6 +655,8 @@ class JobService:
         """Requeue with a fresh budget of attempts: its type's, or, in a process that does
         not define the type (a command line without the job's module), the one the job
         recorded when it was created; the workers run it either way."""
+        if job.step is not None:
+            return self._retry_workflow(session, job)
         if job.parent_id is not None:
             parent = session.get(Job, job.parent_id)
             if parent is not None and parent.status is not JobStatus.SUCCEEDED:
@@ -662,6 +666,50 @@ class JobService:
         now = self.clock()
         run_at = job.run_at if job.run_at is not None and job.run_at > now and not run_now else now
         return transitions.requeue(session, job, attempts, now, run_at=run_at)
+
+    def _retry_workflow(self, session: sa.orm.Session, job: Job) -> list[Job]:
+        """A retry of a workflow, or of any of its jobs, runs it again from its first gate
+        that did not succeed: the jobs of that gate's stage that did not succeed run again
+        (a map's within its concurrency), then the gate, then the rest of the workflow."""
+        run = job.pipeline_id
+        if job.join_id is not None and job.parent_id is not None:  # a step's job
+            run = session.scalar(sa.select(Job.pipeline_id).where(Job.id == job.parent_id)) or run
+        gates = session.scalars(
+            sa.select(Job)
+            .where(Job.pipeline_id == run, Job.tenant_id == job.tenant_id)
+            .order_by(Job.step_index)
+        ).all()
+        first = next((gate for gate in gates if gate.status is not JobStatus.SUCCEEDED), None)
+        if first is None or not first.status.is_terminal:
+            raise JobConflict(
+                f"workflow {run} is {'succeeded' if first is None else 'still running'}; "
+                "only a failed or cancelled workflow can be retried"
+            )
+        now = self.clock()
+        if first.step_index == 0:
+            return transitions.requeue(
+                session, first, _budget(self.registry, first), now, run_at=now
+            )
+        stage = session.scalars(
+            sa.select(Job).where(Job.join_id == first.id).order_by(Job.item_index)
+        ).all()
+        if any(not member.status.is_terminal for member in stage):
+            raise JobConflict(f"workflow {run}: wait until its jobs have stopped, then retry")
+        lost = [member for member in stage if member.status is not JobStatus.SUCCEEDED]
+        reruns = _reruns(self.registry, self.registry.get(first.type).workflow, lost)
+        return transitions.retry_stage(session, first, reruns, now)
+
+
+def _reruns(registry: Registry, workflow: Workflow | None, lost: Sequence[Job]) -> list[Rerun]:
+    """Each lost job again with a fresh budget; a map's past its concurrency held."""
+    started: Counter[str] = Counter()
+    reruns = []
+    for member in lost:
+        cap = workflow.step(str(member.step)).concurrency if workflow else None
+        started[str(member.step)] += 1
+        held = cap is not None and started[str(member.step)] > cap
+        reruns.append(Rerun(member, _budget(registry, member), held))
+    return reruns
 
 
 def _check_family_retry(session: sa.orm.Session, job: Job) -> None:

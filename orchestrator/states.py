@@ -47,7 +47,8 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
         {JobStatus.SUCCEEDED, JobStatus.RETRYING, JobStatus.FAILED, JobStatus.CANCELLED}
     ),
     JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    # FAILED -> WAITING: a workflow's gate, or a map's job held back, retried by request.
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.WAITING}),
     JobStatus.CANCELLED: frozenset({JobStatus.QUEUED, JobStatus.WAITING}),
 }
 

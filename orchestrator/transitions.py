@@ -879,6 +879,65 @@ def requeue(
     return steps
 
 
+@dataclass(frozen=True)
+class Rerun:
+    """A job of a workflow's stage to run again: its fresh budget of attempts, and
+    whether it waits for a sibling to finish first (a map's past its concurrency)."""
+
+    job: Job
+    attempts: int
+    held: bool = False
+
+
+def retry_stage(session: Session, join: Job, reruns: Sequence[Rerun], now: datetime) -> list[Job]:
+    """Manual retry of a workflow from the gate `join`, cancelled or failed: the jobs of
+    its stage that did not succeed (`reruns`) run again, `join` waits for them (or, with
+    none, runs again itself), and the gates after it wait again. Returns the jobs to
+    dispatch, or [] if `join` was not retryable (another retry took it first)."""
+    source = (JobStatus.FAILED, JobStatus.CANCELLED)
+    _check(source, JobStatus.WAITING)
+    if not reruns:
+        return requeue(session, join, 1, now, run_at=now)
+    if not _update(
+        session,
+        (Job.id == join.id, Job.status.in_(source)),
+        status=JobStatus.WAITING,
+        waiting_on=len(reruns),
+        children_failed=0,
+        finished_at=None,
+        cancel_requested_at=None,
+        updated_at=now,
+    ):
+        return []
+    _note(session, Attempt.of(join), now, join.status, JobStatus.WAITING, message="retried")
+    for rerun in reruns:
+        _rerun(session, rerun, now)
+    _move_later_steps(
+        session, join, JobStatus.CANCELLED, JobStatus.WAITING, now,
+        message=f"gate {join.id} retried", finished_at=None, cancel_requested_at=None,
+    )  # fmt: skip
+    return [rerun.job for rerun in reruns if not rerun.held]
+
+
+def _rerun(session: Session, rerun: Rerun, now: datetime) -> None:
+    job = rerun.job
+    target = JobStatus.WAITING if rerun.held else JobStatus.QUEUED
+    _check([job.status], target)
+    _update(
+        session,
+        (Job.id == job.id, Job.status == job.status),
+        status=target,
+        max_attempts=job.attempt + rerun.attempts,
+        requeues=Job.requeues + 1,
+        finished_at=None,
+        run_at=now,
+        ready_since=None if rerun.held else now,
+        cancel_requested_at=None,
+        updated_at=now,
+    )
+    _note(session, Attempt.of(job), now, job.status, target, message="retried by request")
+
+
 def ready_at(due: datetime, now: datetime) -> datetime | None:
     """A job due at `due` is ready from then on if that is now (or past); otherwise it is
     scheduled, and the dispatcher finds it when due (`ready.promote_due_statement`)."""

@@ -217,6 +217,7 @@ class FlowInput(BaseModel):
 
     items: list[str] = []
     failItems: list[str] = []
+    failOnce: list[str] = []
     sleep: float = 0.0
 
 
@@ -227,6 +228,7 @@ class FlowPrepareInput(BaseModel):
 class FlowItemInput(BaseModel):
     item: str
     failItems: list[str] = []
+    failOnce: list[str] = []  # fail for good on their first attempt only
     sleep: float = 0.0
 
 
@@ -241,7 +243,7 @@ def flow_prepare(ctx: JobContext, data: FlowPrepareInput) -> dict[str, Any]:
 
 @define_job("TEST_FLOW_ITEM", input=FlowItemInput, time_limit=30)
 def flow_item(ctx: JobContext, data: FlowItemInput) -> dict[str, Any]:
-    if data.item in data.failItems:
+    if data.item in data.failItems or (data.item in data.failOnce and ctx.attempt == 1):
         raise PermanentError(f"item {data.item} cannot be done")
     time.sleep(data.sleep)
     return {"item": data.item.upper()}

@@ -149,3 +149,63 @@ def test_a_workflow_input_is_checked_as_a_job_input_is(runtime: Runtime) -> None
     with pytest.raises(orchestrator.errors.InvalidInput) as caught:
         orchestrator.send_job("TEST_FLOW", {"items": "not a list"}, tenant_id="tnt_a")
     assert caught.value.errors[0].field == "input.items"
+
+
+def _runs(runtime: Runtime, job_id: str) -> int:
+    with runtime.database.session() as session:
+        return (
+            session.scalar(
+                sa.select(sa.func.count()).where(
+                    JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.RUNNING
+                )
+            )
+            or 0
+        )
+
+
+def test_retrying_a_failed_step_reruns_it_and_what_was_cancelled_then_goes_on(
+    runtime: Runtime,
+) -> None:
+    items = ["a", "b", "c", "d", "e"]
+    sent = orchestrator.send_job(
+        "TEST_FLOW", {"items": items, "failOnce": ["b"]}, tenant_id="tnt_a"
+    )
+    gates, steps = _rows(runtime, sent.job.id)
+    failed = next(j for j in steps["items"] if j.status is JobStatus.FAILED)
+    assert gates[2].status is JobStatus.CANCELLED and "summary" not in steps
+    not_succeeded = {j.id for j in steps["items"] if j.status is not JobStatus.SUCCEEDED}
+
+    orchestrator.retry_job(failed.id, tenant_id="tnt_a")
+    gates, steps = _rows(runtime, sent.job.id)
+    assert {g.status for g in gates} == {JobStatus.SUCCEEDED}
+    assert steps["summary"][0].result["items"] == ["A", "B", "C", "D", "E"]
+    # Only what had not succeeded ran again; the rest, and the step before, ran once.
+    assert {j.id for j in steps["items"] if j.requeues} == not_succeeded
+    assert _runs(runtime, failed.id) == 2
+    assert all(_runs(runtime, j.id) == 1 for j in steps["items"] if j.id != failed.id)
+    assert _runs(runtime, steps["prepare"][0].id) == 1
+    assert _runs(runtime, gates[2].id) == 1
+
+
+def test_retrying_a_workflow_whose_gate_failed_reruns_the_failed_jobs(
+    runtime: Runtime,
+) -> None:
+    sent = orchestrator.send_job(
+        "TEST_FLOW_TOLERANT", {"items": ["a", "b", "c"], "failOnce": ["a", "b"]}, tenant_id="tnt_a"
+    )
+    gates, _ = _rows(runtime, sent.job.id)
+    assert gates[2].status is JobStatus.FAILED  # two failed, one allowed
+    orchestrator.retry_job(sent.job.id, tenant_id="tnt_a")  # the workflow, by its id
+    gates, steps = _rows(runtime, sent.job.id)
+    assert {g.status for g in gates} == {JobStatus.SUCCEEDED}
+    assert steps["summary"][0].result == {
+        "prepared": {"items": ["a", "b", "c"], "count": 3},
+        "items": ["A", "B", "C"],
+        "failed": 0,
+    }
+
+
+def test_a_workflow_that_succeeded_is_not_retried(runtime: Runtime) -> None:
+    sent = orchestrator.send_job("TEST_FLOW", {"items": ["a"]}, tenant_id="tnt_a")
+    with pytest.raises(orchestrator.errors.JobConflict, match="is succeeded"):
+        orchestrator.retry_job(sent.job.id, tenant_id="tnt_a")

@@ -95,8 +95,9 @@ def test_every_state_is_reachable_from_creation() -> None:
     assert reachable == set(JobStatus)
 
 
-def test_waiting_is_re_entered_only_by_retrying_a_cancelled_step() -> None:
-    assert sources_of(S.WAITING) <= {S.CANCELLED}
+def test_waiting_is_re_entered_only_by_a_retry_of_what_did_not_succeed() -> None:
+    # A cancelled pipeline step; a workflow's failed gate or held map job.
+    assert sources_of(S.WAITING) == {S.CANCELLED, S.FAILED}
 
 
 @pytest.mark.parametrize("target", list(JobStatus))
