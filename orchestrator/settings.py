@@ -91,8 +91,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PORT", "ORCH_PORT"),
         description="Port of the web API (`PORT` is honoured, as on Cloud Run and Heroku).",
     )
-    # More processes with fewer threads: Python threads share one interpreter lock, and on
-    # two cores 4 x 2 created ~1.5 times the jobs per second of 2 x 8 (bench/RESULTS.md).
+    # More processes with fewer threads: Python threads share one interpreter lock, so
+    # requests that parse and validate JSON scale with processes (bench/RESULTS.md).
     web_workers: int = Field(4, ge=1, le=64, description="gunicorn worker processes.")
     web_threads: int = Field(
         2, ge=1, le=64, description="Threads per gunicorn worker (gthread: keep-alive clients)."
