@@ -6,9 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import sqlalchemy as sa
 
+from orchestrator.models import JobEvent
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
+from orchestrator.states import JobStatus
 
 
 @contextmanager
@@ -35,3 +38,12 @@ def current_runtime(database_url: str, **settings: object) -> Iterator[Runtime]:
 def inline_runtime(database_url: str) -> Iterator[Runtime]:
     with current_runtime(database_url) as runtime:
         yield runtime
+
+
+def runs(runtime: Runtime, job_id: str) -> int:
+    """How many times the job started running (its `running` events)."""
+    with runtime.database.session() as session:
+        started = sa.select(sa.func.count()).where(
+            JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.RUNNING
+        )
+        return session.scalar(started) or 0

@@ -20,7 +20,7 @@ from orchestrator.models import Job, JobEvent, utcnow
 from orchestrator.runtime import Runtime
 from orchestrator.service import JobFilter, NewJob, child_rows
 from orchestrator.states import Attempt, JobStatus
-from tests.db.conftest import current_runtime
+from tests.db.conftest import current_runtime, runs
 
 
 @pytest.fixture
@@ -41,18 +41,6 @@ def _pipeline(runtime: Runtime, head: str) -> tuple[Job, Job, list[Job]]:
         return spawner, join, children
 
 
-def _runs(runtime: Runtime, job_id: str) -> int:
-    with runtime.database.session() as session:
-        return (
-            session.scalar(
-                sa.select(sa.func.count()).where(
-                    JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.RUNNING
-                )
-            )
-            or 0
-        )
-
-
 def test_the_join_runs_once_after_every_child_with_their_results_in_order(
     runtime: Runtime,
 ) -> None:
@@ -66,7 +54,7 @@ def test_the_join_runs_once_after_every_child_with_their_results_in_order(
     assert [r["item"] for r in join.result["children"]] == ["A", "B", "C", "D", "E"]
     assert join.result["upstream"] == {"spawned": 5}
     assert children[0].result["upstream"] == {"spawned": 5}  # the spawner's result
-    assert _runs(runtime, join.id) == 1
+    assert runs(runtime, join.id) == 1
 
 
 def test_a_child_failing_for_good_cancels_the_join(runtime: Runtime) -> None:
@@ -78,7 +66,7 @@ def test_a_child_failing_for_good_cancels_the_join(runtime: Runtime) -> None:
     # The others ran before it, or were cancelled with the join (the first failure fails
     # the join: work for it that has not started is not done).
     assert {children[0].status, children[2].status} <= {JobStatus.SUCCEEDED, JobStatus.CANCELLED}
-    assert join.status is JobStatus.CANCELLED and _runs(runtime, join.id) == 0
+    assert join.status is JobStatus.CANCELLED and runs(runtime, join.id) == 0
 
 
 def test_no_children_releases_the_next_step_as_a_line_does(runtime: Runtime) -> None:
@@ -210,22 +198,22 @@ def test_a_join_that_allows_every_failure_runs_and_sees_how_each_child_ended(
     assert "item a cannot be done" in join.result["children"][0]["error"]
 
 
-@pytest.mark.parametrize(("failing", "runs"), [(["b"], True), (["a", "b"], False)])
+@pytest.mark.parametrize(("failing", "joins"), [(["b"], True), (["a", "b"], False)])
 def test_a_join_that_allows_one_failure_runs_with_one_not_two(
-    runtime: Runtime, failing: list[str], runs: bool
+    runtime: Runtime, failing: list[str], joins: bool
 ) -> None:
     sent = orchestrator.send_job(
         "TEST_FAN_OUT_ONE", {"items": ["a", "b", "c"], "failItems": failing}, tenant_id="tnt_a"
     )
     _, join, _ = _pipeline(runtime, sent.job.id)
-    if runs:
+    if joins:
         assert join.status is JobStatus.SUCCEEDED
         upstream = {"spawned": 3}
         assert join.result["children"] == [
             {"item": "A", "upstream": upstream}, None, {"item": "C", "upstream": upstream}
         ]  # fmt: skip
     else:
-        assert join.status is JobStatus.CANCELLED and _runs(runtime, join.id) == 0
+        assert join.status is JobStatus.CANCELLED and runs(runtime, join.id) == 0
 
 
 def test_allow_failures_is_a_count_or_all() -> None:

@@ -16,6 +16,7 @@ import orchestrator
 from orchestrator.models import Job, JobEvent
 from orchestrator.runtime import Runtime
 from orchestrator.states import JobStatus
+from tests.db.conftest import runs
 
 
 @pytest.fixture
@@ -151,18 +152,6 @@ def test_a_workflow_input_is_checked_as_a_job_input_is(runtime: Runtime) -> None
     assert caught.value.errors[0].field == "input.items"
 
 
-def _runs(runtime: Runtime, job_id: str) -> int:
-    with runtime.database.session() as session:
-        return (
-            session.scalar(
-                sa.select(sa.func.count()).where(
-                    JobEvent.job_id == job_id, JobEvent.to_status == JobStatus.RUNNING
-                )
-            )
-            or 0
-        )
-
-
 def test_retrying_a_failed_step_reruns_it_and_what_was_cancelled_then_goes_on(
     runtime: Runtime,
 ) -> None:
@@ -181,10 +170,10 @@ def test_retrying_a_failed_step_reruns_it_and_what_was_cancelled_then_goes_on(
     assert steps["summary"][0].result["items"] == ["A", "B", "C", "D", "E"]
     # Only what had not succeeded ran again; the rest, and the step before, ran once.
     assert {j.id for j in steps["items"] if j.requeues} == not_succeeded
-    assert _runs(runtime, failed.id) == 2
-    assert all(_runs(runtime, j.id) == 1 for j in steps["items"] if j.id != failed.id)
-    assert _runs(runtime, steps["prepare"][0].id) == 1
-    assert _runs(runtime, gates[2].id) == 1
+    assert runs(runtime, failed.id) == 2
+    assert all(runs(runtime, j.id) == 1 for j in steps["items"] if j.id != failed.id)
+    assert runs(runtime, steps["prepare"][0].id) == 1
+    assert runs(runtime, gates[2].id) == 1
 
 
 def test_retrying_a_workflow_whose_gate_failed_reruns_the_failed_jobs(
