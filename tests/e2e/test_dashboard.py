@@ -179,6 +179,23 @@ def test_overview_shows_counts_chart_and_rows(
         stack.post(tenant, f"/v1/jobs/{loop['id']}/cancel")
 
 
+def test_a_workflow_is_drawn_as_its_stages(stack: Stack, page: Page, tenant: str) -> None:
+    rooms = [f"room_{n}" for n in range(10)]
+    body = {"type": "INSPECTION_REVIEW", "input": {"analysisMode": "DEEP", "roomIds": rooms}}
+    created = stack.create(tenant, body)
+    stack.wait_for(tenant, created["pipeline"]["steps"][-1]["id"], {"succeeded"}, JOB_TIMEOUT)
+    page.goto(f"/dashboard/jobs/{created['id']}")
+    panel = page.locator('[data-workflow="INSPECTION_REVIEW"]')
+    expect(panel.locator("h2 .badge")).to_have_text("succeeded")
+    node = panel.locator('[data-step="rooms"]')
+    expect(node).to_contain_text("map over input.roomIds, 8 at once")
+    expect(node.locator('[data-count="succeeded"]')).to_have_text(f"{len(rooms)} succeeded")
+    screenshot(page, "workflow")
+    panel.get_by_role("link", name="report").click()
+    expect(page.locator("#job h1")).to_contain_text("GENERATE_REPORT")
+    expect(page.locator("#job pre").last).to_contain_text("overallScore")
+
+
 def test_retry_button_runs_a_failed_job_again(
     stack: Stack, page: Page, tenant: str, tmp_path: Path
 ) -> None:
