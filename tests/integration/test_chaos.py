@@ -79,6 +79,14 @@ def _wait_all(stack: Stack, tenant: str, ids: list[str], timeout: float) -> dict
         statuses = _statuses(stack, ids)
         if all(s in {"succeeded", "failed", "cancelled"} for s in statuses.values()):
             return statuses
+        # Nothing restarts the stack's processes: one that exited (the worker, the only
+        # dispatcher) leaves the jobs waiting. Say so now, not when the wait runs out.
+        for process in (stack.worker, stack.dispatcher):
+            if process.process is not None and process.process.poll() is not None:
+                raise AssertionError(
+                    f"the {process.kind} exited ({process.process.returncode}) with "
+                    f"{Counter(statuses.values())}\n{process.log_tail()}"
+                )
         time.sleep(0.25)
     raise AssertionError(f"not finished: {Counter(statuses.values())}\n{stack.worker.log_tail()}")
 
