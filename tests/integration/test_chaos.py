@@ -72,7 +72,16 @@ def _report(name: str, figures: dict[str, Any]) -> None:
         out.write(json.dumps({"test": name, **figures}) + "\n")
 
 
-def _wait_all(stack: Stack, tenant: str, ids: list[str], timeout: float) -> dict[str, str]:
+def _wait_all(
+    stack: Stack,
+    tenant: str,
+    ids: list[str],
+    timeout: float,
+    needed: tuple[Worker, ...] | None = None,
+) -> dict[str, str]:
+    """Until every job ended. `needed`: the processes the jobs need running (the stack's
+    worker and dispatcher unless the test replaces them itself)."""
+    needed = (stack.worker, stack.dispatcher) if needed is None else needed
     deadline = time.monotonic() + timeout
     statuses: dict[str, str] = {}
     while time.monotonic() < deadline:
@@ -81,7 +90,7 @@ def _wait_all(stack: Stack, tenant: str, ids: list[str], timeout: float) -> dict
             return statuses
         # Nothing restarts the stack's processes: one that exited (the worker, the only
         # dispatcher) leaves the jobs waiting. Say so now, not when the wait runs out.
-        for process in (stack.worker, stack.dispatcher):
+        for process in needed:
             if process.process is not None and process.process.poll() is not None:
                 raise AssertionError(
                     f"the {process.kind} exited ({process.process.returncode}) with "
@@ -326,7 +335,8 @@ def test_kill_9_of_the_leader_mid_fill_five_times_strands_nothing_and_sends_each
             replacement.start(chaos.runtime)  # the standby leads by now, or soon
             dispatchers[dispatchers.index(leader)] = replacement
             gaps.append(_handover(chaos, dispatchers, killed))
-        statuses = _wait_all(chaos, tenant, ids, timeout=120)
+        # The dispatchers are killed and replaced here: the worker alone must stay up.
+        statuses = _wait_all(chaos, tenant, ids, timeout=120, needed=(chaos.worker,))
     finally:
         for extra in dispatchers:
             if extra is not chaos.dispatcher:
