@@ -154,8 +154,8 @@ class ChildrenQuery(BaseModel):
 
     after: int = Field(-1, ge=-1, le=2**31 - 1, description="`nextAfter` of the page before.")
     limit: int = Field(50, ge=1, le=100)
-    step: str | None = Field(
-        None, max_length=64, description="Only a workflow step's jobs (its name)."
+    step: Text | None = Field(
+        None, min_length=1, max_length=64, description="Only a workflow step's jobs (its name)."
     )
 
 

@@ -19,7 +19,7 @@ from orchestrator.db import Database
 from orchestrator.errors import JobCancelled
 from orchestrator.models import Job
 from orchestrator.settings import Settings
-from orchestrator.states import Attempt, JobStatus
+from orchestrator.states import LOST, Attempt
 
 if TYPE_CHECKING:
     from orchestrator.registry import Registry
@@ -185,8 +185,16 @@ class JobContext:
 
     def failed_count(self, step: str) -> int:
         """In a workflow: how many of step `step`'s jobs failed for good or were cancelled."""
-        lost = (JobStatus.FAILED, JobStatus.CANCELLED)
-        return sum(row.status in lost for row in self._step_outcomes(step).rows)
+        return sum(row.status in LOST for row in self._step_outcomes(step).rows)
+
+    def gates_in_run(self) -> int:
+        """In a workflow: how many gates its run was created with."""
+        with self._database.session() as session:
+            run, _ = workflow_run_of(session, self.job_id, self.tenant_id)
+            count = sa.select(sa.func.count()).where(
+                Job.pipeline_id == run, Job.tenant_id == self.tenant_id
+            )
+            return session.scalar(count) or 0
 
     def _step_outcomes(self, step: str) -> _StepOutcomes:
         with self._database.session() as session:
@@ -204,24 +212,25 @@ class JobContext:
         return _StepOutcomes(is_map, rows)
 
     def _workflow_run(self, session: Session) -> tuple[str, Workflow]:
-        """The run this job belongs to (its first gate's id) and its definition: a gate's
-        own pipeline, or for a step's job, its gate's (the job that spawned it)."""
-        me = session.execute(
-            sa.select(Job.pipeline_id, Job.type, Job.parent_id, Job.join_id).where(
-                Job.id == self.job_id
-            )
-        ).one()
-        if me.join_id is not None and me.parent_id is not None:
-            me = session.execute(
-                sa.select(Job.pipeline_id, Job.type, Job.parent_id, Job.join_id).where(
-                    Job.id == me.parent_id
-                )
-            ).one()
-        workflow = self._registry.resolve(me.type).workflow if self._registry else None
+        run, workflow_type = workflow_run_of(session, self.job_id, self.tenant_id)
+        workflow = self._registry.resolve(workflow_type).workflow if self._registry else None
         if workflow is None:
             raise RuntimeError(f"job {self.job_id} does not run in a workflow")
-        return me.pipeline_id, workflow
+        return run, workflow
 
     def _write_log(self, level: str, message: str) -> None:
         with self._database.transaction() as session:
             job_events.log(session, self._run, level, message[:4000], self._clock())
+
+
+def workflow_run_of(session: Session, job_id: str, tenant_id: str) -> tuple[str, str]:
+    """The workflow run a job belongs to (its first gate's id) and the type that names
+    the workflow: a gate's own pipeline, or for a step's job, its gate's (the job that
+    spawned it)."""
+    columns = (Job.pipeline_id, Job.type, Job.parent_id, Job.join_id)
+    mine = sa.select(*columns).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    row = session.execute(mine).one()
+    if row.join_id is not None and row.parent_id is not None:
+        gate = sa.select(*columns).where(Job.id == row.parent_id, Job.tenant_id == tenant_id)
+        row = session.execute(gate).one()
+    return row.pipeline_id, row.type

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator import tenant_stats, tracing, transitions
 from orchestrator.admission import Admission
-from orchestrator.context import Spawn
+from orchestrator.context import Spawn, workflow_run_of
 from orchestrator.db import Database
 from orchestrator.dispatch import Delivery
 from orchestrator.errors import (
@@ -575,22 +575,45 @@ class JobService:
         (however many) only reads.
         """
         details = self.get(tenant_id, job_id)
-        target = _cancel_target(details)
-        if _cancel_is_news(target):
-            with self.database.transaction() as session:
-                job = _owned(session, tenant_id, target.id)
-                status = transitions.cancel(session, job, self.clock())
-            log.info(
-                "job cancel: %s",
-                status,
-                extra={"job_id": target.id, "tenant_id": tenant_id, "action": "cancel"},
-            )
+        if details.workflow is not None:
+            return self._cancel_workflow(details)
+        if _cancel_is_news(details.job):
+            self._cancel_jobs(tenant_id, [details.job.id])
             details = self.get(tenant_id, job_id)
-        ended = details.workflow.status if details.workflow else details.job.status.value
-        if ended in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            what = "workflow" if details.workflow else "job"
-            raise JobConflict(f"{what} {job_id} already {ended}; nothing to cancel")
+        if details.job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise JobConflict(f"job {job_id} already {details.job.status}; nothing to cancel")
         return details
+
+    def _cancel_workflow(self, details: JobDetails) -> JobDetails:
+        """Cancel a workflow's run from its first gate not finished: one that waits is
+        cancelled (with its stage's jobs not finished, and every later gate); one that
+        runs is asked to stop, and the gate after it, which would join what it spawns, is
+        cancelled, so that it spawns nothing."""
+        job, state = details.job, details.workflow
+        assert state is not None
+        if state.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise JobConflict(f"workflow {job.id} already {state.status}; nothing to cancel")
+        unfinished = [g for g in details.steps[job.step_index :] if not g.status.is_terminal]
+        running = bool(unfinished) and unfinished[0].status is JobStatus.RUNNING
+        targets = unfinished[: 2 if running else 1]
+        if any(_cancel_is_news(gate) for gate in targets):
+            self._cancel_jobs(job.tenant_id, [gate.id for gate in targets])
+        details = self.get(job.tenant_id, job.id)
+        if details.workflow is not None and details.workflow.status == JobStatus.SUCCEEDED:
+            raise JobConflict(f"workflow {job.id} already succeeded; nothing to cancel")
+        return details
+
+    def _cancel_jobs(self, tenant_id: str, job_ids: list[str]) -> None:
+        with self.database.transaction() as session:
+            for job_id in job_ids:
+                status = transitions.cancel(
+                    session, _owned(session, tenant_id, job_id), self.clock()
+                )
+                log.info(
+                    "job cancel: %s",
+                    status,
+                    extra={"job_id": job_id, "tenant_id": tenant_id, "action": "cancel"},
+                )
 
     def wait_while_running(self, tenant_id: str, job_id: str, timeout: float) -> JobDetails:
         """The job once it is no longer running, or as it is after `timeout` seconds (for
@@ -671,9 +694,7 @@ class JobService:
         """A retry of a workflow, or of any of its jobs, runs it again from its first gate
         that did not succeed: the jobs of that gate's stage that did not succeed run again
         (a map's within its concurrency), then the gate, then the rest of the workflow."""
-        run = job.pipeline_id
-        if job.join_id is not None and job.parent_id is not None:  # a step's job
-            run = session.scalar(sa.select(Job.pipeline_id).where(Job.id == job.parent_id)) or run
+        run, _ = workflow_run_of(session, job.id, job.tenant_id)
         gates = session.scalars(
             sa.select(Job)
             .where(Job.pipeline_id == run, Job.tenant_id == job.tenant_id)
@@ -685,19 +706,23 @@ class JobService:
                 f"workflow {run} is {'succeeded' if first is None else 'still running'}; "
                 "only a failed or cancelled workflow can be retried"
             )
-        now = self.clock()
-        if first.step_index == 0:
-            return transitions.requeue(
-                session, first, _budget(self.registry, first), now, run_at=now
-            )
+        now, budget = self.clock(), _budget(self.registry, first)
         stage = session.scalars(
-            sa.select(Job).where(Job.join_id == first.id).order_by(Job.item_index)
+            sa.select(Job)
+            .where(Job.join_id == first.id, Job.tenant_id == job.tenant_id)
+            .order_by(Job.item_index)
         ).all()
         if any(not member.status.is_terminal for member in stage):
             raise JobConflict(f"workflow {run}: wait until its jobs have stopped, then retry")
         lost = [member for member in stage if member.status is not JobStatus.SUCCEEDED]
         reruns = _reruns(self.registry, self.registry.get(first.type).workflow, lost)
-        return transitions.retry_stage(session, first, reruns, now)
+        if first.step_index == 0:
+            again = transitions.requeue(session, first, budget, now, run_at=now)
+        else:
+            again = transitions.retry_stage(session, first, budget, reruns, now)
+        if not again:
+            raise JobConflict(f"workflow {run} was retried meanwhile")
+        return again
 
 
 def _reruns(registry: Registry, workflow: Workflow | None, lost: Sequence[Job]) -> list[Rerun]:
@@ -811,15 +836,6 @@ def _budget(registry: Registry, job: Job) -> int:
         "does not record its attempts (it was retried before they were recorded): load "
         "the module that defines it (ORCH_JOB_MODULES) to retry it"
     )
-
-
-def _cancel_target(details: JobDetails) -> Job:
-    """What a cancel stops: the job itself, or for a workflow's run, its first gate not
-    finished (cancelling it cancels its stage's jobs not finished and every gate after)."""
-    if details.workflow is None:
-        return details.job
-    later = details.steps[details.job.step_index :]
-    return next((gate for gate in later if not gate.status.is_terminal), details.job)
 
 
 def _cancel_is_news(job: Job) -> bool:

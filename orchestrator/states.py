@@ -34,6 +34,8 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 # The states a job can still leave, in declaration order (the gauges, and their index).
 LIVE = tuple(status for status in JobStatus if status not in TERMINAL)
+# How a job ends without succeeding: what a join counts as a lost child.
+LOST = (JobStatus.FAILED, JobStatus.CANCELLED)
 
 # The states a delivery may claim a job from.
 CLAIMABLE = frozenset({JobStatus.QUEUED, JobStatus.RETRYING})

@@ -32,12 +32,14 @@ from orchestrator import metrics
 from orchestrator import transition_statements as statements
 from orchestrator.db import Database
 from orchestrator.dispatch.base import Delivery
+from orchestrator.errors import JobConflict
 from orchestrator.job_events import event as _event
 from orchestrator.models import Job, JobEvent
 from orchestrator.registry import ALL_MAY_FAIL
 from orchestrator.states import (
     ALLOWED,
     CLAIMABLE,
+    LOST,
     TERMINAL,
     Attempt,
     ErrorInfo,
@@ -428,7 +430,9 @@ def _count_down(session: Session, join_id: str, now: datetime, *, trace: str | N
 def _release_held_sibling(session: Session, join_id: str, step: str | None, now: datetime) -> None:
     """A workflow map's job finished: the first of its siblings held back by the map's
     concurrency runs now. Callers hold the join's row lock (they just counted down), so
-    two siblings finishing at once release two different jobs."""
+    two siblings finishing at once release two different jobs. SKIP LOCKED: a held job
+    being cancelled holds its own row and waits for the join's, which this transaction
+    holds; the next held one is released instead (the cancelled one held no slot)."""
     if step is None:
         return  # spawned by a handler: none is ever held
     held = session.execute(
@@ -436,6 +440,7 @@ def _release_held_sibling(session: Session, join_id: str, step: str | None, now:
         .where(Job.join_id == join_id, Job.step == step, Job.status == JobStatus.WAITING)
         .order_by(Job.item_index)
         .limit(1)
+        .with_for_update(skip_locked=True)
     ).first()
     if held is not None and _update(
         session,
@@ -466,11 +471,14 @@ def _release_join(
         _note(session, join, now, JobStatus.WAITING, JobStatus.QUEUED, message=message)
 
 
-def _child_lost(session: Session, child: Job, now: datetime, *, reason: str) -> None:
+def _child_lost(
+    session: Session, child: Job, now: datetime, *, reason: str, held: bool = False
+) -> None:
     """A child failed for good, or was cancelled: its join counts it finished and failed.
     Past what the join allows (`failures_allowed`; by default none), the join is
     cancelled, and with it its children not finished; within it, the last child to finish
-    releases the join as a success does."""
+    releases the join as a success does, and a held sibling takes its slot (none when
+    the child was `held` itself: it had no slot to give)."""
     counted = session.execute(
         sa.update(Job)
         .where(Job.id == child.join_id, Job.status == JobStatus.WAITING, Job.waiting_on > 0)
@@ -502,7 +510,8 @@ def _child_lost(session: Session, child: Job, now: datetime, *, reason: str) -> 
     else:
         if counted.waiting_on == 0:
             _release_join(session, join, now)
-        _release_held_sibling(session, join.job_id, child.step, now)
+        if not held:
+            _release_held_sibling(session, join.job_id, child.step, now)
 
 
 def schedule_retry(
@@ -554,9 +563,12 @@ def fail(session: Session, run: Attempt, error: ErrorInfo, now: datetime) -> boo
     return won
 
 
-def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: str) -> None:
+def cancel_downstream(
+    session: Session, job_id: str, now: datetime, *, reason: str, held: bool = False
+) -> None:
     """Cancel every not-yet-started step after `job_id` in its pipeline; for a join, its
-    children that have not finished too (`_stop_children`); for a child, its join."""
+    children that have not finished too (`_stop_children`); for a child, its join
+    (`held`: a map's job that was waiting for a slot)."""
     _check([JobStatus.WAITING], JobStatus.CANCELLED)
     job = session.get(Job, job_id)
     assert job is not None
@@ -572,7 +584,7 @@ def cancel_downstream(session: Session, job_id: str, now: datetime, *, reason: s
         finished_at=now,
     )
     if job.join_id is not None:  # a child that will not succeed
-        _child_lost(session, job, now, reason=reason)
+        _child_lost(session, job, now, reason=reason, held=held)
 
 
 def _stop_children(session: Session, join: Job, now: datetime, *, reason: str) -> None:
@@ -813,7 +825,8 @@ def _cancel_before_run(session: Session, job: Job, now: datetime) -> bool:
         JobStatus.CANCELLED,
         message="cancelled",
     )
-    cancel_downstream(session, job.id, now, reason=f"upstream {job.id} cancelled")
+    held = job.status is JobStatus.WAITING and job.join_id is not None
+    cancel_downstream(session, job.id, now, reason=f"upstream {job.id} cancelled", held=held)
     return True
 
 
@@ -889,19 +902,22 @@ class Rerun:
     held: bool = False
 
 
-def retry_stage(session: Session, join: Job, reruns: Sequence[Rerun], now: datetime) -> list[Job]:
+def retry_stage(
+    session: Session, join: Job, attempts: int, reruns: Sequence[Rerun], now: datetime
+) -> list[Job]:
     """Manual retry of a workflow from the gate `join`, cancelled or failed: the jobs of
     its stage that did not succeed (`reruns`) run again, `join` waits for them (or, with
-    none, runs again itself), and the gates after it wait again. Returns the jobs to
-    dispatch, or [] if `join` was not retryable (another retry took it first)."""
-    source = (JobStatus.FAILED, JobStatus.CANCELLED)
-    _check(source, JobStatus.WAITING)
+    none, runs again itself), with a fresh budget of `attempts`, and the gates after it
+    wait again. Returns the jobs to dispatch, or [] if `join` was not retryable (another
+    retry took it first)."""
+    _check(LOST, JobStatus.WAITING)
     if not reruns:
-        return requeue(session, join, 1, now, run_at=now)
+        return requeue(session, join, attempts, now, run_at=now)
     if not _update(
         session,
-        (Job.id == join.id, Job.status.in_(source)),
+        (Job.id == join.id, Job.status.in_(LOST)),
         status=JobStatus.WAITING,
+        max_attempts=join.attempt + attempts,
         waiting_on=len(reruns),
         children_failed=0,
         finished_at=None,
@@ -911,7 +927,9 @@ def retry_stage(session: Session, join: Job, reruns: Sequence[Rerun], now: datet
         return []
     _note(session, Attempt.of(join), now, join.status, JobStatus.WAITING, message="retried")
     for rerun in reruns:
-        _rerun(session, rerun, now)
+        # The caller checked each had ended; one that changed since is another retry's.
+        if not _rerun(session, rerun, now):
+            raise JobConflict(f"job {rerun.job.id} was retried meanwhile")
     _move_later_steps(
         session, join, JobStatus.CANCELLED, JobStatus.WAITING, now,
         message=f"gate {join.id} retried", finished_at=None, cancel_requested_at=None,
@@ -919,11 +937,11 @@ def retry_stage(session: Session, join: Job, reruns: Sequence[Rerun], now: datet
     return [rerun.job for rerun in reruns if not rerun.held]
 
 
-def _rerun(session: Session, rerun: Rerun, now: datetime) -> None:
+def _rerun(session: Session, rerun: Rerun, now: datetime) -> bool:
     job = rerun.job
     target = JobStatus.WAITING if rerun.held else JobStatus.QUEUED
     _check([job.status], target)
-    _update(
+    won = _update(
         session,
         (Job.id == job.id, Job.status == job.status),
         status=target,
@@ -935,7 +953,9 @@ def _rerun(session: Session, rerun: Rerun, now: datetime) -> None:
         cancel_requested_at=None,
         updated_at=now,
     )
-    _note(session, Attempt.of(job), now, job.status, target, message="retried by request")
+    if won:
+        _note(session, Attempt.of(job), now, job.status, target, message="retried by request")
+    return won
 
 
 def ready_at(due: datetime, now: datetime) -> datetime | None:

@@ -13,8 +13,6 @@ from orchestrator.models import Job
 from orchestrator.states import JobStatus
 from orchestrator.workflows import Step, Workflow
 
-LOST = (JobStatus.FAILED, JobStatus.CANCELLED)
-
 
 @dataclass(frozen=True)
 class StepState:
@@ -67,15 +65,17 @@ def workflow_state(
 
 
 def _status(gates: Sequence[Job], steps: Sequence[StepState]) -> str:
-    """The run's status: succeeded once its last gate has; failed (or cancelled) once a
-    gate has; otherwise running once anything started, else queued."""
-    ends = [gate.status for gate in gates]
-    if ends[-1] is JobStatus.SUCCEEDED:
+    """The run's status: succeeded once its last gate has; failed once a gate failed, or
+    a gate was cancelled by a step's failures past what it tolerates; cancelled once a
+    gate was cancelled otherwise (by request); else running once anything started."""
+    ends = {gate.status for gate in gates}
+    if gates[-1].status is JobStatus.SUCCEEDED:
         return JobStatus.SUCCEEDED.value
-    for lost in LOST:
-        if lost in ends:
-            failed = any(s.jobs.get(JobStatus.FAILED.value) for s in steps)
-            return JobStatus.FAILED.value if failed or lost is JobStatus.FAILED else lost.value
-    if ends[0] is JobStatus.QUEUED and not any(s.jobs for s in steps):
+    if JobStatus.FAILED in ends:
+        return JobStatus.FAILED.value
+    if JobStatus.CANCELLED in ends:
+        failed = any(not s.step.tolerates(s.jobs.get(JobStatus.FAILED.value, 0)) for s in steps)
+        return (JobStatus.FAILED if failed else JobStatus.CANCELLED).value
+    if gates[0].status is JobStatus.QUEUED and not any(s.jobs for s in steps):
         return JobStatus.QUEUED.value
     return JobStatus.RUNNING.value

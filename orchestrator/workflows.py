@@ -105,8 +105,12 @@ def map_step(
     """One job of `type` per item of the list at `over` ("input.<field>" for the
     workflow's input, "<step>" or "<step>.<field>" for an earlier step's result), each
     given its item as `item`. At most `concurrency` run at once; `allow_failures` of them
-    may fail for good (0: the first failure stops the workflow; "all": every one may)."""
-    if concurrency is not None and not (isinstance(concurrency, int) and concurrency >= 1):
+    may fail for good ("all": every one may). With 0, a failure stops the workflow: at
+    once, unless another step of the same stage tolerates failures (then once that stage
+    has finished)."""
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not (isinstance(concurrency, int) and concurrency >= 1)
+    ):
         raise JobDefinitionError(f"step {name}: concurrency must be a count from 1")
     return Step(
         name,
@@ -187,7 +191,9 @@ def define_workflow(
     """Declare a workflow: a job type `name` whose jobs run `steps` (a list of `step` and
     `map_step`, or a canvas of `chain`/`group`/`chord`). Its input (`input`, a pydantic
     model) is what `POST /v1/jobs` or `send_job` is given. Every step's type must be
-    defined before the workflow; any mistake is a `JobDefinitionError` here."""
+    defined before the workflow; any mistake is a `JobDefinitionError` here. Call it in
+    the job module itself (not through a helper of another module): a process offers the
+    workflows its job modules define, as it offers their job types."""
     from orchestrator.canvas import as_steps  # noqa: PLC0415 - canvas builds on this module
 
     into = target or registry
@@ -224,16 +230,18 @@ def _checked(
         raise JobDefinitionError(f"workflow {name}: it has no steps")
     by_name: dict[str, Step] = {}
     for each in steps:
-        if not STEP_NAME.match(each.name):
+        if not STEP_NAME.match(each.name) or each.name == INPUT_SOURCE:
             raise JobDefinitionError(
-                f"workflow {name}: step name {each.name!r} must match {STEP_NAME.pattern}"
+                f"workflow {name}: step name {each.name!r} must match {STEP_NAME.pattern}, "
+                f"and not be {INPUT_SOURCE!r} (what a map over the workflow's input names)"
             )
         if each.name in by_name:
             raise JobDefinitionError(f"workflow {name}: two steps are named {each.name!r}")
         by_name[each.name] = each
     depth = _depths(name, by_name)
     for each in steps:
-        _check_step(name, each, model, types, _ancestors(each.name, by_name))
+        upstream = {n: by_name[n] for n in _ancestors(each.name, by_name)}
+        _check_step(name, each, model, types, upstream)
     stages = tuple(
         tuple(s for s in steps if depth[s.name] == level)
         for level in range(max(depth.values()) + 1)
@@ -283,7 +291,11 @@ def _ancestors(name: str, steps: Mapping[str, Step]) -> set[str]:
 
 
 def _check_step(
-    workflow: str, each: Step, model: type[BaseModel], types: Registry, upstream: set[str]
+    workflow: str,
+    each: Step,
+    model: type[BaseModel],
+    types: Registry,
+    upstream: Mapping[str, Step],
 ) -> None:
     where = f"workflow {workflow}, step {each.name}"
     if each.type not in types:
@@ -302,6 +314,11 @@ def _check_step(
     given = set(model.model_fields) & set(fields) | set(each.constants)
     if each.is_map:
         _check_map(where, each, model, fields, upstream)
+        if each.item in given:
+            raise JobDefinitionError(
+                f"{where}: its item field {each.item!r} is also given by the workflow's "
+                "input or the step's constants; one of them would be lost"
+            )
         given.add(str(each.item))
     missing = sorted(n for n, f in fields.items() if f.is_required() and n not in given)
     if missing:
@@ -312,7 +329,11 @@ def _check_step(
 
 
 def _check_map(
-    where: str, each: Step, model: type[BaseModel], fields: Mapping[str, Any], upstream: set[str]
+    where: str,
+    each: Step,
+    model: type[BaseModel],
+    fields: Mapping[str, Any],
+    upstream: Mapping[str, Step],
 ) -> None:
     source, _, path = str(each.over).partition(".")
     if source == INPUT_SOURCE:
@@ -325,6 +346,11 @@ def _check_map(
         raise JobDefinitionError(
             f"{where}: it maps over {each.over!r}, but {source!r} is not a step it comes after"
         )
+    elif path and upstream[source].is_map:
+        raise JobDefinitionError(
+            f"{where}: it maps over {each.over!r}, but {source} is a map: its result is a "
+            f"list, so map over {source!r} itself"
+        )
     if each.item not in fields:
         raise JobDefinitionError(f"{where}: {each.type} has no input field {each.item!r}")
 
@@ -335,6 +361,13 @@ def _check_map(
 def _gate_handler(workflow: Workflow) -> Any:
     def gate(ctx: JobContext, data: BaseModel) -> dict[str, Any]:
         index = gate_index(ctx.step)
+        if (made := ctx.gates_in_run()) != workflow.gates:
+            # The definition changed since this run was created: its stages are not the
+            # ones its gates were made for.
+            raise PermanentError(
+                f"workflow {workflow.name} changed since this run started "
+                f"({made} gates, now {workflow.gates}): send it again"
+            )
         if index > 0:
             _check_failures(ctx, workflow.stages[index - 1])
         if index == len(workflow.stages):

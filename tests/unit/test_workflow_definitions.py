@@ -97,6 +97,22 @@ def test_a_good_definition_is_laid_out_in_stages(types: Registry) -> None:
             "ROOM has no input field 'room'",
         ),
         ([step("no spaces", "PLAIN")], "step name 'no spaces' must match"),
+        ([step("input", "PLAIN")], "and not be 'input'"),
+        (
+            [map_step("a", "ROOM", over="input.roomIds", item="mode")],
+            "its item field 'mode' is also given by the workflow's input",
+        ),
+        (
+            [map_step("a", "ROOM", over="input.roomIds", item="roomId", input={"roomId": "x"})],
+            "its item field 'roomId' is also given by the workflow's input or the step's",
+        ),
+        (
+            [
+                map_step("a", "ROOM", over="input.roomIds", item="roomId"),
+                map_step("b", "ROOM", over="a.ids", item="roomId", after=["a"]),
+            ],
+            "but a is a map: its result is a list, so map over 'a' itself",
+        ),
     ],
 )
 def test_a_mistake_is_an_error_at_definition(
@@ -109,8 +125,9 @@ def test_a_mistake_is_an_error_at_definition(
 
 
 def test_bad_options_are_errors_too() -> None:
-    with pytest.raises(JobDefinitionError, match="concurrency must be a count from 1"):
-        map_step("a", "ROOM", over="input.roomIds", item="roomId", concurrency=0)
+    for concurrency in (0, True):
+        with pytest.raises(JobDefinitionError, match="concurrency must be a count from 1"):
+            map_step("a", "ROOM", over="input.roomIds", item="roomId", concurrency=concurrency)
     with pytest.raises(JobDefinitionError, match="allow_failures must be a count"):
         step("a", "PLAIN", allow_failures=-1)
     with pytest.raises(JobDefinitionError, match="a list of step"):
