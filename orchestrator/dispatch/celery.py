@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 from redis.exceptions import RedisError
 
 from orchestrator import tracing
@@ -110,7 +110,10 @@ class CeleryDispatcher:
                 self._push(deliveries)
             else:
                 self._publish(deliveries)
-        except (RedisError, OSError, OperationalError) as exc:
+        # A batch that failed on a connection Redis dropped (kombu's BatchPublishError:
+        # delivery uncertain) is a refusal too: raised, it ended the dispatcher's loop.
+        # Taken back, a job sent after all is delivered twice and run once (its claim).
+        except (RedisError, OSError, OperationalError, BatchPublishError) as exc:
             self._down_until = time.monotonic() + self.backoff
             raise DispatchError(f"broker refused the job: {exc}") from exc
 

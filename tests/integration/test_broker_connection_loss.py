@@ -1,6 +1,7 @@
-"""Redis dies under a worker's live broker connection: tearing it down fails only with
-errors the worker recovers from, never with one that ends its process (the worker of the
-chaos test's Redis restart exited with "Unrecoverable error" and ran nothing more)."""
+"""Redis dies under a live broker connection: the worker's and the dispatcher's uses of it
+fail only with errors they recover from, never with one that ends their process (the two
+ways the chaos test's Redis restart left jobs waiting: the worker exited with
+"Unrecoverable error", or the dispatcher with `BatchPublishError`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import kombu.common
 import pytest
 
 from orchestrator.celery_app import tolerate_closed_broker_connections
+from orchestrator.dispatch import Delivery, DispatchError
+from orchestrator.dispatch.celery import CeleryDispatcher, create_celery_app
 from orchestrator.embedded_redis import EmbeddedRedis
+from orchestrator.settings import load_settings
 from tests.servers import free_port
 
 # kombu's API is untyped: reached through Any.
@@ -60,3 +64,22 @@ def test_a_connection_lost_mid_task_closes_and_its_late_ack_is_a_connection_erro
     [message] = taken
     with pytest.raises(connection.connection_errors):  # logged by Celery, not fatal
         message.ack()
+
+
+def test_a_publish_on_a_connection_redis_dropped_is_refused_not_raised(
+    doomed_redis: EmbeddedRedis,
+) -> None:
+    """The dispatcher's pooled producer connection outlives Redis: the batch's failure
+    (kombu's `BatchPublishError`, delivery uncertain) is a refusal the fill takes back, not
+    an exception that ends the dispatcher's loop."""
+    settings = load_settings(
+        env="development",
+        database_url="sqlite://",
+        redis_url=doomed_redis.url,
+        job_modules="tests.jobtypes",
+    )
+    dispatcher = CeleryDispatcher(create_celery_app(settings))
+    dispatcher.send([Delivery("job_1", "TEST_FLAKY", "default", number=1)])  # pools a connection
+    doomed_redis.kill()
+    with pytest.raises(DispatchError, match="delivery is uncertain"):
+        dispatcher.send([Delivery("job_2", "TEST_FLAKY", "default", number=2)])

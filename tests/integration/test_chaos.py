@@ -499,3 +499,24 @@ def test_kill_9_of_workers_during_fan_outs_joins_each_once(chaos: Stack, tenant:
     for join in joins:
         result = chaos.get(tenant, f"/v1/jobs/{join}").json()["result"]
         assert [child["item"] for child in result["children"]] == [i.upper() for i in items]
+
+
+def test_a_fan_out_spread_over_a_redis_restart_still_joins_once(
+    chaos: Stack, chaos_redis: EmbeddedRedis, tenant: str
+) -> None:
+    """Redis (the broker) is killed while ten fan-outs' children run, and comes back
+    empty of what it held: the dispatcher admits the missing children again, and every
+    join runs once."""
+    items = [f"room_{i}" for i in range(10)]
+    body = {"type": "TEST_FAN_OUT", "input": {"items": items, "childSleep": 0.05}}
+    created = [chaos.create(tenant, body) for _ in range(10)]
+    joins = [job["pipeline"]["steps"][1]["id"] for job in created]
+    time.sleep(0.5)  # children spawned, some run, some wait in the broker
+    chaos_redis.kill()
+    time.sleep(1.0)
+    chaos_redis.restart()
+    statuses = _wait_all(chaos, tenant, joins, timeout=60)
+    successes = _success_events(chaos, joins)
+    _report("redis_restart_fan_out", {"fan_outs": len(joins), "children": 10 * len(joins)})
+    assert Counter(statuses.values()) == {"succeeded": len(joins)}
+    assert all(successes[join] == 1 for join in joins)
