@@ -108,6 +108,13 @@ def _statuses(stack: Stack, ids: list[str]) -> dict[str, str]:
     return {job_id: str(status) for job_id, status in rows}
 
 
+def _children_of(stack: Stack, joins: list[str]) -> list[str]:
+    from orchestrator.models import Job  # noqa: PLC0415
+
+    with stack.runtime.database.session() as session:
+        return [job_id for (job_id,) in session.query(Job.id).filter(Job.join_id.in_(joins))]
+
+
 def _success_events(stack: Stack, ids: list[str]) -> Counter[str]:
     from orchestrator.models import JobEvent  # noqa: PLC0415
 
@@ -499,6 +506,42 @@ def test_kill_9_of_workers_during_fan_outs_joins_each_once(chaos: Stack, tenant:
     for join in joins:
         result = chaos.get(tenant, f"/v1/jobs/{join}").json()["result"]
         assert [child["item"] for child in result["children"]] == [i.upper() for i in items]
+
+
+def test_kill_9_of_workers_during_200_workflows_of_20_joins_each_once(
+    chaos: Stack, tenant: str
+) -> None:
+    """Two hundred workflows, each a map of twenty jobs (two at a time) and a summary,
+    worker pool processes killed six times meanwhile: no job of a map is lost, every gate
+    (join) succeeds exactly once, and each summary lists its twenty items in order."""
+    items = [f"room_{i:02d}" for i in range(20)]
+    body = {"type": "TEST_FLOW", "input": {"items": items, "sleep": 0.005}}
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(lambda _: chaos.create(tenant, body), range(200)))
+    gates = [step["id"] for job in created for step in job["pipeline"]["steps"]]
+    kills = 0
+    rng = random.Random(17)
+    for _ in range(6):
+        time.sleep(1.0)
+        if children := chaos.worker.children():
+            os.kill(rng.choice(children), signal.SIGKILL)
+            kills += 1
+    statuses = _wait_all(chaos, tenant, gates, timeout=600)
+    successes = _success_events(chaos, gates)
+    _report(
+        "kill_9_workflows", {"workflows": len(created), "jobs": 20 * len(created), "kills": kills}
+    )
+    assert Counter(statuses.values()) == {"succeeded": len(gates)}
+    assert all(successes[gate] == 1 for gate in gates)
+    mapped = _children_of(chaos, gates)
+    assert len(mapped) == 22 * len(created)  # prepare, twenty items, summary: none lost
+    assert Counter(_success_events(chaos, mapped).values()) == {1: len(mapped)}
+    for job in created:
+        flow = chaos.get(tenant, f"/v1/jobs/{job['id']}").json()["workflow"]
+        steps = {step["name"]: step for step in flow["steps"]}
+        assert steps["items"]["jobs"] == {"succeeded": 20}
+        summary = chaos.get(tenant, f"/v1/jobs/{steps['summary']['jobId']}").json()
+        assert summary["result"]["items"] == [i.upper() for i in items]
 
 
 def test_a_fan_out_spread_over_a_redis_restart_still_joins_once(
