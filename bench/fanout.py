@@ -38,7 +38,9 @@ from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
 
 
-def orchestrator_seconds(env: Servers, children: int, rounds: int, folder: Path) -> list[float]:
+def orchestrator_seconds(
+    env: Servers, children: int, rounds: int, folder: Path, *, workflow: bool = False
+) -> list[float]:
     settings = orchestrator_settings(env.database_url("postgresql"), env.redis_url(6))
     node = f"fan-{uuid.uuid4().hex[:6]}@bench"
     worker = celery_worker(
@@ -49,7 +51,7 @@ def orchestrator_seconds(env: Servers, children: int, rounds: int, folder: Path)
     try:
         feeder = dispatcher(settings, folder / "fan-dispatcher.log")
         wait_ping(create_celery_app(settings), node)
-        return [_one_fan_out(runtime, children) for _ in range(rounds)]
+        return [_one_fan_out(runtime, children, workflow=workflow) for _ in range(rounds)]
     finally:
         if feeder is not None:
             feeder.stop()
@@ -57,12 +59,16 @@ def orchestrator_seconds(env: Servers, children: int, rounds: int, folder: Path)
         runtime.database.dispose()
 
 
-def _one_fan_out(runtime: Runtime, children: int) -> float:
-    started = datetime.now(UTC)
-    created = runtime.service.create(
-        NewJob(tenant_id="bench", type="BENCH_FAN_OUT", input={"children": children})
+def _one_fan_out(runtime: Runtime, children: int, *, workflow: bool) -> float:
+    """Seconds from the creation to the end of the join (for a workflow, its last gate,
+    which ends once the join step's job has)."""
+    request = (
+        NewJob(tenant_id="bench", type="BENCH_MAP", input={"items": list(range(children))})
+        if workflow
+        else NewJob(tenant_id="bench", type="BENCH_FAN_OUT", input={"children": children})
     )
-    join_id = created.details.steps[1].id
+    started = datetime.now(UTC)
+    join_id = runtime.service.create(request).details.steps[-1].id
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         with runtime.database.session() as session:
@@ -107,11 +113,16 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--workflow", action="store_true", help="the declared form: a map step and its join"
+    )
+    parser.add_argument(
         "--folder", type=Path, default=Path(tempfile.gettempdir()) / "orchestrator-bench"
     )
     args = parser.parse_args()
     with servers(args.folder, durable=not args.fsync_off) as env:
-        ours = orchestrator_seconds(env, args.children, args.rounds, args.folder)
+        ours = orchestrator_seconds(
+            env, args.children, args.rounds, args.folder, workflow=args.workflow
+        )
         raw = chord_seconds(env, args.children, args.rounds, args.folder)
     rows = [
         {
@@ -120,12 +131,18 @@ def main() -> None:
             "children/s": args.children / median(values),
         }
         for name, values in (
-            ("orchestrator fan-out + join", ours),
+            (
+                "orchestrator workflow map + join"
+                if args.workflow
+                else "orchestrator fan-out + join",
+                ours,
+            ),
             ("celery chord, redis backend", raw),
         )
     ]
     summary = {
         "children": args.children,
+        "workflow": args.workflow,
         "rounds": args.rounds,
         "orchestrator_s": [round(v, 3) for v in ours],
         "chord_s": [round(v, 3) for v in raw],

@@ -6,7 +6,7 @@ import time
 
 from pydantic import BaseModel
 
-from orchestrator import JobContext, define_job
+from orchestrator import JobContext, define_job, define_workflow, map_step, step
 
 
 class Nothing(BaseModel):
@@ -44,3 +44,33 @@ def fan_out(ctx: JobContext, data: FanOut) -> None:
 def join(ctx: JobContext, data: Nothing) -> int:
     """Reads its children's results, as a chord's callback receives them."""
     return len(ctx.children_results())
+
+
+class Item(BaseModel):
+    item: int = 0
+
+
+class Items(BaseModel):
+    items: list[int]
+
+
+@define_job("BENCH_ITEM", input=Item, time_limit=60)
+def item(ctx: JobContext, data: Item) -> None:
+    return None
+
+
+@define_job("BENCH_MAP_JOIN", input=Nothing, time_limit=300)
+def map_join(ctx: JobContext, data: Nothing) -> int:
+    """Reads the map's results, as a chord's callback receives them."""
+    return len(ctx.result("items"))
+
+
+# The same fan-out declared: a map of no-op jobs over the input's list, then its join.
+define_workflow(
+    "BENCH_MAP",
+    input=Items,
+    steps=[
+        map_step("items", "BENCH_ITEM", over="input.items", item="item"),
+        step("join", "BENCH_MAP_JOIN", after=["items"]),
+    ],
+)

@@ -197,19 +197,27 @@ class JobContext:
             return session.scalar(count) or 0
 
     def _step_outcomes(self, step: str) -> _StepOutcomes:
+        """The step's jobs in item order: the children of the gate that joins its stage,
+        read by that gate's id (the index of a join's children, in item order)."""
         with self._database.session() as session:
             run, workflow = self._workflow_run(session)
             try:
-                is_map = workflow.step(step).is_map
+                stage = workflow.stage_of(step)
             except KeyError:
                 raise ValueError(f"workflow {workflow.name} has no step {step!r}") from None
-            gates = sa.select(Job.id).where(Job.pipeline_id == run, Job.tenant_id == self.tenant_id)
+            join = session.scalar(
+                sa.select(Job.id).where(
+                    Job.pipeline_id == run,
+                    Job.step_index == stage + 1,
+                    Job.tenant_id == self.tenant_id,
+                )
+            )
             rows = session.execute(
                 sa.select(Job.result, Job.status)
-                .where(Job.join_id.in_(gates), Job.step == step, Job.tenant_id == self.tenant_id)
+                .where(Job.join_id == join, Job.step == step, Job.tenant_id == self.tenant_id)
                 .order_by(Job.item_index)
             ).all()
-        return _StepOutcomes(is_map, rows)
+        return _StepOutcomes(workflow.step(step).is_map, rows)
 
     def _workflow_run(self, session: Session) -> tuple[str, Workflow]:
         run, workflow_type = workflow_run_of(session, self.job_id, self.tenant_id)

@@ -189,6 +189,11 @@ class Job(Base):
         _partial("ix_jobs_status_updated_at", ["status", "updated_at"], LIVE_STATES_SQL),
         # A join's children, in item order (their results, and the join's count).
         _partial("ix_jobs_join_id", ["join_id", "item_index"], "join_id IS NOT NULL"),
+        # A workflow map's jobs held back by its concurrency: each of the map's jobs that
+        # ends releases the first (without it, that lookup read the whole map each time).
+        _partial(
+            "ix_jobs_held", ["join_id", "item_index"], "status = 'waiting' AND join_id IS NOT NULL"
+        ),
         # Operators' search by subject, across tenants (`operations.search`).
         _partial("ix_jobs_subject", ["subject"], "subject IS NOT NULL"),
         # Nightly archival walks finished, unarchived jobs oldest first.

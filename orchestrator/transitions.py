@@ -48,6 +48,7 @@ from orchestrator.states import (
 )
 
 TRACEBACK_LIMIT = 8000
+HELD_STATUS: sa.ColumnElement[str] = sa.literal_column(f"'{JobStatus.WAITING.value}'")
 # Transitions recorded by `_note` that the job counters count, and under which name.
 COUNTED = {
     JobStatus.RETRYING: "retried",
@@ -435,9 +436,11 @@ def _release_held_sibling(session: Session, join_id: str, step: str | None, now:
     holds; the next held one is released instead (the cancelled one held no slot)."""
     if step is None:
         return  # spawned by a handler: none is ever held
+    # The status as a literal: it is what lets PostgreSQL use the partial index of held
+    # jobs (`ix_jobs_held`) in a prepared statement's generic plan too.
     held = session.execute(
         sa.select(Job.id, Job.tenant_id, Job.attempt)
-        .where(Job.join_id == join_id, Job.step == step, Job.status == JobStatus.WAITING)
+        .where(Job.join_id == join_id, Job.step == step, Job.status == HELD_STATUS)
         .order_by(Job.item_index)
         .limit(1)
         .with_for_update(skip_locked=True)

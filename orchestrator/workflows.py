@@ -156,6 +156,13 @@ class Workflow:
                 return candidate
         raise KeyError(name)
 
+    def stage_of(self, name: str) -> int:
+        """The stage step `name` runs in (gate `stage + 1` joins it)."""
+        for index, stage in enumerate(self.stages):
+            if any(each.name == name for each in stage):
+                return index
+        raise KeyError(name)
+
     def failures_allowed_before(self, gate: int) -> int:
         """What gate `gate` lets its children fail: any number when a step of the stage
         before it tolerates failures (the gate then checks each step's own count),
