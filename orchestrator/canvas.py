@@ -11,9 +11,10 @@
     )
 
 `chain(a, b)` runs b after a; `group(a, b)` runs them side by side; `chord(header, body)`
-is `chain(group(*header), body)`: the body runs once, after every job of the header. A
-signature's keywords are constants of its step's input (the rest comes from the workflow's
-input, as for `step`); `signature(...).map(over=..., item=...)` is a map step. Steps are
+is `chain(group(*header), body)`: the body runs once, after every job of the header.
+`signature(type, **constants)`, or in Celery's spelling `job_type(type).s(**constants)`,
+is one job: its keywords are constants of its step's input (the rest comes from the
+workflow's input, as for `step`); `signature(...).map(over=..., item=...)` is a map step. Steps are
 named after their type ("CHECK_PRICE", then "CHECK_PRICE-2" for a second one), which is
 what `JobContext.result` takes.
 """
@@ -65,6 +66,22 @@ class Group:
 
 
 Canvas = Signature | Chain | Group
+
+
+@dataclass(frozen=True)
+class JobTypeRef:
+    """A job type by name, for Celery's spelling: `ROOM = job_type("ANALYZE_ROOM")`, then
+    `ROOM.s(roomId="kitchen")` as `task.s(...)` would be."""
+
+    name: str
+
+    def s(self, **constants: Any) -> Signature:
+        return Signature(self.name, constants)
+
+
+def job_type(name: str) -> JobTypeRef:
+    """The job type `name`, whose `.s(**constants)` is a signature."""
+    return JobTypeRef(name)
 
 
 def signature(type: str, **constants: Any) -> Signature:  # noqa: A002

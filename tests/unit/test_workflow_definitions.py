@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from orchestrator.canvas import chain, chord, group, signature
+from orchestrator.canvas import chain, chord, group, job_type, signature
 from orchestrator.context import JobContext
 from orchestrator.errors import JobDefinitionError
 from orchestrator.registry import Registry, define_job
@@ -163,4 +163,20 @@ def test_a_canvas_builds_the_same_steps(types: Registry) -> None:
         ["PLAIN-3"],
         ["PLAIN-4"],
         ["PLAIN-5"],
+    ]
+
+
+def test_a_job_types_s_is_a_signature_as_celerys_task_s_is(types: Registry) -> None:
+    plain, room = job_type("PLAIN"), job_type("ROOM")
+    flow = define_workflow(
+        "CELERY_SPELLING",
+        input=Inspection,
+        steps=chain(plain.s(), chord([room.s(roomId="a"), room.s(roomId="b")], plain.s())),
+        target=types,
+    )
+    assert [(s.name, s.type, dict(s.constants)) for s in flow.steps] == [
+        ("PLAIN", "PLAIN", {}),
+        ("ROOM", "ROOM", {"roomId": "a"}),
+        ("ROOM-2", "ROOM", {"roomId": "b"}),
+        ("PLAIN-2", "PLAIN", {}),
     ]
