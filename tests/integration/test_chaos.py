@@ -108,6 +108,18 @@ def _statuses(stack: Stack, ids: list[str]) -> dict[str, str]:
     return {job_id: str(status) for job_id, status in rows}
 
 
+def _kill_pool_processes(stack: Stack, *, times: int, every: float, seed: int) -> int:
+    """Kill -9 one of the worker's pool processes `times` times, `every` seconds apart;
+    how many kills there were (none when the pool was between processes)."""
+    kills, rng = 0, random.Random(seed)
+    for _ in range(times):
+        time.sleep(every)
+        if children := stack.worker.children():
+            os.kill(rng.choice(children), signal.SIGKILL)
+            kills += 1
+    return kills
+
+
 def _children_of(stack: Stack, joins: list[str]) -> list[str]:
     from orchestrator.models import Job  # noqa: PLC0415
 
@@ -133,14 +145,8 @@ def test_kill_9_workers_mid_jobs_strands_nothing(chaos: Stack, tenant: str, tmp_
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda _: chaos.create(tenant, body)["id"], range(200)))
 
-    kills = 0
-    rng = random.Random(7)
-    for _ in range(6):  # pool processes killed mid-job; the worker forks replacements
-        time.sleep(0.6)
-        children = chaos.worker.children()
-        if children:
-            os.kill(rng.choice(children), signal.SIGKILL)
-            kills += 1
+    # Pool processes killed mid-job; the worker forks replacements.
+    kills = _kill_pool_processes(chaos, times=6, every=0.6, seed=7)
     time.sleep(0.5)
     chaos.worker.kill()  # the whole worker host gone at once
     kills += 1
@@ -491,13 +497,7 @@ def test_kill_9_of_workers_during_fan_outs_joins_each_once(chaos: Stack, tenant:
     with ThreadPoolExecutor(8) as pool:
         created = list(pool.map(lambda _: chaos.create(tenant, body), range(30)))
     joins = [job["pipeline"]["steps"][1]["id"] for job in created]
-    kills = 0
-    rng = random.Random(11)
-    for _ in range(6):
-        time.sleep(0.5)
-        if children := chaos.worker.children():
-            os.kill(rng.choice(children), signal.SIGKILL)
-            kills += 1
+    kills = _kill_pool_processes(chaos, times=6, every=0.5, seed=11)
     statuses = _wait_all(chaos, tenant, joins, timeout=180)
     successes = _success_events(chaos, joins)
     _report("kill_9_fan_out", {"fan_outs": len(joins), "children": 10 * len(joins), "kills": kills})
@@ -519,13 +519,7 @@ def test_kill_9_of_workers_during_200_workflows_of_20_joins_each_once(
     with ThreadPoolExecutor(8) as pool:
         created = list(pool.map(lambda _: chaos.create(tenant, body), range(200)))
     gates = [step["id"] for job in created for step in job["pipeline"]["steps"]]
-    kills = 0
-    rng = random.Random(17)
-    for _ in range(6):
-        time.sleep(1.0)
-        if children := chaos.worker.children():
-            os.kill(rng.choice(children), signal.SIGKILL)
-            kills += 1
+    kills = _kill_pool_processes(chaos, times=6, every=1.0, seed=17)
     statuses = _wait_all(chaos, tenant, gates, timeout=600)
     successes = _success_events(chaos, gates)
     _report(
