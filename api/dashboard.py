@@ -260,8 +260,13 @@ def _job(job_id: str) -> dict[str, Any]:
     tenant = _tenant()
     details = _service().get(tenant, job_id)
     unfinished = {str(status) for status in CANCELLABLE}
+    # A workflow's first job stands for the run: its status, and its last gate's result.
+    run = details.workflow if details.job.step_index == 0 else None
+    status = JobStatus(run.status) if run else details.job.status
     return {
         "job": details.job,
+        "status": status,
+        "result": details.steps[-1].result if run else details.job.result,
         "steps": details.steps,
         "children": details.children,
         "workflow": details.workflow,

@@ -324,7 +324,19 @@ class JobOut(BaseModel):
         out = cls.of(details.job, details.steps, details.children)
         if details.workflow is not None:
             out.workflow = WorkflowOut.of(details.workflow)
+            if details.job.step_index == 0:
+                _as_the_run(out, details)
         return out
+
+
+def _as_the_run(out: JobOut, details: JobDetails) -> None:
+    """A workflow's id is its first gate's: that job stands for the run, with the run's
+    status, its last gate's result once it succeeded, and when it finished."""
+    assert out.workflow is not None
+    last = details.steps[-1]
+    out.status = out.workflow.status
+    out.result = last.result if out.status is JobStatus.SUCCEEDED else None
+    out.finishedAt = last.finished_at if out.status.is_terminal else None
 
 
 class JobBatch(BaseModel):

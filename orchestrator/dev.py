@@ -15,6 +15,9 @@ import secrets
 import signal
 import socket
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,6 +76,8 @@ def run_dev() -> int:
             settings.state_dir, pids, environment
         )
         print(where_things_are(settings, watcher.roots), file=sys.stderr, flush=True)
+        web = f"http://{settings.host}:{settings.port}"
+        threading.Thread(target=say_when_ready, args=(web,), daemon=True).start()
         return supervisor.run()
 
 
@@ -99,6 +104,23 @@ def where_things_are(settings: Settings, watched: Sequence[Path] = ()) -> str:
             "  stop       Ctrl-C",
         ]
     )
+
+
+def say_when_ready(web: str, *, within: float = 120.0) -> bool:
+    """Print one line once the API answers its health check: the moment a newcomer's
+    first request works. Silent if it never does (the programs' own lines say why)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{web}/healthz", timeout=2) as answer:  # noqa: S310
+                if answer.status == 200:
+                    print(f"make run: ready, {web} answers ({web}/healthz)", file=sys.stderr,
+                          flush=True)  # fmt: skip
+                    return True
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    return False
 
 
 def _shown_paths(paths: Sequence[Path]) -> str:

@@ -177,7 +177,7 @@ class JobService:
             raise
         for step in steps:
             log.info("job created", extra={**_ids(step), "action": "created"})
-        return Created(JobDetails(job=steps[0], steps=steps), created=True)
+        return Created(self._created(steps), created=True)
 
     def create_in(self, session: sa.orm.Session, request: NewJob) -> JobDetails:
         """Record the pipeline in the caller's transaction (`session`, a session of the
@@ -198,7 +198,7 @@ class JobService:
         _record_tenant(session, request.tenant_id, now)
         transitions.insert_pipeline(session, steps, now)
         sa.event.listen(session, "after_commit", lambda _: self._committed(steps), once=True)
-        return JobDetails(job=steps[0], steps=steps)
+        return self._created(steps)
 
     def _committed(self, steps: list[Job]) -> None:
         for step in steps:
@@ -257,7 +257,7 @@ class JobService:
                 return earlier
             raise
         _log_created(pipelines)
-        return BatchCreated([JobDetails(job=steps[0], steps=steps) for steps in pipelines], True)
+        return BatchCreated([self._created(steps) for steps in pipelines], True)
 
     def _insert(self, rows: list[Job], heads: list[Job], now: datetime) -> None:
         """Record the rows, once, and admit the ready `heads` if nothing waits before them
@@ -423,6 +423,12 @@ class JobService:
         head.ready_since = None if head.run_at else now
         head.trace_context = tracing.current_traceparent()
         return steps
+
+    def _created(self, steps: list[Job]) -> JobDetails:
+        """A new pipeline's details; a workflow's with its steps, none started yet."""
+        definition = self.registry.resolve(steps[0].type).workflow
+        state = None if definition is None else workflow_state(None, definition, steps, "")
+        return JobDetails(job=steps[0], steps=steps, workflow=state)
 
     @staticmethod
     def _run_at(request: NewJob, now: datetime) -> datetime | None:

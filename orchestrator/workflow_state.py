@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -42,16 +43,19 @@ class WorkflowState:
 
 
 def workflow_state(
-    session: Session, workflow: Workflow, gates: Sequence[Job], tenant_id: str
+    session: Session | None, workflow: Workflow, gates: Sequence[Job], tenant_id: str
 ) -> WorkflowState:
-    """`gates`: the run's gates in order (its pipeline's rows)."""
+    """`gates`: the run's gates in order (its pipeline's rows). Without a session: a run
+    just created, none of whose steps has a job yet."""
     counts: dict[str, dict[str, int]] = {}
     single: dict[str, str] = {}
-    rows = session.execute(
-        sa.select(Job.step, Job.status, sa.func.count(), sa.func.min(Job.id))
-        .where(Job.join_id.in_([g.id for g in gates]), Job.tenant_id == tenant_id)
-        .group_by(Job.step, Job.status)
-    )
+    rows: Sequence[Any] = []
+    if session is not None:
+        rows = session.execute(
+            sa.select(Job.step, Job.status, sa.func.count(), sa.func.min(Job.id))
+            .where(Job.join_id.in_([g.id for g in gates]), Job.tenant_id == tenant_id)
+            .group_by(Job.step, Job.status)
+        ).all()
     for step_name, status, count, some_id in rows:
         counts.setdefault(str(step_name), {})[JobStatus(status).value] = count
         single[str(step_name)] = some_id

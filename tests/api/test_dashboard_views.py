@@ -520,3 +520,7 @@ def test_a_workflow_is_drawn_by_stage_with_each_steps_status(
     assert "not started" in stages[2] and "after items" in stages[2]
     prepare = re.search(r'href="/dashboard/jobs/([^"]+)">prepare<', stages[0])
     assert prepare is not None  # a single step links to its job
+    # The workflow's first job stands for the run: failed, so it offers a retry.
+    heading = re.search(r"<h1>(.*?)</h1>", html, re.S)
+    assert heading is not None and 'badge-failed">failed' in heading.group(1)
+    assert f"/dashboard/jobs/{flow['id']}/retry" in html

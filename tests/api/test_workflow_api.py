@@ -93,3 +93,20 @@ def test_the_stock_inspection_review_maps_over_rooms_and_reports_once(
     ).get_json()
     assert report["result"]["roomIds"] == rooms
     assert report["result"]["inspectionId"] == "insp_9"
+
+
+def test_a_workflows_id_stands_for_the_run(client: FlaskClient, tenant: str) -> None:
+    """Its first job's record has the run's status, and once it succeeded, its last
+    gate's result (the final steps' results by name); the answer to its creation already
+    shows its steps."""
+    created = create(client, tenant, {"type": "TEST_FLOW", "input": {"items": ["a", "b"]}})
+    assert [s["name"] for s in created["workflow"]["steps"]] == ["prepare", "items", "summary"]
+    done = client.get(f"/v1/jobs/{created['id']}", headers=tenant_headers(tenant)).get_json()
+    assert done["status"] == "succeeded" and done["finishedAt"] is not None
+    assert done["result"]["summary"]["items"] == ["A", "B"]
+
+    body = {"type": "TEST_FLOW", "input": {"items": ["a", "b"], "failItems": ["b"]}}
+    failed = create(client, tenant, body)
+    shown = client.get(f"/v1/jobs/{failed['id']}", headers=tenant_headers(tenant)).get_json()
+    assert (shown["status"], shown["result"]) == ("failed", None)
+    assert shown["pipeline"]["steps"][0]["status"] == "succeeded"  # the gate itself

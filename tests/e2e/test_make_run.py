@@ -294,7 +294,7 @@ def test_housekeeping_stays_out_of_the_log_and_of_flower(dev_system: DevSystem) 
 def test_make_run_says_where_everything_is(dev_system: DevSystem) -> None:
     banner = dev_system.log_path.read_text(errors="replace")
     for shown in ("/dashboard", "/docs", dev_system.flower_url, "X-Tenant-ID", "curl -X POST",
-                  "orchestrator config", "Ctrl-C"):  # fmt: skip
+                  "orchestrator config", "Ctrl-C", "make run: ready, http://"):  # fmt: skip
         assert shown in banner, shown
     # The line to try works as printed (a newcomer's first command).
     lines = banner.splitlines()
