@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -281,26 +281,28 @@ class JobOut(BaseModel):
         job: Job,
         steps: list[Job] | None = None,
         children: dict[str, dict[str, int]] | None = None,
+        workflow: WorkflowState | None = None,
     ) -> JobOut:
+        ended = _ending(job, steps or [job], workflow)
         return cls(
             id=job.id,
             tenantId=job.tenant_id,
             type=job.type,
-            status=job.status,
+            status=ended.status,
             subject=job.subject,
             priority=job.priority,
             queue=job.queue,
             attempt=job.attempt,
             maxAttempts=job.max_attempts,
             input=job.input,
-            result=job.result,
+            result=ended.result,
             error=_error(job),
             progress=_progress(job),
             createdBy=job.created_by,
             createdAt=job.created_at,
             updatedAt=job.updated_at,
             startedAt=job.started_at,
-            finishedAt=job.finished_at,
+            finishedAt=ended.finished_at,
             runAt=job.run_at,
             cancelRequestedAt=job.cancel_requested_at,
             upstreamId=job.parent_id,
@@ -317,26 +319,32 @@ class JobOut(BaseModel):
                     for s in steps
                 ],
             ),
+            workflow=None if workflow is None else WorkflowOut.of(workflow),
         )
 
     @classmethod
     def of_details(cls, details: JobDetails) -> JobOut:
-        out = cls.of(details.job, details.steps, details.children)
-        if details.workflow is not None:
-            out.workflow = WorkflowOut.of(details.workflow)
-            if details.job.step_index == 0:
-                _as_the_run(out, details)
-        return out
+        return cls.of(details.job, details.steps, details.children, details.workflow)
 
 
-def _as_the_run(out: JobOut, details: JobDetails) -> None:
-    """A workflow's id is its first gate's: that job stands for the run, with the run's
-    status, its last gate's result once it succeeded, and when it finished."""
-    assert out.workflow is not None
-    last = details.steps[-1]
-    out.status = out.workflow.status
-    out.result = last.result if out.status is JobStatus.SUCCEEDED else None
-    out.finishedAt = last.finished_at if out.status.is_terminal else None
+class _Ending(NamedTuple):
+    status: JobStatus
+    result: Any
+    finished_at: datetime | None
+
+
+def _ending(job: Job, steps: list[Job], workflow: WorkflowState | None) -> _Ending:
+    """How the job stands; a workflow's first gate stands for the run (its id is the
+    workflow's): the run's status, its last gate's result once it succeeded, and when it
+    finished."""
+    if workflow is None or job.step_index != 0:
+        return _Ending(job.status, job.result, job.finished_at)
+    status, last = JobStatus(workflow.status), steps[-1]
+    return _Ending(
+        status,
+        last.result if status is JobStatus.SUCCEEDED else None,
+        last.finished_at if status.is_terminal else None,
+    )
 
 
 class JobBatch(BaseModel):
