@@ -10,7 +10,6 @@ Rates are children a second; the ratio is ours over Celery's, within each round.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 import uuid
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from celery import Celery, chord, group
+from celery import chord, group
 
 from bench.harness import (
     Servers,
@@ -27,6 +26,7 @@ from bench.harness import (
     dispatcher,
     median,
     orchestrator_settings,
+    raw_celery,
     report,
     servers,
     settings_env,
@@ -82,20 +82,7 @@ def _one_fan_out(runtime: Runtime, children: int, *, workflow: bool) -> float:
 
 
 def chord_seconds(env: Servers, children: int, rounds: int, folder: Path) -> list[float]:
-    broker = env.redis_url(7)
-    backend = broker.rsplit("/", 1)[0] + "/8"
-    os.environ["BENCH_BROKER"] = broker
-    app = Celery("rawbench", broker=broker, backend=backend)
-    node = f"chord-{uuid.uuid4().hex[:6]}@bench"
-    worker = celery_worker(
-        "bench.rawcelery",
-        {**os.environ, "BENCH_BROKER": broker, "BENCH_BACKEND": backend},
-        folder / "chord.log",
-        node,
-        queues="celery",
-    )
-    try:
-        wait_ping(app, node)
+    with raw_celery(env, 7, folder, "chord") as app:
         timings = []
         for _ in range(rounds):
             started = time.perf_counter()
@@ -103,8 +90,6 @@ def chord_seconds(env: Servers, children: int, rounds: int, folder: Path) -> lis
             chord(header)(app.signature("raw.step")).get(timeout=600)
             timings.append(time.perf_counter() - started)
         return timings
-    finally:
-        worker.stop()
 
 
 def main() -> None:

@@ -212,6 +212,32 @@ def dispatcher(settings: Settings, log: Path, timeout: float = 60) -> Process:
     return process
 
 
+@contextmanager
+def raw_celery(env: Servers, database: int, folder: Path, name: str) -> Iterator[Any]:
+    """A plain Celery app and a worker of `bench.rawcelery` on Redis database `database`,
+    with a Redis result backend on the next one (what `.get()`, chains and chords need);
+    the worker answers before the app is yielded, and is stopped after."""
+    from celery import Celery  # noqa: PLC0415 - only the raw benchmarks need it here
+
+    broker = env.redis_url(database)
+    backend = broker.rsplit("/", 1)[0] + f"/{database + 1}"
+    os.environ["BENCH_BROKER"] = broker
+    app = Celery("rawbench", broker=broker, backend=backend)
+    node = f"{name}-{uuid.uuid4().hex[:6]}@bench"
+    worker = celery_worker(
+        "bench.rawcelery",
+        {**os.environ, "BENCH_BROKER": broker, "BENCH_BACKEND": backend},
+        folder / f"{name}.log",
+        node,
+        queues="celery",
+    )
+    try:
+        wait_ping(app, node)
+        yield app
+    finally:
+        worker.stop()
+
+
 def wait_ping(app: Any, node: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

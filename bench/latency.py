@@ -8,7 +8,6 @@ from the database, so polling adds nothing to the figure.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import requests
 import sqlalchemy as sa
-from celery import Celery, chain
+from celery import chain
 
 from bench.harness import (
     Process,
@@ -28,6 +27,7 @@ from bench.harness import (
     median,
     orchestrator_settings,
     percentile,
+    raw_celery,
     report,
     servers,
     settings_env,
@@ -93,20 +93,7 @@ def _one_job(http: requests.Session, port: int, runtime: Runtime, job_type: str)
 
 
 def raw_latencies(env: Servers, pipeline: bool, count: int, folder: Path) -> list[float]:
-    broker = env.redis_url(4)
-    backend = broker.rsplit("/", 1)[0] + "/5"
-    os.environ["BENCH_BROKER"] = broker
-    app = Celery("rawbench", broker=broker, backend=backend)
-    node = f"rawlat-{uuid.uuid4().hex[:6]}@bench"
-    worker = celery_worker(
-        "bench.rawcelery",
-        {**os.environ, "BENCH_BROKER": broker, "BENCH_BACKEND": backend},
-        folder / "rawlat.log",
-        node,
-        queues="celery",
-    )
-    try:
-        wait_ping(app, node)
+    with raw_celery(env, 4, folder, "rawlat") as app:
         timings = []
         for _ in range(count):
             started = time.perf_counter()
@@ -118,8 +105,6 @@ def raw_latencies(env: Servers, pipeline: bool, count: int, folder: Path) -> lis
                 app.send_task("raw.noop").get(timeout=30)
             timings.append((time.perf_counter() - started) * 1000)
         return timings
-    finally:
-        worker.stop()
 
 
 def _wait_http(url: str, timeout: float = 60) -> None:
