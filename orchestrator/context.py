@@ -83,6 +83,7 @@ class JobContext:
     # In a workflow run: the step this job runs, and where its definition is found.
     step: str | None = None
     _registry: Registry | None = field(default=None, repr=False)
+    _workflow: tuple[str, Workflow] | None = field(default=None, init=False, repr=False)
     logger: JobLogger = field(init=False, repr=False)
     # What `spawn` asked for: recorded with this attempt's success, or not at all.
     spawned: list[Spawn] = field(default_factory=list, init=False, repr=False)
@@ -190,7 +191,7 @@ class JobContext:
     def gates_in_run(self) -> int:
         """In a workflow: how many gates its run was created with."""
         with self._database.session() as session:
-            run, _ = workflow_run_of(session, self.job_id, self.tenant_id)
+            run, _ = self._workflow_run(session)
             count = sa.select(sa.func.count()).where(
                 Job.pipeline_id == run, Job.tenant_id == self.tenant_id
             )
@@ -220,11 +221,15 @@ class JobContext:
         return _StepOutcomes(workflow.step(step).is_map, rows)
 
     def _workflow_run(self, session: Session) -> tuple[str, Workflow]:
-        run, workflow_type = workflow_run_of(session, self.job_id, self.tenant_id)
-        workflow = self._registry.resolve(workflow_type).workflow if self._registry else None
-        if workflow is None:
-            raise RuntimeError(f"job {self.job_id} does not run in a workflow")
-        return run, workflow
+        """The run and its definition, looked up once per attempt: a gate asks for them
+        for each step it checks or maps over."""
+        if self._workflow is None:
+            run, workflow_type = workflow_run_of(session, self.job_id, self.tenant_id)
+            workflow = self._registry.resolve(workflow_type).workflow if self._registry else None
+            if workflow is None:
+                raise RuntimeError(f"job {self.job_id} does not run in a workflow")
+            self._workflow = (run, workflow)
+        return self._workflow
 
     def _write_log(self, level: str, message: str) -> None:
         with self._database.transaction() as session:
