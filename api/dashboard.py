@@ -48,6 +48,7 @@ from orchestrator.settings import AuthMode
 from orchestrator.states import JobStatus
 from orchestrator.tenant_stats import POSITION_LIMIT
 from orchestrator.tenants import known_tenants
+from orchestrator.workflow_state import standing
 
 log = logging.getLogger("orchestrator.dashboard")
 
@@ -261,12 +262,11 @@ def _job(job_id: str) -> dict[str, Any]:
     details = _service().get(tenant, job_id)
     unfinished = {str(status) for status in CANCELLABLE}
     # A workflow's first job stands for the run: its status, and its last gate's result.
-    run = details.workflow if details.job.step_index == 0 else None
-    status = JobStatus(run.status) if run else details.job.status
+    shown = standing(details.job, details.steps, details.workflow)
     return {
         "job": details.job,
-        "status": status,
-        "result": details.steps[-1].result if run else details.job.result,
+        "status": shown.status,
+        "result": shown.result,
         "steps": details.steps,
         "children": details.children,
         "workflow": details.workflow,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -26,7 +26,7 @@ from orchestrator.service import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, J
 from orchestrator.states import JobStatus
 from orchestrator.tenant_stats import Standing
 from orchestrator.text import name_problem, text_problem
-from orchestrator.workflow_state import WorkflowState
+from orchestrator.workflow_state import WorkflowState, standing
 
 # Field names here are the API's, so they are camelCase on purpose.
 # ruff: noqa: N815
@@ -283,7 +283,7 @@ class JobOut(BaseModel):
         children: dict[str, dict[str, int]] | None = None,
         workflow: WorkflowState | None = None,
     ) -> JobOut:
-        ended = _ending(job, steps or [job], workflow)
+        ended = standing(job, steps or [job], workflow)
         return cls(
             id=job.id,
             tenantId=job.tenant_id,
@@ -325,26 +325,6 @@ class JobOut(BaseModel):
     @classmethod
     def of_details(cls, details: JobDetails) -> JobOut:
         return cls.of(details.job, details.steps, details.children, details.workflow)
-
-
-class _Ending(NamedTuple):
-    status: JobStatus
-    result: Any
-    finished_at: datetime | None
-
-
-def _ending(job: Job, steps: list[Job], workflow: WorkflowState | None) -> _Ending:
-    """How the job stands; a workflow's first gate stands for the run (its id is the
-    workflow's): the run's status, its last gate's result once it succeeded, and when it
-    finished."""
-    if workflow is None or job.step_index != 0:
-        return _Ending(job.status, job.result, job.finished_at)
-    status, last = JobStatus(workflow.status), steps[-1]
-    return _Ending(
-        status,
-        last.result if status is JobStatus.SUCCEEDED else None,
-        last.finished_at if status.is_terminal else None,
-    )
 
 
 class JobBatch(BaseModel):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -83,3 +84,23 @@ def _status(gates: Sequence[Job], steps: Sequence[StepState]) -> str:
     if gates[0].status is JobStatus.QUEUED and not any(s.jobs for s in steps):
         return JobStatus.QUEUED.value
     return JobStatus.RUNNING.value
+
+
+class Standing(NamedTuple):
+    status: JobStatus
+    result: Any
+    finished_at: datetime | None
+
+
+def standing(job: Job, steps: Sequence[Job], workflow: WorkflowState | None) -> Standing:
+    """How the job stands; a workflow's first gate stands for the run (its id is the
+    workflow's): the run's status, its last gate's result once it succeeded, and when it
+    finished."""
+    if workflow is None or job.step_index != 0:
+        return Standing(job.status, job.result, job.finished_at)
+    status, last = JobStatus(workflow.status), steps[-1]
+    return Standing(
+        status,
+        last.result if status is JobStatus.SUCCEEDED else None,
+        last.finished_at if status.is_terminal else None,
+    )
