@@ -215,7 +215,8 @@ class Admission:
         go when they never wait for a message), for the window's size."""
         left = self._full.pop(queue, None)
         if left is not None and left[1] > waiting:
-            self.sizes.observe_drain(queue, left[1] - waiting, time.monotonic() - left[0])
+            seconds = time.monotonic() - left[0]
+            self.sizes.observe_drain(queue, left[1] - waiting, seconds, dry=waiting == 0)
 
     def _choose_in(
         self, session: Session, queue: str, free: int, in_flight: InFlight

@@ -89,10 +89,21 @@ class WindowSizes:
     def observe(self, concurrency_per_queue: dict[str, int]) -> None:
         self._seen = {q: self.PER_PROCESS * n for q, n in concurrency_per_queue.items()}
 
-    def observe_drain(self, queue: str, taken: int, seconds: float) -> None:
-        """The workers took `taken` messages of a full window in `seconds`."""
-        if seconds > 0:
-            self._rate[queue] = self._smooth(self._rate.get(queue), taken / seconds)
+    def observe_drain(self, queue: str, taken: int, seconds: float, *, dry: bool = False) -> None:
+        """The workers took `taken` messages of a full window in `seconds`. `dry`: the
+        window was found empty, so they may have waited for part of that time and the
+        figure is only a floor of their pace: it may raise the pace, never lower it.
+        (Lowered by it, the next look would come later still, the window would run dry for
+        longer, and the pace measured next would be lower again: workers left idle for
+        tens of milliseconds each fill under a load that slowed them for a moment.)"""
+        if seconds <= 0:
+            return
+        rate = taken / seconds
+        old = self._rate.get(queue)
+        if dry:  # a floor: taken whole when above the figure, which is then too low
+            self._rate[queue] = max(rate, old or 0.0)
+        else:
+            self._rate[queue] = self._smooth(old, rate)
 
     def observe_fill(self, seconds: float) -> None:
         """A fill took `seconds`, from its start until its messages were in the broker."""

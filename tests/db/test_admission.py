@@ -155,6 +155,21 @@ def test_a_window_holds_a_quarter_second_of_the_workers_time() -> None:
     assert sizes.of("q") == WindowSizes.LARGEST
 
 
+def test_a_window_found_empty_never_slows_the_pace_it_is_sized_by() -> None:
+    """Found empty, the workers may have waited for messages: what they took is a floor of
+    their pace. Taken as their pace, it would make the next look later, the window emptier
+    for longer, and the pace measured next lower still."""
+    sizes = WindowSizes(0, default_concurrency=2)
+    sizes.observe_drain("q", taken=100, seconds=0.1)  # 1,000 a second
+    assert sizes.of("q") == 250  # a quarter second of it
+    sizes.observe_drain("q", taken=10, seconds=0.1, dry=True)  # idle most of that time
+    assert sizes.of("q") == 250
+    sizes.observe_drain("q", taken=200, seconds=0.1, dry=True)  # a floor above the figure
+    assert sizes.of("q") == 500
+    sizes.observe_drain("q", taken=100, seconds=0.1)  # not dry: slower workers count
+    assert sizes.of("q") == 450  # smoothed: 2,000 + 0.2 x (1,000 - 2,000) a second
+
+
 def test_a_delay_keeps_a_job_out_of_the_window_until_due(database: Database) -> None:
     service = _service(database, window=8)
     later = utcnow() + timedelta(hours=1)
