@@ -13,9 +13,11 @@ from api.auth import service_auth_required
 from api.bodies import json_body
 from api.errors import Problem
 from api.schemas import STRICT_BODY, Name
+from orchestrator.errors import FieldError
 from orchestrator.ids import ID_PATTERN
 from orchestrator.runner import Skipped
 from orchestrator.runtime import Runtime
+from orchestrator.text import text_problem
 
 log = logging.getLogger("orchestrator.api.internal")
 
@@ -50,11 +52,7 @@ def runtime() -> Runtime:
 def run_pushed_job() -> Response:
     """Run one pushed delivery. 2xx: done, or a duplicate; 503: try again later."""
     body = WorkerRun.model_validate(json_body())
-    delivery = {
-        key: request.headers[header]
-        for header, key in CLOUD_TASKS_HEADERS.items()
-        if header in request.headers
-    }
+    delivery = _cloud_tasks_headers()
     if body.idempotencyKey:
         delivery["idempotencyKey"] = body.idempotencyKey
     try:
@@ -70,6 +68,20 @@ def run_pushed_job() -> Response:
     if isinstance(delivered.outcome, Skipped):
         answer["reason"] = delivered.outcome.reason.value
     return jsonify(answer)
+
+
+def _cloud_tasks_headers() -> dict[str, str]:
+    """What Cloud Tasks said of the push, by `CLOUD_TASKS_HEADERS`' names; a 422 naming a
+    header whose value cannot be stored in the job's events (Cloud Tasks sends none)."""
+    found = {name: request.headers[name] for name in CLOUD_TASKS_HEADERS if name in request.headers}
+    problems = [
+        FieldError(name, problem)
+        for name, value in found.items()
+        if (problem := text_problem(value))
+    ]
+    if problems:
+        raise Problem(422, "Invalid header", "A Cloud Tasks header holds no text.", problems)
+    return {CLOUD_TASKS_HEADERS[name]: value for name, value in found.items()}
 
 
 @blueprint.get("/stats")

@@ -196,6 +196,19 @@ def test_cloud_tasks_headers_land_in_the_jobs_events(
     }
 
 
+def test_a_cloud_tasks_header_that_is_not_text_is_a_422_that_names_it(
+    client: FlaskClient, runtime: Runtime, queued_job: str
+) -> None:
+    """Kept in the job's events, a NUL (which PostgreSQL stores in no JSON) failed the
+    claim: a 503, and Cloud Tasks retrying the same push for ever."""
+    headers = {"X-Service-Auth": SECRET, "X-CloudTasks-TaskName": "a\x00b"}
+    response = client.post(RUN, json={"jobId": queued_job}, headers=headers)
+    assert response.status_code == 422
+    assert response.json is not None
+    assert [e["field"] for e in response.json["errors"]] == ["X-CloudTasks-TaskName"]
+    assert runtime.service.get("t1", queued_job).job.status == "queued"
+
+
 @pytest.mark.parametrize("body", [{}, {"jobId": "nope"}, {"jobId": "job_1", "extra": 1}])
 def test_a_bad_push_body_is_a_422(client: FlaskClient, body: dict[str, Any]) -> None:
     assert client.post(RUN, json=body, headers={"X-Service-Auth": SECRET}).status_code == 422
