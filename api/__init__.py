@@ -10,7 +10,7 @@ from api.auth import Certs, GoogleCerts, OidcVerifier
 from api.framing import guard_request_bodies
 from api.identity import session_secret
 from api.tenant_slots import TenantSlots
-from orchestrator import tracing
+from orchestrator import heap, tracing
 from orchestrator.ids import ID_PATTERN
 from orchestrator.limits import CreationRateLimiter
 from orchestrator.logs import configure_logging
@@ -75,4 +75,5 @@ def create_production_app() -> Flask:
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     tracing.instrument(app)
+    heap.freeze_startup_heap()
     return app

@@ -22,7 +22,7 @@ from celery.signals import (
 )
 from kombu.transport import redis as kombu_redis
 
-from orchestrator import metrics, tracing
+from orchestrator import heap, metrics, tracing
 from orchestrator.beat import CATCH_UP_TASK, FIRE_TASK, MAINTENANCE_QUEUE, cron_entry
 from orchestrator.cron import CronRegistry, crons
 from orchestrator.dispatch.celery import create_celery_app
@@ -231,13 +231,19 @@ def _start_pool_process(**_: Any) -> None:
     # OpenTelemetry's Celery spans start in each pool process (its batch exporter's thread
     # does not survive a fork), after the job modules, which may set a tracer provider.
     tracing.instrument()
+    heap.freeze_startup_heap()
 
 
 def _stop_pool_process(**_: Any) -> None:
     tracing.flush()  # the child leaves through os._exit: no exit handler sends its spans
 
 
-def _serve_worker_metrics(**_: Any) -> None:
+def _started_main_process(**_: Any) -> None:
+    heap.freeze_startup_heap()
+    _serve_worker_metrics()
+
+
+def _serve_worker_metrics() -> None:
     """A worker on its own host or container exposes the counters its processes wrote."""
     port = get_settings().worker_metrics_port
     if port is None:
@@ -248,7 +254,7 @@ def _serve_worker_metrics(**_: Any) -> None:
 
 
 setup_logging.connect(_configure_worker_logging)
-worker_ready.connect(_serve_worker_metrics)
+worker_ready.connect(_started_main_process)
 worker_init.connect(_note_main_process)
 worker_process_init.connect(_start_pool_process)
 worker_process_shutdown.connect(_stop_pool_process)

@@ -24,7 +24,7 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator import tracing
+from orchestrator import heap, tracing
 from orchestrator.admission import Admission
 from orchestrator.dispatch.celery import CeleryDispatcher
 from orchestrator.leader import Leadership
@@ -167,6 +167,7 @@ def main() -> None:
     loop = DispatchLoop(runtime)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop.set())
+    heap.freeze_startup_heap()
     loop.run()
 
 

