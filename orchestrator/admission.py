@@ -58,6 +58,11 @@ STUCK_AFTER = timedelta(seconds=10)
 # In push modes the backend cannot be asked: a delivery whose job nobody claimed this long
 # after it was due went missing.
 PUSH_MISSING_AFTER = timedelta(seconds=120)
+# A window found full is taken to stay full this long: under load, when every window is
+# full and the jobs made go to the dispatcher, a creation need not ask Redis each time.
+# A job made meanwhile into a window that had emptied waits for the dispatcher's fill,
+# as when any other job waits before it.
+SEEN_FULL_SECONDS = 0.01
 # An advisory lock's key for fills on PostgreSQL (SQLite's write lock does it there).
 FILL_LOCK = 0x6F726368
 
@@ -160,6 +165,7 @@ class Admission:
         self.admitted = 0  # in this process, for figures
         self._contending: dict[str, int] = {}  # tenants with ready jobs at the last fill
         self._full: dict[str, tuple[float, int]] = {}  # windows left full: when, holding
+        self._seen_full: dict[str, float] = {}  # windows `room` found full: until when
         self._suspects: set[int] = set()  # deliveries the last check found missing
         self._pumping = threading.local()  # a pump is running on this thread's stack
 
@@ -250,12 +256,21 @@ class Admission:
 
     def room(self, queues: set[str]) -> dict[str, int]:
         """How many more messages each queue's window takes now (Celery: what the broker
-        holds, asked before a creation's transaction); none in other modes, whose fills
-        run after it."""
+        holds, asked before a creation's transaction, except of windows found full less
+        than `SEEN_FULL_SECONDS` ago); none in other modes, whose fills run after it."""
         if self.in_process or not queues:
             return {}
+        now = time.monotonic()
+        if all(now < self._seen_full.get(q, 0.0) for q in queues):
+            return dict.fromkeys(queues, 0)
         waiting = self.dispatcher.waiting(queues) or {}
-        return {q: self.sizes.of(q) - waiting.get(q, self.sizes.of(q)) for q in queues}
+        room = {q: self.sizes.of(q) - waiting.get(q, self.sizes.of(q)) for q in queues}
+        for queue, free in room.items():
+            if free > 0:
+                self._seen_full.pop(queue, None)
+            else:
+                self._seen_full[queue] = now + SEEN_FULL_SECONDS
+        return room
 
     def admit_new(
         self, session: Session, jobs: Sequence[Job], room: dict[str, int], now: datetime

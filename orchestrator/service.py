@@ -262,19 +262,30 @@ class JobService:
     def _insert(self, rows: list[Job], heads: list[Job], now: datetime) -> None:
         """Record the rows, once, and admit the ready `heads` if nothing waits before them
         (`Admission.admit_new`, in the same transaction); then send those, or tell the
-        dispatcher there is work. `Database.unit` runs the insert again on a new
-        connection when the first was dropped; if the first had committed (the connection
-        lost inside its COMMIT), the second fails on the rows' own ids, which are there:
-        what was asked for is done."""
+        dispatcher there is work. When no window has room (a busy system) nothing is
+        admitted, and the rows (jobs and their events: one statement on PostgreSQL) run by
+        themselves in autocommit, without the round trips of BEGIN and COMMIT.
+
+        Either way the work runs again on a new connection when the server dropped the
+        first; if the first had committed (the connection lost inside its COMMIT), the
+        second fails on the rows' own ids, which are there: what was asked for is done."""
         ready = [head for head in heads if head.ready_since is not None]
         room = self.admission.room({head.queue for head in ready})
 
-        def insert(session: sa.orm.Session) -> list[Delivery]:
+        def insert_and_admit(session: sa.orm.Session) -> list[Delivery]:
             transitions.insert_pipeline(session, rows, now)
             return self.admission.admit_new(session, ready, room, now)
 
+        def insert(session: sa.orm.Session) -> list[Delivery]:
+            transitions.insert_pipeline(session, rows, now)
+            return []
+
+        admitting = any(free > 0 for free in room.values())
         try:
-            deliveries = self.database.unit(insert)
+            if admitting:
+                deliveries = self.database.unit(insert_and_admit)
+            else:
+                deliveries = self.database.statement(insert)
         except IntegrityError:
             with self.database.session() as session:
                 if session.get(Job, rows[0].id) is None:

@@ -76,14 +76,16 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
     """
     for step in steps:
         assert step.status in (JobStatus.QUEUED, JobStatus.WAITING)
-    # Fresh objects hold every value they were given in __dict__ (the rest are None).
-    rows = [{column: vars(step).get(column) for column in _JOB_COLUMNS} for step in steps]
     if _is_postgresql(session):
+        # Fresh objects hold every value they were given in __dict__; a column left out
+        # of a row is NULL there, as it would be here.
+        rows = [{k: v for k, v in vars(step).items() if k in _JOB_COLUMN_SET} for step in steps]
         # pydantic's serializer writes datetimes itself, in ISO 8601: half the time of
         # `json.dumps` calling back into Python for each of a row's timestamps.
         encoded = pydantic_core.to_json(rows).decode()
         session.execute(statements.create_postgresql(), {"b_rows": encoded, "b_now": now})
     else:
+        rows = [{column: vars(step).get(column) for column in _JOB_COLUMNS} for step in steps]
         session.execute(sa.insert(Job), rows)
         session.execute(
             sa.insert(JobEvent),
@@ -105,6 +107,7 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
 
 
 _JOB_COLUMNS = [column.key for column in Job.__table__.columns]
+_JOB_COLUMN_SET = frozenset(_JOB_COLUMNS)
 
 
 @dataclass(frozen=True)

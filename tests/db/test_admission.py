@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from orchestrator import transitions, window
 from orchestrator.db import Database
 from orchestrator.dispatch import Held
-from orchestrator.models import Job, Tenant, WindowEntry, utcnow
+from orchestrator.models import Job, JobEvent, Tenant, WindowEntry, utcnow
 from orchestrator.ready import ReadyJob
 from orchestrator.registry import load_job_modules
 from orchestrator.service import JobService, NewJob
@@ -204,6 +204,43 @@ def test_with_the_broker_away_nothing_is_admitted_nor_taken_for_missing(
     assert service.admission.find_missing() == 0  # not a reason to send all again
 
 
+class _Queues(RecordingDispatcher):
+    """Celery's dispatcher, with queues as deep as `depth` says; counts its questions."""
+
+    mode = "celery"
+
+    def __init__(self, depth: dict[str, int]) -> None:
+        super().__init__()
+        self.depth = depth
+        self.asked = 0
+
+    def waiting(self, queues: Iterable[str]) -> dict[str, int] | None:
+        self.asked += 1
+        return {queue: self.depth.get(queue, 0) for queue in queues}
+
+
+def test_a_window_found_full_is_not_asked_about_again_for_a_moment(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load every creation would ask Redis how full its window is, to learn it is
+    full; a window with room is asked each time (a creation admits into it)."""
+    admission = _service(database, window=8).admission
+    queues = _Queues({"full": 8, "roomy": 2})
+    admission.dispatcher = queues
+    monkeypatch.setattr("orchestrator.admission.SEEN_FULL_SECONDS", 60.0)
+    assert admission.room({"full"}) == {"full": 0}
+    queues.depth["full"] = 3
+    assert admission.room({"full"}) == {"full": 0}  # taken as still full
+    assert queues.asked == 1
+    assert admission.room({"full", "roomy"}) == {"full": 5, "roomy": 6}  # roomy: asked
+    assert queues.asked == 2
+    monkeypatch.setattr("orchestrator.admission.SEEN_FULL_SECONDS", 0.0)
+    queues.depth["full"] = 8
+    assert admission.room({"full"}) == {"full": 0}
+    assert admission.room({"full"}) == {"full": 0}  # the moment is over: asked again
+    assert queues.asked == 4
+
+
 def test_a_new_job_is_admitted_at_once_only_when_nobody_waits_in_its_queue(
     database: Database,
 ) -> None:
@@ -224,6 +261,34 @@ def test_a_new_job_is_admitted_at_once_only_when_nobody_waits_in_its_queue(
         }
     assert [d.job_id for d in admitted] == [first, second]
     assert {d.job_id: d.number for d in admitted} == rows
+
+
+def test_a_creation_that_admits_nothing_is_one_statement_in_autocommit(
+    database: Database,
+) -> None:
+    """Every window full: nothing to admit in the creating transaction, so the rows and
+    their events go in as one statement on the autocommit connection, without BEGIN and
+    COMMIT; the jobs and their events are there all the same."""
+    if database.dialect != "postgresql":
+        pytest.skip("on SQLite a statement is a transaction like any other")
+    service = _service(database, window=8)
+    service.admission.room = lambda queues: dict.fromkeys(queues, 0)  # type: ignore[method-assign]
+    inserts: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "INSERT INTO jobs" in statement:
+            inserts.append(statement)
+
+    sa.event.listen(database.engine, "before_cursor_execute", seen)
+    try:
+        [job_id] = _flood(service, "a", 1)
+    finally:
+        sa.event.remove(database.engine, "before_cursor_execute", seen)
+    assert inserts == []  # not on the transactional engine
+    with database.session() as session:
+        assert session.get(Job, job_id) is not None
+        kinds = session.scalars(sa.select(JobEvent.message).where(JobEvent.job_id == job_id))
+        assert kinds.all() == ["created"]
 
 
 def test_admit_records_each_jobs_row_and_numbers_its_delivery(database: Database) -> None:
