@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import metrics
-from orchestrator.prepared import PreparedStatement, StatementPool
+from orchestrator.prepared import Preparable, PreparedStatement, StatementPool
 from orchestrator.settings import Settings
 
 T = TypeVar("T")
@@ -96,9 +96,7 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def first_row(
-        self, statement: sa.Select[Any], params: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
+    def first_row(self, statement: Preparable, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run one prebuilt statement by itself (PostgreSQL, autocommit) and return its
         first row by column name, or `None`.
 

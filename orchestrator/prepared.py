@@ -36,6 +36,8 @@ from psycopg.adapt import PyFormat, Transformer
 # SQLAlchemy renders binds for psycopg as `%(name)s` and a literal percent sign as `%%`.
 _PYFORMAT = re.compile(r"%\((\w+)\)s|%%")
 _names = itertools.count(1)
+# What can be prepared: a select, or a textual statement with its result columns declared.
+Preparable = sa.Select[Any] | sa.TextualSelect
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class PreparedStatement:
     placeholders, and the conversions SQLAlchemy applies to its parameters and result
     columns (enums, JSON, UTC timestamps), found through the types' own processors."""
 
-    statement: sa.Select[Any]  # kept alive: callers cache these by the statement's id
+    statement: Preparable  # kept alive: callers cache these by the statement's id
     name: bytes
     sql: bytes
     order: tuple[str, ...]  # the parameter each `$n` stands for
@@ -56,7 +58,7 @@ class PreparedStatement:
     results: tuple[Callable[[Any], Any] | None, ...]
 
     @classmethod
-    def compile(cls, statement: sa.Select[Any], dialect: sa.Dialect) -> PreparedStatement:
+    def compile(cls, statement: Preparable, dialect: sa.Dialect) -> PreparedStatement:
         compiled = statement.compile(dialect=dialect)
         if compiled.escaped_bind_names or compiled.post_compile_params:
             # Renamed binds and expanding IN lists are not `%(name)s` in the SQL.

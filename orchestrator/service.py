@@ -263,8 +263,8 @@ class JobService:
         """Record the rows, once, and admit the ready `heads` if nothing waits before them
         (`Admission.admit_new`, in the same transaction); then send those, or tell the
         dispatcher there is work. When no window has room (a busy system) nothing is
-        admitted, and the rows (jobs and their events: one statement on PostgreSQL) run by
-        themselves in autocommit, without the round trips of BEGIN and COMMIT.
+        admitted, and the rows (jobs and their events: one statement on PostgreSQL) go in
+        by themselves, as a worker's claim does (`transitions.insert_pipeline_alone`).
 
         Either way the work runs again on a new connection when the server dropped the
         first; if the first had committed (the connection lost inside its COMMIT), the
@@ -276,16 +276,12 @@ class JobService:
             transitions.insert_pipeline(session, rows, now)
             return self.admission.admit_new(session, ready, room, now)
 
-        def insert(session: sa.orm.Session) -> list[Delivery]:
-            transitions.insert_pipeline(session, rows, now)
-            return []
-
-        admitting = any(free > 0 for free in room.values())
         try:
-            if admitting:
+            if any(free > 0 for free in room.values()):
                 deliveries = self.database.unit(insert_and_admit)
             else:
-                deliveries = self.database.statement(insert)
+                transitions.insert_pipeline_alone(self.database, rows, now)
+                deliveries = []
         except IntegrityError:
             with self.database.session() as session:
                 if session.get(Job, rows[0].id) is None:

@@ -268,18 +268,25 @@ def _insert_events(*rows: sa.Select[Any]) -> sa.CTE:
 
 
 @cache
-def create_postgresql() -> sa.TextClause:
+def create_postgresql() -> sa.TextualSelect:
     """Insert a list of job rows (one JSON array, so the statement is the same whatever the
-    count) and their `created` events: one statement for a job or a batch of a thousand."""
+    count) and their `created` events: one statement for a job or a batch of a thousand.
+    One row: how many jobs it created (a select, so that `Database.first_row` can run it)."""
     columns = ", ".join(column.name for column in JOBS.c)
-    return sa.text(
-        f"""
-        WITH created AS (
-            INSERT INTO jobs ({columns})
-            SELECT {columns} FROM jsonb_populate_recordset(NULL::jobs, CAST(:b_rows AS jsonb))
-            RETURNING id, tenant_id, status
+    return (
+        sa.text(
+            f"""
+            WITH created AS (
+                INSERT INTO jobs ({columns})
+                SELECT {columns} FROM jsonb_populate_recordset(NULL::jobs, CAST(:b_rows AS jsonb))
+                RETURNING id, tenant_id, status
+            ), events AS (
+                INSERT INTO job_events (job_id, tenant_id, attempt, at, kind, to_status, message)
+                SELECT id, tenant_id, 0, :b_now, 'transition', status, 'created' FROM created
+            )
+            SELECT count(*) AS created FROM created
+            """  # noqa: S608 (the column names come from the model, not from input)
         )
-        INSERT INTO job_events (job_id, tenant_id, attempt, at, kind, to_status, message)
-        SELECT id, tenant_id, 0, :b_now, 'transition', status, 'created' FROM created
-        """  # noqa: S608 (the column names come from the model, not from input)
-    ).bindparams(sa.bindparam("b_rows", type_=sa.Text()), sa.bindparam("b_now", type_=NOW.type))
+        .bindparams(sa.bindparam("b_rows", type_=sa.Text()), sa.bindparam("b_now", type_=NOW.type))
+        .columns(created=sa.Integer())
+    )

@@ -74,17 +74,10 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
     multi-row INSERTs: a few statements, not a unit-of-work flush per object. The Job
     objects stay as built.
     """
-    for step in steps:
-        assert step.status in (JobStatus.QUEUED, JobStatus.WAITING)
     if _is_postgresql(session):
-        # Fresh objects hold every value they were given in __dict__; a column left out
-        # of a row is NULL there, as it would be here.
-        rows = [{k: v for k, v in vars(step).items() if k in _JOB_COLUMN_SET} for step in steps]
-        # pydantic's serializer writes datetimes itself, in ISO 8601: half the time of
-        # `json.dumps` calling back into Python for each of a row's timestamps.
-        encoded = pydantic_core.to_json(rows).decode()
-        session.execute(statements.create_postgresql(), {"b_rows": encoded, "b_now": now})
+        session.execute(statements.create_postgresql(), _create_params(steps, now))
     else:
+        _check_new(steps)
         rows = [{column: vars(step).get(column) for column in _JOB_COLUMNS} for step in steps]
         session.execute(sa.insert(Job), rows)
         session.execute(
@@ -104,6 +97,32 @@ def insert_pipeline(session: Session, steps: Sequence[Job], now: datetime) -> No
         )
     for step in steps:
         metrics.count(session, "created", step.type)
+
+
+def insert_pipeline_alone(database: Database, steps: Sequence[Job], now: datetime) -> None:
+    """`insert_pipeline` in a transaction of its own: on PostgreSQL one prebuilt statement
+    on the driver's connection (`Database.first_row`), as a worker's claim is."""
+    if database.dialect != "postgresql":
+        database.statement(lambda session: insert_pipeline(session, steps, now))
+        return
+    database.first_row(statements.create_postgresql(), _create_params(steps, now))
+    for step in steps:
+        metrics.record("created", step.type)
+
+
+def _create_params(steps: Sequence[Job], now: datetime) -> dict[str, Any]:
+    """`create_postgresql`'s parameters: the rows as one JSON array."""
+    _check_new(steps)
+    # Fresh objects hold every value they were given in __dict__; a column left out of a
+    # row is NULL there, as it would be here. pydantic's serializer writes datetimes
+    # itself, in ISO 8601: half the time of `json.dumps` calling back for each of them.
+    rows = [{k: v for k, v in vars(step).items() if k in _JOB_COLUMN_SET} for step in steps]
+    return {"b_rows": pydantic_core.to_json(rows).decode(), "b_now": now}
+
+
+def _check_new(steps: Sequence[Job]) -> None:
+    for step in steps:
+        assert step.status in (JobStatus.QUEUED, JobStatus.WAITING)
 
 
 _JOB_COLUMNS = [column.key for column in Job.__table__.columns]

@@ -263,12 +263,13 @@ def test_a_new_job_is_admitted_at_once_only_when_nobody_waits_in_its_queue(
     assert {d.job_id: d.number for d in admitted} == rows
 
 
-def test_a_creation_that_admits_nothing_is_one_statement_in_autocommit(
+def test_a_creation_that_admits_nothing_is_one_prepared_statement(
     database: Database,
 ) -> None:
     """Every window full: nothing to admit in the creating transaction, so the rows and
-    their events go in as one statement on the autocommit connection, without BEGIN and
-    COMMIT; the jobs and their events are there all the same."""
+    their events go in as one statement prepared on the driver's connection, without
+    BEGIN and COMMIT; the jobs and their events are there all the same, and a repeat of
+    the same rows fails as an IntegrityError (what a creation's retry looks for)."""
     if database.dialect != "postgresql":
         pytest.skip("on SQLite a statement is a transaction like any other")
     service = _service(database, window=8)
@@ -286,9 +287,17 @@ def test_a_creation_that_admits_nothing_is_one_statement_in_autocommit(
         sa.event.remove(database.engine, "before_cursor_execute", seen)
     assert inserts == []  # not on the transactional engine
     with database.session() as session:
-        assert session.get(Job, job_id) is not None
+        job = session.get(Job, job_id)
+        assert job is not None
         kinds = session.scalars(sa.select(JobEvent.message).where(JobEvent.job_id == job_id))
         assert kinds.all() == ["created"]
+        session.expunge(job)
+    with pytest.raises(sa.exc.IntegrityError):
+        transitions.insert_pipeline_alone(database, [Job.fresh(**_columns(job))], utcnow())
+
+
+def _columns(job: Job) -> dict[str, Any]:
+    return {c.key: getattr(job, c.key) for c in Job.__table__.columns}
 
 
 def test_admit_records_each_jobs_row_and_numbers_its_delivery(database: Database) -> None:
