@@ -50,6 +50,9 @@ def _problem_of(value: object, depth: int, settings: Settings) -> str | None:
         return text_problem(value)
     if isinstance(value, dict | list):
         return _container_problem(value, depth, settings)
+    if isinstance(value, float) and not math.isfinite(value):
+        # Python's JSON reads NaN and Infinity; JSON has no such numbers, nor has jsonb.
+        return "is not a finite number"
     return None
 
 

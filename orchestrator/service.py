@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -440,7 +440,9 @@ class JobService:
     @staticmethod
     def _run_at(request: NewJob, now: datetime) -> datetime | None:
         if request.run_at is not None and request.run_at > now:
-            return request.run_at
+            # In UTC, as every time stored: an offset with seconds (a caller's own tzinfo)
+            # has no place in the ISO 8601 that carries the rows to PostgreSQL.
+            return request.run_at.astimezone(UTC)
         if request.delay_seconds:
             return now + timedelta(seconds=request.delay_seconds)
         return None

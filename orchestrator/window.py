@@ -100,8 +100,10 @@ class WindowSizes:
             return
         rate = taken / seconds
         old = self._rate.get(queue)
-        if dry:  # a floor: taken whole when above the figure, which is then too low
-            self._rate[queue] = max(rate, old or 0.0)
+        if dry:  # a floor: taken when above the figure, which is then too low
+            # ...but at most doubling it: a window emptied by a broker's flush or restart,
+            # not by the workers, would give any figure at all.
+            self._rate[queue] = rate if old is None else max(old, min(rate, 2 * old))
         else:
             self._rate[queue] = self._smooth(old, rate)
 

@@ -230,3 +230,20 @@ def test_a_step_filter_no_job_can_hold_is_a_422(client: FlaskClient, escape: str
     join = flow["pipeline"]["steps"][1]["id"]
     answer = client.get(f"/v1/jobs/{join}/children?step={escape}", headers=headers)
     assert answer.status_code == 422, answer.get_data()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_a_number_json_has_not_is_a_422_naming_it(
+    client: FlaskClient, runtime: Runtime, number: str
+) -> None:
+    """Python's JSON reads NaN and Infinity; PostgreSQL's jsonb has no such numbers (a 500
+    there, before), and SQLite would have kept what no client can read back."""
+    body = '{"type": "TEST_FLAKY", "input": {"deep": [1, %s]}}' % number  # noqa: UP031
+    response = client.post(
+        "/v1/jobs",
+        data=body,
+        headers={"X-Tenant-ID": "tnt_text", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert [e["field"] for e in response.get_json()["errors"]] == ["input.deep.1"]
+    _nothing_written(runtime)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from orchestrator import transition_statements as statements
 from orchestrator import transitions, window
 from orchestrator.db import Database
 from orchestrator.dispatch import Held
@@ -168,6 +169,9 @@ def test_a_window_found_empty_never_slows_the_pace_it_is_sized_by() -> None:
     assert sizes.of("q") == 500
     sizes.observe_drain("q", taken=100, seconds=0.1)  # not dry: slower workers count
     assert sizes.of("q") == 450  # smoothed: 2,000 + 0.2 x (1,000 - 2,000) a second
+    # A window a broker's flush emptied: any figure at all, taken as at most double.
+    sizes.observe_drain("q", taken=100_000, seconds=0.1, dry=True)
+    assert sizes.of("q") == 900
 
 
 def test_a_delay_keeps_a_job_out_of_the_window_until_due(database: Database) -> None:
@@ -286,6 +290,7 @@ def test_a_creation_that_admits_nothing_is_one_prepared_statement(
     finally:
         sa.event.remove(database.engine, "before_cursor_execute", seen)
     assert inserts == []  # not on the transactional engine
+    assert id(statements.create_postgresql()) in database._prepared  # but prepared
     with database.session() as session:
         job = session.get(Job, job_id)
         assert job is not None

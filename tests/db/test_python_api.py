@@ -6,7 +6,7 @@ been dispatched."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -86,6 +86,15 @@ def test_run_at_and_priority(runtime: Runtime) -> None:
     at = datetime.now(UTC) + timedelta(hours=2)
     later = orchestrator.schedule_job("TEST_ECHO_UPSTREAM", tenant_id="tnt_a", at=at, priority=9)
     assert later.job.run_at == at and later.job.priority == 9
+
+
+def test_a_time_in_the_callers_zone_is_kept_to_the_second(runtime: Runtime) -> None:
+    """Whatever its zone (here an offset with seconds, which ISO 8601 text may drop), the
+    time stored is the instant the caller named."""
+    zone = timezone(timedelta(minutes=19, seconds=32))
+    at = (datetime.now(UTC) + timedelta(hours=2)).astimezone(zone).replace(microsecond=0)
+    later = orchestrator.schedule_job("TEST_ECHO_UPSTREAM", tenant_id="tnt_a", at=at)
+    assert orchestrator.get_job(later.job.id, tenant_id="tnt_a").job.run_at == at
 
 
 def test_a_send_in_the_callers_transaction_runs_once_it_commits(runtime: Runtime) -> None:

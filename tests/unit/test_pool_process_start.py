@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import celery_app
+from orchestrator import celery_app, heap
 from orchestrator.runtime import Runtime
 
 
@@ -25,7 +25,9 @@ class FakeRuntime:
 
 
 @pytest.fixture(autouse=True)
-def no_runtime() -> Any:
+def no_runtime(monkeypatch: pytest.MonkeyPatch) -> Any:
+    # A pool process freezes its heap once started; the test process's must stay as it is.
+    monkeypatch.setattr(heap, "freeze_startup_heap", lambda: None)
     Runtime._current = None
     yield
     Runtime._current = None
