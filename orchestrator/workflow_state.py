@@ -86,20 +86,20 @@ def _status(gates: Sequence[Job], steps: Sequence[StepState]) -> str:
     return JobStatus.RUNNING.value
 
 
-class Standing(NamedTuple):
+class JobStanding(NamedTuple):
     status: JobStatus
     result: Any
     finished_at: datetime | None
 
 
-def standing(job: Job, steps: Sequence[Job], workflow: WorkflowState | None) -> Standing:
+def standing(job: Job, steps: Sequence[Job], workflow: WorkflowState | None) -> JobStanding:
     """How the job stands; a workflow's first gate stands for the run (its id is the
     workflow's): the run's status, its last gate's result once it succeeded, and when it
     finished."""
     if workflow is None or job.step_index != 0:
-        return Standing(job.status, job.result, job.finished_at)
+        return JobStanding(job.status, job.result, job.finished_at)
     status, last = JobStatus(workflow.status), steps[-1]
-    return Standing(
+    return JobStanding(
         status,
         last.result if status is JobStatus.SUCCEEDED else None,
         last.finished_at if status.is_terminal else None,
