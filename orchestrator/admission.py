@@ -264,8 +264,10 @@ class Admission:
         if all(now < self._seen_full.get(q, 0.0) for q in queues):
             return dict.fromkeys(queues, 0)
         waiting = self.dispatcher.waiting(queues) or {}
-        room = {q: self.sizes.of(q) - waiting.get(q, self.sizes.of(q)) for q in queues}
-        for queue, free in room.items():
+        room = {}
+        for queue in queues:
+            size = self.sizes.of(queue)
+            room[queue] = free = size - waiting.get(queue, size)
             if free > 0:
                 self._seen_full.pop(queue, None)
             else:
