@@ -115,7 +115,8 @@ def create_job() -> Response:
     _check_rate(identity.tenant_id)
     body = CreateJob.model_validate(json_body())
     if not _is_public(body.type):
-        raise UnknownJobType(body.type)  # system job types are not the public's to create
+        # System job types are not the public's to create, nor named to it.
+        raise UnknownJobType(body.type, service().registry.public_names())
     outcome = service().create(_new_job(identity, body, _idempotency_key(body)))
     # 201 for a new job; 200 when an idempotent repeat returns the job made before.
     response = json_response(JobOut.of_details(outcome.details), 201 if outcome.created else 200)
@@ -132,10 +133,9 @@ def create_jobs() -> Response:
     key = _checked_key(request.headers.get(IDEMPOTENCY_HEADER), MAX_BATCH_KEY_LENGTH)
     for index, body in enumerate(batch.jobs):
         if not _is_public(body.type):
+            unknown = UnknownJobType(body.type, service().registry.public_names())
             raise Problem(
-                422,
-                "Unknown job type",
-                errors=[FieldError(f"jobs.{index}.type", f"unknown job type {body.type!r}")],
+                422, "Unknown job type", errors=[FieldError(f"jobs.{index}.type", str(unknown))]
             )
     requests = [_new_job(identity, body, body.idempotencyKey) for body in batch.jobs]
     # A repeat of a keyed batch creates nothing, so it costs no tokens.

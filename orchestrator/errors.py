@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -40,9 +42,23 @@ class IdempotencyConflict(OrchestratorError):
 
 
 class UnknownJobType(OrchestratorError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"unknown job type {name!r}")
+    """A name no job type has; the message offers the closest known name and lists them
+    (the first `LISTED` of them), so a typo is fixed from the error alone."""
+
+    LISTED = 20
+
+    def __init__(self, name: str, known: Sequence[str] = ()) -> None:
+        super().__init__(f"unknown job type {name!r}{_known_hint(name, known, self.LISTED)}")
         self.name = name
+
+
+def _known_hint(name: str, known: Sequence[str], listed: int) -> str:
+    if not known:
+        return ""
+    close = difflib.get_close_matches(name, known, n=1)
+    guess = f"; did you mean {close[0]!r}?" if close else ";"
+    more = f" and {len(known) - listed} more" if len(known) > listed else ""
+    return f"{guess} known types: {', '.join(known[:listed])}{more}"
 
 
 @dataclass(frozen=True)

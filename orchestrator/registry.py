@@ -99,7 +99,7 @@ class Registry:
     def get(self, name: str) -> JobType:
         found = self._find(name)
         if found is None:
-            raise UnknownJobType(name)
+            raise UnknownJobType(name, self.public_names())
         return found
 
     def resolve(self, name: str) -> JobType:

@@ -296,6 +296,27 @@ def test_an_unknown_type_is_a_422_on_the_type_field(
     assert row_counts(runtime) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/jobs", {"type": "ANALYZE_INSPECTON"}, "type"),
+        ("/v1/jobs:batch", {"jobs": [{"type": "ANALYZE_INSPECTON"}]}, "jobs.0.type"),
+    ],
+)
+def test_an_unknown_type_is_answered_with_the_closest_public_one(
+    client: FlaskClient, tenant: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    """A typo is fixed from the answer alone; system types (ANALYZE_ROOM, archival) are
+    not the public's to create, so they are not named to it either."""
+    response = client.post(path, json=body, headers=tenant_headers(tenant))
+    problem = assert_problem(response, 422, path)
+    [error] = problem["errors"]
+    assert error["field"] == field
+    assert "did you mean 'ANALYZE_INSPECTION'?" in error["message"]
+    assert "ANALYZE_ROOM" not in error["message"] and "ARCHIVE" not in error["message"]
+    assert "ANALYZE_ROOM" not in response.get_data(as_text=True)
+
+
 def test_invalid_input_gets_field_level_errors(
     client: FlaskClient, runtime: Runtime, tenant: str
 ) -> None:

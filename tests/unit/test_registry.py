@@ -149,6 +149,31 @@ def test_unknown_type_lookup(reg: Registry) -> None:
     assert 42 not in reg
 
 
+def test_an_unknown_type_names_the_closest_and_lists_the_public_ones(reg: Registry) -> None:
+    define(reg, "SEND_INVOICE")
+    define(reg, "RESIZE_IMAGE")
+    define_job("INTERNAL_SWEEP", public=False, target=reg)(handler)
+    with pytest.raises(UnknownJobType) as info:
+        reg.get("SEND_INVOCE")
+    message = str(info.value)
+    assert message == (
+        "unknown job type 'SEND_INVOCE'; did you mean 'SEND_INVOICE'? "
+        "known types: RESIZE_IMAGE, SEND_INVOICE"
+    )
+    with pytest.raises(UnknownJobType) as system:
+        reg.get("INTERNAL_SWEEPS")
+    assert "did you mean" not in str(system.value)
+    assert "INTERNAL_SWEEP" not in str(system.value).replace("'INTERNAL_SWEEPS'", "")
+
+
+def test_the_list_of_known_types_is_bounded() -> None:
+    many = [f"TYPE_{n:03}" for n in range(UnknownJobType.LISTED + 5)]
+    message = str(UnknownJobType("ZZZ", many))
+    assert "did you mean" not in message
+    assert message.endswith(f"TYPE_{UnknownJobType.LISTED - 1:03} and 5 more")
+    assert str(UnknownJobType("ZZZ")) == "unknown job type 'ZZZ'"
+
+
 def test_pipeline_of_follows_then_in_order(reg: Registry) -> None:
     define(reg, "C", input=Defaults)
     define(reg, "A", then="B")
