@@ -46,7 +46,7 @@ from orchestrator.states import JobStatus
 from orchestrator.text import name_problem, text_problem
 from orchestrator.transitions import Rerun
 from orchestrator.workflow_state import WorkflowState, workflow_state
-from orchestrator.workflows import Workflow, gate_name
+from orchestrator.workflows import Workflow, changed_since_run, gate_name
 
 log = logging.getLogger("orchestrator.service")
 
@@ -729,8 +729,11 @@ class JobService:
         ).all()
         if any(not member.status.is_terminal for member in stage):
             raise JobConflict(f"workflow {run}: wait until its jobs have stopped, then retry")
+        workflow = self.registry.get(first.type).workflow
+        if (gates_now := workflow.gates if workflow else 1) != len(gates):
+            raise JobConflict(changed_since_run(first.type, len(gates), gates_now))
         lost = [member for member in stage if member.status is not JobStatus.SUCCEEDED]
-        reruns = _reruns(self.registry, self.registry.get(first.type).workflow, lost)
+        reruns = _reruns(self.registry, workflow, lost)
         if first.step_index == 0:
             again = transitions.requeue(session, first, budget, now, run_at=now)
         else:

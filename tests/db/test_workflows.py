@@ -14,8 +14,10 @@ import sqlalchemy as sa
 
 import orchestrator
 from orchestrator.models import Job, JobEvent
+from orchestrator.registry import Registry
 from orchestrator.runtime import Runtime
 from orchestrator.states import JobStatus
+from orchestrator.workflows import define_workflow, step
 from tests.db.conftest import runs
 
 
@@ -198,3 +200,66 @@ def test_a_workflow_that_succeeded_is_not_retried(runtime: Runtime) -> None:
     sent = orchestrator.send_job("TEST_FLOW", {"items": ["a"]}, tenant_id="tnt_a")
     with pytest.raises(orchestrator.errors.JobConflict, match="is succeeded"):
         orchestrator.retry_job(sent.job.id, tenant_id="tnt_a")
+
+
+def _redefine_flow_with_one_stage(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deploy that changes TEST_FLOW: the same name and input, one stage, not three."""
+    known = runtime.registry
+    changed = Registry()
+    changed.add(known.get("TEST_FLOW_PREPARE"))
+    define_workflow(
+        "TEST_FLOW",
+        input=known.get("TEST_FLOW").input_model,
+        steps=[step("prepare", "TEST_FLOW_PREPARE")],
+        target=changed,
+    )
+    monkeypatch.setitem(known._types, "TEST_FLOW", changed.get("TEST_FLOW"))
+
+
+def test_a_run_whose_workflow_changed_since_it_was_sent_fails_at_its_next_gate(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's gates were made for the old stages: its next gate fails for good, naming
+    the change, rather than spawning the new definition's steps into the old run's places."""
+    sent = orchestrator.schedule_job("TEST_FLOW", {"items": ["a"]}, tenant_id="tnt_a", delay=3600)
+    _redefine_flow_with_one_stage(runtime, monkeypatch)
+    with runtime.database.transaction() as session:  # its time comes
+        now = runtime.service.clock()
+        session.execute(
+            sa.update(Job).where(Job.id == sent.job.id).values(run_at=now, ready_since=now)
+        )
+    runtime.runner.run(sent.job.id)
+    gates, steps = _rows(runtime, sent.job.id)
+    assert gates[0].status is JobStatus.FAILED and steps == {}
+    assert gates[0].error_message == (
+        "workflow TEST_FLOW changed since this run started (4 gates, now 2): send it again"
+    )
+    assert {g.status for g in gates[1:]} == {JobStatus.CANCELLED}
+
+
+def test_a_run_whose_workflow_changed_is_not_retried_by_hand(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry by hand would rerun the old stage's jobs under a definition that no longer
+    has them: it is refused with the reason (a 409 over HTTP), and nothing is changed."""
+    sent = orchestrator.send_job(
+        "TEST_FLOW", {"items": ["a", "b"], "failOnce": ["b"]}, tenant_id="tnt_a"
+    )
+    gates, steps = _rows(runtime, sent.job.id)
+    assert gates[2].status is JobStatus.CANCELLED
+    failed = next(j for j in steps["items"] if j.status is JobStatus.FAILED)
+    before = _states(runtime, sent.job.id)
+    _redefine_flow_with_one_stage(runtime, monkeypatch)
+    for target in (failed.id, sent.job.id):
+        with pytest.raises(orchestrator.errors.JobConflict) as refused:
+            orchestrator.retry_job(target, tenant_id="tnt_a")
+        assert str(refused.value) == (
+            "workflow TEST_FLOW changed since this run started (4 gates, now 2): send it again"
+        )
+    assert _states(runtime, sent.job.id) == before
+
+
+def _states(runtime: Runtime, head: str) -> list[tuple[str, str, int]]:
+    gates, steps = _rows(runtime, head)
+    jobs = gates + [job for each in steps.values() for job in each]
+    return [(job.id, job.status.value, job.requeues) for job in jobs]
