@@ -17,6 +17,7 @@ from orchestrator.settings import ConfigurationError, DispatchMode, Settings
 
 CELERY_APP = "tasks.worker"
 WSGI_APP = "api:create_production_app()"
+WEB_WORKER_CLASS = "api.gunicorn_worker.WholeRequestWorker"
 PROCESS_NAMES = ("web", "worker", "beat", "flower", "dispatcher")
 
 
@@ -45,7 +46,8 @@ def web(settings: Settings) -> list[str]:
         _executable("gunicorn"),
         f"--bind={settings.host}:{settings.port}",
         f"--workers={settings.web_workers}",
-        "--worker-class=gthread",
+        # gthread, with each request read whole before a thread takes it (slow clients).
+        f"--worker-class={WEB_WORKER_CLASS}",
         f"--threads={settings.web_threads}",
         f"--timeout={settings.web_timeout}",
         f"--graceful-timeout={settings.web_timeout}",

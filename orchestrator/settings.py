@@ -95,10 +95,21 @@ class Settings(BaseSettings):
     # requests that parse and validate JSON scale with processes (bench/RESULTS.md).
     web_workers: int = Field(4, ge=1, le=64, description="gunicorn worker processes.")
     web_threads: int = Field(
-        2, ge=1, le=64, description="Threads per gunicorn worker (gthread: keep-alive clients)."
+        2,
+        ge=1,
+        le=64,
+        description="Threads per gunicorn worker: requests run at once (a request reaches "
+        "one only once it has arrived whole, so slow clients hold none).",
     )
     web_timeout: int = Field(
         30, ge=1, description="Seconds gunicorn lets a request run (and finish on shutdown)."
+    )
+    web_read_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds a client has to send a whole request from its first byte; "
+        "slower ones get a 408 without ever holding one of the web's threads.",
     )
     state_dir: Path = Field(
         Path(".orchestrator"),

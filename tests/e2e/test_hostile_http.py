@@ -1,9 +1,12 @@
 """Hostile HTTP against the real web server (`make run`'s gunicorn): broken framing over a
-raw socket, and a storm of cancels of running jobs whose handlers ignore the interrupt,
-while another tenant reads. Each gets a 4xx or an answer at once; the others stay fast."""
+raw socket, slow clients by the dozen (a head or a body a few bytes at a time, connections
+that send nothing), oversized bodies, and a storm of cancels of running jobs whose
+handlers ignore the interrupt, while another tenant reads. Each gets a 4xx or an answer at
+once; the others stay fast."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -21,6 +24,8 @@ CANCELS = 100
 RUNNING = 8
 READER_P99_SECONDS = 0.2
 HEALTHZ_SECONDS = 0.1
+SLOW_CLIENTS = 50
+READ_TIMEOUT = 3  # ORCH_WEB_READ_TIMEOUT: seconds a client has to send a whole request
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,10 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     state = tmp_path_factory.mktemp("hostile")
     # Eight worker processes: eight handlers running at once that ignore the interrupt.
     system = DevSystem.prepare(
-        state, ORCH_JOB_MODULES="tests.jobtypes", ORCH_WORKER_CONCURRENCY=str(RUNNING)
+        state,
+        ORCH_JOB_MODULES="tests.jobtypes",
+        ORCH_WORKER_CONCURRENCY=str(RUNNING),
+        ORCH_WEB_READ_TIMEOUT=str(READ_TIMEOUT),
     ).start()
     yield system
     system.stop()
@@ -69,6 +77,117 @@ def test_broken_framing_is_a_400_problem(system: DevSystem, request_bytes: bytes
     status, body = _raw(system, request_bytes)
     assert status == 400, body
     assert body["status"] == 400
+
+
+def _answer(sock: socket.socket) -> tuple[int, bytes, bytes]:
+    """Read one whole answer (status, head, body) from a socket that gets no other."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[
+            1
+        ]
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+def _connect(system: DevSystem) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", int(system.env["PORT"])), timeout=30)
+
+
+SLOW_HEAD = b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: tnt_slow\r\n"
+SLOW_BODY = HEAD + b"Content-Length: 100000\r\n\r\n{"
+
+
+@pytest.mark.parametrize(
+    ("start", "drip"),
+    [(SLOW_HEAD, b"X-A: b\r\n"), (SLOW_BODY, b" "), (b"", b"")],
+    ids=["slow-head", "slow-body", "silent"],
+)
+def test_slow_clients_hold_no_thread_and_get_a_408(
+    system: DevSystem, start: bytes, drip: bytes
+) -> None:
+    """Fifty clients that send their request a few bytes at a time (or nothing at all)
+    while another tenant reads: its reads and /healthz stay fast, since no thread waits
+    on a slow client, and each slow client that sent something gets a 408 problem once
+    ORCH_WEB_READ_TIMEOUT has passed since its first byte (a silent one is closed)."""
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(_connect(system)) for _ in range(SLOW_CLIENTS)]
+        for client in clients:
+            client.sendall(start)
+        reader = Reader(system)
+        reader.start()
+        try:
+            deadline = time.monotonic() + READ_TIMEOUT + 2
+            while time.monotonic() < deadline:
+                for client in clients:
+                    with contextlib.suppress(OSError):  # closed by the server after its 408
+                        client.sendall(drip)
+                time.sleep(0.5)
+        finally:
+            reader.stop.set()
+            reader.join(30)
+        assert reader.errors == [] and len(reader.reads) > 10
+        slowest = (max(reader.reads), max(reader.health))
+        assert max(slowest) <= 1.0, slowest
+        for client in clients:
+            if start:
+                status, head, body = _answer(client)
+                assert status == 408 and b"application/problem+json" in head
+                assert json.loads(body)["status"] == 408
+            else:
+                assert client.recv(1) == b""  # closed without an answer
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        HEAD + b"Content-Length: 2000000\r\n\r\n{",
+        HEAD
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"100000\r\n"
+        + b" " * 0x100000
+        + b"\r\n1\r\n",
+    ],
+    ids=["declared", "chunked"],
+)
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(
+    system: DevSystem, request_bytes: bytes
+) -> None:
+    """Over 1 MiB, declared or sent in chunks: a 413 problem at once, the rest unread
+    (a chunked one was cut at 1 MiB and handed to the view before)."""
+    with _connect(system) as client:
+        client.sendall(request_bytes)
+        status, head, body = _answer(client)
+    assert status == 413 and b"application/problem+json" in head
+    assert json.loads(body)["status"] == 413
+
+
+def test_a_request_in_pieces_and_two_at_once_are_answered(system: DevSystem) -> None:
+    """What slow-client handling must not break: a head and body sent in pieces (within
+    the read timeout), `Expect: 100-continue` (answered before the body is sent), and two
+    requests in one packet on a kept-alive connection."""
+    body = json.dumps({"type": "TEST_ECHO_UPSTREAM"}).encode()
+    head = HEAD + b"Content-Length: %d\r\n" % len(body)
+    with _connect(system) as client:
+        for piece in (head[:20], head[20:], b"\r\n", body[:5], body[5:]):
+            client.sendall(piece)
+            time.sleep(0.2)
+        assert _answer(client)[0] == 201
+        client.sendall(head + b"Expect: 100-continue\r\n\r\n")
+        assert client.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        client.sendall(body)
+        status, _, answered = _answer(client)
+        assert status == 201, answered
+        get = b"GET /v1/jobs?limit=1 HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: tnt_raw\r\n\r\n"
+        client.sendall(get + get)
+        assert [_answer(client)[0], _answer(client)[0]] == [200, 200]
 
 
 def _statuses(system: DevSystem, job_ids: list[str]) -> list[str]:
