@@ -7,6 +7,7 @@ from werkzeug.routing import BaseConverter
 
 from api import admin, dashboard, errors, health, internal, jobs, metrics, openapi, operator
 from api.auth import Certs, GoogleCerts, OidcVerifier
+from api.bodies import refuse_unstorable_fields
 from api.framing import guard_request_bodies
 from api.identity import session_secret
 from api.tenant_slots import TenantSlots
@@ -50,6 +51,7 @@ def create_app(
     # Half a process's threads at most for one tenant's cancels and retries.
     app.extensions["tenant_slots"] = TenantSlots(settings.web_threads // 2)
     errors.init_app(app)
+    app.before_request(refuse_unstorable_fields)
     app.wsgi_app = guard_request_bodies(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, url_for
 
 from api.auth import service_auth_required
-from api.bodies import json_body
-from api.schemas import ArchiveRequest, MaintenanceRunOut, TenantStandingOut
+from api.bodies import json_body, json_response
+from api.schemas import ArchiveRequest, JobOut, MaintenanceRunOut, TenantStandingOut
 from orchestrator import tenant_stats
 from orchestrator.archival import recent_runs
 from orchestrator.runtime import Runtime
@@ -38,8 +38,17 @@ def trigger_archive() -> Response:
     job = created.details.job
     response = jsonify(jobId=job.id, tenantId=job.tenant_id, status=job.status.value)
     response.status_code = 202
-    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    response.headers["Location"] = url_for("admin.maintenance_job", job_id=job.id)
     return response
+
+
+@blueprint.get("/maintenance/jobs/<job:job_id>")
+@service_auth_required
+def maintenance_job(job_id: str) -> Response:
+    """A job of the system tenant's (archival, cron jobs not per tenant): no tenant may act
+    as that one, so operators read them here."""
+    settings = runtime().settings
+    return json_response(JobOut.of_details(runtime().service.get(settings.system_tenant, job_id)))
 
 
 @blueprint.get("/maintenance/runs")

@@ -19,7 +19,8 @@ check below lets through (a malformed request the parser reads further than it).
 - `Expect: 100-continue` is answered as soon as the head is in, so that a client that
   waits for it sends its body.
 
-Each answer is problem+json, as the app's are.
+Each answer is problem+json, as the app's are, and so are those gunicorn writes itself for
+a request its parser refuses (its own are HTML pages).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from enum import Enum
 from functools import partial
 from typing import Any
 
+from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from api import MAX_BODY_BYTES
 from orchestrator.settings import get_settings
 
 MAX_HEAD_BYTES = 64 * 1024
-RECV_BYTES = 64 * 1024
+RECV_BYTES = 1024 * 1024  # as much as has come: a batch's body whole, often
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 MAX_CHUNK_LINE = 1024  # a chunk's size line (with extensions) longer than this is refused
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -151,6 +153,11 @@ def problem(status: int, title: str, detail: str) -> bytes:
     return head.encode() + body
 
 
+def _write_problem(sock: Any, status: int, reason: str, message: str) -> None:
+    """`gunicorn.util.write_error`'s place: the same answer, as problem+json."""
+    util.write_nonblock(sock, problem(status, reason, message))
+
+
 class _ReadAhead:
     """A client socket whose next reads return what the event loop read already. Put
     in blocking mode (a thread's turn), it blocks for `timeout` seconds at most."""
@@ -184,13 +191,21 @@ class _Reading:
         self.held = len(held)
         self.framer = Framer()
         self.continued = False
+        self.polled = False  # on the poller, waiting for more
 
 
 class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no types
     """`gthread`, but a thread gets a connection once its request is all in memory."""
 
     def init_process(self) -> None:
+        # gunicorn answers a request it cannot parse (two Content-Lengths, a NUL in a
+        # header, a head field too long) itself, as an HTML page; in this process, as
+        # problem+json, like every other answer of the API.
+        util.write_error = _write_problem
         self.read_seconds = get_settings().web_read_timeout
+        # What each read fills: one, reused (only the event loop's thread reads into it).
+        self.buffer = bytearray(RECV_BYTES)
+        self.view = memoryview(self.buffer)
         # Connections whose request is still arriving, oldest first.
         self.reading: dict[TConn, _Reading] = {}
         super().init_process()
@@ -217,9 +232,12 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
         state = _Reading(time.monotonic() + self.read_seconds, held + conn.sock.early)
         conn.sock.setblocking(False)
         self.reading[conn] = state
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
-        if state.data:
-            self._judge(conn, state)
+        # Most requests are in already (a kept-alive connection comes here once readable):
+        # read now, and wait on the poller only for the rest. A trip through the poller
+        # costs this thread the interpreter lock again, behind the request threads.
+        if not self._read(conn, state):
+            state.polled = True
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
 
     def finish_request(self, conn: TConn, fs: Any) -> None:
         super().finish_request(conn, fs)
@@ -231,27 +249,38 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             self.enqueue_req(conn)
 
     def _readable(self, conn: TConn, _client: Any) -> None:
-        state = self.reading[conn]
-        try:
-            data = conn.sock.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(conn)
-            return
-        if not data:  # the client's side is closed: the parser says what it sent
-            self._hand_over(conn, state) if state.data else self._close(conn)
-            return
-        state.data += data
-        self._judge(conn, state)
+        self._read(conn, self.reading[conn])
 
-    def _judge(self, conn: TConn, state: _Reading) -> None:
+    def _read(self, conn: TConn, state: _Reading) -> bool:
+        """Read all that has come (a batch's body arrives in many segments: each trip
+        through the poller would wait for the interpreter lock again); whether the
+        connection left this stage, to a thread or closed."""
+        while True:
+            try:
+                size = conn.sock.sock.recv_into(self.buffer)
+            except (BlockingIOError, InterruptedError):
+                return self._judge(conn, state) if state.data else False
+            except OSError:
+                self._close(conn)
+                return True
+            if not size:  # the client's side is closed: the parser says what it sent
+                if state.data:
+                    self._hand_over(conn, state)
+                else:
+                    self._close(conn)
+                return True
+            state.data += self.view[:size]
+            if size < RECV_BYTES or state.framer.judge(bytes(state.data)) is not Framing.PARTIAL:
+                return self._judge(conn, state)
+
+    def _judge(self, conn: TConn, state: _Reading) -> bool:
+        """Whether the request is in (and gone to a thread) or refused; else wait on."""
         verdict = state.framer.judge(bytes(state.data))
         if verdict is Framing.PARTIAL:
             if state.framer.expects_continue and not state.continued:
                 state.continued = True
                 self._send(conn, _CONTINUE)
-            return
+            return False
         if verdict is Framing.HEAD_TOO_LARGE:
             self._refuse(
                 conn, problem(431, "Request Header Fields Too Large", "The head is too large.")
@@ -261,6 +290,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             self._refuse(conn, problem(413, "Content Too Large", limit))
         else:
             self._hand_over(conn, state)
+        return True
 
     def _hand_over(self, conn: TConn, state: _Reading) -> None:
         self._stop_reading(conn)
@@ -295,8 +325,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             conn.sock.sock.send(data)
 
     def _stop_reading(self, conn: TConn) -> None:
-        del self.reading[conn]
-        self.poller.unregister(conn.sock)
+        if self.reading.pop(conn).polled:
+            self.poller.unregister(conn.sock)
 
     def _close(self, conn: TConn) -> None:
         if conn in self.reading:

@@ -55,7 +55,16 @@ def auth_mode() -> AuthMode:
 
 
 def current_identity(*, allow_session: bool = False) -> Identity:
-    """The caller's tenant, or a 400/401 problem. `allow_session`: the dashboard's login."""
+    """The caller's tenant, or a 400/401 problem. `allow_session`: the dashboard's login.
+    The system's own tenant (`ORCH_SYSTEM_TENANT`, archival's jobs and their per-tenant
+    reports) is nobody's to act as, whatever the way in."""
+    identity = _identity(allow_session)
+    if identity.tenant_id == _runtime().settings.system_tenant:
+        raise Problem(400, "Invalid tenant", f"{identity.tenant_id!r} is the system's own tenant.")
+    return identity
+
+
+def _identity(allow_session: bool) -> Identity:
     if auth_mode() is AuthMode.TRUSTED_HEADERS:
         if allow_session and TENANT_HEADER not in request.headers and may_pick_tenant():
             picked = session.get(SESSION_PICKED)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from api.internal import WorkerRun
@@ -148,6 +148,7 @@ class Operation:
     body_required: bool = True
     problems: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[int, dict[str, Any]] = field(default_factory=dict)  # answers' headers
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -166,6 +167,9 @@ def operations() -> list[Operation]:
             body={"$ref": "#/components/schemas/NewJob"},
             problems=(400, 401, 409, 413, 422, 429),
             extra={"parameters": [_idempotency_header(256)]},
+            headers={
+                201: {"Location": {"description": "The job's URL", "schema": {"type": "string"}}}
+            },
         ),
         Operation(
             "post",
@@ -272,6 +276,15 @@ def operations() -> list[Operation]:
             body=ArchiveRequest,
             body_required=False,
             problems=(400, 401, 413, 422),
+        ),
+        Operation(
+            "get",
+            "/admin/maintenance/jobs/{job_id}",
+            "A system job (archival's, a cron job's not per tenant)",
+            "admin",
+            "service",
+            {200: JobOut},
+            problems=(401, 404, 410),
         ),
         Operation(
             "get",
@@ -386,7 +399,10 @@ def build_document(settings: Settings, registry: Registry) -> dict[str, Any]:
             "description": "A multi-tenant background-job orchestrator on Celery.",
         },
         "paths": _paths(),
-        "components": {"schemas": components, "securitySchemes": _security_schemes(settings)},
+        "components": {
+            "schemas": components,
+            "securitySchemes": _security_schemes(settings),
+        },
         "security": [],
     }
 
@@ -394,11 +410,17 @@ def build_document(settings: Settings, registry: Registry) -> dict[str, Any]:
 def _new_job_schema(registry: Registry, components: dict[str, Any]) -> dict[str, Any]:
     """One body per public job type: `type` fixed, `input` that type's own schema."""
     base = CreateJob.model_json_schema(ref_template=REF)
+    aliases, one_of_each = _other_names(CreateJob, base["properties"])
     variants = []
     for name in registry.public_names():
         input_schema = registry.get(name).input_model.model_json_schema(ref_template=REF)
         components.update(input_schema.pop("$defs", {}))
-        properties = {**base["properties"], "type": {"const": name}, "input": input_schema}
+        properties = {
+            **base["properties"],
+            **aliases,
+            "type": {"const": name},
+            "input": input_schema,
+        }
         variants.append(
             {
                 "type": "object",
@@ -407,9 +429,28 @@ def _new_job_schema(registry: Registry, components: dict[str, Any]) -> dict[str,
                 "required": ["type", "input"] if input_schema.get("required") else ["type"],
                 "additionalProperties": False,
                 "title": f"New {name} job",
+                **({"allOf": one_of_each} if one_of_each else {}),
             }
         )
     return {"oneOf": variants, "discriminator": {"propertyName": "type"}}
+
+
+def _other_names(
+    model: type[BaseModel], properties: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A field's other accepted names (`AliasChoices`: `inspectionId` for `subject`), as
+    properties of their own, and for each, that a body gives one name or the other."""
+    extra: dict[str, Any] = {}
+    exclusive = []
+    for name, info in model.model_fields.items():
+        if not isinstance(info.validation_alias, AliasChoices):
+            continue
+        for other in info.validation_alias.choices[1:]:
+            described = f"Another name for `{name}`: give one or the other."
+            same = {k: v for k, v in properties[name].items() if k != "title"}
+            extra[str(other)] = {**same, "description": described}
+            exclusive.append({"not": {"required": [name, str(other)]}})
+    return extra, exclusive
 
 
 def _paths() -> dict[str, Any]:
@@ -452,6 +493,8 @@ def _responses(op: Operation) -> dict[str, Any]:
     for code, model in op.responses.items():
         description = "OK" if code < 300 else "See body"
         responses[str(code)] = {"description": description}
+        if code in op.headers:
+            responses[str(code)]["headers"] = op.headers[code]
         if model is None:
             responses[str(code)]["content"] = {"text/plain": {"schema": {"type": "string"}}}
         else:

@@ -70,7 +70,8 @@ def _rfc3339_text(value: object) -> object:
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
 # Request bodies take JSON's own types: `{"dryRun": 0}` or `{"limit": "5"}` is a 422, not
 # a guess. (Query strings are text, so their models convert.)
-STRICT_BODY = ConfigDict(extra="forbid", strict=True)
+# NaN and Infinity: JSON has no such numbers, though Python reads them.
+STRICT_BODY = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class CreateJob(BaseModel):
@@ -87,7 +88,12 @@ class CreateJob(BaseModel):
     )
     idempotencyKey: Name | None = Field(None, min_length=1, max_length=256)
     delaySeconds: float | None = Field(None, ge=0, le=MAX_DELAY.total_seconds())
-    runAt: Timestamp | None = Field(None, ge=EARLIEST_RUN_AT, strict=False)
+    runAt: Timestamp | None = Field(
+        None,
+        strict=False,
+        description="When to run, RFC 3339 (`2026-12-24T18:00:00Z`): from 2000-01-01, at "
+        f"most {MAX_DELAY.days} days ahead.",
+    )
     priority: int = Field(
         DEFAULT_PRIORITY,
         ge=MIN_PRIORITY,
@@ -107,6 +113,8 @@ class CreateJob(BaseModel):
     def _within_reach(cls, value: datetime | None) -> datetime | None:
         if value is not None and value > datetime.now(UTC) + MAX_DELAY:
             raise ValueError(f"is more than {MAX_DELAY.days} days ahead")
+        if value is not None and value < EARLIEST_RUN_AT:
+            raise ValueError(f"is before {EARLIEST_RUN_AT.isoformat().replace('+00:00', 'Z')}")
         return value
 
 

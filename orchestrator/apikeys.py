@@ -35,8 +35,14 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(database: Database, tenant_id: str, name: str) -> IssuedKey:
+def create_key(
+    database: Database, tenant_id: str, name: str, *, system_tenant: str | None = None
+) -> IssuedKey:
+    """A new key for `tenant_id`; never for `system_tenant`, the system's own, whose jobs
+    hold every tenant's archival counts."""
     require_tenant_id(tenant_id)
+    if tenant_id == system_tenant:
+        raise OrchestratorError(f"tenant {tenant_id!r} is the system's own: no key acts as it")
     key_id = secrets.token_hex(6)
     key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     with database.transaction() as session:

@@ -252,7 +252,9 @@ def api_keys_create(tenant: str, name: str) -> None:
     from orchestrator.apikeys import create_key  # noqa: PLC0415
     from orchestrator.db import Database  # noqa: PLC0415
 
-    issued = create_key(Database.from_settings(get_settings()), tenant, name)
+    settings = get_settings()
+    database = Database.from_settings(settings)
+    issued = create_key(database, tenant, name, system_tenant=settings.system_tenant)
     click.echo(issued.key)
     click.echo(
         f"key {issued.id} for tenant {tenant}; store it now, it is not shown again", err=True

@@ -6,6 +6,7 @@ changes go through `orchestrator.transitions`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -321,7 +322,7 @@ class JobService:
                 return None
             if len(heads) != len(requests) or any(
                 request.idempotency_key not in heads
-                or heads[request.idempotency_key].request_digest != request.digest()
+                or heads[request.idempotency_key].request_digest not in self._digests(request)
                 for request in requests
             ):
                 raise IdempotencyConflict(key)
@@ -355,9 +356,19 @@ class JobService:
                 sa.select(Job).where(
                     Job.tenant_id == request.tenant_id,
                     Job.idempotency_key == legacy_key,
-                    Job.request_digest == request.digest(),
+                    Job.request_digest.in_(self._digests(request)),
                 )
             )
+
+    def _digests(self, request: NewJob) -> set[str]:
+        """The digests a stored job of the same request has: of its input with its type's
+        defaults filled in (so `{}` and the defaults spelled out are one request), or, for
+        one stored before digests were taken so, of its input as sent."""
+        digests = {request.digest()}
+        with contextlib.suppress(InvalidInput, UnknownJobType):
+            data = self.registry.pipeline_of(request.type)[0].validate_input(request.input)
+            digests.add(replace(request, input=data.model_dump(mode="json")).digest())
+        return digests
 
     def _problems_of(self, request: NewJob) -> list[FieldError]:
         if request.idempotency_key:
@@ -395,7 +406,7 @@ class JobService:
             job = self._legacy_item(request, f"{key[:-2]}{LEGACY_ITEM}")
         if job is None:
             return None
-        if job.request_digest != request.digest():
+        if job.request_digest not in self._digests(request):
             raise IdempotencyConflict(request.idempotency_key or "")
         return Created(self.get(request.tenant_id, job.id), created=False)
 
@@ -424,7 +435,8 @@ class JobService:
             steps.append(step)
         head = steps[0]
         head.idempotency_key = request.idempotency_key
-        head.request_digest = request.digest() if request.idempotency_key else None
+        if request.idempotency_key:  # its input as stored: with its type's defaults
+            head.request_digest = replace(request, input=head.input).digest()
         head.run_at = self._run_at(request, now)
         # The outbox entry: ready now, or (delayed) once the dispatcher finds it due.
         head.ready_since = None if head.run_at else now

@@ -10,7 +10,9 @@ a 4xx (a 422 naming the field, for bodies), never a 500, and nothing is written.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 from orchestrator.models import Job, JobEvent
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, load_settings
+from orchestrator.text import NUL_PROBLEM
 
 SERVICE = {"X-Service-Auth": "dev-secret"}
 
@@ -247,3 +250,50 @@ def test_a_number_json_has_not_is_a_422_naming_it(
     assert response.status_code == 422, response.get_data(as_text=True)
     assert [e["field"] for e in response.get_json()["errors"]] == ["input.deep.1"]
     _nothing_written(runtime)
+
+
+def _routes(client: FlaskClient) -> list[tuple[str, str]]:
+    """Every route of the app (the dashboard's and the operator console's too, which the
+    OpenAPI document leaves out), with a job id wherever a path takes one."""
+    routes = []
+    for rule in client.application.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<[^>]+>", JOB_ID, rule.rule)
+        routes += [(method, path) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return routes
+
+
+def test_a_query_field_no_store_takes_is_a_422_naming_it_on_every_route(
+    client: FlaskClient,
+) -> None:
+    """The dashboard's filters and cursor went to the database as they came: a NUL was a
+    500 there (found by a review), where the JSON API answered 422."""
+    routes = _routes(client)
+    assert any(path.startswith("/dashboard") for _, path in routes)
+    assert any(path.startswith("/ops") for _, path in routes)
+    for method, path in routes:
+        response = client.open(
+            f"{path}?limit=5&type=a%00b", method=method, headers={"X-Tenant-ID": "tnt_text"}
+        )
+        _names_the_field(response, "type", (method, path))
+
+
+def _names_the_field(response: Any, field: str, where: object) -> None:
+    """A 422 naming the field: in problem+json, or in the dashboard's error page."""
+    assert response.status_code == 422, (where, response.status_code)
+    if response.mimetype == "text/html":
+        assert html.escape(f"{field} {NUL_PROBLEM}") in response.get_data(as_text=True), where
+    else:
+        assert response.get_json()["errors"] == [{"field": field, "message": NUL_PROBLEM}]
+
+
+def test_a_form_field_no_store_takes_is_a_422_naming_it(client: FlaskClient) -> None:
+    posts = [path for method, path in _routes(client) if method == "POST"]
+    forms = [path for path in posts if path.startswith(("/dashboard", "/ops"))]
+    assert len(forms) >= 3, posts
+    for path in forms:
+        response = client.post(
+            path, data={"job": "a\x00b", "action": "retry"}, headers={"X-Tenant-ID": "tnt_text"}
+        )
+        _names_the_field(response, "job", path)

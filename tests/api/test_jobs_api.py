@@ -5,11 +5,13 @@ Dispatch is inline: the POST that creates a job runs its whole pipeline before a
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import jsonschema
 import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
@@ -240,17 +242,27 @@ def test_an_invalid_user_header_is_refused(client: FlaskClient, runtime: Runtime
 
 
 @pytest.mark.parametrize(
-    "payload",
-    [b"{not json", b"", b'{"type": "ANALYZE_INSPECTION",', b"null", b"\xff\xfe\x00"],
-    ids=["garbage", "empty", "truncated", "null", "not-utf8"],
+    ("payload", "detail"),
+    [
+        (b"{not json", "is not JSON (Expecting property name enclosed in double quotes"),
+        (b"", "is empty"),
+        (b'{"type": "ANALYZE_INSPECTION",', "is not JSON (Expecting property name"),
+        (b"null", "is null"),
+        (b"\xff\xfe\x00", "is not UTF-8 text"),
+        (b"\xc3(", "is not UTF-8 text"),
+        (b'{"priority": ' + b"9" * 5000 + b"}", "is not JSON (Exceeds the limit (4300 digits)"),
+        (b"[" * 5000 + b"]" * 5000, "is nested too deeply"),
+    ],
+    ids=["garbage", "empty", "truncated", "null", "utf-16-broken", "not-utf8", "digits", "deep"],
 )
-def test_a_body_that_is_not_json_is_a_400(
-    client: FlaskClient, runtime: Runtime, tenant: str, payload: bytes
+def test_a_body_that_is_not_json_is_a_400_saying_why(
+    client: FlaskClient, runtime: Runtime, tenant: str, payload: bytes, detail: str
 ) -> None:
     response = client.post(
         "/v1/jobs", data=payload, content_type="application/json", headers=tenant_headers(tenant)
     )
-    assert_problem(response, 400, "/v1/jobs")
+    problem = assert_problem(response, 400, "/v1/jobs")
+    assert problem["detail"].startswith(f"The request body {detail}"), problem["detail"]
     assert row_counts(runtime) == (0, 0)
 
 
@@ -356,6 +368,8 @@ def test_missing_input_fields_are_named(client: FlaskClient, runtime: Runtime, t
         # Times that would not convert to UTC, or be read back, in every database.
         ({**README_JOB, "runAt": "9999-12-31T23:30:00-01:00"}, "runAt"),
         ({**README_JOB, "runAt": "0001-01-01T00:00:00+01:00"}, "runAt"),
+        ({**README_JOB, "runAt": "1999-12-31T23:59:59Z"}, "runAt"),
+        ({**README_JOB, "delaySeconds": float("nan")}, "delaySeconds"),
     ],
     ids=[
         "extra-field",
@@ -370,6 +384,8 @@ def test_missing_input_fields_are_named(client: FlaskClient, runtime: Runtime, t
         "nul-input-key",
         "far-run-at",
         "ancient-run-at",
+        "run-at-before-2000",
+        "nan-delay",
     ],
 )
 def test_a_malformed_request_body_is_a_422(
@@ -379,6 +395,22 @@ def test_a_malformed_request_body_is_a_422(
     problem = assert_problem(response, 422, "/v1/jobs")
     assert any(f == field or f.startswith(f"{field}.") for f in error_fields(problem)), problem
     assert row_counts(runtime) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"runAt": "1999-12-31T23:59:59Z"}, "Value error, is before 2000-01-01T00:00:00Z"),
+        ({"delaySeconds": float("nan")}, "Input should be a finite number"),
+    ],
+)
+def test_a_422_says_what_is_wrong_in_the_clients_words(
+    client: FlaskClient, tenant: str, extra: dict[str, Any], message: str
+) -> None:
+    """Not Python's (`datetime.datetime(2000, ...)`), nor a bound NaN happened to miss."""
+    response = client.post("/v1/jobs", json={**README_JOB, **extra}, headers=tenant_headers(tenant))
+    [error] = assert_problem(response, 422, "/v1/jobs")["errors"]
+    assert error["message"] == message
 
 
 # --- reading a job, and tenant isolation ---------------------------------------------------
@@ -845,6 +877,47 @@ def test_a_lone_job_keyed_before_migration_0011_answers_either_repeat(
     )
     assert (single.status_code, single.get_json()["id"]) == (200, made["id"])
     assert (batch.status_code, batch.get_json()["jobs"][0]["id"]) == (200, made["id"])
+
+
+def test_the_readme_request_is_valid_by_the_openapi_document(client: FlaskClient) -> None:
+    """A client that checks its bodies against the document sends the README's own
+    request (`inspectionId`, the other name of `subject`); both names at once it refuses,
+    as the API does. The answer's `Location` is declared, and only JSON Schema's words."""
+    document = client.get("/openapi.json").get_json()
+    new_job = {"$ref": "#/components/schemas/NewJob", "components": document["components"]}
+    jsonschema.validate(README_JOB, new_job)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**README_JOB, "subject": "insp_1"}, new_job)
+    created = document["paths"]["/v1/jobs"]["post"]["responses"]["201"]
+    assert "Location" in created["headers"]
+    jsonschema.Draft202012Validator.check_schema(new_job)
+    assert '"ge"' not in json.dumps(document) and '"le"' not in json.dumps(document)
+
+
+def test_a_repeat_that_spells_out_the_defaults_is_the_same_request(
+    client: FlaskClient, runtime: Runtime, tenant: str
+) -> None:
+    """An input with its type's defaults left out and one with them spelled out make the
+    same job, so under one key they are one request (the second was a 409, while an
+    explicit default priority was already a 200). A job keyed before digests were taken
+    of the input with its defaults still answers a repeat of what was sent."""
+    keyed = tenant_headers(tenant, **{"Idempotency-Key": "defaults"})
+    first = client.post("/v1/jobs", json={"type": "TEST_FLAKY"}, headers=keyed)
+    spelled = {"type": "TEST_FLAKY", "input": {"failTimes": 0}, "priority": 5}
+    again = client.post("/v1/jobs", json=spelled, headers=keyed)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.get_json()["id"] == first.get_json()["id"]
+    other = client.post(
+        "/v1/jobs", json={"type": "TEST_FLAKY", "input": {"failTimes": 1}}, headers=keyed
+    )
+    assert other.status_code == 409
+
+    with runtime.database.transaction() as session:  # a digest of the input as it was sent
+        sent = NewJob(tenant_id=tenant, type="TEST_FLAKY", input={}).digest()
+        session.execute(
+            sa.update(Job).where(Job.id == first.get_json()["id"]).values(request_digest=sent)
+        )
+    assert client.post("/v1/jobs", json={"type": "TEST_FLAKY"}, headers=keyed).status_code == 200
 
 
 def test_a_join_shows_its_children_and_a_child_its_join(client: FlaskClient, tenant: str) -> None:

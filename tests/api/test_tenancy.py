@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 
 import api
 from orchestrator import apikeys
+from orchestrator.errors import OrchestratorError
 from orchestrator.runtime import Runtime
 from orchestrator.settings import ConfigurationError, Settings, load_settings
 from tests import REAL_SECRET
@@ -55,6 +56,7 @@ TENANT_COLLECTION_ROUTES = {
 SERVICE_ROUTES = {
     ("POST", "/admin/maintenance/archive"),
     ("GET", "/admin/maintenance/runs"),
+    ("GET", "/admin/maintenance/jobs/<job:job_id>"),
     ("GET", "/admin/tenants/stats"),
     ("POST", "/admin/maintenance/sweep"),
     ("POST", "/admin/maintenance/reap"),
@@ -169,8 +171,9 @@ def test_tenant_credentials_open_no_service_route(
 ) -> None:
     alice = key_for(runtime, "alice")
     for method, rule in sorted(SERVICE_ROUTES & routes(app)):
+        path = re.sub(r"<[^>]+>", "job_" + "0" * 28, rule)
         for headers in ({}, alice, {"X-Service-Auth": SECRET[:-1]}, {"X-Tenant-ID": "alice"}):
-            response = client.open(rule, method=method, headers=headers, json={})
+            response = client.open(path, method=method, headers=headers, json={})
             assert response.status_code == 401, (method, rule, headers)
             assert "detail" not in (response.get_json() or {})
 
@@ -203,6 +206,28 @@ def test_api_keys_map_to_tenants_and_revocation_is_immediate(
     assert client.get("/v1/jobs", headers=headers).status_code == 401
     stored = apikeys.list_keys(runtime.database, "carol")[0]
     assert issued.key not in json.dumps(stored.__dict__, default=str)
+
+
+def test_nobody_acts_as_the_system_tenant(
+    client: FlaskClient, runtime: Runtime, sqlite_url: str
+) -> None:
+    """Archival's jobs are the system tenant's, and their results count every tenant's
+    jobs: a key made for it (by hand, in the database) opens nothing, and the CLI's path
+    refuses to make one; trusted headers naming it are refused too (below)."""
+    system = runtime.settings.system_tenant
+    made = apikeys.create_key(runtime.database, system, "smuggled")
+    for path in ("/v1/jobs", "/v1/stats"):
+        response = client.get(path, headers={"Authorization": f"Bearer {made.key}"})
+        assert response.status_code == 400, response.get_data(as_text=True)
+        assert response.get_json()["detail"] == f"'{system}' is the system's own tenant."
+    with pytest.raises(OrchestratorError, match="is the system's own"):
+        apikeys.create_key(runtime.database, system, "again", system_tenant=system)
+
+    dev = load_settings(env="development", database_url=sqlite_url, dispatch_mode="inline")
+    dev_client = api.create_app(runtime=Runtime.build(dev)).test_client()
+    answer = dev_client.get("/v1/jobs", headers={"X-Tenant-ID": dev.system_tenant})
+    assert answer.status_code == 400
+    assert dev_client.get("/v1/jobs", headers={"X-Tenant-ID": "alice"}).status_code == 200
 
 
 @pytest.mark.parametrize(

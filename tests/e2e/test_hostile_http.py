@@ -70,13 +70,34 @@ HEAD = (
         HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcXX\r\n0\r\n\r\n",  # no terminator
         HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nab",  # the connection ends mid-chunk
         HEAD + b'Content-Length: 100\r\n\r\n{"type":',  # shorter than it said
+        # Refused by gunicorn's parser before the app (an HTML page of gunicorn's before).
+        HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        HEAD + b"Content-Length: -2\r\n\r\n{}",
+        HEAD + b"X-Odd: a\x00b\r\nContent-Length: 2\r\n\r\n{}",
     ],
-    ids=["bad-chunk-size", "missing-chunk-terminator", "truncated-chunk", "short-body"],
+    ids=[
+        "bad-chunk-size",
+        "missing-chunk-terminator",
+        "truncated-chunk",
+        "short-body",
+        "chunked-and-length",
+        "two-lengths",
+        "negative-length",
+        "nul-in-header",
+    ],
 )
 def test_broken_framing_is_a_400_problem(system: DevSystem, request_bytes: bytes) -> None:
     status, body = _raw(system, request_bytes)
     assert status == 400, body
     assert body["status"] == 400
+
+
+@pytest.mark.parametrize("field", [b"Idempotency-Key: " + b"k" * 9000, b"X-Big: " + b"b" * 70_000])
+def test_an_oversized_head_is_a_431_problem(system: DevSystem, field: bytes) -> None:
+    """One field past gunicorn's 8,190 bytes, or a head past 64 KiB (this worker's)."""
+    status, body = _raw(system, HEAD + field + b"\r\nContent-Length: 2\r\n\r\n{}")
+    assert status == 431, body
 
 
 def _answer(sock: socket.socket) -> tuple[int, bytes, bytes]:
