@@ -213,6 +213,12 @@ def archive(*, dry_run: bool = False) -> Call[Json]:
     return Call("POST", "/admin/maintenance/archive", _itself, body={"dryRun": dry_run})
 
 
+def maintenance_job(job_id: str) -> Call[Job]:
+    """A job of the system tenant's, such as the one `archive` started, with its result
+    (`GET /admin/maintenance/jobs/{id}`): no tenant's credentials read those."""
+    return Call("GET", f"/admin/maintenance/jobs/{quote(job_id, safe='')}", _itself)
+
+
 def maintenance_runs() -> Call[list[Json]]:
     """The recent archival runs, newest first (`GET /admin/maintenance/runs`)."""
     return Call("GET", "/admin/maintenance/runs", _key("runs"))

@@ -159,6 +159,7 @@ class AdminClient(Connection):
         super().__init__(base_url, service_headers(service_secret), timeout=timeout, http=http)
 
     archive = _route(routes.archive)
+    maintenance_job = _route(routes.maintenance_job)
     maintenance_runs = _route(routes.maintenance_runs)
     tenant_stats = _route(routes.tenant_stats)
     sweep = _route(routes.sweep)

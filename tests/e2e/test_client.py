@@ -203,6 +203,8 @@ def test_admin_client_runs_the_operators_routes(server: Served) -> None:
         started = admin.archive(dry_run=True)
         assert started["tenantId"] == server.runtime.settings.system_tenant
         assert started["jobId"] in {run["jobId"] for run in admin.maintenance_runs()}
+        archival = admin.maintenance_job(started["jobId"])
+        assert archival["status"] == "succeeded" and archival["result"]["dryRun"] is True
         tenant = Client(server.url, api_key=server.api_key("tnt_admin"))
         tenant.schedule_job("TEST_ECHO_UPSTREAM", delay=600)
         standing = {t["tenantId"]: t for t in admin.tenant_stats()}["tnt_admin"]
@@ -239,6 +241,7 @@ def test_the_clients_cover_every_route_of_the_api_admin_and_probes(server: Serve
         routes.health(),
         routes.readiness(),
         routes.archive(),
+        routes.maintenance_job(UNKNOWN_JOB),
         routes.maintenance_runs(),
         routes.tenant_stats(),
         routes.sweep(),
