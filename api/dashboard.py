@@ -403,7 +403,9 @@ def _picker_page(error: str | None = None, status: int = 200) -> tuple[str, int]
     page = render_template(
         "dashboard/tenant.html",
         next=_safe_next(),
-        tenants=known_tenants(_runtime().database),
+        tenants=[
+            t for t in known_tenants(_runtime().database) if t != _runtime().settings.system_tenant
+        ],
         current=session.get("picked_tenant"),
         error=error,
     )

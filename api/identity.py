@@ -135,6 +135,8 @@ def pick_tenant(tenant: str) -> str | None:
     tenant = tenant.strip()
     if problem := tenant_id_problem(tenant):
         return f"A tenant id {problem}."
+    if tenant == _runtime().settings.system_tenant:
+        return f"{tenant!r} is the system's own tenant."
     session[SESSION_PICKED] = tenant
     return None
 

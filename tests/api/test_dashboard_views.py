@@ -20,6 +20,7 @@ import api
 from api import dashboard, dashboard_chart
 from orchestrator.models import Job
 from orchestrator.runtime import Runtime
+from orchestrator.service import NewJob
 from orchestrator.settings import load_settings
 from tests import REAL_SECRET
 from tests.recording import recording_service
@@ -255,6 +256,17 @@ def test_a_browser_in_development_picks_its_tenant(
         "/dashboard/tenant", data={"tenant": "bad tenant!", "csrf_token": _csrf(picker)}
     )
     assert refused.status_code == 400 and "must match" in refused.get_data(as_text=True)
+    # The system's own tenant (archival's jobs, which count every tenant's) is nobody's.
+    system = client.application.extensions["orchestrator"].settings.system_tenant
+    client.application.extensions["orchestrator"].service.create(
+        NewJob(tenant_id=system, type="ANALYZE_INSPECTION", input=ANALYZE["input"])
+    )
+    picker = client.get(asked.headers["Location"]).get_data(as_text=True)
+    assert f'data-tenant="{system}"' not in picker
+    smuggled = client.post(
+        "/dashboard/tenant", data={"tenant": system, "csrf_token": _csrf(picker)}
+    )
+    assert smuggled.status_code == 400 and "is the system" in smuggled.get_data(as_text=True)
     chosen = client.post(
         "/dashboard/tenant", data={"tenant": tenant, "next": path, "csrf_token": _csrf(picker)}
     )
