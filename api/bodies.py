@@ -41,7 +41,7 @@ def _parsed(raw: bytes) -> Any:
     except RecursionError:
         why = "is nested too deeply"
     except ValueError as exc:  # not JSON, or a number of thousands of digits
-        why = f"is not JSON ({str(exc).split(';')[0]})"
+        why = f"cannot be read as JSON ({str(exc).split(';')[0]})"
     else:
         if body is not None:
             return body

@@ -6,16 +6,17 @@ request slowly (a header line every few seconds, a body a byte at a time) holds 
 for as long as it likes, and a web process has few: a handful of such clients stopped the
 API, `/healthz` included, for every tenant.
 
-Here the worker's event loop reads requests without blocking, and a thread gets a
-connection only once its request's head and body are all in memory. What a thread then
-reads comes from memory; its socket has a timeout besides, for whatever the framing
-check below lets through (a malformed request the parser reads further than it).
+Here the worker's event loop reads requests without blocking (where a request ends is
+`api.http_framing`'s to say), and a thread gets a connection only once its request's head
+and body are all in memory. What the thread's parser reads comes from memory; should it
+read further (framing misjudged), it may wait until the request's deadline and no later.
 
-- A request not received whole within `ORCH_WEB_READ_TIMEOUT` seconds of its first byte:
-  408, and the connection is closed. A connection that sends nothing is closed at
-  gunicorn's keep-alive timeout, as before.
+- A request not received whole within `ORCH_WEB_READ_TIMEOUT` seconds: 408, and the
+  connection is closed (one that sent nothing is closed without an answer).
 - A head over `MAX_HEAD_BYTES`: 431. A body over the API's limit (`MAX_BODY_BYTES`),
   declared or chunked: 413, without reading it.
+- The requests still arriving may hold `READING_BUDGET` bytes between them, past the first
+  `FREE_BYTES` of each: a request that would need more is a 503 (Retry-After: 1).
 - `Expect: 100-continue` is answered as soon as the head is in, so that a client that
   waits for it sends its body.
 
@@ -32,7 +33,6 @@ import re
 import selectors
 import socket
 import time
-from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -40,115 +40,25 @@ from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from api import MAX_BODY_BYTES
+from api.http_framing import Framer, Framing
 from orchestrator.settings import get_settings
 
-MAX_HEAD_BYTES = 64 * 1024
 RECV_BYTES = 1024 * 1024  # as much as has come: a batch's body whole, often
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-MAX_CHUNK_LINE = 1024  # a chunk's size line (with extensions) longer than this is refused
+FREE_BYTES = 64 * 1024
+READING_BUDGET = 64 * 1024 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EXPECT = re.compile(rb"(?<=\r\n)expect:[ \t]*100-continue[ \t]*\r\n", re.IGNORECASE)
 
 
-class Framing(Enum):
-    """How far the bytes received so far go toward one whole request."""
-
-    PARTIAL = "partial"  # more to come
-    WHOLE = "whole"  # a request, or bytes the parser will refuse: a thread's turn
-    HEAD_TOO_LARGE = "head too large"
-    BODY_TOO_LARGE = "body too large"
-
-
-class Framer:
-    """Where a connection's next request stands, from its bytes so far. Each call's `data`
-    is the last call's and more; a chunked body's framing is read once, not again at each
-    call (a body of tiny chunks would cost the event loop its square). Framing the parser
-    would refuse (a Content-Length that is no number, a chunk size that is no hex) counts
-    as whole: the parser answers 400."""
-
-    def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
-        self.max_body = max_body
-        self.expects_continue = False
-        self._body_at: int | None = None
-        self._declared = 0  # Content-Length, for a body that is not chunked
-        self._chunked = False
-        self._next_chunk = 0  # where the next chunk's size line starts
-        self._total = 0  # the chunks' bytes so far
-
-    def judge(self, data: bytes) -> Framing:
-        if self._body_at is None and (verdict := self._head(data)) is not None:
-            return verdict
-        assert self._body_at is not None
-        if self._chunked:
-            return self._chunks(data)
-        return Framing.WHOLE if len(data) - self._body_at >= self._declared else Framing.PARTIAL
-
-    def _head(self, data: bytes) -> Framing | None:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return Framing.HEAD_TOO_LARGE if len(data) > MAX_HEAD_BYTES else Framing.PARTIAL
-        if end > MAX_HEAD_BYTES:
-            return Framing.HEAD_TOO_LARGE
-        headers = _headers(data[:end])
-        self.expects_continue = headers.get(b"expect", b"").strip().lower() == b"100-continue"
-        self._body_at = self._next_chunk = end + 4
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            self._chunked = True
-            return None
-        declared = headers.get(b"content-length", b"0").strip()
-        if not declared.isdigit():
-            return Framing.WHOLE  # the parser refuses it
-        if int(declared) > self.max_body:
-            return Framing.BODY_TOO_LARGE
-        self._declared = int(declared)
-        return None
-
-    def _chunks(self, data: bytes) -> Framing:
-        assert self._body_at is not None
-        # Framing beyond a quarter of the limit (thousands of tiny chunks): refused, so that
-        # the sizes this loop reads stay few.
-        if len(data) - self._body_at > self.max_body + self.max_body // 4 + MAX_CHUNK_LINE:
-            return Framing.BODY_TOO_LARGE
-        while True:
-            line_end = data.find(b"\r\n", self._next_chunk)
-            if line_end < 0:
-                unended = len(data) - self._next_chunk
-                return Framing.PARTIAL if unended <= MAX_CHUNK_LINE else Framing.WHOLE
-            text = data[self._next_chunk : line_end].split(b";", 1)[0].strip()
-            if not _CHUNK_SIZE.fullmatch(text):
-                return Framing.WHOLE  # the parser refuses it
-            size = int(text, 16)
-            if self._total + size > self.max_body:
-                return Framing.BODY_TOO_LARGE
-            if size == 0:  # the last chunk, then trailer fields up to an empty line
-                done = data.startswith(b"\r\n\r\n", line_end) or b"\r\n\r\n" in data[line_end:]
-                return Framing.WHOLE if done else Framing.PARTIAL
-            following = line_end + 2 + size + 2
-            if following > len(data):
-                return Framing.PARTIAL
-            self._total += size
-            self._next_chunk = following
-
-
-def _headers(head: bytes) -> dict[bytes, bytes]:
-    """The head's fields by lower-case name (a repeated one: the values joined, so that
-    two Content-Lengths are no number, and the parser refuses them)."""
-    fields: dict[bytes, bytes] = {}
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        key = name.strip().lower()
-        fields[key] = fields[key] + b"," + value if key in fields else value
-    return fields
-
-
-def problem(status: int, title: str, detail: str) -> bytes:
+def problem(status: int, title: str, detail: str, *, retry_after: int | None = None) -> bytes:
     """A whole HTTP answer that closes the connection."""
     body = json.dumps(
         {"type": "about:blank", "title": title, "status": status, "detail": detail}
     ).encode()
+    retry = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
     head = (
         f"HTTP/1.1 {status} {title}\r\nContent-Type: application/problem+json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"{retry}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -159,23 +69,29 @@ def _write_problem(sock: Any, status: int, reason: str, message: str) -> None:
 
 
 class _ReadAhead:
-    """A client socket whose next reads return what the event loop read already. Put
-    in blocking mode (a thread's turn), it blocks for `timeout` seconds at most."""
+    """A client socket whose next reads return what the event loop read already. Reads
+    from the socket itself wait until `deadline` at the latest (the request's); sends are
+    the socket's own."""
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.timeout = timeout
         self.early = bytearray()
+        self.deadline = float("inf")
 
     def recv(self, size: int, *flags: int) -> bytes:
         if self.early:
             data = bytes(self.early[:size])
             del self.early[:size]
             return data
-        return self.sock.recv(size, *flags)
-
-    def setblocking(self, blocking: bool) -> None:
-        self.sock.settimeout(self.timeout if blocking else 0.0)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not received in time")
+        previous = self.sock.gettimeout()
+        self.sock.settimeout(left if previous is None else min(previous, left))
+        try:
+            return self.sock.recv(size, *flags)
+        finally:
+            self.sock.settimeout(previous)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)
@@ -193,6 +109,11 @@ class _Reading:
         self.continued = False
         self.polled = False  # on the poller, waiting for more
 
+    @property
+    def charged(self) -> int:
+        """What it counts against `READING_BUDGET`."""
+        return max(0, len(self.data) - FREE_BYTES)
+
 
 class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no types
     """`gthread`, but a thread gets a connection once its request is all in memory."""
@@ -202,15 +123,22 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
         # header, a head field too long) itself, as an HTML page; in this process, as
         # problem+json, like every other answer of the API.
         util.write_error = _write_problem
-        self.read_seconds = get_settings().web_read_timeout
+        self.prepare_reading(get_settings().web_read_timeout)
+        super().init_process()
+
+    def prepare_reading(self, read_seconds: float) -> None:
+        self.read_seconds = read_seconds
         # What each read fills: one, reused (only the event loop's thread reads into it).
         self.buffer = bytearray(RECV_BYTES)
         self.view = memoryview(self.buffer)
-        # Connections whose request is still arriving, oldest first.
+        # Connections whose request is still arriving, oldest first, and their bytes.
         self.reading: dict[TConn, _Reading] = {}
-        super().init_process()
+        self.reading_bytes = 0
 
     def accept(self, listener: socket.socket) -> None:
+        if self.cfg.is_ssl:  # a TLS handshake is a thread's work, as in gthread
+            super().accept(listener)
+            return
         try:
             client, address = listener.accept()
         except OSError as exc:
@@ -219,23 +147,24 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             return
         self.nr_conns += 1
         conn = TConn(self.cfg, client, address, listener.getsockname())
-        conn.sock = _ReadAhead(conn.sock, self.read_seconds)
+        conn.sock = _ReadAhead(conn.sock)
         self.enqueue_req(conn)
 
     def enqueue_req(self, conn: TConn) -> None:
         """Every way to a thread comes here (a new connection, a kept-alive one that became
         readable, one with bytes of its next request read already): read first."""
-        if self.cfg.is_ssl or not isinstance(conn.sock, _ReadAhead):
+        if not isinstance(conn.sock, _ReadAhead):
             super().enqueue_req(conn)
             return
         held = conn.parser.unreader.buf.getvalue() if conn.parser is not None else b""
         state = _Reading(time.monotonic() + self.read_seconds, held + conn.sock.early)
         conn.sock.setblocking(False)
         self.reading[conn] = state
+        self.reading_bytes += state.charged
         # Most requests are in already (a kept-alive connection comes here once readable):
         # read now, and wait on the poller only for the rest. A trip through the poller
         # costs this thread the interpreter lock again, behind the request threads.
-        if not self._read(conn, state):
+        if not self._guarded_read(conn):
             state.polled = True
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
 
@@ -249,7 +178,17 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             self.enqueue_req(conn)
 
     def _readable(self, conn: TConn, _client: Any) -> None:
-        self._read(conn, self.reading[conn])
+        self._guarded_read(conn)
+
+    def _guarded_read(self, conn: TConn) -> bool:
+        """`_read`, with a failure of its own ending this connection only: raised into
+        gunicorn's event loop, it would end the worker and every request on it."""
+        try:
+            return self._read(conn, self.reading[conn])
+        except Exception:
+            self.log.exception("error reading a request from %s", conn.client)
+            self._close(conn)
+            return True
 
     def _read(self, conn: TConn, state: _Reading) -> bool:
         """Read all that has come (a batch's body arrives in many segments: each trip
@@ -269,13 +208,19 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
                 else:
                     self._close(conn)
                 return True
+            charged = state.charged
             state.data += self.view[:size]
-            if size < RECV_BYTES or state.framer.judge(bytes(state.data)) is not Framing.PARTIAL:
+            self.reading_bytes += state.charged - charged
+            if self.reading_bytes > READING_BUDGET:
+                busy = "Too many requests are arriving at once; send it again in a second."
+                self._refuse(conn, problem(503, "Service Unavailable", busy, retry_after=1))
+                return True
+            if size < RECV_BYTES or state.framer.judge(state.data) is not Framing.PARTIAL:
                 return self._judge(conn, state)
 
     def _judge(self, conn: TConn, state: _Reading) -> bool:
         """Whether the request is in (and gone to a thread) or refused; else wait on."""
-        verdict = state.framer.judge(bytes(state.data))
+        verdict = state.framer.judge(state.data)
         if verdict is Framing.PARTIAL:
             if state.framer.expects_continue and not state.continued:
                 state.continued = True
@@ -295,9 +240,14 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
     def _hand_over(self, conn: TConn, state: _Reading) -> None:
         self._stop_reading(conn)
         fresh = bytes(state.data[state.held :])
-        if state.continued:  # answered already: gunicorn would send a second 100
-            fresh = _EXPECT.sub(b"", fresh, count=1)
+        head_end = state.framer.body_at
+        if state.continued and state.held == 0 and head_end is not None:
+            # Answered already, and gunicorn would answer again: the field goes from the
+            # head (the head only, and only a head all in `fresh`; else the client gets
+            # two, which HTTP allows).
+            fresh = _EXPECT.sub(b"", fresh[:head_end], count=1) + fresh[head_end:]
         conn.sock.early += fresh
+        conn.sock.deadline = state.deadline
         conn.data_ready = True  # gunicorn's thread would otherwise wait for bytes again
         super().enqueue_req(conn)
 
@@ -325,7 +275,9 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             conn.sock.sock.send(data)
 
     def _stop_reading(self, conn: TConn) -> None:
-        if self.reading.pop(conn).polled:
+        state = self.reading.pop(conn)
+        self.reading_bytes -= state.charged
+        if state.polled:
             self.poller.unregister(conn.sock)
 
     def _close(self, conn: TConn) -> None:

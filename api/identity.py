@@ -144,8 +144,8 @@ def pick_tenant(tenant: str) -> str | None:
 def log_in_with_key(presented: str) -> Identity | None:
     """Dashboard login: remember the key's tenant in the signed, HTTP-only session."""
     key = apikeys.authenticate(_runtime().database, presented.strip())
-    if key is None:
-        return None
+    if key is None or key.tenant_id == _runtime().settings.system_tenant:
+        return None  # a key for the system's own tenant opens nothing, here as elsewhere
     session.clear()
     session[SESSION_TENANT] = key.tenant_id
     session[SESSION_KEY] = key.id

@@ -22,16 +22,18 @@ from __future__ import annotations
 import os
 import uuid
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import redis
 from celery import Celery
 
-from orchestrator import transitions
-from orchestrator.db import Database
-from orchestrator.models import utcnow
-from orchestrator.states import Attempt
+if TYPE_CHECKING:
+    from orchestrator.db import Database
+
+# The orchestrator's modules are imported by `raw.statements` only, when it first runs: at
+# import, they would sit in every raw worker's heap (SQLAlchemy, pydantic, the models),
+# and Python's collector walk them at each full collection, slowing the anchor itself.
 
 BROKER = os.environ["BENCH_BROKER"]
 BACKEND = os.environ.get("BENCH_BACKEND") or None
@@ -72,6 +74,8 @@ def noop() -> None:
 
 @cache
 def _database() -> Database:
+    from orchestrator.db import Database  # noqa: PLC0415 - see the imports above
+
     return Database(os.environ["BENCH_DATABASE_URL"])
 
 
@@ -79,6 +83,10 @@ def _database() -> Database:
 def claim_and_succeed(job_id: str) -> None:
     # The worker's own two transitions, with none of the runner around them (no
     # heartbeat, context, input validation or outcome mapping).
+    from orchestrator import transitions  # noqa: PLC0415 - see the imports above
+    from orchestrator.models import utcnow  # noqa: PLC0415
+    from orchestrator.states import Attempt  # noqa: PLC0415
+
     database = _database()
     started = transitions.claim_alone(
         database, job_id, worker="raw", lease_seconds=30, now=utcnow()

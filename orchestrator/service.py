@@ -6,7 +6,6 @@ changes go through `orchestrator.transitions`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -322,7 +321,7 @@ class JobService:
                 return None
             if len(heads) != len(requests) or any(
                 request.idempotency_key not in heads
-                or heads[request.idempotency_key].request_digest not in self._digests(request)
+                or heads[request.idempotency_key].request_digest != request.digest()
                 for request in requests
             ):
                 raise IdempotencyConflict(key)
@@ -356,19 +355,9 @@ class JobService:
                 sa.select(Job).where(
                     Job.tenant_id == request.tenant_id,
                     Job.idempotency_key == legacy_key,
-                    Job.request_digest.in_(self._digests(request)),
+                    Job.request_digest == request.digest(),
                 )
             )
-
-    def _digests(self, request: NewJob) -> set[str]:
-        """The digests a stored job of the same request has: of its input with its type's
-        defaults filled in (so `{}` and the defaults spelled out are one request), or, for
-        one stored before digests were taken so, of its input as sent."""
-        digests = {request.digest()}
-        with contextlib.suppress(InvalidInput, UnknownJobType):
-            data = self.registry.pipeline_of(request.type)[0].validate_input(request.input)
-            digests.add(replace(request, input=data.model_dump(mode="json")).digest())
-        return digests
 
     def _problems_of(self, request: NewJob) -> list[FieldError]:
         if request.idempotency_key:
@@ -406,7 +395,7 @@ class JobService:
             job = self._legacy_item(request, f"{key[:-2]}{LEGACY_ITEM}")
         if job is None:
             return None
-        if job.request_digest not in self._digests(request):
+        if job.request_digest != request.digest():
             raise IdempotencyConflict(request.idempotency_key or "")
         return Created(self.get(request.tenant_id, job.id), created=False)
 
@@ -435,8 +424,7 @@ class JobService:
             steps.append(step)
         head = steps[0]
         head.idempotency_key = request.idempotency_key
-        if request.idempotency_key:  # its input as stored: with its type's defaults
-            head.request_digest = replace(request, input=head.input).digest()
+        head.request_digest = request.digest() if request.idempotency_key else None
         head.run_at = self._run_at(request, now)
         # The outbox entry: ready now, or (delayed) once the dispatcher finds it due.
         head.ready_since = None if head.run_at else now
@@ -742,9 +730,9 @@ class JobService:
         if any(not member.status.is_terminal for member in stage):
             raise JobConflict(f"workflow {run}: wait until its jobs have stopped, then retry")
         workflow = self.registry.get(first.type).workflow
-        if (gates_now := workflow.gates if workflow else 1) != len(gates):
-            raise JobConflict(changed_since_run(first.type, len(gates), gates_now))
         lost = [member for member in stage if member.status is not JobStatus.SUCCEEDED]
+        if change := _definition_change(workflow, len(gates), lost):
+            raise JobConflict(changed_since_run(first.type, change))
         reruns = _reruns(self.registry, workflow, lost)
         if first.step_index == 0:
             again = transitions.requeue(session, first, budget, now, run_at=now)
@@ -753,6 +741,17 @@ class JobService:
         if not again:
             raise JobConflict(f"workflow {run} was retried meanwhile")
         return again
+
+
+def _definition_change(workflow: Workflow | None, gates: int, lost: Sequence[Job]) -> str | None:
+    """How a run's definition changed since it was made, as far as a retry of `lost` can
+    tell (the gates it made, the steps its jobs ran), or `None`."""
+    if (now := workflow.gates if workflow else 1) != gates:
+        return f"{gates} gates, now {now}"
+    steps = {each.name for each in workflow.steps} if workflow else set()
+    if gone := sorted({str(m.step) for m in lost} - steps):
+        return f"its step {gone[0]!r} is gone"
+    return None
 
 
 def _reruns(registry: Registry, workflow: Workflow | None, lost: Sequence[Job]) -> list[Rerun]:

@@ -365,19 +365,19 @@ def _check_map(
 # -- running ---------------------------------------------------------------------------
 
 
-def changed_since_run(name: str, made: int, gates: int) -> str:
+def changed_since_run(name: str, what: str) -> str:
     """Why a run cannot go on: its definition changed since it was created (a deploy), so
-    its stages are not the ones its `made` gates were made for."""
-    return (
-        f"workflow {name} changed since this run started ({made} gates, now {gates}): send it again"
-    )
+    its stages are not the ones its gates were made for (`what`: how they differ)."""
+    return f"workflow {name} changed since this run started ({what}): send it again"
 
 
 def _gate_handler(workflow: Workflow) -> Any:
     def gate(ctx: JobContext, data: BaseModel) -> dict[str, Any]:
         index = gate_index(ctx.step)
         if (made := ctx.gates_in_run()) != workflow.gates:
-            raise PermanentError(changed_since_run(workflow.name, made, workflow.gates))
+            raise PermanentError(
+                changed_since_run(workflow.name, f"{made} gates, now {workflow.gates}")
+            )
         if index > 0:
             _check_failures(ctx, workflow.stages[index - 1])
         if index == len(workflow.stages):

@@ -86,6 +86,15 @@ def test_a_revoked_key_ends_the_session(client: FlaskClient, runtime: Runtime) -
     assert client.get("/dashboard").status_code == 302
 
 
+def test_a_key_for_the_system_tenant_signs_nobody_in(client: FlaskClient, runtime: Runtime) -> None:
+    """Made by hand in the database (the CLI refuses to): refused as a wrong key is."""
+    issued = apikeys.create_key(runtime.database, runtime.settings.system_tenant, "smuggled")
+    token = token_from(client.get("/dashboard/login").get_data(as_text=True))
+    refused = client.post("/dashboard/login", data={"api_key": issued.key, "csrf_token": token})
+    assert refused.status_code == 401
+    assert client.get("/dashboard").status_code == 302
+
+
 @pytest.mark.parametrize(
     "target", ["/dashboard\r\nSet-Cookie: x=1", "/dashboard\\\\evil.example", "//evil.example"]
 )

@@ -17,7 +17,7 @@ from orchestrator.models import Job, JobEvent
 from orchestrator.registry import Registry
 from orchestrator.runtime import Runtime
 from orchestrator.states import JobStatus
-from orchestrator.workflows import define_workflow, step
+from orchestrator.workflows import define_workflow, map_step, step
 from tests.db.conftest import runs
 
 
@@ -202,16 +202,25 @@ def test_a_workflow_that_succeeded_is_not_retried(runtime: Runtime) -> None:
         orchestrator.retry_job(sent.job.id, tenant_id="tnt_a")
 
 
-def _redefine_flow_with_one_stage(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deploy that changes TEST_FLOW: the same name and input, one stage, not three."""
+def _redefine_flow(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, *, renamed: bool = False
+) -> None:
+    """A deploy that changes TEST_FLOW, with the same name and input: one stage, not
+    three; or (`renamed`) the same three stages, its map step renamed."""
     known = runtime.registry
     changed = Registry()
-    changed.add(known.get("TEST_FLOW_PREPARE"))
+    for name in ("TEST_FLOW_PREPARE", "TEST_FLOW_ITEM", "TEST_FLOW_SUMMARY"):
+        changed.add(known.get(name))
+    steps = [step("prepare", "TEST_FLOW_PREPARE")]
+    if renamed:
+        steps += [
+            map_step(
+                "things", "TEST_FLOW_ITEM", over="prepare.items", item="item", after=["prepare"]
+            ),
+            step("summary", "TEST_FLOW_SUMMARY", after=["things"]),
+        ]
     define_workflow(
-        "TEST_FLOW",
-        input=known.get("TEST_FLOW").input_model,
-        steps=[step("prepare", "TEST_FLOW_PREPARE")],
-        target=changed,
+        "TEST_FLOW", input=known.get("TEST_FLOW").input_model, steps=steps, target=changed
     )
     monkeypatch.setitem(known._types, "TEST_FLOW", changed.get("TEST_FLOW"))
 
@@ -222,7 +231,7 @@ def test_a_run_whose_workflow_changed_since_it_was_sent_fails_at_its_next_gate(
     """The run's gates were made for the old stages: its next gate fails for good, naming
     the change, rather than spawning the new definition's steps into the old run's places."""
     sent = orchestrator.schedule_job("TEST_FLOW", {"items": ["a"]}, tenant_id="tnt_a", delay=3600)
-    _redefine_flow_with_one_stage(runtime, monkeypatch)
+    _redefine_flow(runtime, monkeypatch)
     with runtime.database.transaction() as session:  # its time comes
         now = runtime.service.clock()
         session.execute(
@@ -249,13 +258,33 @@ def test_a_run_whose_workflow_changed_is_not_retried_by_hand(
     assert gates[2].status is JobStatus.CANCELLED
     failed = next(j for j in steps["items"] if j.status is JobStatus.FAILED)
     before = _states(runtime, sent.job.id)
-    _redefine_flow_with_one_stage(runtime, monkeypatch)
+    _redefine_flow(runtime, monkeypatch)
     for target in (failed.id, sent.job.id):
         with pytest.raises(orchestrator.errors.JobConflict) as refused:
             orchestrator.retry_job(target, tenant_id="tnt_a")
         assert str(refused.value) == (
             "workflow TEST_FLOW changed since this run started (4 gates, now 2): send it again"
         )
+    assert _states(runtime, sent.job.id) == before
+
+
+def test_a_run_whose_step_was_renamed_is_not_retried_by_hand(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As many stages as before, so the gates agree; the failed job's step is gone (the
+    rerun looked it up and failed with a KeyError: a 500)."""
+    sent = orchestrator.send_job(
+        "TEST_FLOW", {"items": ["a", "b"], "failOnce": ["b"]}, tenant_id="tnt_a"
+    )
+    failed = next(j for j in _rows(runtime, sent.job.id)[1]["items"] if j.status.value == "failed")
+    before = _states(runtime, sent.job.id)
+    _redefine_flow(runtime, monkeypatch, renamed=True)
+    with pytest.raises(orchestrator.errors.JobConflict) as refused:
+        orchestrator.retry_job(failed.id, tenant_id="tnt_a")
+    assert str(refused.value) == (
+        "workflow TEST_FLOW changed since this run started (its step 'items' is gone): "
+        "send it again"
+    )
     assert _states(runtime, sent.job.id) == before
 
 

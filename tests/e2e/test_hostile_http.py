@@ -124,12 +124,15 @@ def _connect(system: DevSystem) -> socket.socket:
 
 SLOW_HEAD = b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: tnt_slow\r\n"
 SLOW_BODY = HEAD + b"Content-Length: 100000\r\n\r\n{"
+# A chunk size of more hex digits than anyone sends, which gunicorn's parser still reads:
+# a thread was handed it (as refused) and waited on the rest.
+SLOW_CHUNK_SIZE = HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"0" * 20
 
 
 @pytest.mark.parametrize(
     ("start", "drip"),
-    [(SLOW_HEAD, b"X-A: b\r\n"), (SLOW_BODY, b" "), (b"", b"")],
-    ids=["slow-head", "slow-body", "silent"],
+    [(SLOW_HEAD, b"X-A: b\r\n"), (SLOW_BODY, b" "), (SLOW_CHUNK_SIZE, b"0"), (b"", b"")],
+    ids=["slow-head", "slow-body", "slow-chunk-size", "silent"],
 )
 def test_slow_clients_hold_no_thread_and_get_a_408(
     system: DevSystem, start: bytes, drip: bytes
@@ -170,13 +173,15 @@ def test_slow_clients_hold_no_thread_and_get_a_408(
     "request_bytes",
     [
         HEAD + b"Content-Length: 2000000\r\n\r\n{",
+        # More digits than Python reads as a number: it ended the worker's process.
+        HEAD + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n{",
         HEAD
         + b"Transfer-Encoding: chunked\r\n\r\n"
         + b"100000\r\n"
         + b" " * 0x100000
         + b"\r\n1\r\n",
     ],
-    ids=["declared", "chunked"],
+    ids=["declared", "declared-in-5000-digits", "chunked"],
 )
 def test_a_body_over_the_limit_is_a_413_before_it_is_read(
     system: DevSystem, request_bytes: bytes
