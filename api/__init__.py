@@ -8,7 +8,8 @@ from werkzeug.routing import BaseConverter
 from api import admin, dashboard, errors, health, internal, jobs, metrics, openapi, operator
 from api.auth import Certs, GoogleCerts, OidcVerifier
 from api.bodies import refuse_unstorable_fields
-from api.framing import guard_request_bodies
+from api.body_guard import guard_request_bodies
+from api.http_framing import MAX_BODY_BYTES
 from api.identity import session_secret
 from api.tenant_slots import TenantSlots
 from orchestrator import heap, tracing
@@ -17,8 +18,6 @@ from orchestrator.limits import CreationRateLimiter
 from orchestrator.logs import configure_logging
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, get_settings
-
-MAX_BODY_BYTES = 1024 * 1024
 
 
 class JobIdConverter(BaseConverter):

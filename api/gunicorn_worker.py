@@ -39,8 +39,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from api import MAX_BODY_BYTES
-from api.http_framing import Framer, Framing
+from api.http_framing import MAX_BODY_BYTES, Framer, Framing
 from orchestrator.settings import get_settings
 
 RECV_BYTES = 1024 * 1024  # as much as has come: a batch's body whole, often

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from api import MAX_BODY_BYTES
-
+MAX_BODY_BYTES = 1024 * 1024  # the API's: the app's MAX_CONTENT_LENGTH too
 MAX_HEAD_BYTES = 64 * 1024
 # gunicorn's own limits, from its defaults (`limit_request_field_size` 8,190 and
 # `limit_request_fields` 100): a chunk-size line or a trailer section longer than these,
