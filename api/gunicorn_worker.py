@@ -44,6 +44,7 @@ from orchestrator.settings import get_settings
 
 RECV_BYTES = 1024 * 1024  # as much as has come: a batch's body whole, often
 FREE_BYTES = 64 * 1024
+LINGER_SECONDS = 2.0  # gunicorn's own, for a closing socket's last bytes
 READING_BUDGET = 64 * 1024 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _EXPECT = re.compile(rb"(?<=\r\n)expect:[ \t]*100-continue[ \t]*\r\n", re.IGNORECASE)
@@ -96,6 +97,25 @@ class _ReadAhead:
         return getattr(self.sock, name)
 
 
+class _Conn(TConn):  # type: ignore[misc]  # gunicorn has no types
+    """gthread's connection, with what it counts against `READING_BUDGET` (its request's
+    bytes, from the first read until a thread is done with them), closed gracefully (a
+    FIN, then the client's last bytes drained) without blocking the event loop: gunicorn's
+    own graceful close waits up to two seconds for the client, on the loop's thread, after
+    every answer that closes a connection."""
+
+    def __init__(self, worker: WholeRequestWorker, *args: Any) -> None:
+        super().__init__(*args)
+        self.worker = worker
+        self.charged = 0
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self.worker.linger(self.sock.sock)
+        else:
+            super().close()
+
+
 class _Reading:
     """A connection whose next request is still arriving: its bytes so far, the first
     `held` of which its parser or socket holds already (read ahead with the last one)."""
@@ -130,9 +150,11 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
         # What each read fills: one, reused (only the event loop's thread reads into it).
         self.buffer = bytearray(RECV_BYTES)
         self.view = memoryview(self.buffer)
-        # Connections whose request is still arriving, oldest first, and their bytes.
+        # Connections whose request is still arriving, oldest first; the bytes of requests
+        # arriving or not yet done with (`_Conn.charged`); closed sockets being drained.
         self.reading: dict[TConn, _Reading] = {}
         self.reading_bytes = 0
+        self.lingering: dict[socket.socket, float] = {}
 
     def accept(self, listener: socket.socket) -> None:
         if self.cfg.is_ssl:  # a TLS handshake is a thread's work, as in gthread
@@ -145,7 +167,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
                 raise
             return
         self.nr_conns += 1
-        conn = TConn(self.cfg, client, address, listener.getsockname())
+        conn = _Conn(self, self.cfg, client, address, listener.getsockname())
         conn.sock = _ReadAhead(conn.sock)
         self.enqueue_req(conn)
 
@@ -159,7 +181,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
         state = _Reading(time.monotonic() + self.read_seconds, held + conn.sock.early)
         conn.sock.setblocking(False)
         self.reading[conn] = state
-        self.reading_bytes += state.charged
+        self._charge(conn, state.charged)
         # Most requests are in already (a kept-alive connection comes here once readable):
         # read now, and wait on the poller only for the rest. A trip through the poller
         # costs this thread the interpreter lock again, behind the request threads.
@@ -168,6 +190,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
 
     def finish_request(self, conn: TConn, fs: Any) -> None:
+        if isinstance(conn, _Conn):
+            self._charge(conn, 0)  # its thread is done with the request's bytes
         super().finish_request(conn, fs)
         # Kept alive with the start of its next request read already (a client that sent
         # two at once): its socket may never become readable again, so read on now.
@@ -183,7 +207,12 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
         """`_read`, with a failure of its own ending this connection only: raised into
         gunicorn's event loop, it would end the worker and every request on it."""
         try:
-            return self._read(conn, self.reading[conn])
+            state = self.reading[conn]
+            # Bytes read ahead with the last request may hold this one whole: judged
+            # before more are read (a pipelining client's would pile up a read at a time).
+            if state.data and state.framer.judge(state.data) is not Framing.PARTIAL:
+                return self._judge(conn, state)
+            return self._read(conn, state)
         except Exception:
             self.log.exception("error reading a request from %s", conn.client)
             self._close(conn)
@@ -207,9 +236,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
                 else:
                     self._close(conn)
                 return True
-            charged = state.charged
             state.data += self.view[:size]
-            self.reading_bytes += state.charged - charged
+            self._charge(conn, state.charged)
             if self.reading_bytes > READING_BUDGET:
                 busy = "Too many requests are arriving at once; send it again in a second."
                 self._refuse(conn, problem(503, "Service Unavailable", busy, retry_after=1))
@@ -251,9 +279,12 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
         super().enqueue_req(conn)
 
     def murder_pending(self) -> None:
-        """gunicorn's sweep of idle connections, and of requests that take too long."""
+        """gunicorn's sweep of idle connections, and of requests that take too long, and
+        of closing sockets whose client does not close its side."""
         super().murder_pending()
         now = time.monotonic()
+        for sock in [s for s, deadline in self.lingering.items() if deadline <= now]:
+            self._end_linger(sock)
         for conn, state in list(self.reading.items()):
             if state.deadline > now:
                 break
@@ -265,7 +296,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
 
     def _refuse(self, conn: TConn, answer: bytes) -> None:
         self._send(conn, answer)
-        self._close(conn)
+        self._close(conn, graceful=True)  # an abrupt close could lose the answer to a reset
 
     def _send(self, conn: TConn, data: bytes) -> None:
         # Small, into an empty send buffer: sent whole, or the client is gone and closing
@@ -274,13 +305,44 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             conn.sock.sock.send(data)
 
     def _stop_reading(self, conn: TConn) -> None:
-        state = self.reading.pop(conn)
-        self.reading_bytes -= state.charged
-        if state.polled:
+        if self.reading.pop(conn).polled:
             self.poller.unregister(conn.sock)
 
-    def _close(self, conn: TConn) -> None:
+    def _charge(self, conn: _Conn, charged: int) -> None:
+        self.reading_bytes += charged - conn.charged
+        conn.charged = charged
+
+    def _close(self, conn: TConn, *, graceful: bool = False) -> None:
         if conn in self.reading:
             self._stop_reading(conn)
+        self._charge(conn, 0)
         self.nr_conns -= 1
-        conn.close()
+        conn.close(graceful=graceful)
+
+    def linger(self, sock: socket.socket) -> None:
+        """Close `sock` as gunicorn's graceful close does (RFC 9112 9.6: a FIN, then what
+        the client still sends is read and dropped, so that no reset cuts the answer),
+        with the waiting on the poller, not on this thread."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        self.lingering[sock] = time.monotonic() + LINGER_SECONDS
+        self.poller.register(sock, selectors.EVENT_READ, self._drain)
+
+    def _drain(self, sock: socket.socket) -> None:
+        try:
+            more = sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            more = b""
+        if not more:  # the client closed too
+            self._end_linger(sock)
+
+    def _end_linger(self, sock: socket.socket) -> None:
+        del self.lingering[sock]
+        self.poller.unregister(sock)
+        sock.close()

@@ -47,7 +47,9 @@ class Framer:
         self._declared = 0  # Content-Length, for a body that is not chunked
         self._chunked = False
         self._next_chunk = 0  # where the next chunk's size line starts
+        self._line_searched = 0  # how far that line's end was looked for
         self._total = 0  # the chunks' bytes so far
+        self._trailers_at: int | None = None  # where the trailer section starts
 
     def judge(self, data: bytes | bytearray) -> Framing:
         if self.body_at is None and (verdict := self._head(data)) is not None:
@@ -63,9 +65,13 @@ class Framer:
             return self._unended(data)
         if end > MAX_HEAD_BYTES:
             return Framing.HEAD_TOO_LARGE
-        headers = _headers(bytes(data[:end]))
-        self.expects_continue = headers.get(b"expect", b"").strip().lower() == b"100-continue"
-        self.body_at = self._next_chunk = end + 4
+        head = bytes(data[:end])
+        headers = _headers(head)
+        # HTTP/1.0 has no interim answers (RFC 9110 15.2): its Expect is ignored.
+        self.expects_continue = headers.get(
+            b"expect", b""
+        ).strip().lower() == b"100-continue" and not head.split(b"\r\n", 1)[0].endswith(b"HTTP/1.0")
+        self.body_at = self._next_chunk = self._line_searched = end + 4
         if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
             self._chunked = True
             return None
@@ -73,9 +79,10 @@ class Framer:
         if not declared.isdigit():
             return Framing.WHOLE  # the parser refuses it
         # Compared by length first: Python reads no decimal of over 4,300 digits.
-        if len(declared.lstrip(b"0")) > len(str(self.max_body)) or int(declared) > self.max_body:
+        digits = declared.lstrip(b"0") or b"0"
+        if len(digits) > len(str(self.max_body)) or int(digits) > self.max_body:
             return Framing.BODY_TOO_LARGE
-        self._declared = int(declared)
+        self._declared = int(digits)
         return None
 
     def _unended(self, data: bytes | bytearray) -> Framing:
@@ -93,27 +100,52 @@ class Framer:
 
     def _chunks(self, data: bytes | bytearray) -> Framing:
         assert self.body_at is not None
-        # Framing beyond a quarter of the limit (thousands of tiny chunks): refused, so
-        # that the sizes this loop reads stay few.
-        if len(data) - self.body_at > self.max_body + self.max_body // 4 + MAX_CHUNK_LINE:
+        # Framing past an eighth of the limit (thousands of tiny chunks): refused, so that
+        # the sizes this loop reads stay few (a client's chunks are kilobytes, not bytes).
+        if len(data) - self.body_at > self.max_body + self.max_body // 8 + MAX_CHUNK_LINE:
             return Framing.BODY_TOO_LARGE
-        while True:
-            line_end = data.find(b"\r\n", self._next_chunk)
-            if line_end < 0:
-                unended = len(data) - self._next_chunk
-                return Framing.PARTIAL if unended <= MAX_CHUNK_LINE else Framing.WHOLE
-            size = _chunk_size(bytes(data[self._next_chunk : line_end]))
-            if size is None:
-                return Framing.WHOLE  # the parser refuses it
-            if self._total + size > self.max_body:
-                return Framing.BODY_TOO_LARGE
-            if size == 0:  # the last chunk, then trailer fields up to an empty line
-                return _trailers(data, line_end)
-            following = line_end + 2 + size + 2
-            if following > len(data):
-                return Framing.PARTIAL
-            self._total += size
-            self._next_chunk = following
+        while self._trailers_at is None:
+            if (verdict := self._chunk(data)) is not None:
+                return verdict
+        return self._trailers(data)
+
+    def _chunk(self, data: bytes | bytearray) -> Framing | None:
+        """Read the next chunk's size line and pass its data: a verdict, or `None` to go on
+        (to the next chunk, or to the trailers after the last)."""
+        line_end = data.find(b"\r\n", self._line_searched)
+        if line_end < 0:
+            unended = len(data) - self._next_chunk
+            self._line_searched = max(self._next_chunk, len(data) - 1)
+            return Framing.PARTIAL if unended <= MAX_CHUNK_LINE else Framing.WHOLE
+        size = _chunk_size(bytes(data[self._next_chunk : line_end]))
+        if size is None:
+            return Framing.WHOLE  # the parser refuses it
+        if self._total + size > self.max_body:
+            return Framing.BODY_TOO_LARGE
+        if size == 0:  # the last chunk: trailer fields follow, up to an empty line
+            self._trailers_at = self._line_searched = line_end + 2
+            return None
+        following = line_end + 2 + size + 2
+        if following > len(data):
+            self._line_searched = line_end  # this size line again, once all is in
+            return Framing.PARTIAL
+        self._total += size
+        self._next_chunk = self._line_searched = following
+        return None
+
+    def _trailers(self, data: bytes | bytearray) -> Framing:
+        """Whole at the empty line that ends the trailer section (straight away, for none)."""
+        assert self._trailers_at is not None
+        start = self._trailers_at
+        if data.startswith(b"\r\n", start):
+            return Framing.WHOLE
+        if data.find(b"\r\n\r\n", max(start, self._line_searched - 3)) >= 0:
+            return Framing.WHOLE
+        # As gunicorn's parser counts it: the section after the last chunk's line.
+        if len(data) - start > MAX_TRAILERS:
+            return Framing.WHOLE
+        self._line_searched = len(data)
+        return Framing.PARTIAL
 
 
 def _chunk_size(line: bytes) -> int | None:
@@ -125,13 +157,6 @@ def _chunk_size(line: bytes) -> int | None:
     if not size or not _HEX.issuperset(size):
         return None
     return int(size, 16)
-
-
-def _trailers(data: bytes | bytearray, line_end: int) -> Framing:
-    """After the last chunk's size line (ending at `line_end`): whole at the empty line."""
-    if data.startswith(b"\r\n\r\n", line_end) or data.find(b"\r\n\r\n", line_end) >= 0:
-        return Framing.WHOLE
-    return Framing.WHOLE if len(data) - line_end > MAX_TRAILERS else Framing.PARTIAL
 
 
 def _headers(head: bytes) -> dict[bytes, bytes]:

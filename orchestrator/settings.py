@@ -108,8 +108,9 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         le=300,
-        description="Seconds a client has to send a whole request from its first byte; "
-        "slower ones get a 408 without ever holding one of the web's threads.",
+        description="Seconds a client has to send a whole request, from when the connection "
+        "is accepted or its last answer was sent; slower ones get a 408 (one that sent "
+        "nothing is closed) without ever holding one of the web's threads.",
     )
     state_dir: Path = Field(
         Path(".orchestrator"),

@@ -4,12 +4,14 @@ one connection, never the worker (gunicorn's loop lets any error but OSError end
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import selectors
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +20,7 @@ from gunicorn.config import Config
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from api import gunicorn_worker
-from api.gunicorn_worker import WholeRequestWorker, _ReadAhead
+from api.gunicorn_worker import WholeRequestWorker, _Conn, _ReadAhead
 from api.http_framing import Framer
 
 HEAD = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n"
@@ -35,13 +37,15 @@ class Loop:
         self.worker.log = logging.getLogger("test.gunicorn_worker")
         self.worker.poller = selectors.DefaultSelector()
         self.worker.nr_conns = 0
+        self.worker.keepalived_conns = collections.deque()
+        self.worker.alive = True
         self.worker.prepare_reading(read_seconds=5.0)
         self.sockets: list[socket.socket] = []
 
     def connect(self) -> tuple[TConn, socket.socket]:
         server, client = socket.socketpair()
         self.sockets += [server, client]
-        conn = TConn(self.worker.cfg, server, ("127.0.0.1", 1), ("127.0.0.1", 2))
+        conn = _Conn(self.worker, self.worker.cfg, server, ("127.0.0.1", 1), ("127.0.0.1", 2))
         conn.sock = _ReadAhead(conn.sock)
         self.worker.nr_conns += 1
         self.worker.enqueue_req(conn)
@@ -134,7 +138,7 @@ def test_a_head_read_ahead_with_the_last_request_is_left_as_it_is(loop: Loop) ->
     (it was cut from the body, which then took the next request's bytes)."""
     server, client = socket.socketpair()
     loop.sockets += [server, client]
-    conn = TConn(loop.worker.cfg, server, ("127.0.0.1", 1), ("127.0.0.1", 2))
+    conn = _Conn(loop.worker, loop.worker.cfg, server, ("127.0.0.1", 1), ("127.0.0.1", 2))
     conn.sock = _ReadAhead(conn.sock)
     head = HEAD + b"Expect: 100-continue\r\nContent-Length: 25\r\n\r\n"
     conn.parser = SimpleNamespace(unreader=SimpleNamespace(buf=io.BytesIO(head)))
@@ -159,3 +163,32 @@ def test_a_thread_reading_past_the_request_waits_until_its_deadline_only() -> No
             sock.recv(10)
         assert time.monotonic() - started < 1
         assert server.gettimeout() is None  # the thread's sends are the socket's own
+
+
+def test_a_requests_bytes_count_until_its_thread_is_done_and_the_close_waits_on_no_one(
+    loop: Loop,
+) -> None:
+    """Whole requests waiting for a thread still hold their bytes (400 of 1 MiB each took
+    half a gigabyte past the budget); and a connection closed after its answer lingers for
+    the client's last bytes on the poller, not on the event loop's thread (gunicorn's own
+    close waited up to two seconds there, after every answer that closed a connection)."""
+    body = b" " * 200_000
+    conn, client = loop.connect()
+    client.sendall(HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    for _ in range(20):
+        loop.turn()
+        if loop.handed:
+            break
+    assert loop.handed == [conn]
+    assert loop.worker.reading_bytes == conn.charged > len(body) - gunicorn_worker.FREE_BYTES
+    done: Future[bool] = Future()
+    done.set_result(False)  # its answer closes the connection
+    started = time.monotonic()
+    loop.worker.finish_request(conn, done)
+    assert time.monotonic() - started < 0.1  # the client has not closed its side
+    assert loop.worker.reading_bytes == 0 and loop.worker.nr_conns == 0
+    assert list(loop.worker.lingering) == [conn.sock.sock]
+    assert client.recv(10) == b""  # our FIN
+    client.close()
+    loop.turn()
+    assert loop.worker.lingering == {}

@@ -9,7 +9,7 @@ from gunicorn.http.parser import RequestParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.http_framing import MAX_HEAD_BYTES, Framer, Framing
+from api.http_framing import MAX_HEAD_BYTES, MAX_TRAILERS, Framer, Framing
 
 HEAD = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n"
 CHUNKED = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
@@ -67,6 +67,30 @@ def test_chunks_over_the_limit_are_refused_as_they_add_up() -> None:
     # A body within the limit in chunks of one byte: its framing is five times its size.
     tiny = CHUNKED + b"1\r\nx\r\n" * 3000
     assert Framer(max_body=4000).judge(tiny) is Framing.BODY_TOO_LARGE
+
+
+def test_a_trailer_section_is_whole_where_gunicorns_parser_stops_waiting() -> None:
+    """The parser counts the section after the last chunk's line, and refuses it past its
+    limit: one byte short of that, it waits (and so must the framer); past it, whole."""
+    last = CHUNKED + b"0\r\n"
+    assert Framer().judge(last + b"X: " + b"a" * (MAX_TRAILERS - 3)) is Framing.PARTIAL
+    assert _parser_on(last + b"X: " + b"a" * (MAX_TRAILERS - 3)) == "wants more"
+    assert Framer().judge(last + b"X: " + b"a" * (MAX_TRAILERS - 2)) is Framing.WHOLE
+    assert _parser_on(last + b"X: " + b"a" * (MAX_TRAILERS - 2)) != "wants more"
+
+
+def test_a_content_length_of_leading_zeros_is_read_as_its_number() -> None:
+    """Python reads no decimal of over 4,300 digits, zeros included."""
+    data = HEAD + b"Content-Length: " + b"0" * 5000 + b"5\r\n\r\n"
+    framer = Framer()
+    assert framer.judge(data) is Framing.PARTIAL
+    assert framer.judge(data + b"hello") is Framing.WHOLE
+
+
+def test_http_1_0_gets_no_100_continue() -> None:
+    framer = Framer()
+    head = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    assert framer.judge(head) is Framing.PARTIAL and not framer.expects_continue
 
 
 def test_a_head_that_expects_100_continue_says_so() -> None:
