@@ -10,8 +10,7 @@ from flask import Response, request
 from pydantic import BaseModel
 
 from api.errors import Problem
-from orchestrator.errors import FieldError
-from orchestrator.text import json_text_problems, text_problem
+from orchestrator.text import field_text_problems, json_text_problems
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -65,12 +64,7 @@ def refuse_unstorable_fields() -> None:
     fields = list(request.args.items(multi=True))
     if request.mimetype in FORM_TYPES:
         fields += request.form.items(multi=True)
-    problems = [
-        FieldError(name, problem)
-        for name, value in fields
-        if (problem := text_problem(name) or text_problem(value))
-    ]
-    if problems:
+    if problems := field_text_problems(fields):
         named = "; ".join(f"{e.field} {e.message}" for e in problems[:3])
         detail = f"The request holds text that cannot be stored: {named}."
         raise Problem(422, "Invalid text", detail, problems[:10])

@@ -13,11 +13,10 @@ from api.auth import service_auth_required
 from api.bodies import json_body
 from api.errors import Problem
 from api.schemas import STRICT_BODY, Name
-from orchestrator.errors import FieldError
 from orchestrator.ids import ID_PATTERN
 from orchestrator.runner import Skipped
 from orchestrator.runtime import Runtime
-from orchestrator.text import text_problem
+from orchestrator.text import field_text_problems
 
 log = logging.getLogger("orchestrator.api.internal")
 
@@ -74,12 +73,7 @@ def _cloud_tasks_headers() -> dict[str, str]:
     """What Cloud Tasks said of the push, by `CLOUD_TASKS_HEADERS`' names; a 422 naming a
     header whose value cannot be stored in the job's events (Cloud Tasks sends none)."""
     found = {name: request.headers[name] for name in CLOUD_TASKS_HEADERS if name in request.headers}
-    problems = [
-        FieldError(name, problem)
-        for name, value in found.items()
-        if (problem := text_problem(value))
-    ]
-    if problems:
+    if problems := field_text_problems(found.items()):
         raise Problem(422, "Invalid header", "A Cloud Tasks header holds no text.", problems)
     return {CLOUD_TASKS_HEADERS[name]: value for name, value in found.items()}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from orchestrator.errors import FieldError
 
@@ -48,6 +48,16 @@ def json_text_problems(value: object, path: str = "", *, limit: int = 10) -> lis
         if len(problems) >= limit:
             break
     return problems
+
+
+def field_text_problems(fields: Iterable[tuple[str, str]]) -> list[FieldError]:
+    """Every named text field (a query string's, a form's, a header's) whose name or value
+    cannot be stored, named by the field."""
+    return [
+        FieldError(name, problem)
+        for name, value in fields
+        if (problem := text_problem(name) or text_problem(value))
+    ]
 
 
 def _walk(value: object, path: str) -> Iterator[tuple[str, str]]:
