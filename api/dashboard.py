@@ -36,6 +36,7 @@ from api.identity import (
     TENANT_HEADER,
     auth_mode,
     current_identity,
+    is_system_tenant,
     log_in_with_key,
     may_pick_tenant,
     pick_tenant,
@@ -403,9 +404,7 @@ def _picker_page(error: str | None = None, status: int = 200) -> tuple[str, int]
     page = render_template(
         "dashboard/tenant.html",
         next=_safe_next(),
-        tenants=[
-            t for t in known_tenants(_runtime().database) if t != _runtime().settings.system_tenant
-        ],
+        tenants=[t for t in known_tenants(_runtime().database) if not is_system_tenant(t)],
         current=session.get("picked_tenant"),
         error=error,
     )

@@ -59,9 +59,15 @@ def current_identity(*, allow_session: bool = False) -> Identity:
     The system's own tenant (`ORCH_SYSTEM_TENANT`, archival's jobs and their per-tenant
     reports) is nobody's to act as, whatever the way in."""
     identity = _identity(allow_session)
-    if identity.tenant_id == _runtime().settings.system_tenant:
+    if is_system_tenant(identity.tenant_id):
         raise Problem(400, "Invalid tenant", f"{identity.tenant_id!r} is the system's own tenant.")
     return identity
+
+
+def is_system_tenant(tenant_id: str) -> bool:
+    """Whether `tenant_id` is the system's own (`ORCH_SYSTEM_TENANT`), which no one may act
+    as: its jobs (archival's) hold every tenant's counts."""
+    return tenant_id == _runtime().settings.system_tenant
 
 
 def _identity(allow_session: bool) -> Identity:
@@ -135,7 +141,7 @@ def pick_tenant(tenant: str) -> str | None:
     tenant = tenant.strip()
     if problem := tenant_id_problem(tenant):
         return f"A tenant id {problem}."
-    if tenant == _runtime().settings.system_tenant:
+    if is_system_tenant(tenant):
         return f"{tenant!r} is the system's own tenant."
     session[SESSION_PICKED] = tenant
     return None
@@ -144,7 +150,7 @@ def pick_tenant(tenant: str) -> str | None:
 def log_in_with_key(presented: str) -> Identity | None:
     """Dashboard login: remember the key's tenant in the signed, HTTP-only session."""
     key = apikeys.authenticate(_runtime().database, presented.strip())
-    if key is None or key.tenant_id == _runtime().settings.system_tenant:
+    if key is None or is_system_tenant(key.tenant_id):
         return None  # a key for the system's own tenant opens nothing, here as elsewhere
     session.clear()
     session[SESSION_TENANT] = key.tenant_id
