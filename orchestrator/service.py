@@ -731,8 +731,10 @@ class JobService:
             raise JobConflict(f"workflow {run}: wait until its jobs have stopped, then retry")
         workflow = self.registry.get(first.type).workflow
         lost = [member for member in stage if member.status is not JobStatus.SUCCEEDED]
-        if change := _definition_change(workflow, len(gates), lost):
-            raise JobConflict(changed_since_run(first.type, change))
+        if changed := changed_since_run(
+            first.type, workflow, len(gates), (str(member.step) for member in lost)
+        ):
+            raise JobConflict(changed)
         reruns = _reruns(self.registry, workflow, lost)
         if first.step_index == 0:
             again = transitions.requeue(session, first, budget, now, run_at=now)
@@ -741,17 +743,6 @@ class JobService:
         if not again:
             raise JobConflict(f"workflow {run} was retried meanwhile")
         return again
-
-
-def _definition_change(workflow: Workflow | None, gates: int, lost: Sequence[Job]) -> str | None:
-    """How a run's definition changed since it was made, as far as a retry of `lost` can
-    tell (the gates it made, the steps its jobs ran), or `None`."""
-    if (now := workflow.gates if workflow else 1) != gates:
-        return f"{gates} gates, now {now}"
-    steps = {each.name for each in workflow.steps} if workflow else set()
-    if gone := sorted({str(m.step) for m in lost} - steps):
-        return f"its step {gone[0]!r} is gone"
-    return None
 
 
 def _reruns(registry: Registry, workflow: Workflow | None, lost: Sequence[Job]) -> list[Rerun]:

@@ -365,19 +365,28 @@ def _check_map(
 # -- running ---------------------------------------------------------------------------
 
 
-def changed_since_run(name: str, what: str) -> str:
-    """Why a run cannot go on: its definition changed since it was created (a deploy), so
-    its stages are not the ones its gates were made for (`what`: how they differ)."""
+def changed_since_run(
+    name: str, workflow: Workflow | None, gates: int, steps: Iterable[str] = ()
+) -> str | None:
+    """Why a run of workflow `name`, made with `gates` gates and whose jobs ran `steps`,
+    cannot go on under its definition now (`workflow`; `None`: `name` is a workflow no
+    more): it changed since the run was created (a deploy), so its stages are not the ones
+    the run's gates were made for. `None` if, as far as these tell, it did not."""
+    known = {each.name for each in workflow.steps} if workflow else set()
+    if (now := workflow.gates if workflow else 1) != gates:
+        what = f"{gates} gates, now {now}"
+    elif gone := sorted(set(steps) - known):
+        what = f"its step {gone[0]!r} is gone"
+    else:
+        return None
     return f"workflow {name} changed since this run started ({what}): send it again"
 
 
 def _gate_handler(workflow: Workflow) -> Any:
     def gate(ctx: JobContext, data: BaseModel) -> dict[str, Any]:
         index = gate_index(ctx.step)
-        if (made := ctx.gates_in_run()) != workflow.gates:
-            raise PermanentError(
-                changed_since_run(workflow.name, f"{made} gates, now {workflow.gates}")
-            )
+        if changed := changed_since_run(workflow.name, workflow, ctx.gates_in_run()):
+            raise PermanentError(changed)
         if index > 0:
             _check_failures(ctx, workflow.stages[index - 1])
         if index == len(workflow.stages):
