@@ -174,7 +174,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
     def enqueue_req(self, conn: TConn) -> None:
         """Every way to a thread comes here (a new connection, a kept-alive one that became
         readable, one with bytes of its next request read already): read first."""
-        if not isinstance(conn.sock, _ReadAhead):
+        if not isinstance(conn, _Conn):  # a TLS connection: gthread's way
             super().enqueue_req(conn)
             return
         held = conn.parser.unreader.buf.getvalue() if conn.parser is not None else b""
@@ -195,7 +195,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
         super().finish_request(conn, fs)
         # Kept alive with the start of its next request read already (a client that sent
         # two at once): its socket may never become readable again, so read on now.
-        if isinstance(conn.sock, _ReadAhead) and conn.sock.early and conn in self.keepalived_conns:
+        if isinstance(conn, _Conn) and conn.sock.early and conn in self.keepalived_conns:
             self.poller.unregister(conn.sock)
             self.keepalived_conns.remove(conn)
             self.enqueue_req(conn)
@@ -210,8 +210,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
             state = self.reading[conn]
             # Bytes read ahead with the last request may hold this one whole: judged
             # before more are read (a pipelining client's would pile up a read at a time).
-            if state.data and state.framer.judge(state.data) is not Framing.PARTIAL:
-                return self._judge(conn, state)
+            if state.data and (verdict := state.framer.judge(state.data)) is not Framing.PARTIAL:
+                return self._act(conn, state, verdict)
             return self._read(conn, state)
         except Exception:
             self.log.exception("error reading a request from %s", conn.client)
@@ -221,12 +221,13 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
     def _read(self, conn: TConn, state: _Reading) -> bool:
         """Read all that has come (a batch's body arrives in many segments: each trip
         through the poller would wait for the interpreter lock again); whether the
-        connection left this stage, to a thread or closed."""
+        connection left this stage, to a thread or closed. What it holds when it starts
+        was judged partial already."""
         while True:
             try:
                 size = conn.sock.sock.recv_into(self.buffer)
             except (BlockingIOError, InterruptedError):
-                return self._judge(conn, state) if state.data else False
+                return self._act(conn, state, Framing.PARTIAL)
             except OSError:
                 self._close(conn)
                 return True
@@ -242,12 +243,13 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no
                 busy = "Too many requests are arriving at once; send it again in a second."
                 self._refuse(conn, problem(503, "Service Unavailable", busy, retry_after=1))
                 return True
-            if size < RECV_BYTES or state.framer.judge(state.data) is not Framing.PARTIAL:
-                return self._judge(conn, state)
+            verdict = state.framer.judge(state.data)
+            if size < RECV_BYTES or verdict is not Framing.PARTIAL:
+                return self._act(conn, state, verdict)
 
-    def _judge(self, conn: TConn, state: _Reading) -> bool:
-        """Whether the request is in (and gone to a thread) or refused; else wait on."""
-        verdict = state.framer.judge(state.data)
+    def _act(self, conn: TConn, state: _Reading, verdict: Framing) -> bool:
+        """On the framer's verdict: whether the request is in (and gone to a thread) or
+        refused; else wait on."""
         if verdict is Framing.PARTIAL:
             if state.framer.expects_continue and not state.continued:
                 state.continued = True

@@ -399,10 +399,7 @@ def build_document(settings: Settings, registry: Registry) -> dict[str, Any]:
             "description": "A multi-tenant background-job orchestrator on Celery.",
         },
         "paths": _paths(),
-        "components": {
-            "schemas": components,
-            "securitySchemes": _security_schemes(settings),
-        },
+        "components": {"schemas": components, "securitySchemes": _security_schemes(settings)},
         "security": [],
     }
 
