@@ -216,6 +216,19 @@ class Admission:
         self.backlogged = bool(self.full_queues)
         return chosen
 
+    def looked(self, waiting: dict[str, int]) -> None:
+        """A look at the windows between fills (`waiting`: what each queue's holds). A
+        window left full that nobody has taken from since says nothing yet of the workers'
+        pace: it is timed from the last look that found the window untouched. Timed from
+        the fill, workers that started late (a deploy, a burst after an idle hour) or were
+        all busy would be taken for slow ones, and the window sized for slow workers while
+        they run dry, a fill after another, for the first second of a backlog."""
+        now = time.monotonic()
+        for queue, count in waiting.items():
+            left = self._full.get(queue)
+            if left is not None and count >= left[1]:
+                self._full[queue] = (now, count)
+
     def _observe_drain(self, queue: str, waiting: int) -> None:
         """How fast the workers took from a window this process left full (how fast they
         go when they never wait for a message), for the window's size."""

@@ -134,6 +134,7 @@ class DispatchLoop:
             if waiting is None:  # the broker is away: a fill could send nothing
                 self.stop.wait(IDLE_SECONDS)
                 return
+            self.admission.looked(waiting)
             if any(self.admission.refill_due(q, waiting.get(q, 0)) for q in queues):
                 return
             pause = min(self.admission.sizes.until_half(q, waiting.get(q, 0)) for q in queues)

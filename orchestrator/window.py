@@ -68,6 +68,7 @@ class WindowSizes:
         self.default = self.PER_PROCESS * default_concurrency
         self._seen: dict[str, int] = {}
         self._rate: dict[str, float] = {}  # messages a second the workers take, per queue
+        self._floors: set[str] = set()  # queues whose figure is only a floor of their pace
         self._fill_seconds = 0.0
 
     def of(self, queue: str) -> int:
@@ -82,9 +83,16 @@ class WindowSizes:
         return min(max(needed, paced, math.ceil(rate * self.SECONDS)), self.LARGEST)
 
     def until_half(self, queue: str, waiting: int) -> float:
-        """Seconds until the workers, at their pace, leave half the window (0 unknown)."""
+        """Seconds until the workers, at their pace, leave half the window: 0 while their
+        pace is unknown, or known only as a floor. Timed by a floor, the next look comes
+        after the window ran dry, so the pace measured then is a floor again, and the
+        window grows by no more than double a fill: a backlog's first half second, workers
+        left idle between fills. Looked at at once, half the window is found gone while
+        some is left, which measures the pace itself."""
         rate = self._rate.get(queue, 0.0)
-        return (waiting - self.of(queue) / 2) / rate if rate else 0.0
+        if not rate or queue in self._floors:
+            return 0.0
+        return (waiting - self.of(queue) / 2) / rate
 
     def observe(self, concurrency_per_queue: dict[str, int]) -> None:
         self._seen = {q: self.PER_PROCESS * n for q, n in concurrency_per_queue.items()}
@@ -104,6 +112,10 @@ class WindowSizes:
             # ...but at most doubling it: a window emptied by a broker's flush or restart,
             # not by the workers, would give any figure at all.
             self._rate[queue] = rate if old is None else max(old, min(rate, 2 * old))
+            self._floors.add(queue)
+        elif queue in self._floors:  # a measure after a floor: it replaces the floor
+            self._rate[queue] = rate
+            self._floors.discard(queue)
         else:
             self._rate[queue] = self._smooth(old, rate)
 

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -168,10 +169,51 @@ def test_a_window_found_empty_never_slows_the_pace_it_is_sized_by() -> None:
     sizes.observe_drain("q", taken=200, seconds=0.1, dry=True)  # a floor above the figure
     assert sizes.of("q") == 500
     sizes.observe_drain("q", taken=100, seconds=0.1)  # not dry: slower workers count
-    assert sizes.of("q") == 450  # smoothed: 2,000 + 0.2 x (1,000 - 2,000) a second
+    assert sizes.of("q") == 250  # a measure, where there was a floor: it replaces it
+    sizes.observe_drain("q", taken=50, seconds=0.1)  # measures after a measure
+    assert sizes.of("q") == 225  # smoothed: 1,000 + 0.2 x (500 - 1,000) a second
     # A window a broker's flush emptied: any figure at all, taken as at most double.
     sizes.observe_drain("q", taken=100_000, seconds=0.1, dry=True)
-    assert sizes.of("q") == 900
+    assert sizes.of("q") == 450
+
+
+def test_a_pace_known_only_as_a_floor_is_looked_at_at_once_then_measured() -> None:
+    """Timed by a floor, the next look would come after the window ran dry again, and the
+    figure could only double from fill to fill: a backlog's first half second of idle
+    workers. Looked at at once, the window is found half gone with some left, which
+    measures the pace, and that measure replaces the floor."""
+    sizes = WindowSizes(0, default_concurrency=2)
+    sizes.observe_drain("q", taken=100, seconds=0.1)  # 1,000 a second
+    assert sizes.until_half("q", waiting=200) == pytest.approx(0.075)
+    sizes.observe_drain("q", taken=250, seconds=0.1, dry=True)  # found empty: a floor
+    assert sizes.until_half("q", waiting=400) == 0.0  # look now, not when the floor says
+    sizes.observe_drain("q", taken=300, seconds=0.1)  # 3,000 a second, measured
+    assert sizes.of("q") == 750  # not smoothed toward the floor (2,000 a second)
+    assert sizes.until_half("q", waiting=750) == pytest.approx(0.125)
+
+
+def test_the_workers_pace_is_timed_from_when_they_start_taking(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window left full that nobody takes from (workers that start late, or are all
+    busy) says nothing of their pace yet. Timed from its fill, workers that then race
+    through it would be taken for slow ones, and the window kept small while they run it
+    dry, fill after fill."""
+    service = _service(database, window=0)
+    admission = service.admission
+    queues = _Queues({"default": 4})  # the window's first size (four per process), full
+    admission.dispatcher = queues
+    now = [100.0]
+    monkeypatch.setattr("orchestrator.admission.time", SimpleNamespace(monotonic=lambda: now[0]))
+    _flood(service, "a", 10)  # none admitted: the window is full
+    assert admission.fill() == []  # left full at 100.0
+    now[0] = 101.0
+    admission.looked({"default": 4})  # a second later, untouched: nobody has taken yet
+    now[0] = 101.004
+    queues.depth["default"] = 2  # then two taken in 4 ms: 500 a second
+    assert admission.fill()
+    assert admission.sizes.of("default") == 125  # a quarter second of that pace
+    # Timed from the fill, the same two would be two a second: a window of four.
 
 
 def test_a_delay_keeps_a_job_out_of_the_window_until_due(database: Database) -> None:
