@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 
 from api import create_app
@@ -187,9 +188,11 @@ def run(env: Servers, jobs: int, folder: Path) -> dict[str, dict[str, Any]]:
         assert feeder.popen is not None
         roots[feeder.popen.pid] = "dispatcher"
 
+        broker = redis.Redis.from_url(settings.redis_url)
+
         def drain() -> None:
             app.control.add_consumer("default", destination=[node], reply=True)
-            while not _none_live(runtime):
+            while not _none_live(runtime, broker):
                 time.sleep(0.05)
 
         drained = measure(admin, jobs, roots, drain)

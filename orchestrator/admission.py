@@ -88,6 +88,8 @@ class InFlight:
         return self.limits.headroom(tenant_id, self.tenants, self.tiers) > 0
 
     def add(self, tenant_id: str) -> None:
+        if not self.limits.configured:  # nothing to count against (a tier lookup a job)
+            return
         self.tenants[tenant_id] += 1
         self.tiers[self.limits.tier(tenant_id)] += 1
 

@@ -7,7 +7,6 @@ the Procfile, the Dockerfile and .dockerignore agree with the CLI and the settin
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -197,13 +196,11 @@ def test_compose_environment_names_settings_fields() -> None:
                 assert key.removeprefix("ORCH_").lower() in fields, f"{name}: unknown {key}"
 
 
+@pytest.mark.usefixtures("bare_shell")
 def test_compose_environment_is_valid_production_configuration(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The interpolated environment loads, and passes the checks web and Flower make."""
-    for name in list(os.environ):
-        if name.upper().startswith("ORCH_") or name.upper() == "PORT":
-            monkeypatch.delenv(name)
     for name, service in project_services(load_compose()).items():
         with monkeypatch.context() as patch:
             for key, value in service_environment(service).items():

@@ -4,6 +4,7 @@ that let the suite run them (tests/docblocks.py)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,21 @@ def test_the_site_builds_strictly_with_no_warning(tmp_path: Path) -> None:
     output = built.stdout + built.stderr
     assert built.returncode == 0, output
     assert "WARNING" not in output, output
-    assert (tmp_path / "python-api" / "index.html").read_text().count("send_job") > 1
+    assert (tmp_path / "python-api.html").read_text().count("send_job") > 1
+    _links_open_from_disk(tmp_path)
+
+
+def _links_open_from_disk(site: Path) -> None:
+    """Every page's links to other pages name a file: the README tells readers to open
+    `site/index.html`, where a link to a folder opens the folder's listing."""
+    for page in site.rglob("*.html"):
+        if page.name == "404.html":  # a server's page, with links from the site's root
+            continue
+        for target in re.findall(r'href="([^"#?]+)[^"]*"', page.read_text()):
+            if "://" in target or target.startswith(("mailto:", "data:")):
+                continue
+            linked = (page.parent / target).resolve()
+            assert linked.is_file(), f"{page.relative_to(site)} links to {target}"
 
 
 def test_every_page_is_in_the_nav() -> None:

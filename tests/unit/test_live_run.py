@@ -27,14 +27,7 @@ RUN_ENVIRONMENT = {
     "HOME": "/root",  # not a setting: not recorded
 }
 
-
-@pytest.fixture(autouse=True)
-def second_shell(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A shell in a project folder with nothing exported."""
-    for name in list(os.environ):
-        if name.upper().startswith("ORCH_") or name.upper() == "PORT":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("bare_shell")  # a second shell, nothing exported
 
 
 def test_a_running_run_records_its_settings_for_this_account_only(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,7 @@ from tests import REAL_SECRET
 
 CONFIGURATION_PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Every test starts from an environment with no ORCH_* (or PORT) variables, in a
-    folder where no `make run` runs (whose settings a bare process would take)."""
-    for name in list(os.environ):
-        if name.upper().startswith("ORCH_") or name.upper() == "PORT":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("bare_shell")  # settings from nothing but each test's
 
 
 def _one_line_error_naming(variable: str) -> Any:
