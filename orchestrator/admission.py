@@ -167,6 +167,7 @@ class Admission:
         self.admitted = 0  # in this process, for figures
         self._contending: dict[str, int] = {}  # tenants with ready jobs at the last fill
         self._full: dict[str, tuple[float, int]] = {}  # windows left full: when, holding
+        self._last_look: dict[str, int] = {}  # what each window held at the last look
         self._seen_full: dict[str, float] = {}  # windows `room` found full: until when
         self._suspects: set[int] = set()  # deliveries the last check found missing
         self._pumping = threading.local()  # a pump is running on this thread's stack
@@ -214,22 +215,30 @@ class Admission:
             if len(taken) == max(free, 0):  # ready jobs may be left out: the window is full
                 self.full_queues.append(queue)
                 self._full[queue] = (time.monotonic(), waiting.get(queue, 0) + len(taken))
+                self._last_look[queue] = waiting.get(queue, 0) + len(taken)
             chosen += taken
         self.backlogged = bool(self.full_queues)
         return chosen
 
-    def looked(self, waiting: dict[str, int]) -> None:
-        """A look at the windows between fills (`waiting`: what each queue's holds). A
-        window left full that nobody has taken from since says nothing yet of the workers'
-        pace: it is timed from the last look that found the window untouched. Timed from
-        the fill, workers that started late (a deploy, a burst after an idle hour) or were
-        all busy would be taken for slow ones, and the window sized for slow workers while
-        they run dry, a fill after another, for the first second of a backlog."""
-        now = time.monotonic()
+    def looked(self, waiting: dict[str, int]) -> bool:
+        """A look at the windows between fills (`waiting`: what each queue's holds); whether
+        the workers took from any of them since the last look (the dispatcher looks less
+        often while they take nothing: busy with long jobs, or not started).
+
+        A window left full that nobody has taken from since says nothing yet of the
+        workers' pace: it is timed from the last look that found the window untouched.
+        Timed from the fill, workers that started late (a deploy, a burst after an idle
+        hour) or were all busy would be taken for slow ones, and the window sized for slow
+        workers while they run dry, a fill after another, for the first second of a
+        backlog."""
+        now, moved = time.monotonic(), False
         for queue, count in waiting.items():
             left = self._full.get(queue)
             if left is not None and count >= left[1]:
                 self._full[queue] = (now, count)
+            moved = moved or count < self._last_look.get(queue, count)
+            self._last_look[queue] = count
+        return moved
 
     def _observe_drain(self, queue: str, waiting: int) -> None:
         """How fast the workers took from a window this process left full (how fast they

@@ -129,16 +129,18 @@ class DispatchLoop:
             return
         deadline = time.monotonic() + IDLE_SECONDS
         queues = self.admission.full_queues
+        calm = POLL_SECONDS  # the least pause; doubled while the workers take nothing
         while not self.stop.is_set() and time.monotonic() < deadline:
             waiting = self.broker.waiting(queues)
             if waiting is None:  # the broker is away: a fill could send nothing
                 self.stop.wait(IDLE_SECONDS)
                 return
-            self.admission.looked(waiting)
+            moved = self.admission.looked(waiting)
             if any(self.admission.refill_due(q, waiting.get(q, 0)) for q in queues):
                 return
+            calm = POLL_SECONDS if moved else min(2 * calm, IDLE_SECONDS)
             pause = min(self.admission.sizes.until_half(q, waiting.get(q, 0)) for q in queues)
-            time.sleep(min(max(pause, POLL_SECONDS), IDLE_SECONDS))
+            time.sleep(min(max(pause, calm), IDLE_SECONDS))
 
     def _size_windows(self) -> None:
         try:

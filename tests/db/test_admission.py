@@ -208,9 +208,11 @@ def test_the_workers_pace_is_timed_from_when_they_start_taking(
     _flood(service, "a", 10)  # none admitted: the window is full
     assert admission.fill() == []  # left full at 100.0
     now[0] = 101.0
-    admission.looked({"default": 4})  # a second later, untouched: nobody has taken yet
+    assert not admission.looked({"default": 4})  # a second later, untouched: none taken
     now[0] = 101.004
     queues.depth["default"] = 2  # then two taken in 4 ms: 500 a second
+    assert admission.looked({"default": 2})  # taken from since the last look
+    assert not admission.looked({"default": 2})  # and not since
     assert admission.fill()
     assert admission.sizes.of("default") == 125  # a quarter second of that pace
     # Timed from the fill, the same two would be two a second: a window of four.
