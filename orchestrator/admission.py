@@ -220,10 +220,10 @@ class Admission:
         self.backlogged = bool(self.full_queues)
         return chosen
 
-    def looked(self, waiting: dict[str, int]) -> bool:
-        """A look at the windows between fills (`waiting`: what each queue's holds); whether
-        the workers took from any of them since the last look (the dispatcher looks less
-        often while they take nothing: busy with long jobs, or not started).
+    def looked(self, waiting: dict[str, int]) -> set[str]:
+        """A look at the windows between fills (`waiting`: what each queue's holds); the
+        queues the workers took from since the last look (the dispatcher looks at a window
+        less often while they take nothing from it: busy with long jobs, or not started).
 
         A window left full that nobody has taken from since says nothing yet of the
         workers' pace: it is timed from the last look that found the window untouched.
@@ -231,12 +231,13 @@ class Admission:
         hour) or were all busy would be taken for slow ones, and the window sized for slow
         workers while they run dry, a fill after another, for the first second of a
         backlog."""
-        now, moved = time.monotonic(), False
+        now, moved = time.monotonic(), set()
         for queue, count in waiting.items():
             left = self._full.get(queue)
             if left is not None and count >= left[1]:
                 self._full[queue] = (now, count)
-            moved = moved or count < self._last_look.get(queue, count)
+            if count < self._last_look.get(queue, count):
+                moved.add(queue)
             self._last_look[queue] = count
         return moved
 

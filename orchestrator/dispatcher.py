@@ -30,6 +30,7 @@ from orchestrator.dispatch.celery import CeleryDispatcher
 from orchestrator.leader import Leadership
 from orchestrator.models import utcnow
 from orchestrator.runtime import Runtime
+from orchestrator.window import WindowSizes
 from orchestrator.workers import worker_name
 
 log = logging.getLogger("orchestrator.dispatcher")
@@ -129,7 +130,7 @@ class DispatchLoop:
             return
         deadline = time.monotonic() + IDLE_SECONDS
         queues = self.admission.full_queues
-        calm = POLL_SECONDS  # the least pause; doubled while the workers take nothing
+        calm: dict[str, float] = {}  # per queue, a floor's pause between looks
         while not self.stop.is_set() and time.monotonic() < deadline:
             waiting = self.broker.waiting(queues)
             if waiting is None:  # the broker is away: a fill could send nothing
@@ -138,9 +139,9 @@ class DispatchLoop:
             moved = self.admission.looked(waiting)
             if any(self.admission.refill_due(q, waiting.get(q, 0)) for q in queues):
                 return
-            calm = POLL_SECONDS if moved else min(2 * calm, IDLE_SECONDS)
-            pause = min(self.admission.sizes.until_half(q, waiting.get(q, 0)) for q in queues)
-            time.sleep(min(max(pause, calm), IDLE_SECONDS))
+            sizes = self.admission.sizes
+            pause = min(next_look(sizes, q, waiting.get(q, 0), q in moved, calm) for q in queues)
+            time.sleep(min(max(pause, POLL_SECONDS), IDLE_SECONDS))
 
     def _size_windows(self) -> None:
         try:
@@ -156,6 +157,22 @@ class DispatchLoop:
                 per_queue[queue["name"]] = per_queue.get(queue["name"], 0) + concurrency
         if per_queue:
             self.admission.sizes.observe(per_queue)
+
+
+def next_look(
+    sizes: WindowSizes, queue: str, waiting: int, moved: bool, calm: dict[str, float]
+) -> float:
+    """Seconds until the next look at a full window: when half of it should be gone at the
+    workers' pace. A pace known only as a floor is looked at again at once while the
+    workers take from the window (`moved`, to measure it), and less and less often,
+    doubling (`calm`, per queue), while they take nothing: all busy with long jobs, for
+    which a look every few milliseconds would go on for as long as a job runs."""
+    if not sizes.floored(queue):
+        return sizes.until_half(queue, waiting)
+    calm[queue] = (
+        POLL_SECONDS if moved else min(2 * calm.get(queue, POLL_SECONDS / 2), IDLE_SECONDS)
+    )
+    return calm[queue]
 
 
 def main() -> None:

@@ -94,6 +94,11 @@ class WindowSizes:
             return 0.0
         return (waiting - self.of(queue) / 2) / rate
 
+    def floored(self, queue: str) -> bool:
+        """Whether the queue's pace is known only as a floor (its window was last found
+        empty)."""
+        return queue in self._floors
+
     def observe(self, concurrency_per_queue: dict[str, int]) -> None:
         self._seen = {q: self.PER_PROCESS * n for q, n in concurrency_per_queue.items()}
 
@@ -113,11 +118,12 @@ class WindowSizes:
             # not by the workers, would give any figure at all.
             self._rate[queue] = rate if old is None else max(old, min(rate, 2 * old))
             self._floors.add(queue)
-        elif queue in self._floors:  # a measure after a floor: it replaces the floor
-            self._rate[queue] = rate
-            self._floors.discard(queue)
         else:
-            self._rate[queue] = self._smooth(old, rate)
+            # A measure above a floor replaces it (the floor only said "at least"); one
+            # below is smoothed, as any other: it may be timed from a stale fill.
+            above = queue in self._floors and old is not None and rate > old
+            self._rate[queue] = rate if above else self._smooth(old, rate)
+            self._floors.discard(queue)
 
     def observe_fill(self, seconds: float) -> None:
         """A fill took `seconds`, from its start until its messages were in the broker."""

@@ -169,12 +169,10 @@ def test_a_window_found_empty_never_slows_the_pace_it_is_sized_by() -> None:
     sizes.observe_drain("q", taken=200, seconds=0.1, dry=True)  # a floor above the figure
     assert sizes.of("q") == 500
     sizes.observe_drain("q", taken=100, seconds=0.1)  # not dry: slower workers count
-    assert sizes.of("q") == 250  # a measure, where there was a floor: it replaces it
-    sizes.observe_drain("q", taken=50, seconds=0.1)  # measures after a measure
-    assert sizes.of("q") == 225  # smoothed: 1,000 + 0.2 x (500 - 1,000) a second
+    assert sizes.of("q") == 450  # smoothed: 2,000 + 0.2 x (1,000 - 2,000) a second
     # A window a broker's flush emptied: any figure at all, taken as at most double.
     sizes.observe_drain("q", taken=100_000, seconds=0.1, dry=True)
-    assert sizes.of("q") == 450
+    assert sizes.of("q") == 900
 
 
 def test_a_pace_known_only_as_a_floor_is_looked_at_at_once_then_measured() -> None:
@@ -208,11 +206,11 @@ def test_the_workers_pace_is_timed_from_when_they_start_taking(
     _flood(service, "a", 10)  # none admitted: the window is full
     assert admission.fill() == []  # left full at 100.0
     now[0] = 101.0
-    assert not admission.looked({"default": 4})  # a second later, untouched: none taken
+    assert admission.looked({"default": 4}) == set()  # a second later, untouched
     now[0] = 101.004
     queues.depth["default"] = 2  # then two taken in 4 ms: 500 a second
-    assert admission.looked({"default": 2})  # taken from since the last look
-    assert not admission.looked({"default": 2})  # and not since
+    assert admission.looked({"default": 2}) == {"default"}  # taken from since the last look
+    assert admission.looked({"default": 2}) == set()  # and not since
     assert admission.fill()
     assert admission.sizes.of("default") == 125  # a quarter second of that pace
     # Timed from the fill, the same two would be two a second: a window of four.

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from orchestrator import dispatcher as dispatcher_module
-from orchestrator.dispatcher import DispatchLoop
+from orchestrator.dispatcher import IDLE_SECONDS, POLL_SECONDS, DispatchLoop, next_look
+from orchestrator.window import WindowSizes
 
 
 class _Lease:
@@ -78,3 +79,20 @@ def test_a_database_error_in_a_round_is_survived(
     assert admission.fills == 2  # it went on after the failure
     assert lease.released == 1
     assert "dispatcher round failed" in caplog.text
+
+
+def test_a_floor_is_looked_at_often_only_while_its_window_moves() -> None:
+    """A pace known only as a floor is measured by looking at once; but a window nobody
+    takes from (workers busy with long jobs) would then be asked about every 2 ms for as
+    long as a job runs, and by taking the least pause of all queues, would make every
+    other queue's looks that frequent too."""
+    sizes = WindowSizes(0, default_concurrency=2)
+    sizes.observe_drain("slow", taken=100, seconds=0.1, dry=True)  # found empty: a floor
+    sizes.observe_drain("fast", taken=100, seconds=0.1)  # measured: 1,000 a second
+    calm: dict[str, float] = {}
+    untouched = [next_look(sizes, "slow", 8, False, calm) for _ in range(4)]
+    assert untouched == [POLL_SECONDS, 2 * POLL_SECONDS, 4 * POLL_SECONDS, 8 * POLL_SECONDS]
+    assert next_look(sizes, "slow", 6, True, calm) == POLL_SECONDS  # taken from: at once
+    assert max(next_look(sizes, "slow", 6, False, calm) for _ in range(20)) == IDLE_SECONDS
+    # A measured pace: when half the window (250) should be gone, whatever the floor does.
+    assert next_look(sizes, "fast", 200, False, calm) == pytest.approx((200 - 125) / 1000)
