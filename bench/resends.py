@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from bench.fairness import running_system
 from bench.harness import add_durability_option, report, servers
-from orchestrator.dispatch.celery import priority_lists
+from orchestrator.dispatch.celery import queue_depths
 from orchestrator.models import LIVE_STATES_SQL, Job, JobEvent
 from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
@@ -53,10 +53,7 @@ def drain(runtime: Runtime, timeout: float) -> tuple[float, int]:
     deepest = 0
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        with client.pipeline(transaction=False) as pipe:
-            for key in priority_lists("default"):
-                pipe.llen(key)
-            deepest = max(deepest, sum(pipe.execute()))
+        deepest = max(deepest, queue_depths(client, ["default"])["default"])
         with runtime.database.session() as session:
             live = session.scalar(
                 sa.select(sa.func.count()).select_from(Job).where(sa.text(LIVE_STATES_SQL))

@@ -43,7 +43,7 @@ from bench.harness import (
     settings_env,
     wait_ping,
 )
-from orchestrator.dispatch.celery import UNACKED, create_celery_app, priority_lists
+from orchestrator.dispatch.celery import UNACKED, create_celery_app, queue_depths
 from orchestrator.models import LIVE_STATES_SQL, Job
 from orchestrator.runtime import Runtime
 from orchestrator.service import NewJob
@@ -81,7 +81,7 @@ class WindowWatch:
 
     def __init__(self, redis_url: str, queue: str = "default") -> None:
         self.broker = redis.Redis.from_url(redis_url)
-        self.keys = priority_lists(queue)
+        self.queue = queue
         self.empty_seconds = 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -91,16 +91,14 @@ class WindowWatch:
 
     def stop(self) -> float:
         self._done.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
         return self.empty_seconds
 
     def _watch(self) -> None:
         last = time.perf_counter()
         while not self._done.is_set():
-            with self.broker.pipeline(transaction=False) as pipe:
-                for key in self.keys:
-                    pipe.llen(key)
-                empty = not any(pipe.execute())
+            empty = not queue_depths(self.broker, [self.queue])[self.queue]
             now = time.perf_counter()
             if empty:
                 self.empty_seconds += now - last
@@ -118,11 +116,11 @@ def orchestrator_rate(
     worker = celery_worker("tasks.worker", settings_env(settings), folder / "orch.log", node)
     app = create_celery_app(settings)
     feeder = None
+    watcher = WindowWatch(settings.redis_url) if watch is not None else None
     try:
         env.quiesce()
         wait_ping(app, node)
         feeder = dispatcher(settings, folder / "dispatcher.log")
-        watcher = WindowWatch(settings.redis_url) if watch is not None else None
         broker = redis.Redis.from_url(settings.redis_url)
         started = time.perf_counter()
         app.control.add_consumer("default", destination=[node], reply=True)
@@ -135,6 +133,8 @@ def orchestrator_rate(
         assert _succeeded(runtime) == jobs, "jobs were lost or failed"
         return jobs / elapsed
     finally:
+        if watcher is not None:
+            watcher.stop()
         if feeder is not None:
             feeder.stop()
         worker.stop()
@@ -210,12 +210,8 @@ def _none_live(runtime: Runtime, broker: redis.Redis) -> bool:
     time, that index cost about 1% of the machine's CPU during a drain: the probe walks
     the entries of the jobs finished since it was last vacuumed. A count of 20,000 rows
     cost several percent.)"""
-    with broker.pipeline(transaction=False) as pipe:
-        for key in priority_lists("default"):
-            pipe.llen(key)
-        pipe.hlen(UNACKED)
-        if any(pipe.execute()):
-            return False
+    if queue_depths(broker, ["default"])["default"] or broker.hlen(UNACKED):
+        return False
     with runtime.database.session() as session:
         live = sa.select(Job.id).where(sa.text(LIVE_STATES_SQL)).limit(1)
         return session.execute(live).first() is None

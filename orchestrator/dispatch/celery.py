@@ -73,6 +73,18 @@ def priority_lists(queue: str) -> list[str]:
     ]
 
 
+def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
+    """How many messages wait in each queue (all its priority lists), in one round trip."""
+    names = list(queues)
+    with client.pipeline(transaction=False) as pipe:
+        for queue in names:
+            for key in priority_lists(queue):
+                pipe.llen(key)
+        lengths = pipe.execute()
+    steps = len(PRIORITY_STEPS)
+    return {q: sum(lengths[i * steps : (i + 1) * steps]) for i, q in enumerate(names)}
+
+
 def list_for(queue: str, priority: int) -> str:
     wanted = broker_priority(priority)
     step = max(s for s in PRIORITY_STEPS if s <= wanted)
@@ -167,17 +179,10 @@ class CeleryDispatcher:
             pipe.execute()
 
     def waiting(self, queues: Iterable[str]) -> dict[str, int] | None:
-        names = list(queues)
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for queue in names:
-                    for key in priority_lists(queue):
-                        pipe.llen(key)
-                lengths = pipe.execute()
+            return queue_depths(self.redis, queues)
         except (RedisError, OSError):
             return None
-        steps = len(PRIORITY_STEPS)
-        return {q: sum(lengths[i * steps : (i + 1) * steps]) for i, q in enumerate(names)}
 
     def held(self, queues: Iterable[str]) -> Held | None:
         try:

@@ -24,7 +24,7 @@ import redis
 
 from orchestrator import migrate
 from orchestrator.dispatch import Delivery
-from orchestrator.dispatch.celery import priority_lists
+from orchestrator.dispatch.celery import queue_depths
 from orchestrator.dispatcher import LEASE_NAME
 from orchestrator.embedded_postgres import EmbeddedPostgres
 from orchestrator.embedded_redis import EmbeddedRedis
@@ -378,7 +378,7 @@ def test_a_flushed_broker_is_noticed_and_its_jobs_admitted_again(
         ids = [chaos.create(tenant, {"type": "TEST_FLAKY"})["id"] for _ in range(5)]
         broker = redis.Redis.from_url(chaos.settings.redis_url)
         deadline = time.monotonic() + 10
-        while sum(broker.llen(key) for key in priority_lists("default")) < 5:
+        while queue_depths(broker, ["default"])["default"] < 5:
             assert time.monotonic() < deadline, "the jobs never reached the broker"
             time.sleep(0.05)
         broker.flushall()
